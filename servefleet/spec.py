@@ -1,0 +1,481 @@
+"""The endpoint record and every rule about user input.
+
+Everything a user can declare passes through these models before anything is
+stored, so each rule lives here once and every error names the field it is
+about. Nothing in this module does I/O or reads a clock.
+
+Values that reach a runtime later (a model URI, command arguments, env) are
+validated strictly here because they must never be able to change the meaning
+of a command line: no field is ever joined into a shell string.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "AutoscalingMetric",
+    "AutoscalingSpec",
+    "CanarySpec",
+    "DesiredState",
+    "Endpoint",
+    "EndpointSpec",
+    "InvalidInput",
+    "Region",
+    "RegionKind",
+    "RegionState",
+    "RegionStatus",
+    "Resources",
+    "invalid_input",
+    "parse_quantity",
+]
+
+MAX_NAME_LENGTH = 45
+"""Endpoint names leave room for "-canary" and prefixes within 63-character labels."""
+
+_RFC1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# An OCI reference: [registry[:port]/]path[:tag][@digest], lowercase path components.
+_IMAGE = re.compile(
+    r"^(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+# Model URIs are copied into init containers and replica environments; the
+# character set is closed so no quote, `;`, `$`, backtick, space or newline passes.
+_SAFE_PATH = r"[A-Za-z0-9._\-/+=@%,]*"
+_MODEL_SOURCE = re.compile(
+    r"^(?:"
+    r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](?:/" + _SAFE_PATH + r")?"
+    r"|gs://[a-z0-9][a-z0-9._\-]{1,220}[a-z0-9](?:/" + _SAFE_PATH + r")?"
+    r"|hf://[A-Za-z0-9][A-Za-z0-9._\-]*/[A-Za-z0-9][A-Za-z0-9._\-]*(?:@[A-Za-z0-9._\-/]+)?"
+    r"|file:///" + _SAFE_PATH + r")$"
+)
+_URL_PATH = re.compile(r"^/(?:[A-Za-z0-9._~\-]+(?:/[A-Za-z0-9._~\-]+)*)?$")
+_MODEL_PATH = re.compile(r"^/" + _SAFE_PATH + r"$")
+# Kubernetes quantity: a signed decimal, then a binary/decimal suffix or exponent.
+_QUANTITY = re.compile(
+    r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+)
+_QUANTITY_SUFFIX = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    "Ki": Decimal(2**10),
+    "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30),
+    "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50),
+    "Ei": Decimal(2**60),
+}
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?)$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _endpoint_name(value: str) -> str:
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"must be at most {MAX_NAME_LENGTH} characters (got {len(value)})")
+    if not _RFC1035_LABEL.match(value):
+        raise ValueError(
+            "must be lowercase letters, digits and '-', start with a letter and end with a "
+            f"letter or digit (got {_shown(value)})"
+        )
+    return value
+
+
+def _region_name(value: str) -> str:
+    if len(value) > 63 or not _RFC1123_LABEL.match(value):
+        raise ValueError(
+            "must be at most 63 lowercase letters, digits and '-', starting and ending with "
+            f"a letter or digit (got {_shown(value)})"
+        )
+    return value
+
+
+def _image(value: str) -> str:
+    if len(value) > 255 or not _IMAGE.match(value):
+        raise ValueError(
+            "is not a valid OCI image reference like 'ghcr.io/org/server:1.2' "
+            f"(got {_shown(value)})"
+        )
+    return value
+
+
+def _label_key(key: str) -> None:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        raise ValueError(f"key prefix must be a DNS subdomain (got {_shown(key)})")
+    if len(name) > 63 or not _LABEL_NAME.match(name):
+        raise ValueError(
+            "key must be at most 63 letters, digits, '-', '_' or '.', starting and ending "
+            f"with a letter or digit (got {_shown(key)})"
+        )
+
+
+def _labels(value: dict[str, str]) -> dict[str, str]:
+    for key, label in value.items():
+        _label_key(key)
+        if len(label) > 63 or not _LABEL_VALUE.match(label):
+            raise ValueError(
+                f"value of {key!r} must be at most 63 letters, digits, '-', '_' or '.', "
+                f"starting and ending with a letter or digit (got {_shown(label)})"
+            )
+    return value
+
+
+def parse_quantity(text: str) -> Decimal:
+    """A Kubernetes resource quantity ("500m", "16Gi", "1e3") as a number."""
+    match = _QUANTITY.match(text)
+    if not match:
+        raise ValueError(f"is not a Kubernetes quantity like '500m' or '16Gi' (got {_shown(text)})")
+    number, suffix = match.group(1), match.group(2) or ""
+    try:
+        if suffix[:1] in ("e", "E"):
+            return Decimal(number + suffix)
+        return Decimal(number) * _QUANTITY_SUFFIX[suffix]
+    except InvalidOperation as error:
+        raise ValueError(f"is not a Kubernetes quantity (got {_shown(text)})") from error
+
+
+def _quantities(value: dict[str, str]) -> dict[str, str]:
+    for resource, quantity in value.items():
+        _label_key(resource)
+        try:
+            amount = parse_quantity(quantity)
+        except ValueError as error:
+            raise ValueError(f"{resource}: {error}") from None
+        if amount < 0:
+            raise ValueError(f"{resource}: must not be negative (got {_shown(quantity)})")
+    return value
+
+
+EndpointName = Annotated[str, AfterValidator(_endpoint_name)]
+RegionName = Annotated[str, AfterValidator(_region_name)]
+Image = Annotated[str, AfterValidator(_image)]
+Labels = Annotated[dict[str, str], AfterValidator(_labels)]
+Quantities = Annotated[dict[str, str], AfterValidator(_quantities)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class Resources(_Model):
+    """CPU, memory and other requests and limits, as Kubernetes quantities."""
+
+    requests: Quantities = Field(default_factory=dict)
+    limits: Quantities = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Resources:
+        for resource, request in self.requests.items():
+            limit = self.limits.get(resource)
+            if limit is not None and parse_quantity(request) > parse_quantity(limit):
+                raise ValueError(
+                    f"requests.{resource}: {request} must not exceed limits.{resource} ({limit})"
+                )
+        return self
+
+
+class CanarySpec(_Model):
+    """A second version that receives `weight` percent of the traffic.
+
+    `image` replaces the primary image; `command`, `args` and `env` (merged over
+    the primary's env) let a local-runtime canary differ from the primary too.
+    """
+
+    image: Image | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    weight: int = Field(default=10, ge=1, le=99)
+    replicas: int = Field(default=1, ge=1, le=1000)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _env(value)
+
+
+class AutoscalingMetric(_Model):
+    type: Literal["cpu", "memory", "concurrency", "rps"]
+    target: float = Field(gt=0)
+
+
+class AutoscalingSpec(_Model):
+    """Bounds for an autoscaler; while enabled, servefleet never sets the replica count."""
+
+    enabled: bool = False
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    max_replicas: int = Field(default=10, ge=1, le=1000)
+    metrics: list[AutoscalingMetric] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas: {self.min_replicas} must not exceed max_replicas "
+                f"({self.max_replicas})"
+            )
+        kinds = [metric.type for metric in self.metrics]
+        if len(kinds) != len(set(kinds)):
+            raise ValueError(f"metrics: each type may appear once (got {kinds})")
+        return self
+
+
+def _env(value: dict[str, str]) -> dict[str, str]:
+    for name in value:
+        if not _ENV_NAME.match(name):
+            raise ValueError(
+                "names must be letters, digits and '_', not starting with a digit "
+                f"(got {_shown(name)})"
+            )
+    return value
+
+
+class EndpointSpec(_Model):
+    """What to run: everything a user declares about an endpoint except its regions."""
+
+    image: Image | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    replicas: int = Field(default=1, ge=0, le=1000)
+    port: int = Field(default=8000, ge=1, le=65535)
+    health_path: str = "/health"
+    env: dict[str, str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    accelerator: Literal["nvidia", "neuron", "none"] = "none"
+    gpu_count: int = Field(default=0, ge=0, le=16)
+    capacity_type: Literal["spot", "on-demand"] | None = None
+    node_selector: Labels = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
+    namespace: str | None = None
+    ingress_path: str | None = None
+    region_images: dict[RegionName, Image] = Field(default_factory=dict)
+    model_source: str | None = None
+    model_path: str | None = None
+    canary: CanarySpec | None = None
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+
+    @field_validator("health_path", "ingress_path")
+    @classmethod
+    def _url_path(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 512 or not _URL_PATH.match(value)):
+            raise ValueError(
+                "must be an absolute URL path of letters, digits and '._~-' segments, "
+                f"without a trailing '/' (got {_shown(value)})"
+            )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _env(value)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 63 or not _RFC1123_LABEL.match(value)):
+            raise ValueError(
+                "must be at most 63 lowercase letters, digits and '-', starting and ending "
+                f"with a letter or digit (got {_shown(value)})"
+            )
+        return value
+
+    @field_validator("model_source")
+    @classmethod
+    def _model_source(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 1024 or not _MODEL_SOURCE.match(value)):
+            raise ValueError(
+                "must be s3://bucket/key, gs://bucket/key, hf://org/model or file:///abs/path, "
+                "without quotes, ';', '$', backticks, spaces or newlines "
+                f"(got {_shown(value)})"
+            )
+        return value
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_path(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 1024 or not _MODEL_PATH.match(value)):
+            raise ValueError(
+                "must be an absolute path without quotes, ';', '$', backticks, spaces or "
+                f"newlines (got {_shown(value)})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EndpointSpec:
+        if self.image is None and not self.command:
+            raise ValueError("image: an image or a command is required")
+        if self.accelerator == "none" and self.gpu_count > 0:
+            raise ValueError(
+                f"gpu_count: {self.gpu_count} accelerators requested but accelerator is 'none' "
+                "(set accelerator to 'nvidia' or 'neuron')"
+            )
+        return self
+
+
+class DesiredState(StrEnum):
+    """What the user wants. `deploying` and `running` both mean "run it"; the
+    difference is reported, so moving between them does not bump `generation`."""
+
+    DEPLOYING = "deploying"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+    @property
+    def runs(self) -> bool:
+        return self in (DesiredState.DEPLOYING, DesiredState.RUNNING)
+
+    @property
+    def intent(self) -> str:
+        return "run" if self.runs else self.value
+
+
+class Endpoint(_Model):
+    """The stored record. `generation` counts changes of intent; `revision` counts writes."""
+
+    name: EndpointName
+    spec: EndpointSpec
+    desired_state: DesiredState = DesiredState.DEPLOYING
+    target_regions: list[RegionName] = Field(min_length=1)
+    generation: int = Field(default=1, ge=1)
+    revision: int = Field(default=0, ge=0)
+    created_at: datetime
+    updated_at: datetime
+
+    @field_validator("target_regions")
+    @classmethod
+    def _distinct_regions(cls, value: list[str]) -> list[str]:
+        duplicates = sorted({region for region in value if value.count(region) > 1})
+        if duplicates:
+            raise ValueError(f"each region may appear once (got {duplicates} twice)")
+        return value
+
+    @property
+    def ingress_path(self) -> str:
+        return self.spec.ingress_path or f"/inference/{self.name}"
+
+    def intent(self) -> tuple[EndpointSpec, tuple[str, ...], str]:
+        """The parts whose change is a new generation."""
+        return (self.spec, tuple(self.target_regions), self.desired_state.intent)
+
+
+class RegionKind(StrEnum):
+    LOCAL = "local"
+    KUBERNETES = "kubernetes"
+
+
+class Region(_Model):
+    """A place endpoints run: this machine (`local`) or a Kubernetes cluster."""
+
+    name: RegionName
+    kind: RegionKind
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str = "default"
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> Region:
+        if self.kind is RegionKind.LOCAL and (self.kubeconfig or self.context):
+            raise ValueError("kubeconfig: only kubernetes regions take a kubeconfig or context")
+        if not _RFC1123_LABEL.match(self.namespace) or len(self.namespace) > 63:
+            raise ValueError(f"namespace: must be an RFC 1123 label (got {_shown(self.namespace)})")
+        return self
+
+
+class RegionState(StrEnum):
+    PENDING = "pending"
+    PROGRESSING = "progressing"
+    READY = "ready"
+    DEGRADED = "degraded"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+
+class RegionStatus(_Model):
+    """One region's report on one endpoint; written only by that region's reconciler."""
+
+    endpoint: EndpointName
+    region: RegionName
+    state: RegionState = RegionState.PENDING
+    observed_generation: int = 0
+    replicas_ready: int = 0
+    replicas_desired: int = 0
+    canary_ready: int = 0
+    routed: bool = False
+    message: str = ""
+    last_transition: datetime | None = None
+    heartbeat: datetime | None = None
+    unready_since: datetime | None = None
+
+
+class InvalidInput(ValueError):
+    """User input broke one or more rules; each problem names its field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+_PYDANTIC_PHRASES = (
+    ("Value error, ", ""),
+    ("Input should be", "must be"),
+    ("Field required", "is required"),
+    ("Extra inputs are not permitted", "is not a known field"),
+    ("List should have at least", "must have at least"),
+)
+_FIELD_IN_MESSAGE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): (.*)$", re.DOTALL)
+
+
+def invalid_input(error: ValidationError, prefix: str = "") -> InvalidInput:
+    """Turn pydantic's report into one line per problem: `field: rule (got value)`."""
+    problems = []
+    for detail in error.errors():
+        path = [str(part) for part in (prefix, *detail["loc"]) if part != ""]
+        message = detail["msg"]
+        for phrase, replacement in _PYDANTIC_PHRASES:
+            message = message.replace(phrase, replacement)
+        # Rules that span fields (model validators) name their field at the front.
+        named = _FIELD_IN_MESSAGE.match(message)
+        if named:
+            path.append(named[1])
+            message = named[2]
+        shows_value = "(got " in message or isinstance(detail["input"], dict)
+        if not shows_value and detail["type"] not in ("missing", "extra_forbidden"):
+            message += f" (got {_shown(detail['input'])})"
+        problems.append(f"{'.'.join(path)}: {message}" if path else message)
+    return InvalidInput(problems)

@@ -1,0 +1,54 @@
+"""Store backends by URL: a path or `sqlite:///path` (the default), `postgresql://...`."""
+
+from __future__ import annotations
+
+from servefleet.store.base import (
+    Change,
+    ChangeKind,
+    EndpointExists,
+    EndpointNotFound,
+    FeedCompacted,
+    Lease,
+    LeaseLost,
+    RegionNotFound,
+    RevisionConflict,
+    Store,
+    StoreError,
+    StoreUnavailable,
+)
+
+__all__ = [
+    "Change",
+    "ChangeKind",
+    "EndpointExists",
+    "EndpointNotFound",
+    "FeedCompacted",
+    "Lease",
+    "LeaseLost",
+    "RegionNotFound",
+    "RevisionConflict",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "open_store",
+]
+
+
+async def open_store(url: str, *, init: bool = False) -> Store:
+    """Open the store at `url`. SQLite creates its schema itself; PostgreSQL's is
+    created or migrated only with `init` (`servefleet store init`)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "sqlite", url
+    if scheme == "sqlite":
+        from servefleet.store.sqlite import SqliteStore
+
+        return await SqliteStore.open(rest)
+    if scheme in ("postgresql", "postgres"):
+        from servefleet.store.postgres import PostgresStore
+
+        return await PostgresStore.open(url, init=init)
+    raise ValueError(
+        f"store: unknown backend {scheme!r} in {url!r}; use one of: "
+        "a file path, sqlite:///path, postgresql://user@host/db"
+    )

@@ -1,0 +1,188 @@
+"""The `Store` protocol: desired state, region reports, the change feed and leases.
+
+Every backend keeps the same promises, proven by one contract suite
+(`tests/store/test_contract.py`):
+
+- Endpoint writes are compare-and-set on `revision`; a stale write raises
+  `RevisionConflict` and changes nothing.
+- Every endpoint write (create, update, purge) appends one `Change` to a feed in
+  the same transaction. Feed positions (`Change.seq`) are store-wide, strictly
+  increasing and visible in commit order, so `watch(since)` never skips a write
+  and can resume from the last position it delivered.
+- Region status is kept apart from the endpoint so a region's report never races
+  a user's change of the spec, and never moves the feed.
+- Leases are exclusive until their TTL passes. Each change of holder increments
+  the lease's `token`; a write made with a lease (`put_region_status(..., lease=)`)
+  is refused with `LeaseLost` once the token is no longer current, which is the
+  fencing that keeps a deposed leader from writing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from servefleet.spec import DesiredState, Endpoint, Region, RegionStatus
+
+__all__ = [
+    "Change",
+    "ChangeKind",
+    "EndpointExists",
+    "EndpointNotFound",
+    "FeedCompacted",
+    "Lease",
+    "LeaseLost",
+    "RegionNotFound",
+    "RevisionConflict",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+
+class StoreError(Exception):
+    """Base of every error a store raises on purpose."""
+
+
+class StoreUnavailable(StoreError):
+    """The backend could not be reached or answered with an error; retry later."""
+
+
+class EndpointNotFound(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"endpoint {name!r} not found")
+        self.name = name
+
+
+class EndpointExists(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"endpoint {name!r} already exists")
+        self.name = name
+
+
+class RegionNotFound(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"region {name!r} is not registered")
+        self.name = name
+
+
+class RevisionConflict(StoreError):
+    def __init__(self, name: str, expected: int, found: int | None) -> None:
+        now = "it no longer exists" if found is None else f"it is at revision {found}"
+        super().__init__(
+            f"endpoint {name!r} changed since it was read: expected revision {expected}, {now}"
+        )
+        self.name = name
+        self.expected = expected
+        self.found = found
+
+
+class FeedCompacted(StoreError):
+    """The feed no longer holds changes after `since`; list everything and watch from now."""
+
+    def __init__(self, since: int, oldest_kept: int) -> None:
+        super().__init__(
+            f"change feed position {since} was compacted; the oldest kept is {oldest_kept}"
+        )
+        self.since = since
+        self.oldest_kept = oldest_kept
+
+
+class LeaseLost(StoreError):
+    def __init__(self, name: str, holder: str) -> None:
+        super().__init__(f"lease {name!r} is no longer held by {holder!r}")
+        self.name = name
+        self.holder = holder
+
+
+class ChangeKind(StrEnum):
+    PUT = "put"
+    PURGED = "purged"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One endpoint write, as seen by the change feed. Consumers re-read the record:
+    reconciliation is level-based, the feed only says *which* endpoint to look at."""
+
+    seq: int
+    name: str
+    revision: int
+    kind: ChangeKind
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    name: str
+    holder: str
+    token: int
+    expires_at: datetime
+
+
+class Store(Protocol):
+    """Desired state of the fleet. See the module docstring for the guarantees."""
+
+    async def close(self) -> None: ...
+
+    # Endpoints: the user's intent.
+    async def create_endpoint(self, endpoint: Endpoint) -> Endpoint:
+        """Store a new record at revision 1; `EndpointExists` if the name is taken."""
+        ...
+
+    async def get_endpoint(self, name: str) -> Endpoint: ...
+
+    async def list_endpoints(
+        self, *, region: str | None = None, desired_state: DesiredState | None = None
+    ) -> list[Endpoint]:
+        """Every record (optionally those targeting `region` or in `desired_state`), by name."""
+        ...
+
+    async def update_endpoint(self, endpoint: Endpoint, *, expected_revision: int) -> Endpoint:
+        """Replace the record if it is still at `expected_revision`; return it at the next one."""
+        ...
+
+    async def purge_endpoint(self, name: str, *, expected_revision: int) -> None:
+        """Remove the record and its region statuses for good."""
+        ...
+
+    # Region status: one record per (endpoint, region), written by that region.
+    async def put_region_status(self, status: RegionStatus, *, lease: Lease | None = None) -> None:
+        """Upsert; with `lease`, refused (`LeaseLost`) unless that lease is still current."""
+        ...
+
+    async def list_region_status(
+        self, *, endpoint: str | None = None, region: str | None = None
+    ) -> list[RegionStatus]: ...
+
+    # Regions.
+    async def put_region(self, region: Region) -> None: ...
+
+    async def get_region(self, name: str) -> Region: ...
+
+    async def list_regions(self) -> list[Region]: ...
+
+    async def delete_region(self, name: str) -> None: ...
+
+    # Change feed.
+    async def feed_position(self) -> int:
+        """The position of the newest change; watch from here to see only later ones."""
+        ...
+
+    def watch(self, since: int) -> AsyncIterator[Change]:
+        """Every change after position `since`, in order, waiting for new ones forever.
+
+        Raises `FeedCompacted` when `since` is older than what the feed keeps.
+        """
+        ...
+
+    # Leases.
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> Lease | None:
+        """Take or extend the lease for `ttl` seconds; None while another holder's is live."""
+        ...
+
+    async def release_lease(self, lease: Lease) -> None:
+        """Give the lease up early so a standby need not wait for the TTL."""
+        ...

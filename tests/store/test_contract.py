@@ -1,0 +1,319 @@
+"""The promises every `Store` backend keeps (see `servefleet/store/base.py`).
+
+Each test runs against a real SQLite file and a real PostgreSQL schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from servefleet.spec import DesiredState, Region, RegionKind, RegionState
+from servefleet.store import (
+    Change,
+    ChangeKind,
+    EndpointExists,
+    EndpointNotFound,
+    FeedCompacted,
+    LeaseLost,
+    RegionNotFound,
+    RevisionConflict,
+    Store,
+    open_store,
+)
+from servefleet.store.sql import SqlStore
+from tests.factories import make_endpoint, make_spec, make_status
+
+
+async def take(changes: AsyncIterator[Change], count: int) -> list[Change]:
+    async with asyncio.timeout(10):
+        return [await anext(changes) for _ in range(count)]
+
+
+async def test_create_then_get_returns_the_record_at_revision_one(store: Store) -> None:
+    created = await store.create_endpoint(make_endpoint("llm", ["r1", "r2"], replicas=3))
+
+    fetched = await store.get_endpoint("llm")
+
+    assert created.revision == 1
+    assert fetched == created
+    assert fetched.spec.replicas == 3
+    assert fetched.target_regions == ["r1", "r2"]
+
+
+async def test_create_refuses_a_taken_name_and_keeps_the_first(store: Store) -> None:
+    await store.create_endpoint(make_endpoint("llm", replicas=1))
+
+    with pytest.raises(EndpointExists, match="'llm' already exists"):
+        await store.create_endpoint(make_endpoint("llm", replicas=5))
+
+    assert (await store.get_endpoint("llm")).spec.replicas == 1
+
+
+async def test_get_of_a_missing_endpoint_names_it(store: Store) -> None:
+    with pytest.raises(EndpointNotFound, match="'ghost' not found"):
+        await store.get_endpoint("ghost")
+
+
+async def test_update_at_the_current_revision_moves_to_the_next(store: Store) -> None:
+    created = await store.create_endpoint(make_endpoint())
+    changed = created.model_copy(update={"spec": make_spec(replicas=7)})
+
+    updated = await store.update_endpoint(changed, expected_revision=1)
+
+    assert updated.revision == 2
+    assert await store.get_endpoint("llm") == updated
+
+
+async def test_update_at_a_stale_revision_conflicts_and_changes_nothing(store: Store) -> None:
+    created = await store.create_endpoint(make_endpoint(replicas=1))
+    first = await store.update_endpoint(
+        created.model_copy(update={"spec": make_spec(replicas=2)}), expected_revision=1
+    )
+
+    with pytest.raises(RevisionConflict) as conflict:
+        await store.update_endpoint(
+            created.model_copy(update={"spec": make_spec(replicas=9)}), expected_revision=1
+        )
+
+    assert (conflict.value.expected, conflict.value.found) == (1, 2)
+    assert await store.get_endpoint("llm") == first
+
+
+async def test_update_of_a_missing_endpoint_conflicts(store: Store) -> None:
+    with pytest.raises(RevisionConflict, match="no longer exists"):
+        await store.update_endpoint(make_endpoint("ghost"), expected_revision=1)
+
+
+async def test_list_filters_by_region_and_state_in_name_order(store: Store) -> None:
+    await store.create_endpoint(make_endpoint("b", ["r1"]))
+    await store.create_endpoint(make_endpoint("a", ["r1", "r2"]))
+    stopped = await store.create_endpoint(make_endpoint("c", ["r2"]))
+    await store.update_endpoint(
+        stopped.model_copy(update={"desired_state": DesiredState.STOPPED}), expected_revision=1
+    )
+
+    assert [e.name for e in await store.list_endpoints()] == ["a", "b", "c"]
+    assert [e.name for e in await store.list_endpoints(region="r2")] == ["a", "c"]
+    stopped_names = [e.name for e in await store.list_endpoints(desired_state=DesiredState.STOPPED)]
+    assert stopped_names == ["c"]
+
+
+async def test_purge_removes_the_record_and_its_region_status(store: Store) -> None:
+    await store.create_endpoint(make_endpoint("llm"))
+    await store.create_endpoint(make_endpoint("other"))
+    await store.put_region_status(make_status("llm", "r1"))
+    await store.put_region_status(make_status("other", "r1"))
+
+    await store.purge_endpoint("llm", expected_revision=1)
+
+    with pytest.raises(EndpointNotFound):
+        await store.get_endpoint("llm")
+    assert [s.endpoint for s in await store.list_region_status()] == ["other"]
+
+
+async def test_purge_at_a_stale_revision_conflicts_and_keeps_the_record(store: Store) -> None:
+    created = await store.create_endpoint(make_endpoint("llm"))
+    await store.update_endpoint(created, expected_revision=1)
+
+    with pytest.raises(RevisionConflict):
+        await store.purge_endpoint("llm", expected_revision=1)
+
+    assert (await store.get_endpoint("llm")).revision == 2
+
+
+async def test_region_status_is_one_record_per_endpoint_and_region(store: Store) -> None:
+    await store.put_region_status(make_status("llm", "r1", replicas_ready=1))
+    await store.put_region_status(make_status("llm", "r2", replicas_ready=2))
+    await store.put_region_status(make_status("llm", "r1", replicas_ready=3, routed=True))
+    await store.put_region_status(make_status("other", "r1"))
+
+    mine = await store.list_region_status(endpoint="llm")
+    in_r1 = await store.list_region_status(region="r1")
+
+    assert [(s.region, s.replicas_ready, s.routed) for s in mine] == [
+        ("r1", 3, True),
+        ("r2", 2, False),
+    ]
+    assert [s.endpoint for s in in_r1] == ["llm", "other"]
+    assert await store.list_region_status(endpoint="llm", region="r2") == [mine[1]]
+
+
+async def test_regions_are_registered_listed_and_removed(store: Store) -> None:
+    local = Region(name="r1", kind=RegionKind.LOCAL)
+    cluster = Region(name="eu", kind=RegionKind.KUBERNETES, context="eu", namespace="llm")
+    await store.put_region(local)
+    await store.put_region(cluster)
+
+    assert await store.list_regions() == [cluster, local]
+    assert await store.get_region("eu") == cluster
+
+    await store.delete_region("eu")
+    assert await store.list_regions() == [local]
+    with pytest.raises(RegionNotFound, match="'eu' is not registered"):
+        await store.get_region("eu")
+    with pytest.raises(RegionNotFound):
+        await store.delete_region("eu")
+
+
+async def test_feed_delivers_every_write_in_order(store: Store) -> None:
+    start = await store.feed_position()
+    created = await store.create_endpoint(make_endpoint("a"))
+    await store.create_endpoint(make_endpoint("b"))
+    await store.update_endpoint(created, expected_revision=1)
+    await store.put_region_status(make_status("a", "r1"))  # a report is not a change of intent
+    await store.purge_endpoint("b", expected_revision=1)
+
+    changes = await take(aiter(store.watch(start)), 4)
+
+    assert [(c.name, c.revision, c.kind) for c in changes] == [
+        ("a", 1, ChangeKind.PUT),
+        ("b", 1, ChangeKind.PUT),
+        ("a", 2, ChangeKind.PUT),
+        ("b", 2, ChangeKind.PURGED),
+    ]
+    assert [c.seq for c in changes] == sorted({c.seq for c in changes})
+    assert changes[-1].seq == await store.feed_position()
+
+
+async def test_feed_resumes_after_the_last_position_seen(store: Store) -> None:
+    start = await store.feed_position()
+    for name in ("a", "b", "c"):
+        await store.create_endpoint(make_endpoint(name))
+    first_two = await take(aiter(store.watch(start)), 2)
+
+    rest = await take(aiter(store.watch(first_two[-1].seq)), 1)
+
+    assert [c.name for c in first_two + rest] == ["a", "b", "c"]
+
+
+async def test_feed_wakes_for_a_write_made_by_another_connection(
+    store: Store, store_url: str
+) -> None:
+    changes = aiter(store.watch(await store.feed_position()))
+    waiting = asyncio.ensure_future(take(changes, 1))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+
+    other = await open_store(store_url)
+    try:
+        await other.create_endpoint(make_endpoint("from-elsewhere"))
+    finally:
+        await other.close()
+
+    assert [c.name for c in await waiting] == ["from-elsewhere"]
+
+
+async def test_feed_refuses_a_compacted_position(store: Store) -> None:
+    assert isinstance(store, SqlStore)
+    store.feed_retention = 3
+    start = await store.feed_position()
+    for index in range(8):
+        await store.create_endpoint(make_endpoint(f"e{index}"))
+
+    with pytest.raises(FeedCompacted):
+        await anext(aiter(store.watch(start)))
+    recent = await take(aiter(store.watch(start + 5)), 3)
+    assert [c.name for c in recent] == ["e5", "e6", "e7"]
+
+
+async def test_concurrent_writers_lose_nothing(store: Store, store_url: str) -> None:
+    """Twenty writers on their own connections, each adding its own env var by
+    read-modify-CAS; every change must survive."""
+    await store.create_endpoint(make_endpoint("llm"))
+
+    async def writer(index: int) -> int:
+        own = await open_store(store_url)
+        conflicts = 0
+        try:
+            while True:
+                current = await own.get_endpoint("llm")
+                env = {**current.spec.env, f"WRITER_{index}": str(index)}
+                changed = current.model_copy(
+                    update={"spec": current.spec.model_copy(update={"env": env})}
+                )
+                try:
+                    await own.update_endpoint(changed, expected_revision=current.revision)
+                    return conflicts
+                except RevisionConflict:
+                    conflicts += 1
+        finally:
+            await own.close()
+
+    await asyncio.gather(*(writer(index) for index in range(20)))
+
+    final = await store.get_endpoint("llm")
+    assert final.spec.env == {f"WRITER_{index}": str(index) for index in range(20)}
+    assert final.revision == 21
+
+
+async def test_lease_is_exclusive_until_its_ttl_passes(store: Store) -> None:
+    first = await store.acquire_lease("region/r1", "a", ttl=0.5)
+    assert first is not None
+
+    assert await store.acquire_lease("region/r1", "b", ttl=0.5) is None
+    renewed = await store.acquire_lease("region/r1", "a", ttl=0.5)
+    assert renewed is not None
+    assert renewed.token == first.token
+    assert renewed.expires_at >= first.expires_at
+
+    await asyncio.sleep(0.7)
+    taken = await store.acquire_lease("region/r1", "b", ttl=5)
+    assert taken is not None
+    assert taken.token == first.token + 1
+    assert await store.acquire_lease("region/r1", "a", ttl=5) is None
+
+
+async def test_released_lease_can_be_taken_at_once(store: Store) -> None:
+    held = await store.acquire_lease("region/r1", "a", ttl=30)
+    assert held is not None
+
+    await store.release_lease(held)
+
+    assert await store.acquire_lease("region/r1", "b", ttl=30) is not None
+
+
+async def test_leases_are_independent_by_name(store: Store) -> None:
+    assert await store.acquire_lease("region/r1", "a", ttl=30) is not None
+    assert await store.acquire_lease("region/r2", "b", ttl=30) is not None
+
+
+async def test_a_deposed_holder_cannot_write_status(store: Store) -> None:
+    deposed = await store.acquire_lease("region/r1", "a", ttl=0.3)
+    assert deposed is not None
+    await store.put_region_status(make_status(state=RegionState.READY), lease=deposed)
+    await asyncio.sleep(0.5)
+    successor = await store.acquire_lease("region/r1", "b", ttl=30)
+    assert successor is not None
+
+    with pytest.raises(LeaseLost, match="no longer held by 'a'"):
+        await store.put_region_status(make_status(state=RegionState.FAILED), lease=deposed)
+    await store.put_region_status(make_status(state=RegionState.DEGRADED), lease=successor)
+
+    (status,) = await store.list_region_status()
+    assert status.state is RegionState.DEGRADED
+
+
+async def test_an_expired_lease_fences_even_before_anyone_takes_over(store: Store) -> None:
+    lapsed = await store.acquire_lease("region/r1", "a", ttl=0.2)
+    assert lapsed is not None
+    await asyncio.sleep(0.4)
+
+    with pytest.raises(LeaseLost):
+        await store.put_region_status(make_status(), lease=lapsed)
+    assert await store.list_region_status() == []
+
+
+async def test_concurrent_candidates_get_exactly_one_lease(store: Store, store_url: str) -> None:
+    async def candidate(index: int) -> bool:
+        own = await open_store(store_url)
+        try:
+            return await own.acquire_lease("region/r1", f"c{index}", ttl=30) is not None
+        finally:
+            await own.close()
+
+    winners = await asyncio.gather(*(candidate(index) for index in range(10)))
+
+    assert sum(winners) == 1
