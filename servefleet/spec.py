@@ -34,6 +34,7 @@ __all__ = [
     "CanarySpec",
     "DesiredState",
     "Endpoint",
+    "EndpointManifest",
     "EndpointSpec",
     "InvalidInput",
     "Region",
@@ -254,6 +255,13 @@ class AutoscalingSpec(_Model):
         return self
 
 
+def _distinct(regions: list[str]) -> list[str]:
+    duplicates = sorted({region for region in regions if regions.count(region) > 1})
+    if duplicates:
+        raise ValueError(f"each region may appear once (got {duplicates} more than once)")
+    return regions
+
+
 def _env(value: dict[str, str]) -> dict[str, str]:
     for name in value:
         if not _ENV_NAME.match(name):
@@ -379,10 +387,7 @@ class Endpoint(_Model):
     @field_validator("target_regions")
     @classmethod
     def _distinct_regions(cls, value: list[str]) -> list[str]:
-        duplicates = sorted({region for region in value if value.count(region) > 1})
-        if duplicates:
-            raise ValueError(f"each region may appear once (got {duplicates} twice)")
-        return value
+        return _distinct(value)
 
     @property
     def ingress_path(self) -> str:
@@ -479,3 +484,60 @@ def invalid_input(error: ValidationError, prefix: str = "") -> InvalidInput:
             message += f" (got {_shown(detail['input'])})"
         problems.append(f"{'.'.join(path)}: {message}" if path else message)
     return InvalidInput(problems)
+
+
+API_VERSION: Literal["servefleet/v1"] = "servefleet/v1"
+
+
+class ManifestMetadata(_Model):
+    """`name` is the input; the rest is shown by `get` and ignored by `apply`."""
+
+    name: EndpointName
+    generation: int | None = None
+    revision: int | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class EndpointManifest(_Model):
+    """One document of `servefleet apply -f`, and what `servefleet get -o yaml` prints.
+
+    `regions` and `state` may be left out: a new endpoint then goes to every
+    registered region and runs; an existing one keeps what it has. `status` is
+    shown by `get` and ignored by `apply`, so get's output applies unchanged.
+    """
+
+    api_version: Literal["servefleet/v1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["Endpoint"] = "Endpoint"
+    metadata: ManifestMetadata
+    regions: list[RegionName] | None = Field(default=None, min_length=1)
+    state: Literal["deploying", "running", "stopped"] | None = None
+    spec: EndpointSpec
+    status: dict[str, object] | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("regions")
+    @classmethod
+    def _distinct_regions(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _distinct(value)
+
+    @classmethod
+    def of(cls, endpoint: Endpoint, status: dict[str, object] | None = None) -> EndpointManifest:
+        return cls(
+            metadata=ManifestMetadata(
+                name=endpoint.name,
+                generation=endpoint.generation,
+                revision=endpoint.revision,
+                created_at=endpoint.created_at,
+                updated_at=endpoint.updated_at,
+            ),
+            regions=endpoint.target_regions,
+            state="stopped" if endpoint.desired_state is DesiredState.STOPPED else "running",
+            spec=endpoint.spec,
+            status=status,
+        )
+
+    def document(self) -> dict[str, object]:
+        """Plain data for YAML or JSON; unset optional fields are left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)

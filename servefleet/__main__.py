@@ -1,0 +1,3 @@
+from servefleet.cli.main import run
+
+run()

@@ -1,0 +1,552 @@
+"""The `servefleet` command: kubectl-like verbs over `EndpointService`.
+
+Each verb parses its flags into plain data, runs one coroutine with `asyncio.run`
+and prints the result. Every error a user can cause ends as one line per problem
+on stderr, naming the field and the value, with exit status 1; usage errors
+(an unknown flag) exit with 2, as click decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
+
+import platformdirs
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from servefleet.service import Applied, EndpointService, OperationRefused
+from servefleet.spec import (
+    Endpoint,
+    EndpointManifest,
+    EndpointSpec,
+    InvalidInput,
+    Region,
+    RegionStatus,
+    invalid_input,
+)
+from servefleet.store import Store, StoreError, open_store
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="servefleet",
+    help="Keep GPU inference endpoints running in many regions from one declaration.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+regions_app = typer.Typer(help="Register, list and remove regions.", no_args_is_help=True)
+store_app = typer.Typer(help="Set up the store.", no_args_is_help=True)
+app.add_typer(regions_app, name="regions")
+app.add_typer(store_app, name="store")
+
+# Piped output (scripts, `| grep`) gets wide tables instead of wrapped cells.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def default_store_url() -> str:
+    return str(platformdirs.user_data_path("servefleet") / "store.db")
+
+
+class _State:
+    store_url: str = ""
+
+
+_state = _State()
+
+
+@app.callback()
+def _main(
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar="SERVEFLEET_STORE",
+            help="Store URL: a SQLite file path (the default lives in your data directory) "
+            "or postgresql://user@host/db.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    _state.store_url = store or default_store_url()
+
+
+def _fail(*lines: str) -> NoReturn:
+    for line in lines:
+        err.print(f"error: {line}", markup=False)
+    raise typer.Exit(1)
+
+
+def _run(operation: Callable[[EndpointService], Awaitable[T]], *, init: bool = False) -> T:
+    """Open the store, run `operation` on it, close it; user errors end the command."""
+
+    async def main() -> T:
+        store: Store = await open_store(_state.store_url, init=init)
+        try:
+            return await operation(EndpointService(store))
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(main())
+    except InvalidInput as error:
+        _fail(*error.problems)
+    except (OperationRefused, StoreError, ValueError) as error:
+        _fail(str(error))
+
+
+# Parsing flags.
+
+
+def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for value in values or []:
+        key, separator, item = value.partition("=")
+        if not separator or not key:
+            _fail(f"{flag}: expected KEY=VALUE (got {value!r})")
+        pairs[key] = item
+    return pairs
+
+
+def _spec(fields: dict[str, Any]) -> EndpointSpec:
+    try:
+        return EndpointSpec.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as error:
+        _fail(*invalid_input(error, "spec").problems)
+
+
+OutputFormat = Literal["yaml", "json"]
+ListFormat = Literal["table", "yaml", "json"]
+
+
+def _print_documents(documents: list[dict[str, Any]], output: str, *, many: bool) -> None:
+    if output == "json":
+        out.print(json.dumps(documents if many else documents[0], indent=2), markup=False)
+    else:
+        text = yaml.safe_dump_all(documents, sort_keys=False) if documents else ""
+        out.print(text.rstrip("\n"), markup=False)
+
+
+def _status_section(endpoint: Endpoint, statuses: list[RegionStatus]) -> dict[str, object]:
+    by_region = {status.region: status for status in statuses}
+    return {
+        "desiredState": endpoint.desired_state.value,
+        "regions": {
+            region: by_region[region].model_dump(mode="json", exclude={"endpoint", "region"})
+            if region in by_region
+            else {"state": "pending"}
+            for region in endpoint.target_regions
+        },
+    }
+
+
+def _summary(endpoint: Endpoint, verb: str) -> None:
+    out.print(f"endpoint/{endpoint.name} {verb} (generation {endpoint.generation})", markup=False)
+
+
+# Verbs.
+
+NameArgument = Annotated[str, typer.Argument(help="Endpoint name.", show_default=False)]
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "* `servefleet deploy llm --image ghcr.io/org/vllm:0.6 --gpu-count 1 --accelerator nvidia "
+    "--region us-east --region eu-west`\n\n"
+    "* `servefleet deploy demo --replicas 2 -- python -m servefleet.demo --port {port}`"
+)
+def deploy(
+    name: NameArgument,
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="Command and arguments to run, after `--`.", show_default=False),
+    ] = None,
+    image: Annotated[str | None, typer.Option(help="Container image.")] = None,
+    replicas: Annotated[int | None, typer.Option(help="Number of replicas per region.")] = None,
+    region: Annotated[
+        list[str] | None,
+        typer.Option("--region", "-r", help="Target region (repeat; default: all registered)."),
+    ] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="Environment variable KEY=VALUE.")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port the server listens on.")] = None,
+    health_path: Annotated[str | None, typer.Option(help="Health check path.")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="nvidia, neuron or none.")] = None,
+    gpu_count: Annotated[int | None, typer.Option(help="Accelerators per replica.")] = None,
+    capacity_type: Annotated[str | None, typer.Option(help="spot or on-demand.")] = None,
+    model_source: Annotated[
+        str | None, typer.Option(help="s3://, gs://, hf:// or file:/// model location.")
+    ] = None,
+    model_path: Annotated[str | None, typer.Option(help="Where replicas find the model.")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace.")] = None,
+    ingress_path: Annotated[
+        str | None, typer.Option(help="Route prefix (default /inference/NAME).")
+    ] = None,
+    request: Annotated[
+        list[str] | None, typer.Option(help="Resource request, e.g. cpu=2 or memory=8Gi.")
+    ] = None,
+    limit: Annotated[
+        list[str] | None, typer.Option(help="Resource limit, e.g. memory=16Gi.")
+    ] = None,
+    label: Annotated[list[str] | None, typer.Option(help="Label KEY=VALUE.")] = None,
+    node_selector: Annotated[
+        list[str] | None, typer.Option(help="Node selector KEY=VALUE.")
+    ] = None,
+    args: Annotated[
+        list[str] | None, typer.Option("--args", help="Argument for the image's entrypoint.")
+    ] = None,
+    stopped: Annotated[bool, typer.Option(help="Declare it without running it.")] = False,
+) -> None:
+    """Create an endpoint."""
+    spec = _spec(
+        {
+            "image": image,
+            "command": command or None,
+            "args": args or None,
+            "replicas": replicas,
+            "port": port,
+            "health_path": health_path,
+            "env": _pairs(env, "--env"),
+            "accelerator": accelerator,
+            "gpu_count": gpu_count,
+            "capacity_type": capacity_type,
+            "model_source": model_source,
+            "model_path": model_path,
+            "namespace": namespace,
+            "ingress_path": ingress_path,
+            "resources": {
+                "requests": _pairs(request, "--request"),
+                "limits": _pairs(limit, "--limit"),
+            },
+            "labels": _pairs(label, "--label"),
+            "node_selector": _pairs(node_selector, "--node-selector"),
+        }
+    )
+    endpoint = _run(lambda service: service.deploy(name, spec, region or None, stopped=stopped))
+    _summary(endpoint, f"created in {', '.join(endpoint.target_regions)}")
+
+
+def _read_manifests(files: list[str]) -> list[EndpointManifest]:
+    """Every document of every file, all checked before anything is written."""
+    manifests: list[EndpointManifest] = []
+    problems: list[str] = []
+    for file in files:
+        try:
+            text = sys.stdin.read() if file == "-" else Path(file).read_text()
+            loaded = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        except (OSError, yaml.YAMLError) as error:
+            _fail(f"{file}: {error}")
+        documents = [item for doc in loaded for item in (doc if isinstance(doc, list) else [doc])]
+        for index, document in enumerate(documents, start=1):
+            where = f"{file} document {index}"
+            if isinstance(document, dict) and isinstance(document.get("metadata"), dict):
+                where += f" ({document['metadata'].get('name')})"
+            try:
+                manifests.append(EndpointManifest.model_validate(document))
+            except ValidationError as error:
+                problems.extend(f"{where}: {p}" for p in invalid_input(error).problems)
+    names = [manifest.metadata.name for manifest in manifests]
+    for name in sorted({name for name in names if names.count(name) > 1}):
+        problems.append(f"metadata.name: {name!r} is declared more than once")
+    if problems:
+        _fail(*problems)
+    if not manifests:
+        _fail("no endpoint documents found")
+    return manifests
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "* `servefleet apply -f endpoints.yaml`\n\n"
+    "* `servefleet get llm -o yaml | sed 's/replicas: 2/replicas: 4/' | servefleet apply -f -`"
+)
+def apply(
+    file: Annotated[
+        list[str],
+        typer.Option("--filename", "-f", help="YAML file with one or more endpoints, or -."),
+    ],
+) -> None:
+    """Create or update endpoints from declarations; unchanged ones are left alone."""
+    manifests = _read_manifests(file)
+
+    async def apply_all(service: EndpointService) -> list[Applied]:
+        for manifest in manifests:
+            await service.check(manifest)
+        return [await service.apply(manifest) for manifest in manifests]
+
+    for applied in _run(apply_all):
+        out.print(f"endpoint/{applied.endpoint.name} {applied.outcome.value}", markup=False)
+
+
+OutputOption = Annotated[str, typer.Option("--output", "-o", help="yaml or json.")]
+
+
+def _check_output(output: str, allowed: tuple[str, ...]) -> None:
+    if output not in allowed:
+        _fail(f"--output: must be one of {', '.join(allowed)} (got {output!r})")
+
+
+@app.command(epilog="Example: `servefleet get llm -o yaml > llm.yaml`")
+def get(name: NameArgument, output: OutputOption = "yaml") -> None:
+    """Print an endpoint's declaration and status, in a form `apply -f` accepts."""
+    _check_output(output, ("yaml", "json"))
+    endpoint, statuses = _run(lambda service: service.status(name))
+    manifest = EndpointManifest.of(endpoint, _status_section(endpoint, statuses))
+    _print_documents([manifest.document()], output, many=False)
+
+
+@app.command(
+    name="list",
+    epilog="Examples: `servefleet list`, `servefleet list -o json`, `servefleet list -r eu-west`",
+)
+def list_endpoints(
+    output: Annotated[str, typer.Option("--output", "-o", help="table, yaml or json.")] = "table",
+    region: Annotated[
+        str | None, typer.Option("--region", "-r", help="Only endpoints in this region.")
+    ] = None,
+) -> None:
+    """List endpoints."""
+    _check_output(output, ("table", "yaml", "json"))
+    endpoints = _run(lambda service: service.list_endpoints(region=region))
+    if output != "table":
+        documents = [EndpointManifest.of(endpoint).document() for endpoint in endpoints]
+        _print_documents(documents, output, many=True)
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "STATE", "REGIONS", "REPLICAS", "IMAGE", "CANARY", "GENERATION"):
+        table.add_column(column)
+    for endpoint in endpoints:
+        spec = endpoint.spec
+        canary = spec.canary
+        replicas = (
+            f"{spec.autoscaling.min_replicas}-{spec.autoscaling.max_replicas} (auto)"
+            if spec.autoscaling.enabled
+            else str(spec.replicas)
+        )
+        table.add_row(
+            endpoint.name,
+            endpoint.desired_state.value,
+            ",".join(endpoint.target_regions),
+            replicas,
+            spec.image or " ".join(spec.command or []),
+            f"{canary.image or 'custom'} @{canary.weight}%" if canary else "-",
+            str(endpoint.generation),
+        )
+    out.print(table)
+
+
+@app.command(epilog="Example: `servefleet status llm`")
+def status(
+    name: NameArgument,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, yaml or json.")] = "table",
+) -> None:
+    """Show how each region is doing with an endpoint."""
+    _check_output(output, ("table", "yaml", "json"))
+    endpoint, statuses = _run(lambda service: service.status(name))
+    section = _status_section(endpoint, statuses)
+    if output != "table":
+        _print_documents(
+            [{"name": name, "generation": endpoint.generation, **section}], output, many=False
+        )
+        return
+    out.print(
+        f"endpoint/{name}: {endpoint.desired_state.value}, generation {endpoint.generation}",
+        markup=False,
+    )
+    table = Table(box=None, pad_edge=False)
+    for column in ("REGION", "STATE", "OBSERVED", "READY", "CANARY", "ROUTED", "MESSAGE"):
+        table.add_column(column)
+    by_region = {status.region: status for status in statuses}
+    for region in endpoint.target_regions:
+        report = by_region.get(region)
+        if report is None:
+            table.add_row(region, "pending", "-", "-", "-", "-", "no report yet")
+            continue
+        table.add_row(
+            region,
+            report.state.value,
+            str(report.observed_generation),
+            f"{report.replicas_ready}/{report.replicas_desired}",
+            str(report.canary_ready),
+            "yes" if report.routed else "no",
+            report.message,
+        )
+    out.print(table)
+
+
+@app.command(epilog="Example: `servefleet scale llm 4`")
+def scale(
+    name: NameArgument,
+    replicas: Annotated[int, typer.Argument(help="Replicas per region.")],
+) -> None:
+    """Set the number of replicas."""
+    endpoint = _run(lambda service: service.scale(name, replicas))
+    _summary(endpoint, f"scaled to {endpoint.spec.replicas}")
+
+
+@app.command(
+    name="update-image",
+    epilog="Examples: `servefleet update-image llm ghcr.io/org/vllm:0.7`, "
+    "`servefleet update-image llm 123.dkr.ecr.eu-west-1.amazonaws.com/vllm:0.7 -r eu-west`",
+)
+def update_image(
+    name: NameArgument,
+    image: Annotated[str, typer.Argument(help="The new image.")],
+    region: Annotated[
+        str | None, typer.Option("--region", "-r", help="Only in this region.")
+    ] = None,
+) -> None:
+    """Roll out a new image, everywhere or in one region."""
+    endpoint = _run(lambda service: service.update_image(name, image, region))
+    _summary(endpoint, f"image set to {image}" + (f" in {region}" if region else ""))
+
+
+@app.command(epilog="Example: `servefleet stop llm`")
+def stop(name: NameArgument) -> None:
+    """Stop every replica and remove the route; the declaration stays."""
+    _summary(_run(lambda service: service.stop(name)), "stopped")
+
+
+@app.command(epilog="Example: `servefleet start llm`")
+def start(name: NameArgument) -> None:
+    """Run a stopped endpoint again."""
+    _summary(_run(lambda service: service.start(name)), "started")
+
+
+@app.command(
+    epilog="Examples: `servefleet canary llm --image ghcr.io/org/vllm:0.7 --weight 20`, "
+    "`servefleet canary llm --weight 50`"
+)
+def canary(
+    name: NameArgument,
+    image: Annotated[str | None, typer.Option(help="The canary's image.")] = None,
+    weight: Annotated[int | None, typer.Option(help="Percent of traffic, 1-99.")] = None,
+    replicas: Annotated[int | None, typer.Option(help="Canary replicas per region.")] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", help="Environment variable KEY=VALUE for the canary."),
+    ] = None,
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="The canary's command and arguments, after `--`.", show_default=False),
+    ] = None,
+) -> None:
+    """Add a canary version, or change its image, weight or replicas."""
+    endpoint = _run(
+        lambda service: service.canary(
+            name,
+            image=image,
+            weight=weight,
+            replicas=replicas,
+            command=command or None,
+            env=_pairs(env, "--env") or None,
+        )
+    )
+    assert endpoint.spec.canary is not None
+    _summary(endpoint, f"canary at {endpoint.spec.canary.weight}%")
+
+
+@app.command(epilog="Example: `servefleet promote llm`")
+def promote(name: NameArgument) -> None:
+    """Make the canary the primary version and remove the canary."""
+    _summary(_run(lambda service: service.promote(name)), "promoted")
+
+
+@app.command(epilog="Example: `servefleet rollback llm`")
+def rollback(name: NameArgument) -> None:
+    """Remove the canary; all traffic goes to the primary version."""
+    _summary(_run(lambda service: service.rollback(name)), "rolled back")
+
+
+@app.command(epilog="Example: `servefleet delete llm`")
+def delete(name: NameArgument) -> None:
+    """Delete an endpoint from every region; the record is purged once all are clean."""
+    _summary(_run(lambda service: service.delete(name)), "marked for deletion")
+
+
+@regions_app.command(
+    "add",
+    epilog="Examples: `servefleet regions add local-1 --kind local`, "
+    "`servefleet regions add eu-west --kind kubernetes --context eu-west --namespace llm`",
+)
+def regions_add(
+    name: Annotated[str, typer.Argument(help="Region name.")],
+    kind: Annotated[str, typer.Option(help="local or kubernetes.")] = "local",
+    kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig file.")] = None,
+    context: Annotated[str | None, typer.Option(help="Kubeconfig context.")] = None,
+    namespace: Annotated[str, typer.Option(help="Default namespace.")] = "default",
+) -> None:
+    """Register a region (or change its settings)."""
+    try:
+        region = Region.model_validate(
+            {
+                "name": name,
+                "kind": kind,
+                "kubeconfig": kubeconfig,
+                "context": context,
+                "namespace": namespace,
+            }
+        )
+    except ValidationError as error:
+        _fail(*invalid_input(error, "region").problems)
+    _run(lambda service: service.add_region(region))
+    out.print(f"region/{name} registered ({region.kind.value})", markup=False)
+
+
+@regions_app.command("list", epilog="Example: `servefleet regions list`")
+def regions_list(output: Annotated[str, typer.Option("--output", "-o")] = "table") -> None:
+    """List registered regions."""
+    _check_output(output, ("table", "yaml", "json"))
+    regions = _run(lambda service: service.list_regions())
+    if output != "table":
+        _print_documents([r.model_dump(mode="json") for r in regions], output, many=True)
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "KIND", "CONTEXT", "NAMESPACE"):
+        table.add_column(column)
+    for region in regions:
+        table.add_row(region.name, region.kind.value, region.context or "-", region.namespace)
+    out.print(table)
+
+
+@regions_app.command("remove", epilog="Example: `servefleet regions remove local-1`")
+def regions_remove(name: Annotated[str, typer.Argument(help="Region name.")]) -> None:
+    """Remove a region no endpoint targets."""
+    _run(lambda service: service.remove_region(name))
+    out.print(f"region/{name} removed", markup=False)
+
+
+@store_app.command(
+    "init", epilog="Example: `SERVEFLEET_STORE=postgresql://... servefleet store init`"
+)
+def store_init() -> None:
+    """Create or migrate the store's schema (safe to run again)."""
+
+    async def nothing(_service: EndpointService) -> None:
+        return None
+
+    _run(nothing, init=True)
+    out.print(f"store ready: {_redacted(_state.store_url)}", markup=False)
+
+
+def _redacted(url: str) -> str:
+    scheme, separator, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if separator and at and ":" in credentials:
+        return f"{scheme}://{credentials.split(':')[0]}:***@{host}"
+    return url
+
+
+def run() -> None:
+    app()

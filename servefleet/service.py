@@ -1,0 +1,365 @@
+"""The operations users perform on endpoints and regions, with their rules.
+
+Every change of an endpoint is a read-modify-write loop: read the record, work out
+the new one, write it with compare-and-set on `revision`, and on a conflict read
+again and redo the change on top of what the other writer stored. So concurrent
+writers (two CLI invocations, the CLI and a reconciler) never lose each other's
+work, and a rule is always checked against the record it is applied to.
+
+A change whose result equals the stored intent writes nothing, so re-applying
+the same declaration leaves even `revision` untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ValidationError
+
+from servefleet.spec import (
+    CanarySpec,
+    DesiredState,
+    Endpoint,
+    EndpointManifest,
+    EndpointSpec,
+    InvalidInput,
+    Region,
+    RegionStatus,
+    invalid_input,
+)
+from servefleet.store import (
+    EndpointExists,
+    EndpointNotFound,
+    RevisionConflict,
+    Store,
+)
+
+__all__ = ["ApplyOutcome", "EndpointService", "OperationRefused", "utc_now"]
+
+_MAX_ATTEMPTS = 50
+
+
+class OperationRefused(Exception):
+    """The operation breaks a rule about the endpoint's current state."""
+
+
+class ApplyOutcome(StrEnum):
+    CREATED = "created"
+    CONFIGURED = "configured"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class Applied:
+    endpoint: Endpoint
+    outcome: ApplyOutcome
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def revise_spec(spec: EndpointSpec, **changes: Any) -> EndpointSpec:
+    """The spec with `changes`, checked by every rule again (`model_copy` checks none)."""
+    try:
+        return EndpointSpec.model_validate({**spec.model_dump(), **changes})
+    except ValidationError as error:
+        raise invalid_input(error, "spec") from None
+
+
+Change = Callable[[Endpoint], Endpoint]
+
+
+class EndpointService:
+    def __init__(self, store: Store, clock: Callable[[], datetime] = utc_now) -> None:
+        self._store = store
+        self._clock = clock
+
+    # Reading.
+
+    async def get(self, name: str) -> Endpoint:
+        return await self._store.get_endpoint(name)
+
+    async def list_endpoints(self, *, region: str | None = None) -> list[Endpoint]:
+        return await self._store.list_endpoints(region=region)
+
+    async def status(self, name: str) -> tuple[Endpoint, list[RegionStatus]]:
+        endpoint = await self._store.get_endpoint(name)
+        return endpoint, await self._store.list_region_status(endpoint=name)
+
+    # Declaring.
+
+    async def deploy(
+        self,
+        name: str,
+        spec: EndpointSpec,
+        regions: list[str] | None = None,
+        *,
+        stopped: bool = False,
+    ) -> Endpoint:
+        """Create a new endpoint; `EndpointExists` if the name is taken."""
+        targets = await self._targets(regions)
+        await self._check_region_images(spec)
+        now = self._clock()
+        try:
+            endpoint = Endpoint(
+                name=name,
+                spec=spec,
+                target_regions=targets,
+                desired_state=DesiredState.STOPPED if stopped else DesiredState.DEPLOYING,
+                created_at=now,
+                updated_at=now,
+            )
+        except ValidationError as error:
+            raise invalid_input(error) from None
+        return await self._store.create_endpoint(endpoint)
+
+    async def check(self, manifest: EndpointManifest) -> None:
+        """Every rule that needs the store, so a batch can be checked before any write."""
+        if manifest.regions is not None:
+            await self._targets(manifest.regions)
+        await self._check_region_images(manifest.spec)
+
+    async def apply(self, manifest: EndpointManifest) -> Applied:
+        """Create the endpoint, or make it match the declaration; nothing when it does."""
+        await self.check(manifest)
+        stopped = manifest.state == "stopped"
+
+        def declare(current: Endpoint) -> Endpoint:
+            state = current.desired_state
+            if manifest.state is not None and stopped != (state is DesiredState.STOPPED):
+                state = DesiredState.STOPPED if stopped else DesiredState.DEPLOYING
+            return current.model_copy(
+                update={
+                    "spec": manifest.spec,
+                    "target_regions": manifest.regions or current.target_regions,
+                    "desired_state": state,
+                }
+            )
+
+        name = manifest.metadata.name
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                current = await self._store.get_endpoint(name)
+            except EndpointNotFound:
+                try:
+                    created = await self.deploy(
+                        name, manifest.spec, manifest.regions, stopped=stopped
+                    )
+                except EndpointExists:
+                    continue
+                return Applied(created, ApplyOutcome.CREATED)
+            updated = await self._change(declare, current=current)
+            if updated is None:
+                continue
+            outcome = ApplyOutcome.UNCHANGED if updated == current else ApplyOutcome.CONFIGURED
+            return Applied(updated, outcome)
+        raise _busy(name)
+
+    # Changing.
+
+    async def scale(self, name: str, replicas: int) -> Endpoint:
+        def scale(current: Endpoint) -> Endpoint:
+            autoscaling = current.spec.autoscaling
+            if autoscaling.enabled:
+                raise OperationRefused(
+                    f"replicas: {name!r} is autoscaled between {autoscaling.min_replicas} and "
+                    f"{autoscaling.max_replicas}; change autoscaling.min_replicas/max_replicas "
+                    "or turn autoscaling off"
+                )
+            return _with_spec(current, revise_spec(current.spec, replicas=replicas))
+
+        return await self._mutate(name, scale)
+
+    async def update_image(self, name: str, image: str, region: str | None = None) -> Endpoint:
+        """Roll out `image` everywhere, or only in `region` (a per-region override)."""
+
+        def update(current: Endpoint) -> Endpoint:
+            if region is None:
+                return _with_spec(current, revise_spec(current.spec, image=image))
+            if region not in current.target_regions:
+                raise OperationRefused(
+                    f"region: {region!r} is not a target of {name!r} "
+                    f"(targets: {', '.join(current.target_regions)})"
+                )
+            images = {**current.spec.region_images, region: image}
+            return _with_spec(current, revise_spec(current.spec, region_images=images))
+
+        return await self._mutate(name, update)
+
+    async def stop(self, name: str) -> Endpoint:
+        return await self._mutate(name, _with_state(DesiredState.STOPPED))
+
+    async def start(self, name: str) -> Endpoint:
+        return await self._mutate(name, _with_state(DesiredState.DEPLOYING))
+
+    async def canary(
+        self,
+        name: str,
+        *,
+        image: str | None = None,
+        weight: int | None = None,
+        replicas: int | None = None,
+        command: list[str] | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Endpoint:
+        """Add a canary version, or change the one there is."""
+        given = {
+            key: value
+            for key, value in {
+                "image": image,
+                "weight": weight,
+                "replicas": replicas,
+                "command": command,
+                "args": args,
+                "env": env,
+            }.items()
+            if value is not None
+        }
+
+        def set_canary(current: Endpoint) -> Endpoint:
+            existing = current.spec.canary
+            if existing is None and not given.keys() & {"image", "command", "args", "env"}:
+                raise OperationRefused(
+                    f"canary.image: {name!r} has no canary yet; give the new version's image "
+                    "(or its command, args or env)"
+                )
+            canary = (existing.model_dump() if existing else {}) | given
+            return _with_spec(current, revise_spec(current.spec, canary=canary))
+
+        return await self._mutate(name, set_canary)
+
+    async def promote(self, name: str) -> Endpoint:
+        """Make the canary version the primary one and remove the canary."""
+
+        def promote(current: Endpoint) -> Endpoint:
+            canary = _require_canary(current, "promote")
+            changes: dict[str, Any] = {"canary": None, "env": {**current.spec.env, **canary.env}}
+            for field in ("image", "command", "args"):
+                if getattr(canary, field) is not None:
+                    changes[field] = getattr(canary, field)
+            return _with_spec(current, revise_spec(current.spec, **changes))
+
+        return await self._mutate(name, promote)
+
+    async def rollback(self, name: str) -> Endpoint:
+        """Remove the canary; all traffic goes back to the primary version."""
+
+        def rollback(current: Endpoint) -> Endpoint:
+            _require_canary(current, "roll back")
+            return _with_spec(current, revise_spec(current.spec, canary=None))
+
+        return await self._mutate(name, rollback)
+
+    async def delete(self, name: str) -> Endpoint:
+        """Mark the endpoint deleted; it is purged once every region has removed it."""
+
+        def delete(current: Endpoint) -> Endpoint:
+            return current.model_copy(update={"desired_state": DesiredState.DELETED})
+
+        return await self._mutate(name, delete, allow_deleted=True)
+
+    # Regions.
+
+    async def add_region(self, region: Region) -> None:
+        await self._store.put_region(region)
+
+    async def list_regions(self) -> list[Region]:
+        return await self._store.list_regions()
+
+    async def remove_region(self, name: str) -> None:
+        await self._store.get_region(name)
+        users = [endpoint.name for endpoint in await self._store.list_endpoints(region=name)]
+        if users:
+            raise OperationRefused(
+                f"region: {name!r} is still a target of {', '.join(users)}; "
+                "move or delete those endpoints first"
+            )
+        await self._store.delete_region(name)
+
+    # The machinery.
+
+    async def _mutate(self, name: str, change: Change, *, allow_deleted: bool = False) -> Endpoint:
+        for _ in range(_MAX_ATTEMPTS):
+            current = await self._store.get_endpoint(name)
+            updated = await self._change(change, current=current, allow_deleted=allow_deleted)
+            if updated is not None:
+                return updated
+        raise _busy(name)
+
+    async def _change(
+        self, change: Change, *, current: Endpoint, allow_deleted: bool = False
+    ) -> Endpoint | None:
+        """Write `change(current)`; None when another writer got there first."""
+        if current.desired_state is DesiredState.DELETED and not allow_deleted:
+            raise OperationRefused(f"endpoint {current.name!r} is being deleted")
+        wanted = change(current)
+        if wanted.intent() == current.intent():
+            return current
+        if wanted.spec.region_images != current.spec.region_images:
+            await self._check_region_images(wanted.spec)
+        stored = wanted.model_copy(
+            update={"generation": current.generation + 1, "updated_at": self._clock()}
+        )
+        try:
+            return await self._store.update_endpoint(stored, expected_revision=current.revision)
+        except RevisionConflict:
+            return None
+
+    async def _targets(self, regions: Iterable[str] | None) -> list[str]:
+        registered = [region.name for region in await self._store.list_regions()]
+        if regions is None:
+            if not registered:
+                raise OperationRefused(
+                    "target_regions: no region is registered; add one with "
+                    "`servefleet regions add NAME --kind local`"
+                )
+            return registered
+        targets = list(regions)
+        for region in targets:
+            if region not in registered:
+                raise InvalidInput(
+                    [
+                        f"target_regions: region {region!r} is not registered "
+                        f"(registered: {', '.join(registered) or 'none'})"
+                    ]
+                )
+        return targets
+
+    async def _check_region_images(self, spec: EndpointSpec) -> None:
+        if not spec.region_images:
+            return
+        registered = {region.name for region in await self._store.list_regions()}
+        for region in spec.region_images:
+            if region not in registered:
+                raise InvalidInput([f"spec.region_images: region {region!r} is not registered"])
+
+
+def _with_spec(endpoint: Endpoint, spec: EndpointSpec) -> Endpoint:
+    return endpoint.model_copy(update={"spec": spec})
+
+
+def _with_state(state: DesiredState) -> Change:
+    def change(current: Endpoint) -> Endpoint:
+        if current.desired_state.runs and state.runs:
+            return current
+        return current.model_copy(update={"desired_state": state})
+
+    return change
+
+
+def _require_canary(endpoint: Endpoint, verb: str) -> CanarySpec:
+    if endpoint.spec.canary is None:
+        raise OperationRefused(f"canary: {endpoint.name!r} has no canary to {verb}")
+    return endpoint.spec.canary
+
+
+def _busy(name: str) -> OperationRefused:
+    return OperationRefused(
+        f"endpoint {name!r} is being changed by other writers too often; try again"
+    )
