@@ -303,8 +303,16 @@ class EndpointService:
             return current
         if wanted.spec.region_images != current.spec.region_images:
             await self._check_region_images(wanted.spec)
+        # A new generation is not running until the regions say so.
+        state = wanted.desired_state
+        if state is DesiredState.RUNNING:
+            state = DesiredState.DEPLOYING
         stored = wanted.model_copy(
-            update={"generation": current.generation + 1, "updated_at": self._clock()}
+            update={
+                "generation": current.generation + 1,
+                "desired_state": state,
+                "updated_at": self._clock(),
+            }
         )
         try:
             return await self._store.update_endpoint(stored, expected_revision=current.revision)

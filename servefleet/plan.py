@@ -1,0 +1,317 @@
+"""Pure decisions: what a region should run, whether it runs it, what to report.
+
+Every function here takes records and observations in and returns values out; the
+clock is an argument (`now`). The reconciler executes what these functions decide,
+so every corner of the decision logic is testable without a runtime, a store or
+time passing.
+
+- `desired_workload` — the endpoint as one region should run it, or None when the
+  region should hold nothing of it.
+- `workload_hash` — a stable digest of a workload; runtimes record it on what
+  they apply, and the reconciler writes only when the two differ.
+- `watchdog` — whether an endpoint that stays unready should lose its route.
+- `region_status` — the report for the store, from the workload and observation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from servefleet.spec import (
+    AutoscalingSpec,
+    DesiredState,
+    Endpoint,
+    RegionState,
+    RegionStatus,
+    Resources,
+)
+
+__all__ = [
+    "Observed",
+    "Version",
+    "VersionObservation",
+    "WatchdogDecision",
+    "Workload",
+    "desired_workload",
+    "fleet_state",
+    "purgeable",
+    "region_status",
+    "status_changed",
+    "watchdog",
+    "workload_hash",
+]
+
+
+class _Value(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Version(_Value):
+    """One set of identical replicas: the primary version, or the canary."""
+
+    role: Literal["primary", "canary"]
+    image: str | None
+    command: list[str] | None
+    args: list[str] | None
+    env: dict[str, str]
+    replicas: int | None
+    """None while an autoscaler owns the count (see `Workload.autoscaling`)."""
+
+
+class Workload(_Value):
+    """Everything one region needs to run one endpoint."""
+
+    endpoint: str
+    region: str
+    generation: int
+    namespace: str | None
+    port: int
+    health_path: str
+    ingress_path: str
+    primary: Version
+    canary: Version | None
+    canary_weight: int = Field(ge=0, le=99)
+    """Percent of requests for the canary; 0 when there is none."""
+    routed: bool
+    """Whether the endpoint receives traffic: false when stopped or pulled by the watchdog."""
+    autoscaling: AutoscalingSpec | None
+    resources: Resources
+    accelerator: str
+    gpu_count: int
+    capacity_type: str | None
+    node_selector: dict[str, str]
+    labels: dict[str, str]
+    model_source: str | None
+    model_path: str | None
+
+    @property
+    def replicas_desired(self) -> int:
+        primary = self.primary.replicas
+        if primary is None:
+            primary = self.autoscaling.min_replicas if self.autoscaling else 0
+        canary = self.canary.replicas or 0 if self.canary else 0
+        return primary + canary
+
+
+def desired_workload(endpoint: Endpoint, region: str, *, unrouted: bool = False) -> Workload | None:
+    """The workload `region` should run for `endpoint`; None when it should run nothing
+    (the endpoint is deleted or no longer targets the region)."""
+    if endpoint.desired_state is DesiredState.DELETED or region not in endpoint.target_regions:
+        return None
+    spec = endpoint.spec
+    runs = endpoint.desired_state.runs
+    autoscaling = spec.autoscaling if spec.autoscaling.enabled and runs else None
+    image = spec.region_images.get(region, spec.image)
+    primary = Version(
+        role="primary",
+        image=image,
+        command=spec.command,
+        args=spec.args,
+        env=dict(sorted(spec.env.items())),
+        replicas=None if autoscaling else (spec.replicas if runs else 0),
+    )
+    canary = None
+    if spec.canary is not None:
+        canary = Version(
+            role="canary",
+            image=spec.canary.image or image,
+            command=spec.canary.command if spec.canary.command is not None else spec.command,
+            args=spec.canary.args if spec.canary.args is not None else spec.args,
+            env=dict(sorted({**spec.env, **spec.canary.env}.items())),
+            replicas=spec.canary.replicas if runs else 0,
+        )
+    return Workload(
+        endpoint=endpoint.name,
+        region=region,
+        generation=endpoint.generation,
+        namespace=spec.namespace,
+        port=spec.port,
+        health_path=spec.health_path,
+        ingress_path=endpoint.ingress_path,
+        primary=primary,
+        canary=canary,
+        canary_weight=spec.canary.weight if spec.canary else 0,
+        routed=runs and not unrouted,
+        autoscaling=autoscaling,
+        resources=spec.resources,
+        accelerator=spec.accelerator,
+        gpu_count=spec.gpu_count,
+        capacity_type=spec.capacity_type,
+        node_selector=spec.node_selector,
+        labels=spec.labels,
+        model_source=spec.model_source,
+        model_path=spec.model_path,
+    )
+
+
+def workload_hash(workload: Workload) -> str:
+    """Digest of what the runtime must do. The generation is left out: a new
+    generation that changes nothing for this region (another region's image, say)
+    costs no write here."""
+    data = workload.model_dump(mode="json", exclude={"generation"})
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class VersionObservation(_Value):
+    ready: int = 0
+    running: int = 0
+
+
+class Observed(_Value):
+    """What a runtime holds for one endpoint."""
+
+    workload_hash: str
+    """The hash recorded when the workload now in place was applied."""
+    primary: VersionObservation = VersionObservation()
+    canary: VersionObservation = VersionObservation()
+    routed: bool = False
+    problem: str = ""
+    """Why replicas are not coming up (a crash loop, a failing probe), if known."""
+
+    @property
+    def ready(self) -> int:
+        return self.primary.ready + self.canary.ready
+
+
+class WatchdogDecision(_Value):
+    unrouted: bool
+    unready_since: datetime | None
+    """When the endpoint was last seen going from some to no ready replica."""
+    recheck_at: datetime | None
+    """When the decision may change with no event: the threshold running out."""
+
+
+def watchdog(
+    previous: RegionStatus | None,
+    observed: Observed | None,
+    *,
+    wants_replicas: bool,
+    now: datetime,
+    threshold: timedelta,
+) -> WatchdogDecision:
+    """Pull the route from an endpoint that has had no ready replica for `threshold`;
+    restore it as soon as one is ready. The clock starts from the report kept in the
+    store, so the decision survives a restart or a change of leader."""
+    if not wants_replicas or (observed is not None and observed.ready > 0):
+        return WatchdogDecision(unrouted=False, unready_since=None, recheck_at=None)
+    since = previous.unready_since if previous and previous.unready_since else now
+    deadline = since + threshold
+    if now >= deadline:
+        return WatchdogDecision(unrouted=True, unready_since=since, recheck_at=None)
+    return WatchdogDecision(unrouted=False, unready_since=since, recheck_at=deadline)
+
+
+def region_status(
+    endpoint: Endpoint,
+    region: str,
+    workload: Workload | None,
+    observed: Observed | None,
+    *,
+    previous: RegionStatus | None,
+    decision: WatchdogDecision | None,
+    error: str = "",
+    now: datetime,
+) -> RegionStatus:
+    """The region's report on `endpoint`. `error` is why the last apply failed."""
+    current = workload is not None and observed is not None
+    in_place = (
+        current
+        and observed is not None
+        and workload is not None
+        and (observed.workload_hash == workload_hash(workload))
+    )
+    ready = observed.primary.ready if observed else 0
+    canary_ready = observed.canary.ready if observed else 0
+    desired = workload.replicas_desired if workload else 0
+    message = error or (observed.problem if observed else "")
+    if workload is None:
+        state = RegionState.DELETED if observed is None else RegionState.PROGRESSING
+        message = message or ("" if observed is None else "removing")
+    elif error:
+        state = RegionState.FAILED
+    elif not in_place:
+        state = RegionState.PROGRESSING
+    elif not endpoint.desired_state.runs:
+        state = (
+            RegionState.STOPPED
+            if (observed and observed.primary.running == 0)
+            else (RegionState.PROGRESSING)
+        )
+    elif ready + canary_ready >= desired:
+        state = RegionState.READY
+    elif previous is not None and previous.state in (RegionState.READY, RegionState.DEGRADED):
+        state = RegionState.DEGRADED
+    else:
+        state = RegionState.PROGRESSING
+    if decision is not None and decision.unrouted:
+        message = (
+            f"no ready replica since {decision.unready_since:%Y-%m-%d %H:%M:%S}Z; "
+            "traffic withdrawn until one is ready" + (f" ({message})" if message else "")
+        )
+    observed_generation = (
+        endpoint.generation if in_place else (previous.observed_generation if previous else 0)
+    )
+    report = RegionStatus(
+        endpoint=endpoint.name,
+        region=region,
+        state=state,
+        observed_generation=observed_generation,
+        replicas_ready=ready,
+        replicas_desired=desired,
+        canary_ready=canary_ready,
+        routed=bool(observed and observed.routed),
+        message=message[:500],
+        last_transition=previous.last_transition if previous else now,
+        heartbeat=now,
+        unready_since=decision.unready_since if decision else None,
+    )
+    if previous is None or previous.state is not state:
+        report = report.model_copy(update={"last_transition": now})
+    return report
+
+
+def status_changed(
+    previous: RegionStatus | None, report: RegionStatus, *, now: datetime, heartbeat: timedelta
+) -> bool:
+    """Whether `report` must be written: it says something new, or the last
+    write is older than the heartbeat interval."""
+    if previous is None:
+        return True
+    if previous.model_copy(update={"heartbeat": None}) != report.model_copy(
+        update={"heartbeat": None}
+    ):
+        return True
+    return previous.heartbeat is None or now - previous.heartbeat >= heartbeat
+
+
+def fleet_state(endpoint: Endpoint, statuses: list[RegionStatus]) -> DesiredState:
+    """`running` once every target region runs the current generation with all
+    replicas ready; `deploying` until then. Other states are the user's to set."""
+    if not endpoint.desired_state.runs:
+        return endpoint.desired_state
+    by_region = {status.region: status for status in statuses}
+    for region in endpoint.target_regions:
+        status = by_region.get(region)
+        if (
+            status is None
+            or status.observed_generation != endpoint.generation
+            or status.state is not RegionState.READY
+        ):
+            return DesiredState.DEPLOYING
+    return DesiredState.RUNNING
+
+
+def purgeable(endpoint: Endpoint, statuses: list[RegionStatus]) -> bool:
+    """A deleted endpoint may be purged once every region that reported on it,
+    and every region it targeted, reports it removed."""
+    if endpoint.desired_state is not DesiredState.DELETED:
+        return False
+    reported = {status.region: status.state for status in statuses}
+    regions = set(endpoint.target_regions) | reported.keys()
+    return all(reported.get(region) is RegionState.DELETED for region in regions)

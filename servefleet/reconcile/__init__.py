@@ -1,0 +1,1 @@
+"""Per-region reconcilers: work queue, controller, leader election."""

@@ -1,0 +1,329 @@
+"""One region's reconciler: a queue of endpoint names, workers, and three feeds.
+
+Level-triggered, after controller-runtime: a pass (`reconcile(name)`) reads the
+record and what the runtime holds, and makes them agree; no pass depends on
+having seen an earlier event. Events only decide *when* a name is looked at:
+
+- the store's change feed (a spec change reaches the runtime without waiting),
+- the runtime's events (a replica died or became ready),
+- a periodic resync (default 5 minutes) as the safety net.
+
+A pass writes to the runtime only when the desired workload's hash differs from
+the one recorded on what is running, and writes region status only when the
+report changed (or the heartbeat is due), so a steady fleet costs nothing.
+
+Nothing is removed from a region because a listing came back empty or failed:
+removal happens only for a record that says so (deleted, or no longer targeting
+the region). An endpoint the runtime holds but the store does not know is left
+running, with a warning: that is what a wrong or wiped store looks like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from servefleet.plan import (
+    Observed,
+    WatchdogDecision,
+    Workload,
+    desired_workload,
+    fleet_state,
+    purgeable,
+    region_status,
+    status_changed,
+    watchdog,
+    workload_hash,
+)
+from servefleet.reconcile.queue import QueueShutDown, WorkQueue
+from servefleet.runtime.base import Runtime, RuntimeFailure, WorkloadUnsupported
+from servefleet.spec import DesiredState, Endpoint, RegionState, RegionStatus
+from servefleet.store import (
+    EndpointNotFound,
+    FeedCompacted,
+    Lease,
+    LeaseLost,
+    RevisionConflict,
+    Store,
+    StoreError,
+    StoreUnavailable,
+)
+
+__all__ = ["Controller", "ControllerSettings", "Result", "TemporaryError"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Clock = Callable[[], datetime]
+Fence = Callable[[], Lease | None]
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    workers: int = 4
+    resync_interval: float = 300.0
+    heartbeat_interval: float = 300.0
+    """A report that has not changed is written again after this long."""
+    watchdog_threshold: float = 300.0
+    """An endpoint with no ready replica for this long loses its route."""
+    backoff_initial: float = 0.05
+    backoff_max: float = 60.0
+    rate_limit: float = 20.0
+    """Retries of failing endpoints per second, over all endpoints (burst 200)."""
+    store_retry: float = 1.0
+
+
+@dataclass(frozen=True)
+class Result:
+    requeue_after: float | None = None
+
+
+class TemporaryError(Exception):
+    """The pass could not finish; try the endpoint again after its backoff."""
+
+
+OUTCOMES = ("success", "requeue", "retry", "error")
+
+
+class Controller:
+    def __init__(
+        self,
+        store: Store,
+        runtime: Runtime,
+        region: str,
+        settings: ControllerSettings,
+        *,
+        clock: Clock,
+        fence: Fence = lambda: None,
+    ) -> None:
+        self._store = store
+        self._runtime = runtime
+        self._region = region
+        self._settings = settings
+        self._clock = clock
+        self._fence = fence
+        self._statuses: dict[str, RegionStatus] = {}
+        self._heartbeat = timedelta(seconds=settings.heartbeat_interval)
+        self._watchdog_threshold = timedelta(seconds=settings.watchdog_threshold)
+        self.queue = WorkQueue(
+            backoff_initial=settings.backoff_initial,
+            backoff_max=settings.backoff_max,
+            rate=settings.rate_limit,
+        )
+        self.outcomes: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
+        self.runtime_writes = 0
+        self.status_writes = 0
+
+    async def run(self) -> None:
+        """Reconcile until cancelled; `LeaseLost` ends it early."""
+        position = await self._retrying(self._store.feed_position)
+        statuses = await self._retrying(lambda: self._store.list_region_status(region=self._region))
+        self._statuses = {status.endpoint: status for status in statuses}
+        await self._enqueue_everything()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._follow_feed(position))
+                tasks.create_task(self._follow_runtime())
+                tasks.create_task(self._resync())
+                for _ in range(self._settings.workers):
+                    tasks.create_task(self._work())
+        except* LeaseLost as lost:
+            raise lost.exceptions[0] from None
+        finally:
+            self.queue.shut_down()
+
+    # Feeding the queue.
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        while True:
+            try:
+                return await call()
+            except StoreUnavailable as error:
+                log.warning("region %s: store unavailable, retrying: %s", self._region, error)
+                await asyncio.sleep(self._settings.store_retry)
+
+    async def _enqueue_everything(self) -> None:
+        endpoints = await self._retrying(lambda: self._store.list_endpoints(region=self._region))
+        names = {endpoint.name for endpoint in endpoints}
+        names |= await self._runtime.held()
+        names |= self._statuses.keys()
+        for name in sorted(names):
+            self.queue.add(name)
+
+    async def _follow_feed(self, position: int) -> None:
+        while True:
+            try:
+                async for change in self._store.watch(position):
+                    position = change.seq
+                    self.queue.add(change.name)
+            except FeedCompacted:
+                log.warning("region %s: fell behind the change feed; listing again", self._region)
+                position = await self._retrying(self._store.feed_position)
+                await self._enqueue_everything()
+            except StoreUnavailable as error:
+                log.warning("region %s: change feed interrupted: %s", self._region, error)
+                await asyncio.sleep(self._settings.store_retry)
+
+    async def _follow_runtime(self) -> None:
+        async for name in self._runtime.events():
+            self.queue.add(name)
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.resync_interval)
+            await self._enqueue_everything()
+
+    # Working.
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                name = await self.queue.get()
+            except QueueShutDown:
+                return
+            try:
+                result = await self.reconcile(name)
+            except (LeaseLost, asyncio.CancelledError):
+                raise
+            except (TemporaryError, StoreError, RuntimeFailure) as error:
+                delay = self.queue.add_rate_limited(name)
+                self.outcomes["retry"] += 1
+                log.warning("%s/%s: %s (retry in %.1fs)", self._region, name, error, delay)
+            except Exception:
+                # A bug met by one endpoint must not stop the region: back off that key.
+                delay = self.queue.add_rate_limited(name)
+                self.outcomes["error"] += 1
+                log.exception("%s/%s: reconcile failed (retry in %.1fs)", self._region, name, delay)
+            else:
+                self.queue.forget(name)
+                if result.requeue_after is not None:
+                    self.outcomes["requeue"] += 1
+                    self.queue.add_after(name, result.requeue_after)
+                else:
+                    self.outcomes["success"] += 1
+            finally:
+                self.queue.done(name)
+
+    async def reconcile(self, name: str) -> Result:
+        """One level-triggered pass over endpoint `name` in this region."""
+        now = self._clock()
+        try:
+            endpoint: Endpoint | None = await self._store.get_endpoint(name)
+        except EndpointNotFound:
+            endpoint = None
+        observed = await self._runtime.observe(name)
+        previous = self._statuses.get(name)
+        if endpoint is None:
+            if observed is not None:
+                log.warning(
+                    "%s/%s: running here but unknown to the store; left in place",
+                    self._region,
+                    name,
+                )
+            self._statuses.pop(name, None)
+            return Result()
+
+        workload = desired_workload(endpoint, self._region)
+        decision: WatchdogDecision | None = None
+        error = ""
+        transient = False
+        if workload is not None:
+            decision = watchdog(
+                previous,
+                observed,
+                wants_replicas=workload.replicas_desired > 0,
+                now=now,
+                threshold=self._watchdog_threshold,
+            )
+            if decision.unrouted:
+                workload = workload.model_copy(update={"routed": False})
+            try:
+                observed = await self._converge(workload, observed)
+            except WorkloadUnsupported as unsupported:
+                error = str(unsupported)
+            except RuntimeFailure as failure:
+                error, transient = f"runtime: {failure}", True
+        elif observed is not None:
+            self._fence()
+            await self._runtime.remove(name)
+            self.runtime_writes += 1
+            log.info("%s/%s: removed", self._region, name)
+            observed = await self._runtime.observe(name)
+        elif previous is None:
+            return Result()  # never held here, nothing to report
+
+        report = region_status(
+            endpoint,
+            self._region,
+            workload,
+            observed,
+            previous=previous,
+            decision=decision,
+            error=error,
+            now=now,
+        )
+        if status_changed(
+            previous,
+            report,
+            now=now,
+            heartbeat=timedelta(seconds=self._settings.heartbeat_interval),
+        ):
+            await self._store.put_region_status(report, lease=self._fence())
+            self._statuses[name] = report
+            self.status_writes += 1
+        await self._settle(endpoint, report)
+        if transient:
+            raise TemporaryError(error)
+        if decision is not None and decision.recheck_at is not None:
+            return Result(requeue_after=max(0.0, (decision.recheck_at - now).total_seconds()))
+        return Result()
+
+    async def _converge(self, workload: Workload, observed: Observed | None) -> Observed | None:
+        if observed is not None and observed.workload_hash == workload_hash(workload):
+            return observed
+        self._fence()
+        await self._runtime.apply(workload)
+        self.runtime_writes += 1
+        log.info(
+            "%s/%s: applied generation %d", self._region, workload.endpoint, workload.generation
+        )
+        return await self._runtime.observe(workload.endpoint)
+
+    async def _settle(self, endpoint: Endpoint, report: RegionStatus) -> None:
+        """The fleet-wide consequences of this region's report: a deleted endpoint
+        purged once every region has removed it; `deploying` becoming `running`."""
+        if endpoint.desired_state is DesiredState.DELETED:
+            if report.state is not RegionState.DELETED:
+                return
+            statuses = await self._store.list_region_status(endpoint=endpoint.name)
+            if purgeable(endpoint, statuses):
+                try:
+                    await self._store.purge_endpoint(
+                        endpoint.name, expected_revision=endpoint.revision
+                    )
+                except (RevisionConflict, EndpointNotFound):
+                    return  # changed or purged meanwhile; the feed brings it back if needed
+                self._statuses.pop(endpoint.name, None)
+                log.info("%s: purged; every region has removed it", endpoint.name)
+            return
+        if not (
+            endpoint.desired_state is DesiredState.DEPLOYING
+            and report.state is RegionState.READY
+            and report.observed_generation == endpoint.generation
+        ):
+            return
+        statuses = await self._store.list_region_status(endpoint=endpoint.name)
+        if fleet_state(endpoint, statuses) is DesiredState.RUNNING:
+            try:
+                await self._store.update_endpoint(
+                    endpoint.model_copy(update={"desired_state": DesiredState.RUNNING}),
+                    expected_revision=endpoint.revision,
+                )
+            except (RevisionConflict, EndpointNotFound):
+                return

@@ -1,0 +1,129 @@
+"""A work queue of endpoint names, shaped after client-go's rate-limited queue.
+
+- A key waits in the queue at most once, however often it is added (dirty set).
+- A key is handed to one worker at a time; added again while being worked on, it
+  is queued once more when that worker says `done` (processing set). So a burst of
+  changes to one endpoint costs one pass after the current one, never two at once.
+- `add_rate_limited` delays a failing key by its own exponential backoff (capped)
+  and by an overall token bucket, whichever is longer; `forget` resets the backoff.
+- `add_after` schedules a look (a watchdog deadline); an earlier schedule wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["QueueShutDown", "TokenBucket", "WorkQueue"]
+
+
+class QueueShutDown(Exception):
+    """The queue was shut down; workers stop."""
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up; `delay()` reserves one."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self._rate = rate
+        self._burst = burst
+        self._tokens = float(burst)
+        self._clock = clock
+        self._last = clock()
+
+    def delay(self) -> float:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        self._tokens -= 1
+        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
+
+
+class WorkQueue:
+    def __init__(
+        self,
+        *,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 60.0,
+        rate: float = 20.0,
+        burst: int = 200,
+    ) -> None:
+        self._queue: deque[str] = deque()
+        self._dirty: set[str] = set()
+        self._processing: set[str] = set()
+        self._failures: dict[str, int] = {}
+        self._scheduled: dict[str, tuple[float, asyncio.TimerHandle]] = {}
+        self._ready = asyncio.Event()
+        self._shut_down = False
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._bucket = TokenBucket(rate, burst)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, key: str) -> None:
+        if self._shut_down or key in self._dirty:
+            return
+        self._dirty.add(key)
+        if key not in self._processing:
+            self._queue.append(key)
+            self._ready.set()
+
+    def add_after(self, key: str, delay: float) -> None:
+        if delay <= 0:
+            self.add(key)
+            return
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        scheduled = self._scheduled.get(key)
+        if scheduled is not None:
+            if scheduled[0] <= due:
+                return
+            scheduled[1].cancel()
+        self._scheduled[key] = (due, loop.call_at(due, self._fire, key))
+
+    def _fire(self, key: str) -> None:
+        self._scheduled.pop(key, None)
+        self.add(key)
+
+    def add_rate_limited(self, key: str) -> float:
+        """Queue `key` after its backoff; returns the delay chosen."""
+        failures = self._failures.get(key, 0)
+        self._failures[key] = failures + 1
+        backoff = min(self._backoff_max, self._backoff_initial * 2.0**failures)
+        delay = max(backoff, self._bucket.delay())
+        self.add_after(key, delay)
+        return delay
+
+    def forget(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+    def failures(self, key: str) -> int:
+        return self._failures.get(key, 0)
+
+    async def get(self) -> str:
+        while not self._queue:
+            if self._shut_down:
+                raise QueueShutDown
+            self._ready.clear()
+            await self._ready.wait()
+        key = self._queue.popleft()
+        self._dirty.discard(key)
+        self._processing.add(key)
+        return key
+
+    def done(self, key: str) -> None:
+        self._processing.discard(key)
+        if key in self._dirty:
+            self._queue.append(key)
+            self._ready.set()
+
+    def shut_down(self) -> None:
+        self._shut_down = True
+        for _, handle in self._scheduled.values():
+            handle.cancel()
+        self._scheduled.clear()
+        self._ready.set()

@@ -1,0 +1,1 @@
+"""Runtimes: what makes a region run a `plan.Workload` (local processes, Kubernetes)."""
