@@ -1,0 +1,243 @@
+"""The controller against a real store (SQLite and PostgreSQL) and an in-memory runtime."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from servefleet.plan import desired_workload
+from servefleet.reconcile.controller import Controller, ControllerSettings
+from servefleet.service import EndpointService, utc_now
+from servefleet.spec import DesiredState, Region, RegionKind, RegionState
+from servefleet.store import EndpointNotFound, Store
+from tests.factories import make_endpoint, make_spec
+from tests.reconcile.fakes import MemoryRuntime
+from tests.waiting import eventually
+
+FAST = ControllerSettings(
+    workers=2, resync_interval=3600, watchdog_threshold=3600, backoff_initial=0.02
+)
+
+
+@asynccontextmanager
+async def running(
+    store: Store, runtime: MemoryRuntime, settings: ControllerSettings = FAST, region: str = "r1"
+) -> AsyncIterator[Controller]:
+    controller = Controller(store, runtime, region, settings, clock=utc_now)
+    task = asyncio.create_task(controller.run())
+    try:
+        yield controller
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+async def service(store: Store) -> EndpointService:
+    for name in ("r1", "r2"):
+        await store.put_region(Region(name=name, kind=RegionKind.LOCAL))
+    return EndpointService(store)
+
+
+async def region_state(store: Store, name: str, region: str = "r1") -> RegionState | None:
+    statuses = await store.list_region_status(endpoint=name, region=region)
+    return statuses[0].state if statuses else None
+
+
+async def test_a_store_write_reaches_the_runtime_without_a_resync(
+    store: Store, service: EndpointService
+) -> None:
+    runtime = MemoryRuntime()
+    async with running(store, runtime):
+        await service.deploy("llm", make_spec(replicas=2), ["r1"])
+        await eventually(lambda: _has(runtime, "llm", replicas=2))
+        await service.scale("llm", 5)
+        await eventually(lambda: _has(runtime, "llm", replicas=5))
+        await eventually(lambda: _state_is(store, "llm", RegionState.READY))
+
+    (status,) = await store.list_region_status(endpoint="llm")
+    assert status.observed_generation == (await store.get_endpoint("llm")).generation
+    assert (status.replicas_ready, status.replicas_desired) == (5, 5)
+
+
+async def test_a_converged_endpoint_costs_no_writes(store: Store, service: EndpointService) -> None:
+    runtime = MemoryRuntime()
+    async with running(store, runtime) as controller:
+        await service.deploy("llm", make_spec(), ["r1"])
+        await eventually(lambda: _fleet_running(store, "llm"))
+        runtime_writes, status_writes = controller.runtime_writes, controller.status_writes
+
+        for _ in range(5):
+            await controller.reconcile("llm")
+
+        assert (controller.runtime_writes, controller.status_writes) == (
+            runtime_writes,
+            status_writes,
+        )
+        assert len(runtime.applies) == 1
+
+
+async def test_the_fleet_state_becomes_running_once_every_region_is_ready(
+    store: Store, service: EndpointService
+) -> None:
+    r1, r2 = MemoryRuntime(), MemoryRuntime()
+    await service.deploy("llm", make_spec(), ["r1", "r2"])
+    async with running(store, r1, region="r1"):
+        await eventually(lambda: _state_is(store, "llm", RegionState.READY))
+        assert (await store.get_endpoint("llm")).desired_state is DesiredState.DEPLOYING
+        async with running(store, r2, region="r2"):
+            await eventually(lambda: _fleet_running(store, "llm"))
+
+    updated = await service.scale("llm", 4)
+    assert updated.desired_state is DesiredState.DEPLOYING
+
+
+async def test_stop_and_start_reach_the_runtime(store: Store, service: EndpointService) -> None:
+    runtime = MemoryRuntime()
+    async with running(store, runtime):
+        await service.deploy("llm", make_spec(replicas=2), ["r1"])
+        await eventually(lambda: _has(runtime, "llm", replicas=2))
+        await service.stop("llm")
+        await eventually(lambda: _state_is(store, "llm", RegionState.STOPPED))
+        assert not runtime.held_workloads["llm"].routed
+        await service.start("llm")
+        await eventually(lambda: _has(runtime, "llm", replicas=2, routed=True))
+
+
+async def test_deleted_endpoints_are_removed_then_purged(
+    store: Store, service: EndpointService
+) -> None:
+    runtime = MemoryRuntime()
+    async with running(store, runtime):
+        await service.deploy("llm", make_spec(), ["r1"])
+        await eventually(lambda: _has(runtime, "llm", replicas=2))
+        await service.delete("llm")
+        await eventually(lambda: _purged(store, "llm"))
+
+    assert runtime.removals == ["llm"]
+    assert await store.list_region_status(endpoint="llm") == []
+
+
+async def test_an_endpoint_moved_off_a_region_is_removed_there(
+    store: Store, service: EndpointService
+) -> None:
+    runtime = MemoryRuntime()
+    async with running(store, runtime):
+        await service.deploy("llm", make_spec(), ["r1"])
+        await eventually(lambda: _has(runtime, "llm", replicas=2))
+        manifest = (await service.get("llm")).model_copy(update={"target_regions": ["r2"]})
+        await store.update_endpoint(manifest, expected_revision=manifest.revision)
+        await eventually(lambda: _state_is(store, "llm", RegionState.DELETED))
+
+    assert "llm" not in runtime.held_workloads
+
+
+async def test_what_the_store_does_not_know_is_never_removed(store: Store) -> None:
+    """An empty or wrong store must not wipe a region (the reference design deleted
+    on a failed listing)."""
+    runtime = MemoryRuntime()
+    ghost = desired_workload(make_endpoint("ghost"), "r1")
+    assert ghost is not None
+    runtime.held_workloads["ghost"] = ghost
+
+    async with running(store, runtime) as controller:
+        await eventually(lambda: _processed(controller))
+        await controller.reconcile("ghost")
+
+    assert runtime.removals == []
+    assert "ghost" in runtime.held_workloads
+
+
+async def test_an_unsupported_workload_is_reported_and_not_retried(
+    store: Store, service: EndpointService
+) -> None:
+    runtime = MemoryRuntime()
+    async with running(store, runtime) as controller:
+        await service.deploy("llm", make_spec(image="refused.example/never:1"), ["r1"])
+        await eventually(lambda: _state_is(store, "llm", RegionState.FAILED))
+        await asyncio.sleep(0.2)
+        assert controller.outcomes["retry"] == 0
+
+    (status,) = await store.list_region_status(endpoint="llm")
+    assert status.message == "this region refuses that image"
+
+
+async def test_a_failing_runtime_is_retried_with_backoff_and_recovers(
+    store: Store, service: EndpointService
+) -> None:
+    runtime = MemoryRuntime(unavailable=True)
+    async with running(store, runtime) as controller:
+        await service.deploy("llm", make_spec(), ["r1"])
+        await eventually(lambda: _retried(controller, 3))
+        (status,) = await store.list_region_status(endpoint="llm")
+        assert status.state is RegionState.FAILED
+        assert "region unreachable" in status.message
+
+        runtime.unavailable = False
+        await eventually(lambda: _state_is(store, "llm", RegionState.READY))
+
+
+async def test_runtime_events_bring_the_endpoint_back_for_a_look(
+    store: Store, service: EndpointService
+) -> None:
+    runtime = MemoryRuntime()
+    async with running(store, runtime):
+        await service.deploy("llm", make_spec(replicas=2), ["r1"])
+        await eventually(lambda: _state_is(store, "llm", RegionState.READY))
+        runtime.ready["llm"] = 1
+        runtime.announce("llm")
+        await eventually(lambda: _state_is(store, "llm", RegionState.DEGRADED))
+
+
+async def test_the_watchdog_unroutes_and_restores(store: Store, service: EndpointService) -> None:
+    runtime = MemoryRuntime(ready={"llm": 0})
+    settings = ControllerSettings(workers=2, resync_interval=3600, watchdog_threshold=0.3)
+    async with running(store, runtime, settings):
+        await service.deploy("llm", make_spec(), ["r1"])
+        await eventually(lambda: _has(runtime, "llm", replicas=2, routed=True))
+        await eventually(lambda: _has(runtime, "llm", replicas=2, routed=False))
+        (status,) = await store.list_region_status(endpoint="llm")
+        assert "traffic withdrawn" in status.message
+
+        runtime.ready["llm"] = 2
+        runtime.announce("llm")
+        await eventually(lambda: _has(runtime, "llm", replicas=2, routed=True))
+        await eventually(lambda: _state_is(store, "llm", RegionState.READY))
+
+
+# Checks for `eventually`.
+
+
+async def _has(runtime: MemoryRuntime, name: str, *, replicas: int, routed: bool = True) -> bool:
+    workload = runtime.held_workloads.get(name)
+    return (
+        workload is not None and workload.primary.replicas == replicas and workload.routed == routed
+    )
+
+
+async def _state_is(store: Store, name: str, state: RegionState) -> bool:
+    return await region_state(store, name) is state
+
+
+async def _fleet_running(store: Store, name: str) -> bool:
+    return (await store.get_endpoint(name)).desired_state is DesiredState.RUNNING
+
+
+async def _purged(store: Store, name: str) -> bool:
+    try:
+        await store.get_endpoint(name)
+    except EndpointNotFound:
+        return True
+    return False
+
+
+async def _processed(controller: Controller) -> bool:
+    return controller.outcomes["success"] > 0
+
+
+async def _retried(controller: Controller, times: int) -> bool:
+    return controller.outcomes["retry"] >= times

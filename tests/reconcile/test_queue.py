@@ -1,0 +1,83 @@
+"""The work queue's contract: dedup, one worker per key, backoff, scheduling."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from servefleet.reconcile.queue import QueueShutDown, TokenBucket, WorkQueue
+
+
+async def test_a_key_waits_in_the_queue_once() -> None:
+    queue = WorkQueue()
+    for key in ("a", "b", "a", "a"):
+        queue.add(key)
+
+    assert len(queue) == 2
+    assert [await queue.get(), await queue.get()] == ["a", "b"]
+
+
+async def test_a_key_added_while_processing_is_handed_out_after_done() -> None:
+    queue = WorkQueue()
+    queue.add("a")
+    key = await queue.get()
+    queue.add("a")
+
+    assert len(queue) == 0  # not handed to a second worker while the first works
+    queue.done(key)
+    assert await asyncio.wait_for(queue.get(), 1) == "a"
+
+
+async def test_done_without_a_new_add_does_not_requeue() -> None:
+    queue = WorkQueue()
+    queue.add("a")
+    queue.done(await queue.get())
+
+    assert len(queue) == 0
+
+
+async def test_backoff_doubles_per_failure_up_to_the_cap_and_forget_resets() -> None:
+    queue = WorkQueue(backoff_initial=0.01, backoff_max=0.05, rate=1000, burst=1000)
+
+    delays = [queue.add_rate_limited("a") for _ in range(5)]
+    queue.forget("a")
+
+    assert delays == pytest.approx([0.01, 0.02, 0.04, 0.05, 0.05])
+    assert queue.add_rate_limited("a") == pytest.approx(0.01)
+
+
+async def test_rate_limited_key_arrives_after_its_delay() -> None:
+    queue = WorkQueue(backoff_initial=0.05)
+    queue.add_rate_limited("a")
+
+    assert len(queue) == 0
+    assert await asyncio.wait_for(queue.get(), 2) == "a"
+
+
+async def test_the_earlier_schedule_wins() -> None:
+    queue = WorkQueue()
+    queue.add_after("a", 30)
+    queue.add_after("a", 0.01)
+
+    assert await asyncio.wait_for(queue.get(), 2) == "a"
+
+
+def test_token_bucket_spaces_requests_beyond_the_burst() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=10, burst=2, clock=lambda: now[0])
+
+    assert [bucket.delay(), bucket.delay(), bucket.delay()] == pytest.approx([0, 0, 0.1])
+    now[0] = 1.0
+    assert bucket.delay() == 0
+
+
+async def test_shut_down_releases_waiting_workers() -> None:
+    queue = WorkQueue()
+    waiting = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+
+    queue.shut_down()
+
+    with pytest.raises(QueueShutDown):
+        await asyncio.wait_for(waiting, 1)
