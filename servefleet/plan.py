@@ -90,12 +90,18 @@ class Workload(_Value):
     model_path: str | None
 
     @property
+    def primary_desired(self) -> int:
+        if self.primary.replicas is not None:
+            return self.primary.replicas
+        return self.autoscaling.min_replicas if self.autoscaling else 0
+
+    @property
+    def canary_desired(self) -> int:
+        return self.canary.replicas or 0 if self.canary else 0
+
+    @property
     def replicas_desired(self) -> int:
-        primary = self.primary.replicas
-        if primary is None:
-            primary = self.autoscaling.min_replicas if self.autoscaling else 0
-        canary = self.canary.replicas or 0 if self.canary else 0
-        return primary + canary
+        return self.primary_desired + self.canary_desired
 
 
 def desired_workload(endpoint: Endpoint, region: str, *, unrouted: bool = False) -> Workload | None:
@@ -228,7 +234,8 @@ def region_status(
     )
     ready = observed.primary.ready if observed else 0
     canary_ready = observed.canary.ready if observed else 0
-    desired = workload.replicas_desired if workload else 0
+    desired = workload.primary_desired if workload else 0
+    canary_desired = workload.canary_desired if workload else 0
     message = error or (observed.problem if observed else "")
     if workload is None:
         state = RegionState.DELETED if observed is None else RegionState.PROGRESSING
@@ -243,7 +250,7 @@ def region_status(
             if (observed and observed.primary.running == 0)
             else (RegionState.PROGRESSING)
         )
-    elif ready + canary_ready >= desired:
+    elif ready >= desired and canary_ready >= canary_desired:
         state = RegionState.READY
     elif previous is not None and previous.state in (RegionState.READY, RegionState.DEGRADED):
         state = RegionState.DEGRADED
@@ -265,6 +272,7 @@ def region_status(
         replicas_ready=ready,
         replicas_desired=desired,
         canary_ready=canary_ready,
+        canary_desired=canary_desired,
         routed=bool(observed and observed.routed),
         message=message[:500],
         last_transition=previous.last_transition if previous else now,

@@ -49,16 +49,16 @@ __all__ = [
 MAX_NAME_LENGTH = 45
 """Endpoint names leave room for "-canary" and prefixes within 63-character labels."""
 
-_RFC1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RFC1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?\Z")
+_RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # An OCI reference: [registry[:port]/]path[:tag][@digest], lowercase path components.
 _IMAGE = re.compile(
     r"^(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
     r"(?::[0-9]+)?/)?"
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
-    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?\Z"
 )
 # Model URIs are copied into init containers and replica environments; the
 # character set is closed so no quote, `;`, `$`, backtick, space or newline passes.
@@ -68,13 +68,13 @@ _MODEL_SOURCE = re.compile(
     r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](?:/" + _SAFE_PATH + r")?"
     r"|gs://[a-z0-9][a-z0-9._\-]{1,220}[a-z0-9](?:/" + _SAFE_PATH + r")?"
     r"|hf://[A-Za-z0-9][A-Za-z0-9._\-]*/[A-Za-z0-9][A-Za-z0-9._\-]*(?:@[A-Za-z0-9._\-/]+)?"
-    r"|file:///" + _SAFE_PATH + r")$"
+    r"|file:///" + _SAFE_PATH + r")\Z"
 )
-_URL_PATH = re.compile(r"^/(?:[A-Za-z0-9._~\-]+(?:/[A-Za-z0-9._~\-]+)*)?$")
-_MODEL_PATH = re.compile(r"^/" + _SAFE_PATH + r"$")
+_URL_PATH = re.compile(r"^/(?:[A-Za-z0-9._~\-]+(?:/[A-Za-z0-9._~\-]+)*)?\Z")
+_MODEL_PATH = re.compile(r"^/" + _SAFE_PATH + r"\Z")
 # Kubernetes quantity: a signed decimal, then a binary/decimal suffix or exponent.
 _QUANTITY = re.compile(
-    r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+    r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?\Z"
 )
 _QUANTITY_SUFFIX = {
     "": Decimal(1),
@@ -94,9 +94,9 @@ _QUANTITY_SUFFIX = {
     "Pi": Decimal(2**50),
     "Ei": Decimal(2**60),
 }
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?)$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)\Z")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?)\Z")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 
 
 def _shown(value: object) -> str:
@@ -162,7 +162,7 @@ def parse_quantity(text: str) -> Decimal:
         raise ValueError(f"is not a Kubernetes quantity like '500m' or '16Gi' (got {_shown(text)})")
     number, suffix = match.group(1), match.group(2) or ""
     try:
-        if suffix[:1] in ("e", "E"):
+        if suffix not in _QUANTITY_SUFFIX:  # an exponent; "E" and "Ei" are exa and exbi
             return Decimal(number + suffix)
         return Decimal(number) * _QUANTITY_SUFFIX[suffix]
     except InvalidOperation as error:
@@ -231,7 +231,7 @@ class CanarySpec(_Model):
 
 class AutoscalingMetric(_Model):
     type: Literal["cpu", "memory", "concurrency", "rps"]
-    target: float = Field(gt=0)
+    target: float = Field(gt=0, allow_inf_nan=False)
 
 
 class AutoscalingSpec(_Model):
@@ -441,6 +441,7 @@ class RegionStatus(_Model):
     replicas_ready: int = 0
     replicas_desired: int = 0
     canary_ready: int = 0
+    canary_desired: int = 0
     routed: bool = False
     message: str = ""
     last_transition: datetime | None = None
@@ -463,7 +464,7 @@ _PYDANTIC_PHRASES = (
     ("Extra inputs are not permitted", "is not a known field"),
     ("List should have at least", "must have at least"),
 )
-_FIELD_IN_MESSAGE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): (.*)$", re.DOTALL)
+_FIELD_IN_MESSAGE = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9_./-]*): (.*)$", re.DOTALL)
 
 
 def invalid_input(error: ValidationError, prefix: str = "") -> InvalidInput:

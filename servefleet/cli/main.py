@@ -49,9 +49,12 @@ store_app = typer.Typer(help="Set up the store.", no_args_is_help=True)
 app.add_typer(regions_app, name="regions")
 app.add_typer(store_app, name="store")
 
-# Piped output (scripts, `| grep`) gets wide tables instead of wrapped cells.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped output (scripts, `| grep`) gets wide tables instead of wrapped cells. No emoji
+# codes: a value like ":smile:" must print as written, or `get | apply` would change it.
+out = Console(
+    highlight=False, emoji=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250
+)
+err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 
 
 def default_store_url() -> str:
@@ -154,6 +157,28 @@ def _summary(endpoint: Endpoint, verb: str) -> None:
     out.print(f"endpoint/{endpoint.name} {verb} (generation {endpoint.generation})", markup=False)
 
 
+WaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        help="Show per-region progress until every target region has the change in place.",
+    ),
+]
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", help="Seconds --wait waits before giving up.")
+]
+
+
+def _wait_for(names: list[str], wait: bool, timeout: float) -> None:
+    if not wait:
+        return
+    from servefleet.cli.wait import wait_until_settled
+
+    pending = _run(lambda service: wait_until_settled(service, names, within=timeout, console=out))
+    if pending:
+        _fail(f"--wait: not in place after {timeout:g}s: {', '.join(pending)}")
+
+
 # Verbs.
 
 NameArgument = Annotated[str, typer.Argument(help="Endpoint name.", show_default=False)]
@@ -207,6 +232,8 @@ def deploy(
         list[str] | None, typer.Option("--args", help="Argument for the image's entrypoint.")
     ] = None,
     stopped: Annotated[bool, typer.Option(help="Declare it without running it.")] = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 300.0,
 ) -> None:
     """Create an endpoint."""
     spec = _spec(
@@ -235,6 +262,15 @@ def deploy(
     )
     endpoint = _run(lambda service: service.deploy(name, spec, region or None, stopped=stopped))
     _summary(endpoint, f"created in {', '.join(endpoint.target_regions)}")
+    _wait_for([name], wait, timeout)
+
+
+def _load(text: str) -> list[Any]:
+    """JSON (`get -o json`) as JSON: YAML reads an escaped surrogate pair as two characters."""
+    try:
+        return [json.loads(text)]
+    except ValueError:
+        return list(yaml.safe_load_all(text))
 
 
 def _read_manifests(files: list[str]) -> list[EndpointManifest]:
@@ -244,7 +280,7 @@ def _read_manifests(files: list[str]) -> list[EndpointManifest]:
     for file in files:
         try:
             text = sys.stdin.read() if file == "-" else Path(file).read_text()
-            loaded = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+            loaded = [doc for doc in _load(text) if doc is not None]
         except (OSError, yaml.YAMLError) as error:
             _fail(f"{file}: {error}")
         documents = [item for doc in loaded for item in (doc if isinstance(doc, list) else [doc])]
@@ -276,6 +312,8 @@ def apply(
         list[str],
         typer.Option("--filename", "-f", help="YAML file with one or more endpoints, or -."),
     ],
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 300.0,
 ) -> None:
     """Create or update endpoints from declarations; unchanged ones are left alone."""
     manifests = _read_manifests(file)
@@ -287,14 +325,15 @@ def apply(
 
     for applied in _run(apply_all):
         out.print(f"endpoint/{applied.endpoint.name} {applied.outcome.value}", markup=False)
+    _wait_for([manifest.metadata.name for manifest in manifests], wait, timeout)
 
 
 OutputOption = Annotated[str, typer.Option("--output", "-o", help="yaml or json.")]
 
 
-def _check_output(output: str, allowed: tuple[str, ...]) -> None:
+def _check_output(output: str, allowed: tuple[str, ...], *, flag: str = "--output") -> None:
     if output not in allowed:
-        _fail(f"--output: must be one of {', '.join(allowed)} (got {output!r})")
+        _fail(f"{flag}: must be one of {', '.join(allowed)} (got {output!r})")
 
 
 @app.command(epilog="Example: `servefleet get llm -o yaml > llm.yaml`")
@@ -378,7 +417,7 @@ def status(
             report.state.value,
             str(report.observed_generation),
             f"{report.replicas_ready}/{report.replicas_desired}",
-            str(report.canary_ready),
+            f"{report.canary_ready}/{report.canary_desired}" if report.canary_desired else "-",
             "yes" if report.routed else "no",
             report.message,
         )
@@ -389,10 +428,13 @@ def status(
 def scale(
     name: NameArgument,
     replicas: Annotated[int, typer.Argument(help="Replicas per region.")],
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 300.0,
 ) -> None:
     """Set the number of replicas."""
     endpoint = _run(lambda service: service.scale(name, replicas))
     _summary(endpoint, f"scaled to {endpoint.spec.replicas}")
+    _wait_for([name], wait, timeout)
 
 
 @app.command(
@@ -406,22 +448,35 @@ def update_image(
     region: Annotated[
         str | None, typer.Option("--region", "-r", help="Only in this region.")
     ] = None,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 300.0,
 ) -> None:
     """Roll out a new image, everywhere or in one region."""
     endpoint = _run(lambda service: service.update_image(name, image, region))
     _summary(endpoint, f"image set to {image}" + (f" in {region}" if region else ""))
+    _wait_for([name], wait, timeout)
 
 
 @app.command(epilog="Example: `servefleet stop llm`")
-def stop(name: NameArgument) -> None:
+def stop(
+    name: NameArgument,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 300.0,
+) -> None:
     """Stop every replica and remove the route; the declaration stays."""
     _summary(_run(lambda service: service.stop(name)), "stopped")
+    _wait_for([name], wait, timeout)
 
 
 @app.command(epilog="Example: `servefleet start llm`")
-def start(name: NameArgument) -> None:
+def start(
+    name: NameArgument,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 300.0,
+) -> None:
     """Run a stopped endpoint again."""
     _summary(_run(lambda service: service.start(name)), "started")
+    _wait_for([name], wait, timeout)
 
 
 @app.command(
@@ -441,6 +496,8 @@ def canary(
         list[str] | None,
         typer.Argument(help="The canary's command and arguments, after `--`.", show_default=False),
     ] = None,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 300.0,
 ) -> None:
     """Add a canary version, or change its image, weight or replicas."""
     endpoint = _run(
@@ -455,24 +512,40 @@ def canary(
     )
     assert endpoint.spec.canary is not None
     _summary(endpoint, f"canary at {endpoint.spec.canary.weight}%")
+    _wait_for([name], wait, timeout)
 
 
 @app.command(epilog="Example: `servefleet promote llm`")
-def promote(name: NameArgument) -> None:
+def promote(
+    name: NameArgument,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 300.0,
+) -> None:
     """Make the canary the primary version and remove the canary."""
     _summary(_run(lambda service: service.promote(name)), "promoted")
+    _wait_for([name], wait, timeout)
 
 
 @app.command(epilog="Example: `servefleet rollback llm`")
-def rollback(name: NameArgument) -> None:
+def rollback(
+    name: NameArgument,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 300.0,
+) -> None:
     """Remove the canary; all traffic goes to the primary version."""
     _summary(_run(lambda service: service.rollback(name)), "rolled back")
+    _wait_for([name], wait, timeout)
 
 
 @app.command(epilog="Example: `servefleet delete llm`")
-def delete(name: NameArgument) -> None:
+def delete(
+    name: NameArgument,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 300.0,
+) -> None:
     """Delete an endpoint from every region; the record is purged once all are clean."""
     _summary(_run(lambda service: service.delete(name)), "marked for deletion")
+    _wait_for([name], wait, timeout)
 
 
 @regions_app.command(
@@ -546,6 +619,70 @@ def _redacted(url: str) -> str:
     if separator and at and ":" in credentials:
         return f"{scheme}://{credentials.split(':')[0]}:***@{host}"
     return url
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "* `servefleet up --demo` (one local region, a demo endpoint, gateway on :8080)\n\n"
+    "* `servefleet up --demo --regions r1,r2 --port 9000`"
+)
+def up(
+    regions: Annotated[
+        str, typer.Option(help="Local regions to run, comma-separated (registered if new).")
+    ] = "local",
+    demo: Annotated[bool, typer.Option(help="Deploy the demo endpoint to every region.")] = False,
+    host: Annotated[str, typer.Option(help="Address the gateways listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the gateway in front of all regions.")] = 8080,
+    log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
+    log_dir: Annotated[
+        Path | None, typer.Option(help="Replica logs (default: next to the store).")
+    ] = None,
+    watchdog_threshold: Annotated[
+        float, typer.Option(help="Seconds without a ready replica before traffic is withdrawn.")
+    ] = 300.0,
+    startup_timeout: Annotated[
+        float, typer.Option(help="Seconds a replica may take to answer its first probe.")
+    ] = 600.0,
+    resync_interval: Annotated[
+        float, typer.Option(help="Seconds between full resyncs (the safety net).")
+    ] = 300.0,
+    lease_ttl: Annotated[float, typer.Option(help="Seconds a region's leadership lasts.")] = 15.0,
+) -> None:
+    """Run the store, a reconciler and gateway per local region, in the foreground."""
+    from servefleet.cli.up import UpOptions, serve
+    from servefleet.reconcile.controller import ControllerSettings
+    from servefleet.reconcile.leader import LeaseSettings
+    from servefleet.runtime.local.supervisor import LocalSettings
+
+    _check_output(log_format, ("text", "json"), flag="--log-format")
+    names = [name.strip() for name in regions.split(",") if name.strip()]
+    if not names:
+        _fail(f"--regions: give at least one region name (got {regions!r})")
+    store_url = _state.store_url
+    options = UpOptions(
+        store_url=store_url,
+        regions=names,
+        demo=demo,
+        host=host,
+        port=port,
+        log_format=log_format,
+        log_dir=log_dir or _default_log_dir(store_url),
+        controller=ControllerSettings(
+            watchdog_threshold=watchdog_threshold, resync_interval=resync_interval
+        ),
+        lease=LeaseSettings(ttl=lease_ttl, renew_interval=lease_ttl / 3),
+        local=LocalSettings(startup_timeout=startup_timeout),
+    )
+    try:
+        serve(options)
+    except (StoreError, ValueError, OSError) as error:
+        _fail(str(error))
+
+
+def _default_log_dir(store_url: str) -> Path:
+    if "://" not in store_url or store_url.startswith("sqlite://"):
+        return Path(store_url.removeprefix("sqlite://")).expanduser().parent / "logs"
+    return platformdirs.user_log_path("servefleet")
 
 
 def run() -> None:

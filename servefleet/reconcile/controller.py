@@ -234,13 +234,7 @@ class Controller:
         error = ""
         transient = False
         if workload is not None:
-            decision = watchdog(
-                previous,
-                observed,
-                wants_replicas=workload.replicas_desired > 0,
-                now=now,
-                threshold=self._watchdog_threshold,
-            )
+            decision = self._watch(previous, observed, workload, now)
             if decision.unrouted:
                 workload = workload.model_copy(update={"routed": False})
             try:
@@ -249,6 +243,10 @@ class Controller:
                 error = str(unsupported)
             except RuntimeFailure as failure:
                 error, transient = f"runtime: {failure}", True
+            # Report on what runs after this pass; the routing already applied stands.
+            after = self._watch(previous, observed, workload, now)
+            if after.unrouted == decision.unrouted:
+                decision = after
         elif observed is not None:
             self._fence()
             await self._runtime.remove(name)
@@ -268,12 +266,7 @@ class Controller:
             error=error,
             now=now,
         )
-        if status_changed(
-            previous,
-            report,
-            now=now,
-            heartbeat=timedelta(seconds=self._settings.heartbeat_interval),
-        ):
+        if status_changed(previous, report, now=now, heartbeat=self._heartbeat):
             await self._store.put_region_status(report, lease=self._fence())
             self._statuses[name] = report
             self.status_writes += 1
@@ -283,6 +276,21 @@ class Controller:
         if decision is not None and decision.recheck_at is not None:
             return Result(requeue_after=max(0.0, (decision.recheck_at - now).total_seconds()))
         return Result()
+
+    def _watch(
+        self,
+        previous: RegionStatus | None,
+        observed: Observed | None,
+        workload: Workload,
+        now: datetime,
+    ) -> WatchdogDecision:
+        return watchdog(
+            previous,
+            observed,
+            wants_replicas=workload.replicas_desired > 0,
+            now=now,
+            threshold=self._watchdog_threshold,
+        )
 
     async def _converge(self, workload: Workload, observed: Observed | None) -> Observed | None:
         if observed is not None and observed.workload_hash == workload_hash(workload):

@@ -64,6 +64,11 @@ class WorkQueue:
     def __len__(self) -> int:
         return len(self._queue)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and nothing being worked on (scheduled looks aside)."""
+        return not self._queue and not self._processing
+
     def add(self, key: str) -> None:
         if self._shut_down or key in self._dirty:
             return

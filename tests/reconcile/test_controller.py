@@ -11,7 +11,7 @@ import pytest
 from servefleet.plan import desired_workload
 from servefleet.reconcile.controller import Controller, ControllerSettings
 from servefleet.service import EndpointService, utc_now
-from servefleet.spec import DesiredState, Region, RegionKind, RegionState
+from servefleet.spec import DesiredState, EndpointManifest, Region, RegionKind, RegionState
 from servefleet.store import EndpointNotFound, Store
 from tests.factories import make_endpoint, make_spec
 from tests.reconcile.fakes import MemoryRuntime
@@ -69,6 +69,7 @@ async def test_a_converged_endpoint_costs_no_writes(store: Store, service: Endpo
     async with running(store, runtime) as controller:
         await service.deploy("llm", make_spec(), ["r1"])
         await eventually(lambda: _fleet_running(store, "llm"))
+        await eventually(lambda: _idle(controller))
         runtime_writes, status_writes = controller.runtime_writes, controller.status_writes
 
         for _ in range(5):
@@ -129,8 +130,8 @@ async def test_an_endpoint_moved_off_a_region_is_removed_there(
     async with running(store, runtime):
         await service.deploy("llm", make_spec(), ["r1"])
         await eventually(lambda: _has(runtime, "llm", replicas=2))
-        manifest = (await service.get("llm")).model_copy(update={"target_regions": ["r2"]})
-        await store.update_endpoint(manifest, expected_revision=manifest.revision)
+        moved = EndpointManifest.of(await service.get("llm")).model_copy(update={"regions": ["r2"]})
+        await service.apply(moved)
         await eventually(lambda: _state_is(store, "llm", RegionState.DELETED))
 
     assert "llm" not in runtime.held_workloads
@@ -233,6 +234,10 @@ async def _purged(store: Store, name: str) -> bool:
     except EndpointNotFound:
         return True
     return False
+
+
+async def _idle(controller: Controller) -> bool:
+    return controller.queue.idle
 
 
 async def _processed(controller: Controller) -> bool:

@@ -1,0 +1,195 @@
+"""`servefleet up`: everything one machine needs, in the foreground.
+
+The composition root of the local product: the store, one gateway and one
+leader-elected reconciler per local region, a global entry point in front of all
+regions, and with `--demo` a demo endpoint deployed to every region. Ctrl-C (or
+SIGTERM) cancels the reconcilers, whose runtimes stop every replica on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from servefleet.cli.main import err, out
+from servefleet.reconcile.controller import ControllerSettings
+from servefleet.reconcile.leader import LeaseSettings
+from servefleet.reconcile.region import run_region
+from servefleet.runtime.base import Runtime
+from servefleet.runtime.local.gateway import Gateway, Router
+from servefleet.runtime.local.supervisor import LocalRuntime, LocalSettings
+from servefleet.service import EndpointService, utc_now
+from servefleet.spec import EndpointManifest, EndpointSpec, Region, RegionKind
+from servefleet.store import RegionNotFound, Store, open_store
+
+__all__ = ["UpOptions", "serve"]
+
+log = logging.getLogger("servefleet")
+
+DEMO_ENDPOINT = "demo"
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    store_url: str
+    regions: list[str]
+    demo: bool
+    host: str
+    port: int
+    log_format: str
+    log_dir: Path
+    controller: ControllerSettings
+    lease: LeaseSettings
+    local: LocalSettings
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
+        )
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def demo_manifest(regions: list[str]) -> EndpointManifest:
+    """The demo endpoint: two replicas of the bundled demo server in every region."""
+    return EndpointManifest.model_validate(
+        {
+            "metadata": {"name": DEMO_ENDPOINT},
+            "regions": regions,
+            "spec": EndpointSpec(
+                command=[sys.executable, "-m", "servefleet.demo", "--port", "{port}"],
+                replicas=2,
+                health_path="/health",
+            ),
+        }
+    )
+
+
+async def _register_local_regions(service: EndpointService, store: Store, names: list[str]) -> None:
+    for name in names:
+        try:
+            region = await store.get_region(name)
+        except RegionNotFound:
+            await service.add_region(Region(name=name, kind=RegionKind.LOCAL))
+            log.info("registered local region %s", name)
+            continue
+        if region.kind is not RegionKind.LOCAL:
+            raise ValueError(
+                f"--regions: {name!r} is a {region.kind.value} region; `up` runs local regions"
+            )
+
+
+async def run(options: UpOptions, ready: asyncio.Event | None = None) -> None:
+    store = await open_store(options.store_url)
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(store.close)
+        service = EndpointService(store)
+        await _register_local_regions(service, store, options.regions)
+        routers = {region: Router(region) for region in options.regions}
+        urls: dict[str, str] = {}
+        for region, router in routers.items():
+            gateway = Gateway([router])
+            urls[region] = await gateway.start(options.host, 0)
+            stack.push_async_callback(gateway.close)
+        entry = Gateway(list(routers.values()))
+        entry_url = await entry.start(options.host, options.port)
+        stack.push_async_callback(entry.close)
+
+        if options.demo:
+            applied = await service.apply(demo_manifest(options.regions))
+            log.info("demo endpoint %s", applied.outcome.value)
+
+        @asynccontextmanager
+        async def open_runtime(region: str) -> AsyncIterator[Runtime]:
+            runtime = LocalRuntime(
+                region, routers[region], log_dir=options.log_dir, settings=options.local
+            )
+            try:
+                yield runtime
+            finally:
+                await runtime.close()
+
+        _announce(entry_url, urls, options)
+        async with asyncio.TaskGroup() as tasks:
+            for region in options.regions:
+                tasks.create_task(
+                    run_region(
+                        store,
+                        region,
+                        functools.partial(open_runtime, region),
+                        holder=holder,
+                        settings=options.controller,
+                        lease=options.lease,
+                        clock=utc_now,
+                    ),
+                    name=f"region-{region}",
+                )
+            if ready is not None:
+                ready.set()
+
+
+def _announce(entry_url: str, urls: dict[str, str], options: UpOptions) -> None:
+    out.print(f"servefleet is up: store {options.store_url}", markup=False)
+    out.print(f"  gateway (all regions): {entry_url}", markup=False)
+    for region, url in urls.items():
+        out.print(f"  region {region}: {url}", markup=False)
+    out.print(f"  replica logs: {options.log_dir}", markup=False)
+    if options.demo:
+        out.print("try:", markup=False)
+        out.print(
+            f"  curl -s {entry_url}/inference/{DEMO_ENDPOINT}/v1/chat/completions "
+            "-H 'content-type: application/json' "
+            '-d \'{"model": "demo", "messages": [{"role": "user", "content": "hello"}]}\'',
+            markup=False,
+        )
+    out.print("Ctrl-C stops everything.", markup=False)
+
+
+def serve(options: UpOptions) -> None:
+    """Run until Ctrl-C or SIGTERM, then shut down cleanly."""
+    configure_logging(options.log_format)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            await run(options)
+        except asyncio.CancelledError:
+            log.info("shutting down")
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        err.print("stopped", markup=False)
