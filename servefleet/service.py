@@ -101,7 +101,18 @@ class EndpointService:
         *,
         stopped: bool = False,
     ) -> Endpoint:
-        """Create a new endpoint; `EndpointExists` if the name is taken."""
+        """Create a new endpoint; refused if the name is taken."""
+        try:
+            return await self._create(name, spec, regions, stopped=stopped)
+        except EndpointExists:
+            raise OperationRefused(
+                f"name: endpoint {name!r} already exists; change it with apply, scale, "
+                "update-image or canary, or delete it first"
+            ) from None
+
+    async def _create(
+        self, name: str, spec: EndpointSpec, regions: list[str] | None, *, stopped: bool
+    ) -> Endpoint:
         targets = await self._targets(regions)
         await self._check_region_images(spec)
         now = self._clock()
@@ -130,6 +141,8 @@ class EndpointService:
         stopped = manifest.state == "stopped"
 
         def declare(current: Endpoint) -> Endpoint:
+            if manifest.state == "deleted":
+                raise _deletion_is_not_applied()
             state = current.desired_state
             if manifest.state is not None and stopped != (state is DesiredState.STOPPED):
                 state = DesiredState.STOPPED if stopped else DesiredState.DEPLOYING
@@ -146,8 +159,10 @@ class EndpointService:
             try:
                 current = await self._store.get_endpoint(name)
             except EndpointNotFound:
+                if manifest.state == "deleted":
+                    raise _deletion_is_not_applied() from None
                 try:
-                    created = await self.deploy(
+                    created = await self._create(
                         name, manifest.spec, manifest.regions, stopped=stopped
                     )
                 except EndpointExists:
@@ -274,7 +289,11 @@ class EndpointService:
 
     async def remove_region(self, name: str) -> None:
         await self._store.get_region(name)
-        users = [endpoint.name for endpoint in await self._store.list_endpoints(region=name)]
+        users = [
+            endpoint.name
+            for endpoint in await self._store.list_endpoints()
+            if name in endpoint.target_regions or name in endpoint.spec.region_images
+        ]
         if users:
             raise OperationRefused(
                 f"region: {name!r} is still a target of {', '.join(users)}; "
@@ -365,6 +384,12 @@ def _require_canary(endpoint: Endpoint, verb: str) -> CanarySpec:
     if endpoint.spec.canary is None:
         raise OperationRefused(f"canary: {endpoint.name!r} has no canary to {verb}")
     return endpoint.spec.canary
+
+
+def _deletion_is_not_applied() -> InvalidInput:
+    return InvalidInput(
+        ["state: 'deleted' is reported by get, not applied; use `servefleet delete NAME`"]
+    )
 
 
 def _busy(name: str) -> OperationRefused:

@@ -512,7 +512,7 @@ class EndpointManifest(_Model):
     kind: Literal["Endpoint"] = "Endpoint"
     metadata: ManifestMetadata
     regions: list[RegionName] | None = Field(default=None, min_length=1)
-    state: Literal["deploying", "running", "stopped"] | None = None
+    state: Literal["deploying", "running", "stopped", "deleted"] | None = None
     spec: EndpointSpec
     status: dict[str, object] | None = None
 
@@ -534,7 +534,7 @@ class EndpointManifest(_Model):
                 updated_at=endpoint.updated_at,
             ),
             regions=endpoint.target_regions,
-            state="stopped" if endpoint.desired_state is DesiredState.STOPPED else "running",
+            state="running" if endpoint.desired_state.runs else endpoint.desired_state.value,
             spec=endpoint.spec,
             status=status,
         )

@@ -521,3 +521,46 @@ async def test_concurrent_writers_of_one_endpoint_lose_nothing(
     assert final.spec.image == "ghcr.io/example/server:9.0"
     assert final.desired_state is DesiredState.STOPPED
     assert (final.generation, final.revision) == (1 + len(changes), 1 + len(changes))
+
+
+async def test_deploying_a_taken_name_is_refused_with_a_hint(
+    store: Store, service: EndpointService
+) -> None:
+    await register(store, "r1")
+    first = await service.deploy("llm", make_spec(replicas=1), ["r1"])
+
+    with pytest.raises(OperationRefused, match=r"^name: endpoint 'llm' already exists; change it"):
+        await service.deploy("llm", make_spec(replicas=5), ["r1"])
+
+    assert await store.get_endpoint("llm") == first
+
+
+async def test_a_deleted_endpoint_shows_as_deleted_and_deletion_is_not_applied(
+    store: Store, service: EndpointService
+) -> None:
+    await register(store, "r1")
+    await service.deploy("llm", make_spec(), ["r1"])
+    live = await service.deploy("other", make_spec(), ["r1"])
+    deleted = await service.delete("llm")
+
+    assert EndpointManifest.of(deleted).state == "deleted"
+    for name in ("other", "new"):
+        with pytest.raises(InvalidInput, match=r"^state: 'deleted' is reported by get"):
+            await service.apply(manifest(name, state="deleted"))
+    assert await store.get_endpoint("other") == live
+    with pytest.raises(EndpointNotFound):
+        await store.get_endpoint("new")
+
+
+async def test_a_region_named_by_an_image_override_cannot_be_removed(
+    store: Store, service: EndpointService
+) -> None:
+    await register(store, "r1", "r2")
+    await service.apply(
+        manifest(regions=["r1"], spec={"image": IMAGE_1, "region_images": {"r2": IMAGE_2}})
+    )
+
+    with pytest.raises(OperationRefused, match=r"'r2' is still a target of llm"):
+        await service.remove_region("r2")
+
+    assert [region.name for region in await store.list_regions()] == ["r1", "r2"]
