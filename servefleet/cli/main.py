@@ -670,7 +670,9 @@ def up(
         controller=ControllerSettings(
             watchdog_threshold=watchdog_threshold, resync_interval=resync_interval
         ),
-        lease=LeaseSettings(ttl=lease_ttl, renew_interval=lease_ttl / 3),
+        lease=LeaseSettings(
+            ttl=lease_ttl, renew_interval=lease_ttl / 3, retry_interval=lease_ttl / 10
+        ),
         local=LocalSettings(startup_timeout=startup_timeout),
     )
     try:

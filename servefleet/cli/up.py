@@ -17,9 +17,9 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from servefleet.cli.main import err, out
@@ -33,7 +33,7 @@ from servefleet.service import EndpointService, utc_now
 from servefleet.spec import EndpointManifest, EndpointSpec, Region, RegionKind
 from servefleet.store import RegionNotFound, Store, open_store
 
-__all__ = ["UpOptions", "serve"]
+__all__ = ["Running", "UpOptions", "run", "serve"]
 
 log = logging.getLogger("servefleet")
 
@@ -52,6 +52,17 @@ class UpOptions:
     controller: ControllerSettings
     lease: LeaseSettings
     local: LocalSettings
+
+
+@dataclass
+class Running:
+    """What `run` has started, for a caller that embeds it (the scenario tests):
+    the bound URLs (real ports, also under port 0), and the runtime of each region
+    while this process leads it."""
+
+    gateway_url: str
+    region_urls: dict[str, str]
+    runtimes: dict[str, LocalRuntime] = field(default_factory=dict)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -108,7 +119,9 @@ async def _register_local_regions(service: EndpointService, store: Store, names:
             )
 
 
-async def run(options: UpOptions, ready: asyncio.Event | None = None) -> None:
+async def run(options: UpOptions, started: Callable[[Running], None] | None = None) -> None:
+    """Run everything until cancelled; `started` is called once the gateways listen
+    and every region's reconciler is on its way."""
     store = await open_store(options.store_url)
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     async with AsyncExitStack() as stack:
@@ -124,6 +137,7 @@ async def run(options: UpOptions, ready: asyncio.Event | None = None) -> None:
         entry = Gateway(list(routers.values()))
         entry_url = await entry.start(options.host, options.port)
         stack.push_async_callback(entry.close)
+        running = Running(entry_url, urls)
 
         if options.demo:
             applied = await service.apply(demo_manifest(options.regions))
@@ -134,10 +148,13 @@ async def run(options: UpOptions, ready: asyncio.Event | None = None) -> None:
             runtime = LocalRuntime(
                 region, routers[region], log_dir=options.log_dir, settings=options.local
             )
+            running.runtimes[region] = runtime
             try:
                 yield runtime
             finally:
                 await runtime.close()
+                if running.runtimes.get(region) is runtime:
+                    del running.runtimes[region]
 
         _announce(entry_url, urls, options)
         async with asyncio.TaskGroup() as tasks:
@@ -154,8 +171,8 @@ async def run(options: UpOptions, ready: asyncio.Event | None = None) -> None:
                     ),
                     name=f"region-{region}",
                 )
-            if ready is not None:
-                ready.set()
+            if started is not None:
+                started(running)
 
 
 def _announce(entry_url: str, urls: dict[str, str], options: UpOptions) -> None:

@@ -1,0 +1,428 @@
+"""Everything running together, as `servefleet up` runs it, for end-to-end scenarios.
+
+`local_fleet` starts `servefleet.cli.up.run` in this process: a real store, a
+gateway per region and the global one on loopback (real ports), one leader-elected
+reconciler per region driving the real `LocalRuntime`, whose replicas are real
+`python -m servefleet.demo` processes. The test changes the world only as a user
+does, through `EndpointService` on its own connection to the store, and looks at
+it as a user would: answers through the gateways, region status in the store,
+and processes in /proc.
+
+`up_process` runs `servefleet up` itself, the installed command, in a child process.
+
+Timings are short here (probes every 0.1 s, quick restarts); nothing asserts how
+long anything took, only that it happens within a generous bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from servefleet.cli.up import Running, UpOptions, run
+from servefleet.reconcile.controller import ControllerSettings
+from servefleet.reconcile.leader import LeaseSettings
+from servefleet.runtime.local.supervisor import LocalRuntime, LocalSettings, ReplicaInfo
+from servefleet.service import EndpointService
+from servefleet.spec import (
+    Endpoint,
+    EndpointManifest,
+    EndpointSpec,
+    RegionState,
+    RegionStatus,
+)
+from servefleet.store import EndpointNotFound, Store, open_store
+from tests.cli.test_cli import COMMAND, REPO
+from tests.waiting import eventually
+
+__all__ = [
+    "LOCAL",
+    "SETTLE",
+    "Answer",
+    "Fleet",
+    "UpProcess",
+    "demo_children",
+    "demo_command",
+    "demo_processes",
+    "demo_spec",
+    "environ",
+    "gone",
+    "local_fleet",
+    "manifest",
+    "up_process",
+]
+
+LOCAL = LocalSettings(
+    startup_timeout=30,
+    probe_interval=0.1,
+    probe_timeout=1,
+    restart_backoff_initial=0.1,
+    restart_backoff_max=0.5,
+    terminate_grace=2,
+    drain_timeout=5,
+)
+SETTLE = 30.0
+"""Seconds a change may take to be in place (generous: a loaded 2-core machine)."""
+
+
+def demo_command(*extra: str) -> list[str]:
+    """The demo server on the port the runtime gives it, generating without pauses."""
+    return [
+        *(sys.executable, "-m", "servefleet.demo", "--port", "{port}", "--token-delay", "0"),
+        *extra,
+    ]
+
+
+def demo_spec(version: str = "v1", *, replicas: int = 2, **fields: Any) -> EndpointSpec:
+    """An endpoint of demo replicas answering with `x-demo-version: <version>`."""
+    spec: dict[str, Any] = {
+        "command": demo_command(),
+        "args": ["--version", version],
+        "replicas": replicas,
+        "health_path": "/health",
+    }
+    return EndpointSpec.model_validate(spec | fields)
+
+
+def manifest(name: str, spec: EndpointSpec, regions: list[str]) -> EndpointManifest:
+    """What `servefleet apply -f` reads: the whole declaration of one endpoint."""
+    return EndpointManifest.model_validate(
+        {"metadata": {"name": name}, "regions": regions, "spec": spec}
+    )
+
+
+# Answers.
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+
+    @property
+    def version(self) -> str | None:
+        """The demo server's `--version`, None when no replica answered."""
+        return self.headers.get("x-demo-version")
+
+    @property
+    def pid(self) -> int | None:
+        pid = self.headers.get("x-demo-pid")
+        return int(pid) if pid else None
+
+    @property
+    def region(self) -> str | None:
+        return self.headers.get("x-servefleet-region")
+
+    @property
+    def error(self) -> str:
+        """The gateway's reason for a refusal."""
+        message: str = self.body["error"]["message"]
+        return message
+
+
+async def chat(
+    client: aiohttp.ClientSession,
+    base_url: str,
+    endpoint: str,
+    content: str = "hello world",
+    **fields: Any,
+) -> Answer:
+    """A chat completion through the gateway at `base_url`."""
+    request = {"model": "demo", "messages": [{"role": "user", "content": content}], **fields}
+    async with client.post(
+        f"{base_url}/inference/{endpoint}/v1/chat/completions", json=request
+    ) as response:
+        body = await response.json(content_type=None)
+        return Answer(response.status, dict(response.headers), body)
+
+
+# The fleet in this process.
+
+
+@dataclass
+class Fleet:
+    store: Store
+    service: EndpointService
+    running: Running
+    client: aiohttp.ClientSession
+
+    @property
+    def gateway_url(self) -> str:
+        return self.running.gateway_url
+
+    def region_url(self, region: str = "r1") -> str:
+        return self.running.region_urls[region]
+
+    def runtime(self, region: str = "r1") -> LocalRuntime:
+        return self.running.runtimes[region]
+
+    def replicas(self, endpoint: str, region: str = "r1") -> list[ReplicaInfo]:
+        return self.runtime(region).replicas(endpoint)
+
+    def pids(self, endpoint: str, region: str = "r1", role: str | None = None) -> set[int]:
+        """The replica processes the runtime holds for `endpoint` (old ones included)."""
+        return {
+            r.pid
+            for r in self.replicas(endpoint, region)
+            if r.pid is not None and role in (None, r.role)
+        }
+
+    async def chat(self, endpoint: str, *, via: str | None = None, **fields: Any) -> Answer:
+        """A chat completion through the global gateway, or the one at `via`."""
+        return await chat(self.client, via or self.gateway_url, endpoint, **fields)
+
+    async def chats(
+        self, endpoint: str, count: int, *, via: str | None = None, at_once: int = 50
+    ) -> list[Answer]:
+        answers: list[Answer] = []
+        while len(answers) < count:
+            batch = min(at_once, count - len(answers))
+            answers += await asyncio.gather(*(self.chat(endpoint, via=via) for _ in range(batch)))
+        return answers
+
+    async def status(self, endpoint: str, region: str = "r1") -> RegionStatus | None:
+        statuses = await self.store.list_region_status(endpoint=endpoint)
+        return next((status for status in statuses if status.region == region), None)
+
+    async def settled(
+        self, endpoint: str, *, replicas: int, canary: int = 0, regions: tuple[str, ...] = ("r1",)
+    ) -> Endpoint:
+        """Wait until every region in `regions` reports the endpoint's current generation
+        ready, and runs exactly `replicas` primary and `canary` canary processes, every
+        one of them ready, of the current spec and not on its way out."""
+
+        async def check() -> bool:
+            record = await self.store.get_endpoint(endpoint)
+            for region in regions:
+                status = await self.status(endpoint, region)
+                if (
+                    status is None
+                    or status.state is not RegionState.READY
+                    or status.observed_generation != record.generation
+                    or (status.replicas_ready, status.canary_ready) != (replicas, canary)
+                    or not status.routed
+                ):
+                    return False
+                held = self.replicas(endpoint, region)
+                roles = sorted(r.role for r in held)
+                if roles != ["canary"] * canary + ["primary"] * replicas:
+                    return False
+                if not all(
+                    r.state == "ready" and r.current and not r.retiring and r.pid for r in held
+                ):
+                    return False
+            return True
+
+        await eventually(check, within=SETTLE)
+        return await self.store.get_endpoint(endpoint)
+
+    async def purged(self, endpoint: str) -> bool:
+        try:
+            await self.store.get_endpoint(endpoint)
+        except EndpointNotFound:
+            return True
+        return False
+
+
+@asynccontextmanager
+async def local_fleet(
+    store_url: str,
+    tmp_path: Path,
+    regions: tuple[str, ...] = ("r1",),
+    *,
+    watchdog_threshold: float = 300.0,
+) -> AsyncIterator[Fleet]:
+    """`servefleet up --regions <regions> --port 0` in this process, with short timings.
+
+    On the way out it is cancelled as Ctrl-C does, and (when the body succeeded)
+    checks that no replica process of this test is left."""
+    options = UpOptions(
+        store_url=store_url,
+        regions=list(regions),
+        demo=False,
+        host="127.0.0.1",
+        port=0,
+        log_format="text",
+        log_dir=tmp_path / "logs",
+        controller=ControllerSettings(
+            watchdog_threshold=watchdog_threshold, backoff_max=1.0, store_retry=0.2
+        ),
+        lease=LeaseSettings(ttl=5, renew_interval=1, retry_interval=0.2),
+        local=LOCAL,
+    )
+    started: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run(options, started.set_result), name="servefleet-up")
+
+    async def shut_down() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        first: set[asyncio.Future[Any]] = {started, task}
+        await asyncio.wait(first, timeout=SETTLE, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # it failed to start: raise why
+        running = started.result()
+
+        async def leading() -> bool:
+            return set(running.runtimes) == set(regions)
+
+        await eventually(leading, within=SETTLE)
+        store = await open_store(store_url)
+        try:
+            async with aiohttp.ClientSession() as client:
+                yield Fleet(store, EndpointService(store), running, client)
+        finally:
+            await store.close()
+    except BaseException:
+        await shut_down()
+        raise
+    await shut_down()
+    left = demo_children(os.getpid())
+    assert not left, f"replica processes outlived `servefleet up`: {sorted(left)}"
+
+
+# Processes, as /proc shows them.
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """State letter and parent pid; None once the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[1])
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return []
+    return raw.decode(errors="replace").split("\0")
+
+
+def _all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def gone(pid: int) -> bool:
+    """Dead: reaped, or a zombie nobody has reaped yet."""
+    stat = _stat(pid)
+    return stat is None or stat[0] == "Z"
+
+
+def _is_demo(pid: int) -> bool:
+    command = _cmdline(pid)
+    return "-m" in command and "servefleet.demo" in command and not gone(pid)
+
+
+def demo_children(parent: int) -> set[int]:
+    """Living demo server processes whose parent is `parent`."""
+    found = set()
+    for pid in _all_pids():
+        stat = _stat(pid)
+        if stat is not None and stat[1] == parent and _is_demo(pid):
+            found.add(pid)
+    return found
+
+
+def environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return {}
+    pairs = (item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if item)
+    return {pair[0]: pair[1] for pair in pairs if len(pair) == 2}
+
+
+def demo_processes(store: str) -> set[int]:
+    """Every living demo server on this machine started for the store `store`,
+    whoever its parent is now: replicas inherit `SERVEFLEET_STORE`."""
+    return {
+        pid
+        for pid in _all_pids()
+        if _is_demo(pid) and environ(pid).get("SERVEFLEET_STORE") == store
+    }
+
+
+# `servefleet up` in its own process.
+
+
+@dataclass
+class UpProcess:
+    process: asyncio.subprocess.Process
+    store: str
+    announcement: list[str] = field(default_factory=list)
+    """What it printed on stdout when it came up."""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def gateway_url(self) -> str:
+        return self._url(r"gateway \(all regions\): (\S+)")
+
+    def region_url(self, region: str) -> str:
+        return self._url(rf"region {re.escape(region)}: (\S+)")
+
+    def _url(self, pattern: str) -> str:
+        for line in self.announcement:
+            match = re.search(pattern, line)
+            if match:
+                return match.group(1)
+        raise AssertionError(f"no {pattern!r} in {self.announcement}")
+
+    def replicas(self) -> set[int]:
+        """Its living demo replica processes."""
+        return demo_children(self.pid)
+
+
+@asynccontextmanager
+async def up_process(store: str, *args: str, stderr: Path) -> AsyncIterator[UpProcess]:
+    """`servefleet up <args>` with `SERVEFLEET_STORE=<store>`, once it has printed
+    its announcement; killed on the way out if still running, with any replica left."""
+    with stderr.open("ab") as errors:
+        process = await asyncio.create_subprocess_exec(
+            *COMMAND,
+            "up",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=errors,
+            env={**os.environ, "SERVEFLEET_STORE": store, "PYTHONUNBUFFERED": "1"},
+            cwd=REPO,
+        )
+    up = UpProcess(process, store)
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(SETTLE):
+            while not up.announcement or "Ctrl-C" not in up.announcement[-1]:
+                line = await process.stdout.readline()
+                if not line:
+                    log = await asyncio.to_thread(stderr.read_text)
+                    raise AssertionError(f"servefleet up ended early:\n{log}")
+                up.announcement.append(line.decode().rstrip("\n"))
+        yield up
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGKILL)
+        await process.wait()
+        for pid in demo_processes(store):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
