@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -134,8 +135,8 @@ def _image(value: str) -> str:
 
 
 def _label_key(key: str) -> None:
-    prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+    prefix, slash, name = key.rpartition("/")
+    if slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
         raise ValueError(f"key prefix must be a DNS subdomain (got {_shown(key)})")
     if len(name) > 63 or not _LABEL_NAME.match(name):
         raise ValueError(
@@ -185,7 +186,23 @@ EndpointName = Annotated[str, AfterValidator(_endpoint_name)]
 RegionName = Annotated[str, AfterValidator(_region_name)]
 Image = Annotated[str, AfterValidator(_image)]
 Labels = Annotated[dict[str, str], AfterValidator(_labels)]
-Quantities = Annotated[dict[str, str], AfterValidator(_quantities)]
+
+
+def _numbers_as_quantities(value: object) -> object:
+    """YAML reads `cpu: 2` as a number; a quantity is its text."""
+    if not isinstance(value, dict):
+        return value
+    return {
+        key: str(amount)
+        if isinstance(amount, int | float) and not isinstance(amount, bool)
+        else amount
+        for key, amount in value.items()
+    }
+
+
+Quantities = Annotated[
+    dict[str, str], BeforeValidator(_numbers_as_quantities), AfterValidator(_quantities)
+]
 
 
 class _Model(BaseModel):

@@ -27,7 +27,7 @@ from servefleet.store.sql import SCHEMA, SCHEMA_VERSION, Row, Session, SqlStore
 
 log = logging.getLogger(__name__)
 
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
 _RECONNECT_DELAY = 1.0
 
 
