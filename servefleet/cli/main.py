@@ -457,26 +457,31 @@ def update_image(
     _wait_for([name], wait, timeout)
 
 
-@app.command(epilog="Example: `servefleet stop llm`")
-def stop(
-    name: NameArgument,
-    wait: WaitOption = False,
-    timeout: TimeoutOption = 300.0,
+def _endpoint_verb(
+    verb: str,
+    help_text: str,
+    done: str,
+    call: Callable[[EndpointService, str], Awaitable[Endpoint]],
 ) -> None:
-    """Stop every replica and remove the route; the declaration stays."""
-    _summary(_run(lambda service: service.stop(name)), "stopped")
-    _wait_for([name], wait, timeout)
+    """Register a verb that takes only an endpoint name (and --wait)."""
+
+    def command(
+        name: NameArgument, wait: WaitOption = False, timeout: TimeoutOption = 300.0
+    ) -> None:
+        _summary(_run(lambda service: call(service, name)), done)
+        _wait_for([name], wait, timeout)
+
+    command.__doc__ = help_text
+    app.command(name=verb, epilog=f"Example: `servefleet {verb} llm`")(command)
 
 
-@app.command(epilog="Example: `servefleet start llm`")
-def start(
-    name: NameArgument,
-    wait: WaitOption = False,
-    timeout: TimeoutOption = 300.0,
-) -> None:
-    """Run a stopped endpoint again."""
-    _summary(_run(lambda service: service.start(name)), "started")
-    _wait_for([name], wait, timeout)
+_endpoint_verb(
+    "stop",
+    "Stop every replica and remove the route; the declaration stays.",
+    "stopped",
+    EndpointService.stop,
+)
+_endpoint_verb("start", "Run a stopped endpoint again.", "started", EndpointService.start)
 
 
 @app.command(
@@ -515,37 +520,24 @@ def canary(
     _wait_for([name], wait, timeout)
 
 
-@app.command(epilog="Example: `servefleet promote llm`")
-def promote(
-    name: NameArgument,
-    wait: WaitOption = False,
-    timeout: TimeoutOption = 300.0,
-) -> None:
-    """Make the canary the primary version and remove the canary."""
-    _summary(_run(lambda service: service.promote(name)), "promoted")
-    _wait_for([name], wait, timeout)
-
-
-@app.command(epilog="Example: `servefleet rollback llm`")
-def rollback(
-    name: NameArgument,
-    wait: WaitOption = False,
-    timeout: TimeoutOption = 300.0,
-) -> None:
-    """Remove the canary; all traffic goes to the primary version."""
-    _summary(_run(lambda service: service.rollback(name)), "rolled back")
-    _wait_for([name], wait, timeout)
-
-
-@app.command(epilog="Example: `servefleet delete llm`")
-def delete(
-    name: NameArgument,
-    wait: WaitOption = False,
-    timeout: TimeoutOption = 300.0,
-) -> None:
-    """Delete an endpoint from every region; the record is purged once all are clean."""
-    _summary(_run(lambda service: service.delete(name)), "marked for deletion")
-    _wait_for([name], wait, timeout)
+_endpoint_verb(
+    "promote",
+    "Make the canary the primary version and remove the canary.",
+    "promoted",
+    EndpointService.promote,
+)
+_endpoint_verb(
+    "rollback",
+    "Remove the canary; all traffic goes to the primary version.",
+    "rolled back",
+    EndpointService.rollback,
+)
+_endpoint_verb(
+    "delete",
+    "Delete an endpoint from every region; the record is purged once all are clean.",
+    "marked for deletion",
+    EndpointService.delete,
+)
 
 
 @regions_app.command(
