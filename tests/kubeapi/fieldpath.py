@@ -1,0 +1,120 @@
+"""Field paths and field sets, as structured-merge-diff (server-side apply) has them.
+
+A path is a tuple of elements; an element is `("f", name)` for a struct field or map
+key, `("k", '{"name":"x"}')` for an item of a list-map (canonical JSON of its keys),
+`("v", json)` for an item of a set, `("i", "3")` for a list index. A field set is a
+plain Python set of paths, each one a *member*. `fields_v1` renders a set in the
+`metadata.managedFields[].fieldsV1` format (`f:`/`k:`/`v:`/`i:` and `.` for a member
+that also has children).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+PathElement = tuple[str, str]
+Path = tuple[PathElement, ...]
+FieldSet = set[Path]
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def field(name: str) -> PathElement:
+    return ("f", name)
+
+
+def key(keys: dict[str, Any]) -> PathElement:
+    return ("k", canonical(keys))
+
+
+def value(item: Any) -> PathElement:
+    return ("v", canonical(item))
+
+
+def index(position: int) -> PathElement:
+    return ("i", str(position))
+
+
+def make(*names: str) -> Path:
+    """A path of struct fields: `make("spec", "replicas")`."""
+    return tuple(field(name) for name in names)
+
+
+def element_string(element: PathElement) -> str:
+    """One element the way structured-merge-diff prints it in messages."""
+    kind, text = element
+    if kind == "f":
+        return f".{text}"
+    if kind == "k":
+        keys = json.loads(text)
+        return "[" + ",".join(f"{name}={canonical(keys[name])}" for name in sorted(keys)) + "]"
+    if kind == "v":
+        return f"[={text}]"
+    return f"[{text}]"
+
+
+def path_string(path: Path) -> str:
+    return "".join(element_string(element) for element in path)
+
+
+def has_prefix_in(path: Path, prefixes: FieldSet) -> bool:
+    return any(path[:size] in prefixes for size in range(1, len(path) + 1))
+
+
+def recursive_difference(paths: Iterable[Path], ignored: FieldSet) -> FieldSet:
+    """The paths that are not in `ignored` and not below a path of `ignored`."""
+    if not ignored:
+        return set(paths)
+    return {path for path in paths if not has_prefix_in(path, ignored)}
+
+
+def restrict_to(paths: Iterable[Path], roots: FieldSet) -> FieldSet:
+    """The paths at or below one of `roots`."""
+    return {path for path in paths if has_prefix_in(path, roots)}
+
+
+def _encode_element(element: PathElement) -> str:
+    return f"{element[0]}:{element[1]}"
+
+
+def fields_v1(paths: Iterable[Path]) -> dict[str, Any]:
+    """Render a field set as FieldsV1 JSON."""
+    root: dict[str, Any] = {}
+    for path in paths:
+        node = root
+        for element in path:
+            node = node.setdefault(_encode_element(element), {})
+        node.setdefault(".", {})
+    return _finish(root)
+
+
+def _finish(node: dict[str, Any]) -> dict[str, Any]:
+    children = {name: _finish(child) for name, child in node.items() if name != "."}
+    if "." in node and not children:
+        return {}
+    out: dict[str, Any] = {".": {}} if "." in node else {}
+    for name in sorted(children):
+        out[name] = children[name]
+    return out
+
+
+def from_fields_v1(encoded: dict[str, Any], prefix: Path = ()) -> FieldSet:
+    """Parse FieldsV1 JSON back into a field set."""
+    paths: FieldSet = set()
+    for name, child in encoded.items():
+        if name == ".":
+            paths.add(prefix)
+            continue
+        kind, _, text = name.partition(":")
+        if kind in ("k", "v"):
+            text = canonical(json.loads(text))
+        path = (*prefix, (kind, text))
+        if not child:
+            paths.add(path)
+        else:
+            paths |= from_fields_v1(child, path)
+    return paths

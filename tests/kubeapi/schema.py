@@ -1,0 +1,194 @@
+"""The OpenAPI schema of the built-in kinds, as the server's typed operations see it.
+
+The definitions come from the JSON schemas bundled with `kubernetes-validate` (a dev
+dependency): the same OpenAPI the real kube-apiserver 1.36 publishes, including the
+`x-kubernetes-list-type`, `x-kubernetes-list-map-keys`, `x-kubernetes-map-type` and
+patch-strategy extensions that server-side apply and strategic merge depend on.
+
+A `TypeNode` is one resolved type: a struct (declared fields), a map (free keys), a
+list (atomic, set or map with keys) or a scalar. Nodes are built lazily and cached,
+since the definitions are recursive.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEMA_VERSION = "v1.36.0-local-strict"
+
+NodeKind = Literal["struct", "map", "list", "scalar", "any"]
+ListType = Literal["atomic", "set", "map"]
+
+#: Values the real API server defaults for list-map key fields when an item omits
+#: them (from the OpenAPI `default`s): a container or service port without
+#: `protocol` is keyed as TCP.
+KEY_FIELD_DEFAULTS: dict[str, Any] = {"protocol": "TCP"}
+
+TIME_REF = "io.k8s.apimachinery.pkg.apis.meta.v1.Time"
+MICROTIME_REF = "io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime"
+
+
+class SchemaUnavailable(RuntimeError):
+    """The bundled OpenAPI definitions could not be found."""
+
+
+@dataclass(eq=False)
+class TypeNode:
+    """One resolved schema type."""
+
+    kind: NodeKind
+    atomic: bool = False
+    scalar_types: frozenset[str] = frozenset()
+    list_type: ListType = "atomic"
+    keys: tuple[str, ...] = ()
+    ref: str | None = None
+    patch_strategy: str = ""
+    patch_merge_key: str = ""
+    required: tuple[str, ...] = ()
+    _raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    _schema: Schema | None = field(default=None, repr=False)
+    _fields: dict[str, TypeNode] | None = field(default=None, repr=False)
+    _elem: TypeNode | None = field(default=None, repr=False)
+
+    @property
+    def fields(self) -> dict[str, TypeNode]:
+        """The declared fields of a struct (empty for other kinds)."""
+        if self._fields is None:
+            assert self._schema is not None
+            props = self._raw.get("properties", {}) if self.kind == "struct" else {}
+            self._fields = {name: self._schema.node(sub) for name, sub in props.items()}
+        return self._fields
+
+    @property
+    def elem(self) -> TypeNode:
+        """The element type of a map or list (`any` when undeclared)."""
+        if self._elem is None:
+            assert self._schema is not None
+            if self.kind == "list":
+                self._elem = self._schema.node(self._raw.get("items", {}))
+            elif self.kind == "map":
+                extra = self._raw.get("additionalProperties")
+                self._elem = self._schema.node(extra if isinstance(extra, dict) else {})
+            else:
+                self._elem = ANY
+        return self._elem
+
+    def child(self, name: str) -> TypeNode | None:
+        """The type of field/key `name`, or None when a struct does not declare it."""
+        if self.kind == "struct":
+            fields = self._fields if self._fields is not None else self.fields
+            return fields.get(name)
+        if self.kind == "map":
+            return self.elem
+        if self.kind == "any":
+            return ANY
+        return None
+
+    @property
+    def granular_list(self) -> bool:
+        return self.kind == "list" and self.list_type in ("set", "map")
+
+
+ANY = TypeNode(kind="any")
+
+_EXTENSION_KEYS = (
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-map-type",
+    "x-kubernetes-patch-strategy",
+    "x-kubernetes-patch-merge-key",
+)
+
+
+class Schema:
+    """The definitions of one Kubernetes version, with cached `TypeNode`s."""
+
+    def __init__(self, definitions: dict[str, Any]) -> None:
+        self._defs = definitions
+        self._cache: dict[str, TypeNode] = {}
+
+    @staticmethod
+    @cache
+    def load() -> Schema:
+        spec = importlib.util.find_spec("kubernetes_validate")
+        if spec is None or not spec.submodule_search_locations:
+            raise SchemaUnavailable("kubernetes-validate is not installed (a dev dependency)")
+        base = Path(next(iter(spec.submodule_search_locations)))
+        path = base / "kubernetes-json-schema" / SCHEMA_VERSION / "_definitions.json"
+        if not path.exists():
+            raise SchemaUnavailable(f"no OpenAPI definitions at {path}")
+        with path.open() as handle:
+            document = json.load(handle)
+        return Schema(document["$defs"])
+
+    def definition(self, name: str) -> TypeNode:
+        return self.node({"$ref": f"#/$defs/{name}"})
+
+    def node(self, raw: dict[str, Any]) -> TypeNode:
+        ref = raw.get("$ref")
+        if ref is None:
+            return self._build(raw, None)
+        name = ref.rsplit("/", 1)[-1]
+        overrides = {key: raw[key] for key in _EXTENSION_KEYS if key in raw}
+        cache_key = name + json.dumps(overrides, sort_keys=True)
+        node = self._cache.get(cache_key)
+        if node is None:
+            merged = dict(self._defs[name])
+            merged.update(overrides)
+            node = self._build(merged, name)
+            self._cache[cache_key] = node
+        return node
+
+    def _build(self, raw: dict[str, Any], ref: str | None) -> TypeNode:
+        patch = {
+            "patch_strategy": raw.get("x-kubernetes-patch-strategy", ""),
+            "patch_merge_key": raw.get("x-kubernetes-patch-merge-key", ""),
+        }
+        if "oneOf" in raw:
+            kinds: set[str] = set()
+            for option in raw["oneOf"]:
+                kinds |= _types(option)
+            return TypeNode(kind="scalar", scalar_types=frozenset(kinds), ref=ref, **patch)
+        types = _types(raw)
+        if "array" in types:
+            list_type = raw.get("x-kubernetes-list-type", "atomic")
+            return TypeNode(
+                kind="list",
+                list_type=list_type,
+                atomic=list_type == "atomic",
+                keys=tuple(raw.get("x-kubernetes-list-map-keys", ())),
+                ref=ref,
+                _raw=raw,
+                _schema=self,
+                **patch,
+            )
+        if "object" in types:
+            atomic = raw.get("x-kubernetes-map-type") == "atomic"
+            if "properties" in raw:
+                return TypeNode(
+                    kind="struct",
+                    atomic=atomic,
+                    ref=ref,
+                    required=tuple(raw.get("required", ())),
+                    _raw=raw,
+                    _schema=self,
+                    **patch,
+                )
+            if isinstance(raw.get("additionalProperties"), dict):
+                return TypeNode(kind="map", atomic=atomic, ref=ref, _raw=raw, _schema=self, **patch)
+            return TypeNode(kind="any", atomic=True, ref=ref, **patch)
+        if not types:
+            return TypeNode(kind="any", atomic=True, ref=ref, **patch)
+        return TypeNode(kind="scalar", scalar_types=frozenset(types), ref=ref, **patch)
+
+
+def _types(raw: dict[str, Any]) -> set[str]:
+    declared = raw.get("type", [])
+    if isinstance(declared, str):
+        declared = [declared]
+    return {kind for kind in declared if kind != "null"}

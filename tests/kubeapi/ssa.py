@@ -1,0 +1,265 @@
+"""Server-side apply and managed fields, after the kube-apiserver field manager.
+
+`ManagedFields` holds one entry per manager identity (manager, operation,
+subresource), each with the set of fields it owns. `apply` is structured-merge-diff's
+Updater.Apply (merge, take the applied set, prune what the applier dropped and
+nobody else owns, then check for conflicts with other managers); `update` is
+Updater.Update (the writer takes every field it added or changed, away from anyone
+else). Conflicts raise `ApplyConflict`, whose message and causes are the real
+server's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import fieldpath as fp
+from .fieldpath import FieldSet, Path
+from .schema import TypeNode
+from .typed import Comparison, compare, merge, prune, to_field_set
+
+#: Fields no manager ever owns (the field manager strips them before tracking).
+STRIPPED: FieldSet = {
+    fp.make("apiVersion"),
+    fp.make("kind"),
+    fp.make("metadata", "name"),
+    fp.make("metadata", "namespace"),
+    fp.make("metadata", "creationTimestamp"),
+    fp.make("metadata", "selfLink"),
+    fp.make("metadata", "uid"),
+    fp.make("metadata", "clusterName"),
+    fp.make("metadata", "generation"),
+    fp.make("metadata", "managedFields"),
+    fp.make("metadata", "resourceVersion"),
+}
+
+APPLY = "Apply"
+UPDATE = "Update"
+
+
+@dataclass
+class ManagerEntry:
+    manager: str
+    operation: str
+    api_version: str
+    fields: FieldSet
+    subresource: str = ""
+    time: str | None = None
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        return (self.manager, self.operation, self.subresource)
+
+    def describe(self) -> str:
+        """The manager the way conflict messages name it (printManager)."""
+        text = f'"{self.manager}"'
+        if self.subresource:
+            text += f' with subresource "{self.subresource}"'
+        if self.operation == UPDATE:
+            text += f" using {self.api_version}"
+            if self.time:
+                text += f" at {self.time}"
+        return text
+
+    def encode(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "manager": self.manager,
+            "operation": self.operation,
+            "apiVersion": self.api_version,
+        }
+        if self.time is not None:
+            out["time"] = self.time
+        out["fieldsType"] = "FieldsV1"
+        out["fieldsV1"] = fp.fields_v1(self.fields)
+        if self.subresource:
+            out["subresource"] = self.subresource
+        return out
+
+    @staticmethod
+    def decode(raw: dict[str, Any]) -> ManagerEntry:
+        return ManagerEntry(
+            manager=str(raw.get("manager", "")),
+            operation=str(raw.get("operation", UPDATE)),
+            api_version=str(raw.get("apiVersion", "")),
+            fields=fp.from_fields_v1(raw.get("fieldsV1") or {}),
+            subresource=str(raw.get("subresource", "")),
+            time=raw.get("time"),
+        )
+
+
+@dataclass
+class ManagedFields:
+    entries: list[ManagerEntry] = field(default_factory=list)
+
+    def copy(self) -> ManagedFields:
+        return ManagedFields([replace(entry, fields=set(entry.fields)) for entry in self.entries])
+
+    def get(self, ident: tuple[str, str, str]) -> ManagerEntry | None:
+        return next((entry for entry in self.entries if entry.ident == ident), None)
+
+    def put(self, entry: ManagerEntry) -> None:
+        for position, existing in enumerate(self.entries):
+            if existing.ident == entry.ident:
+                self.entries[position] = entry
+                return
+        self.entries.append(entry)
+
+    def owned(self) -> FieldSet:
+        out: FieldSet = set()
+        for entry in self.entries:
+            out |= entry.fields
+        return out
+
+    def drop_empty(self) -> None:
+        self.entries = [entry for entry in self.entries if entry.fields]
+
+    def same_sets(self, other: ManagedFields) -> bool:
+        mine = [(entry.ident, entry.api_version, entry.fields) for entry in self.entries]
+        theirs = [(entry.ident, entry.api_version, entry.fields) for entry in other.entries]
+        return mine == theirs
+
+    def encode(self) -> list[dict[str, Any]]:
+        return [entry.encode() for entry in self.entries]
+
+    @staticmethod
+    def decode(raw: Iterable[dict[str, Any]]) -> ManagedFields:
+        return ManagedFields([ManagerEntry.decode(item) for item in raw if item])
+
+
+@dataclass
+class Conflict:
+    entry: ManagerEntry
+    path: Path
+
+
+class ApplyConflict(Exception):
+    """An apply would change fields that other managers own."""
+
+    def __init__(self, conflicts: list[Conflict]) -> None:
+        self.conflicts = sorted(conflicts, key=lambda c: (c.entry.manager, fp.path_string(c.path)))
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        if len(self.conflicts) == 1:
+            only = self.conflicts[0]
+            return (
+                f"Apply failed with 1 conflict: conflict with {only.entry.describe()}: "
+                f"{fp.path_string(only.path)}"
+            )
+        lines: list[str] = []
+        by_manager: dict[str, list[Conflict]] = {}
+        for conflict in self.conflicts:
+            by_manager.setdefault(conflict.entry.describe(), []).append(conflict)
+        for described in sorted(by_manager, key=lambda d: by_manager[d][0].entry.manager):
+            lines.append(f"conflicts with {described}:")
+            lines.extend(f"- {fp.path_string(c.path)}" for c in by_manager[described])
+        return f"Apply failed with {len(self.conflicts)} conflicts: " + "\n".join(lines)
+
+    def causes(self) -> list[dict[str, str]]:
+        return [
+            {
+                "reason": "FieldManagerConflict",
+                "message": f"conflict with {conflict.entry.describe()}",
+                "field": fp.path_string(conflict.path),
+            }
+            for conflict in self.conflicts
+        ]
+
+
+@dataclass
+class Scope:
+    """Which part of an object an operation may touch (main resource or subresource)."""
+
+    ignored: FieldSet
+    roots: FieldSet | None = None
+
+    def filter(self, comparison: Comparison) -> Comparison:
+        result = comparison.exclude(self.ignored)
+        return result.restrict(self.roots) if self.roots is not None else result
+
+    def owned(self, paths: Iterable[Path]) -> FieldSet:
+        result = fp.recursive_difference(paths, self.ignored)
+        return fp.restrict_to(result, self.roots) if self.roots is not None else result
+
+
+def _take_over(
+    old: dict[str, Any],
+    new: dict[str, Any],
+    node: TypeNode,
+    managed: ManagedFields,
+    acting: tuple[str, str, str],
+    force: bool,
+    scope: Scope,
+) -> Comparison:
+    comparison = scope.filter(compare(old, new, node))
+    changed = comparison.changed()
+    conflicts: list[Conflict] = []
+    losses: dict[tuple[str, str, str], FieldSet] = {}
+    for entry in managed.entries:
+        if entry.ident == acting:
+            continue
+        clash = entry.fields & changed
+        if clash:
+            conflicts.extend(Conflict(entry, path) for path in clash)
+            losses[entry.ident] = clash
+    if conflicts and not force:
+        raise ApplyConflict(conflicts)
+    for entry in managed.entries:
+        if entry.ident == acting:
+            continue
+        entry.fields = entry.fields - losses.get(entry.ident, set()) - comparison.removed
+    return comparison
+
+
+def apply(
+    live: dict[str, Any],
+    config: dict[str, Any],
+    node: TypeNode,
+    managed: ManagedFields,
+    manager: str,
+    api_version: str,
+    force: bool,
+    scope: Scope,
+) -> tuple[dict[str, Any], ManagedFields]:
+    """Server-side apply of `config` onto `live` (both without managedFields)."""
+    managed = managed.copy()
+    ident = (manager, APPLY, "")
+    previous = managed.get(ident)
+    last = set(previous.fields) if previous else set()
+    applied = scope.owned(to_field_set(config, node))
+    managed.put(
+        ManagerEntry(manager, APPLY, api_version, applied, time=previous.time if previous else None)
+    )
+    merged = merge(live, config, node)
+    merged = prune(merged, last, managed.owned(), node)
+    _take_over(live, merged, node, managed, ident, force, scope)
+    managed.drop_empty()
+    return merged, managed
+
+
+def update(
+    old: dict[str, Any],
+    new: dict[str, Any],
+    node: TypeNode,
+    managed: ManagedFields,
+    manager: str,
+    api_version: str,
+    scope: Scope,
+    subresource: str = "",
+) -> ManagedFields:
+    """The managed fields after `manager` replaced `old` by `new` (a non-apply write)."""
+    managed = managed.copy()
+    ident = (manager, UPDATE, subresource)
+    comparison = _take_over(old, new, node, managed, ident, True, scope)
+    entry = managed.get(ident) or ManagerEntry(
+        manager, UPDATE, api_version, set(), subresource=subresource
+    )
+    entry.fields = scope.owned(
+        (entry.fields - comparison.removed) | comparison.modified | comparison.added
+    )
+    entry.api_version = api_version
+    managed.put(entry)
+    managed.drop_empty()
+    return managed

@@ -1,0 +1,493 @@
+"""Schema-aware operations on JSON values, after structured-merge-diff.
+
+These are the building blocks of server-side apply: validating an applied
+configuration against the schema, turning a value into the set of fields it sets,
+merging two values (list-maps by key), comparing two values into added / removed /
+modified field sets, and removing a set of fields from a value. Semantics follow
+sigs.k8s.io/structured-merge-diff (v4): scalars, atomic maps and atomic lists are
+leaves; struct fields and map keys are `f:` elements; items of list-maps are `k:`
+elements (with the OpenAPI default filled in for a missing `protocol` key); items
+of sets are `v:` elements. Values are plain JSON (dict, list, str, int, float, bool,
+None); `MISSING` stands for an absent field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar, cast
+
+from . import fieldpath as fp
+from .fieldpath import FieldSet, Path, PathElement
+from .schema import ANY, KEY_FIELD_DEFAULTS, TypeNode
+
+T = TypeVar("T")
+
+
+def clone(value: T) -> T:
+    """A deep copy of a JSON value (much faster than copy.deepcopy)."""
+    if isinstance(value, dict):
+        return cast(T, {key: clone(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return cast(T, [clone(item) for item in value])
+    return value
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Final = _Missing()
+
+
+@dataclass
+class TypedError:
+    path: Path
+    message: str
+
+    def __str__(self) -> str:
+        return f"{fp.path_string(self.path)}: {self.message}"
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int64"
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "map"
+    return "null"
+
+
+def _scalar_ok(value: Any, allowed: frozenset[str]) -> bool:
+    if value is None or not allowed:
+        return True
+    if isinstance(value, bool):
+        return "boolean" in allowed
+    if isinstance(value, int):
+        return bool({"integer", "number"} & allowed)
+    if isinstance(value, float):
+        return "number" in allowed or ("integer" in allowed and value.is_integer())
+    if isinstance(value, str):
+        return "string" in allowed
+    return False
+
+
+def _expected(allowed: frozenset[str]) -> str:
+    if allowed == frozenset({"string"}):
+        return "string"
+    if allowed <= {"integer", "number"}:
+        return "numeric (int or float)"
+    if allowed == frozenset({"boolean"}):
+        return "bool"
+    return " or ".join(sorted(allowed))
+
+
+def item_element(item: Any, node: TypeNode, position: int) -> PathElement:
+    """The path element of one list item; raises ValueError when it has none."""
+    if node.list_type == "map" and node.keys:
+        if not isinstance(item, dict):
+            raise ValueError(f"expected map, got {_json_type(item)}")
+        keys: dict[str, Any] = {}
+        for name in node.keys:
+            if item.get(name) is not None:
+                keys[name] = item[name]
+            elif name in KEY_FIELD_DEFAULTS:
+                keys[name] = KEY_FIELD_DEFAULTS[name]
+            else:
+                raise ValueError(
+                    f'associative list with keys has an element that omits key field "{name}"'
+                    " (and doesn't have default value)"
+                )
+        return fp.key(keys)
+    if node.list_type == "set":
+        return fp.value(item)
+    return fp.index(position)
+
+
+def validate(value: Any, node: TypeNode, path: Path = ()) -> list[TypedError]:
+    """Type errors of `value`: undeclared fields, wrong scalar types, duplicate keys."""
+    errors: list[TypedError] = []
+    _validate(value, node, path, errors)
+    return errors
+
+
+def _validate(value: Any, node: TypeNode, path: Path, errors: list[TypedError]) -> None:
+    if value is None or node.kind == "any":
+        return
+    if node.kind == "scalar":
+        if not _scalar_ok(value, node.scalar_types):
+            errors.append(
+                TypedError(
+                    path, f"expected {_expected(node.scalar_types)}, got {_json_type(value)}"
+                )
+            )
+        return
+    if node.kind in ("struct", "map"):
+        if not isinstance(value, dict):
+            errors.append(TypedError(path, f"expected map, got {_json_type(value)}"))
+            return
+        for name, child in value.items():
+            child_node = node.child(name)
+            child_path = (*path, fp.field(name))
+            if child_node is None:
+                errors.append(TypedError(child_path, "field not declared in schema"))
+                continue
+            _validate(child, child_node, child_path, errors)
+        return
+    if not isinstance(value, list):
+        errors.append(TypedError(path, f"expected list, got {_json_type(value)}"))
+        return
+    seen: set[PathElement] = set()
+    for position, item in enumerate(value):
+        try:
+            element = item_element(item, node, position)
+        except ValueError as error:
+            errors.append(TypedError(path, f"element {position}: {error}"))
+            continue
+        if element in seen and node.list_type != "atomic":
+            errors.append(
+                TypedError(path, f"duplicate entries for key {fp.element_string(element)}")
+            )
+            continue
+        seen.add(element)
+        _validate(item, node.elem, (*path, element), errors)
+
+
+def drop_unknown(value: Any, node: TypeNode, path: Path = ()) -> tuple[Any, list[Path]]:
+    """`value` without the fields its schema does not declare, and where they were."""
+    dropped: list[Path] = []
+    return _drop(value, node, path, dropped), dropped
+
+
+def _drop(value: Any, node: TypeNode, path: Path, dropped: list[Path]) -> Any:
+    if node.kind in ("struct", "map") and isinstance(value, dict):
+        out = {}
+        for name, child in value.items():
+            child_node = node.child(name)
+            if child_node is None:
+                dropped.append((*path, fp.field(name)))
+                continue
+            out[name] = _drop(child, child_node, (*path, fp.field(name)), dropped)
+        return out
+    if node.kind == "list" and isinstance(value, list):
+        return [
+            _drop(item, node.elem, (*path, fp.index(position)), dropped)
+            for position, item in enumerate(value)
+        ]
+    return value
+
+
+def _is_leaf(value: Any, node: TypeNode) -> bool:
+    if node.kind in ("scalar", "any") or node.atomic:
+        return True
+    if node.kind in ("struct", "map"):
+        return not isinstance(value, dict) or not value
+    return not isinstance(value, list) or not value
+
+
+def to_field_set(value: Any, node: TypeNode) -> FieldSet:
+    """The fields `value` sets (its members), as structured-merge-diff computes them."""
+    out: FieldSet = set()
+    if isinstance(value, dict):
+        for name, child in value.items():
+            _to_set(child, node.child(name) or ANY, (fp.field(name),), out)
+    return out
+
+
+def _to_set(value: Any, node: TypeNode, path: Path, out: FieldSet) -> None:
+    if _is_leaf(value, node):
+        out.add(path)
+        return
+    if isinstance(value, dict):
+        for name, child in value.items():
+            _to_set(child, node.child(name) or ANY, (*path, fp.field(name)), out)
+        return
+    for position, item in enumerate(value):
+        try:
+            element = item_element(item, node, position)
+        except ValueError:
+            continue
+        item_path = (*path, element)
+        out.add(item_path)
+        _to_set(item, node.elem, item_path, out)
+
+
+def _items(value: list[Any], node: TypeNode) -> tuple[list[PathElement], dict[PathElement, Any]]:
+    order: list[PathElement] = []
+    observed: dict[PathElement, Any] = {}
+    for position, item in enumerate(value):
+        try:
+            element = item_element(item, node, position)
+        except ValueError:
+            element = fp.index(position)
+        if element in observed:
+            continue
+        observed[element] = item
+        order.append(element)
+    return order, observed
+
+
+def merge(lhs: Any, rhs: Any, node: TypeNode) -> Any:
+    """Merge `rhs` (the applied configuration) into `lhs` (the live object)."""
+    if rhs is MISSING:
+        return clone(lhs)
+    if lhs is MISSING or node.kind in ("scalar", "any") or node.atomic:
+        return clone(rhs)
+    if isinstance(lhs, dict) and isinstance(rhs, dict):
+        if not lhs and not rhs:
+            return {}
+        out: dict[str, Any] = {}
+        for name, child in lhs.items():
+            out[name] = merge(child, rhs.get(name, MISSING), node.child(name) or ANY)
+        for name, child in rhs.items():
+            if name not in lhs:
+                out[name] = clone(child)
+        return out
+    if isinstance(lhs, list) and isinstance(rhs, list) and node.granular_list:
+        if not lhs and not rhs:
+            return []
+        return _merge_items(lhs, rhs, node)
+    return clone(rhs)
+
+
+def _merge_items(lhs: list[Any], rhs: list[Any], node: TypeNode) -> list[Any]:
+    lhs_order, lhs_items = _items(lhs, node)
+    rhs_order, rhs_items = _items(rhs, node)
+    shared = [element for element in rhs_order if element in lhs_items]
+    next_shared = shared.pop(0) if shared else None
+    merged_rhs: set[PathElement] = set()
+    out: list[Any] = []
+    left = right = 0
+    while left < len(lhs_order) or right < len(rhs_order):
+        if left < len(lhs_order) and right < len(rhs_order):
+            element = lhs_order[left]
+            if element == rhs_order[right]:
+                merged_rhs.add(element)
+                out.append(merge(lhs_items[element], rhs_items[element], node.elem))
+                left += 1
+                right += 1
+                next_shared = shared.pop(0) if shared else None
+                continue
+            if element in rhs_items and next_shared is not None and next_shared != element:
+                left += 1
+                continue
+        if left < len(lhs_order):
+            element = lhs_order[left]
+            if element not in rhs_items:
+                out.append(clone(lhs_items[element]))
+                left += 1
+                continue
+            if element in merged_rhs:
+                left += 1
+                continue
+        if right < len(rhs_order):
+            element = rhs_order[right]
+            merged_rhs.add(element)
+            out.append(merge(lhs_items.get(element, MISSING), rhs_items[element], node.elem))
+            right += 1
+            if next_shared == element:
+                next_shared = shared.pop(0) if shared else None
+    return out
+
+
+@dataclass
+class Comparison:
+    added: FieldSet = field(default_factory=set)
+    removed: FieldSet = field(default_factory=set)
+    modified: FieldSet = field(default_factory=set)
+
+    def changed(self) -> FieldSet:
+        return self.added | self.modified
+
+    def exclude(self, ignored: FieldSet) -> Comparison:
+        return Comparison(
+            fp.recursive_difference(self.added, ignored),
+            fp.recursive_difference(self.removed, ignored),
+            fp.recursive_difference(self.modified, ignored),
+        )
+
+    def restrict(self, roots: FieldSet) -> Comparison:
+        return Comparison(
+            fp.restrict_to(self.added, roots),
+            fp.restrict_to(self.removed, roots),
+            fp.restrict_to(self.modified, roots),
+        )
+
+
+def json_equal(left: Any, right: Any) -> bool:
+    """Deep equality of JSON values that does not confuse booleans with numbers."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return isinstance(left, bool) and isinstance(right, bool) and left == right
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(json_equal(left[k], right[k]) for k in left)
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(map(json_equal, left, right))
+    if isinstance(left, dict | list) or isinstance(right, dict | list):
+        return False
+    return bool(left == right)
+
+
+def compare(lhs: Any, rhs: Any, node: TypeNode) -> Comparison:
+    """The fields `rhs` adds, removes and modifies relative to `lhs` (whole objects)."""
+    result = Comparison()
+    names = list(lhs) + [name for name in rhs if name not in lhs]
+    for name in names:
+        _compare(
+            lhs.get(name, MISSING),
+            rhs.get(name, MISSING),
+            node.child(name) or ANY,
+            (fp.field(name),),
+            result,
+        )
+    return result
+
+
+def _compare(lhs: Any, rhs: Any, node: TypeNode, path: Path, result: Comparison) -> None:
+    left_leaf = lhs is MISSING or _is_leaf(lhs, node)
+    right_leaf = rhs is MISSING or _is_leaf(rhs, node)
+    same_shape = (
+        lhs is MISSING
+        or rhs is MISSING
+        or (isinstance(lhs, dict) and isinstance(rhs, dict))
+        or (isinstance(lhs, list) and isinstance(rhs, list))
+    )
+    if (left_leaf and right_leaf) or not same_shape:
+        if lhs is MISSING:
+            result.added.add(path)
+        elif rhs is MISSING:
+            result.removed.add(path)
+        elif not json_equal(lhs, rhs):
+            result.modified.add(path)
+        return
+    if isinstance(lhs, dict) or isinstance(rhs, dict):
+        left = lhs if isinstance(lhs, dict) else {}
+        right = rhs if isinstance(rhs, dict) else {}
+        names = list(left) + [name for name in right if name not in left]
+        for name in names:
+            _compare(
+                left.get(name, MISSING),
+                right.get(name, MISSING),
+                node.child(name) or ANY,
+                (*path, fp.field(name)),
+                result,
+            )
+    else:
+        left_order, left_items = _items(lhs if isinstance(lhs, list) else [], node)
+        right_order, right_items = _items(rhs if isinstance(rhs, list) else [], node)
+        for element in right_order + [e for e in left_order if e not in right_items]:
+            _compare(
+                left_items.get(element, MISSING),
+                right_items.get(element, MISSING),
+                node.elem,
+                (*path, element),
+                result,
+            )
+    if lhs is MISSING:
+        result.added.add(path)
+    elif rhs is MISSING:
+        result.removed.add(path)
+
+
+def _prefixes(paths: FieldSet) -> set[Path]:
+    out: set[Path] = set()
+    for path in paths:
+        for size in range(1, len(path)):
+            out.add(path[:size])
+    return out
+
+
+def remove_items(value: dict[str, Any], paths: FieldSet, node: TypeNode) -> dict[str, Any]:
+    """`value` without the members of `paths` (each with everything below it)."""
+    if not paths:
+        return clone(value)
+    result = _remove(value, node, (), paths, _prefixes(paths))
+    return result if isinstance(result, dict) else {}
+
+
+def _remove(value: Any, node: TypeNode, path: Path, paths: FieldSet, parents: set[Path]) -> Any:
+    if isinstance(value, dict) and not (node.atomic or node.kind in ("scalar",)):
+        out: dict[str, Any] = {}
+        for name, child in value.items():
+            child_path = (*path, fp.field(name))
+            if child_path in paths:
+                continue
+            if child_path in parents:
+                out[name] = _remove(child, node.child(name) or ANY, child_path, paths, parents)
+            else:
+                out[name] = clone(child)
+        return out if out or not path else None
+    if isinstance(value, list) and node.granular_list:
+        items: list[Any] = []
+        for position, item in enumerate(value):
+            try:
+                element = item_element(item, node, position)
+            except ValueError:
+                items.append(clone(item))
+                continue
+            item_path = (*path, element)
+            if item_path in paths:
+                continue
+            if item_path in parents:
+                items.append(_remove(item, node.elem, item_path, paths, parents))
+            else:
+                items.append(clone(item))
+        return items or None
+    return clone(value)
+
+
+_NAMED_CACHE: dict[tuple[int, Path], tuple[Path, ...]] = {}
+
+
+def _named_prefixes(path: Path, root: TypeNode) -> tuple[Path, ...]:
+    """The proper prefixes of `path` that end in a declared struct field."""
+    cache_key = (id(root), path)
+    cached = _NAMED_CACHE.get(cache_key)
+    if cached is not None:
+        return cached
+    named: list[Path] = []
+    node: TypeNode | None = root
+    for size, (kind, text) in enumerate(path[:-1], start=1):
+        if node is None:
+            break
+        if kind == "f" and node.kind == "struct" and text in node.fields:
+            named.append(path[:size])
+        node = node.child(text) if kind == "f" else node.elem
+    if len(_NAMED_CACHE) > 200_000:
+        _NAMED_CACHE.clear()
+    result = _NAMED_CACHE[cache_key] = tuple(named)
+    return result
+
+
+def ensure_named(paths: FieldSet, root: TypeNode) -> FieldSet:
+    """`paths` plus every struct field that is a parent of one of them."""
+    out = set(paths)
+    for path in paths:
+        out.update(_named_prefixes(path, root))
+    return out
+
+
+def prune(
+    merged: dict[str, Any], last: FieldSet, owned: FieldSet, node: TypeNode
+) -> dict[str, Any]:
+    """Remove from `merged` what the applier owned before (`last`) and nobody owns now.
+
+    `owned` is the union of every manager's set after the apply, the applier's new
+    set included. Mirrors Updater.prune + addBackOwnedItems + addBackDanglingItems.
+    """
+    if not last:
+        return merged
+    last_named = ensure_named(last, node)
+    first = remove_items(merged, last_named, node)
+    merged_set = ensure_named(to_field_set(merged, node), node)
+    first_set = ensure_named(to_field_set(first, node), node)
+    owned_named = ensure_named(owned, node)
+    second = remove_items(merged, merged_set - (first_set | owned_named), node)
+    second_set = ensure_named(to_field_set(second, node), node)
+    return remove_items(merged, (merged_set - second_set) & last_named, node)
