@@ -128,7 +128,7 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
         stack.push_async_callback(store.close)
         service = EndpointService(store)
         await _register_local_regions(service, store, options.regions)
-        routers = {region: Router(region) for region in options.regions}
+        routers = {region: Router(region, leading=False) for region in options.regions}
         urls: dict[str, str] = {}
         for region, router in routers.items():
             gateway = Gateway([router])

@@ -10,6 +10,7 @@ import asyncio
 import collections
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -17,6 +18,7 @@ from aiohttp import web
 from yarl import URL
 
 from servefleet.runtime.local.gateway import Backend, Gateway, Pick, Refusal, RouteConflict, Router
+from servefleet.runtime.local.supervisor import LocalRuntime
 
 
 def route(
@@ -430,3 +432,26 @@ async def test_global_gateway_sends_to_a_region_with_capacity(
         assert response.status == 503
         message = (await response.json())["error"]["message"]
         assert message == "endpoint 'llm': traffic withdrawn by the health watchdog"
+
+
+def test_a_standby_router_says_another_process_serves_the_region() -> None:
+    standby = Router("r1", leading=False)
+
+    refusal = standby.pick("/inference/llm/v1/models")
+
+    assert isinstance(refusal, Refusal)
+    assert refusal.status == 503
+    assert "served by another servefleet process" in refusal.reason
+
+
+async def test_a_router_leads_while_a_runtime_holds_it(tmp_path: Path) -> None:
+    router = Router("r1", leading=False)
+
+    runtime = LocalRuntime("r1", router, log_dir=tmp_path)
+    assert router.leading
+    await runtime.close()
+
+    assert not router.leading
+    refusal = router.pick("/inference/llm")
+    assert isinstance(refusal, Refusal)
+    assert refusal.status == 503

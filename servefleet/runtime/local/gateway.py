@@ -126,8 +126,11 @@ class _Route:
 class Router:
     """One region's routing table, read on every request and written on every change."""
 
-    def __init__(self, region: str) -> None:
+    def __init__(self, region: str, *, leading: bool = True) -> None:
         self.region = region
+        self.leading = leading
+        """Whether a runtime of this process serves the region; a standby's gateway
+        has no routes and says so instead of answering 404."""
         self._by_prefix: dict[str, _Route] = {}
         self._by_endpoint: dict[str, _Route] = {}
 
@@ -180,6 +183,12 @@ class Router:
         replica), then the replica with the fewest requests in flight. `exclude`
         leaves out a replica that just refused a connection."""
         route = self._match(path)
+        if route is None and not self.leading:
+            return Refusal(
+                503,
+                f"region {self.region!r} is served by another servefleet process; "
+                "this one is standing by",
+            )
         if route is None:
             return Refusal(404, f"no endpoint serves the path {path!r}")
         if not route.routed:

@@ -191,6 +191,7 @@ class LocalRuntime:
     ) -> None:
         self.region = region
         self._router = router
+        router.leading = True
         self._log_dir = log_dir
         self._settings = settings
         self._endpoints: dict[str, _Endpoint] = {}
@@ -292,6 +293,7 @@ class LocalRuntime:
     async def close(self) -> None:
         """Retire every replica (drained, then SIGTERM, then SIGKILL) and wait for them."""
         self._closed = True
+        self._router.leading = False
         for record in list(self._endpoints.values()):
             record.workload = None
             self._converge(record)
