@@ -1,0 +1,788 @@
+"""The Kubernetes runtime: watch caches, server-side apply, one region namespace.
+
+`KubernetesRuntime` is the `Runtime` of a Kubernetes region. It holds no state of
+its own beyond what the API server says:
+
+- **Watch caches.** One list + watch per managed kind (Services, Deployments,
+  HorizontalPodAutoscalers, Ingresses) in the region's namespace, selected by
+  `app.kubernetes.io/managed-by=servefleet`. A watch resumes from the last
+  resourceVersion it saw (BOOKMARKs keep that fresh), asks for `timeoutSeconds`
+  and is opened again when it ends; a 410 Gone (an ERROR event or the answer to
+  the watch request) lists again. As in client-go's reflector, a stream that
+  ends or breaks resumes from its resourceVersion (nothing is lost: the server
+  replays from there) and only an expired resourceVersion costs a LIST. Every
+  change of a cached object yields its endpoint (`app.kubernetes.io/name`) from
+  `events()`. A converged region therefore costs the open watches and nothing
+  else.
+- **observe() reads only the cache.** Whether the workload is in place is decided
+  from the objects alone: every applied object carries, besides the workload hash
+  (`servefleet.io/workload-hash`), the list of objects that workload renders
+  (`servefleet.io/objects`, e.g. `Deployment/llm,Ingress/llm,Service/llm`). The
+  endpoint reports the hash only when the cached objects of the endpoint are
+  exactly that list and all carry the same hash and list: a missing object
+  (a hand-deleted Service), an extra one (a canary left behind), or one applied
+  for another workload all report "" — which matches no workload, so the
+  reconciler applies again. This needs no memory of past applies and survives
+  restarts and leader changes.
+- **apply() follows `render.steps`.** Deletes only what the cache holds (a
+  steady fleet sends no DELETE answered 404), server-side applies every rendered
+  object (field manager `servefleet`, force), and hands `spec.replicas` over
+  before the first apply that omits it (`render.replicas_handoff`). It then waits
+  (bounded) until the watches have delivered its own writes, so the observation
+  that follows an apply already shows them.
+- **Errors are mapped once, here.** 409 → `ApplyConflict`; 400/422 →
+  `WorkloadUnsupported` with the API's message (the cluster refuses the spec);
+  429, 5xx, timeouts and connection errors are retried with exponential backoff
+  (honouring Retry-After, capped at `backoff_max` or 1 s, whichever is longer),
+  then `RuntimeUnavailable`; other answers (401, 403, a 404 other than on a
+  DELETE) are `RuntimeUnavailable` at once. A DELETE answered 404 is success. Every request but the
+  watch streams passes a client-side token bucket.
+
+The runtime manages one namespace (`RegionSettings.namespace`): a workload that
+names another one is refused with `WorkloadUnsupported`, since its objects would
+be invisible to the caches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import logging
+import random
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.api_client import ApiClient
+
+from servefleet.plan import Observed, VersionObservation, Workload
+from servefleet.runtime.base import (
+    ApplyConflict,
+    RuntimeUnavailable,
+    WorkloadUnsupported,
+)
+from servefleet.runtime.kubernetes.render import (
+    ANNOTATION_HASH,
+    FIELD_MANAGER,
+    HANDOFF_MANAGER,
+    LABEL_NAME,
+    MANAGED_SELECTOR,
+    Manifest,
+    ObjectRef,
+    RegionSettings,
+    all_objects,
+    namespace_of,
+    replicas_handoff,
+    steps,
+)
+
+__all__ = [
+    "ANNOTATION_OBJECTS",
+    "ClusterSettings",
+    "KubernetesRuntime",
+]
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_OBJECTS: Final = "servefleet.io/objects"
+"""On every applied object: the objects its workload renders, `Kind/name,...` sorted."""
+
+_APPLY: Final = "application/apply-patch+yaml"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How the runtime talks to the API server (seconds unless said otherwise)."""
+
+    watch_timeout: int = 300
+    """`timeoutSeconds` of each watch request; the watch is opened again after it."""
+    request_timeout: float = 30.0
+    retries: int = 4
+    """Retries of a request answered 429/5xx or failing to connect, before
+    `RuntimeUnavailable`."""
+    backoff_initial: float = 0.2
+    backoff_max: float = 10.0
+    rate: float = 50.0
+    """Requests a second (token bucket; watch streams excepted)."""
+    burst: int = 100
+    sync_timeout: float = 10.0
+    """How long `apply` waits for the watches to show its own writes."""
+    list_page: int = 500
+
+
+@dataclass(frozen=True)
+class _Kind:
+    kind: str
+    api: type[Any]
+    suffix: str
+    """`list_namespaced_<suffix>` and so on."""
+
+
+_KINDS: Final[tuple[_Kind, ...]] = (
+    _Kind("Service", client.CoreV1Api, "service"),
+    _Kind("Deployment", client.AppsV1Api, "deployment"),
+    _Kind("HorizontalPodAutoscaler", client.AutoscalingV2Api, "horizontal_pod_autoscaler"),
+    _Kind("Ingress", client.NetworkingV1Api, "ingress"),
+)
+_REMOVAL_ORDER: Final = {"Ingress": 0, "HorizontalPodAutoscaler": 1, "Deployment": 2, "Service": 3}
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+class _Expired(Exception):
+    """The watch's resourceVersion is too old (410 Gone): list again."""
+
+
+class _TokenBucket:
+    """`rate` requests a second, `burst` saved up. (The reconciler's work queue has
+    its own; a runtime may not import the reconciler.)"""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+
+    async def acquire(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        self._tokens -= 1
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / self._rate)
+
+
+class _Subscription:
+    """One `events()` consumer: each endpoint name is pending at most once."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, None] = {}
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    def push(self, name: str) -> None:
+        self._pending[name] = None
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    def __aiter__(self) -> _Subscription:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._pending:
+            if self._closed:
+                raise StopAsyncIteration
+            self._wake.clear()
+            await self._wake.wait()
+        name = next(iter(self._pending))
+        del self._pending[name]
+        return name
+
+
+@dataclass(eq=False)
+class _Cache:
+    """One kind's objects in the namespace, by name and by endpoint."""
+
+    kind: _Kind
+    api: Any
+    objects: dict[str, Manifest] = field(default_factory=dict)
+    by_endpoint: dict[str, set[str]] = field(default_factory=dict)
+    resource_version: str | None = None
+    synced: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put(self, obj: Manifest) -> None:
+        name = obj["metadata"]["name"]
+        self.remove(name)
+        self.objects[name] = obj
+        endpoint = _endpoint_of(obj)
+        if endpoint is not None:
+            self.by_endpoint.setdefault(endpoint, set()).add(name)
+
+    def remove(self, name: str) -> None:
+        previous = self.objects.pop(name, None)
+        endpoint = _endpoint_of(previous) if previous is not None else None
+        if endpoint is not None:
+            names = self.by_endpoint.get(endpoint, set())
+            names.discard(name)
+            if not names:
+                self.by_endpoint.pop(endpoint, None)
+
+    def replace(self, objects: list[Manifest]) -> None:
+        self.objects.clear()
+        self.by_endpoint.clear()
+        for obj in objects:
+            self.put(obj)
+
+    def of(self, endpoint: str) -> list[Manifest]:
+        return [self.objects[name] for name in sorted(self.by_endpoint.get(endpoint, ()))]
+
+
+def _endpoint_of(obj: Manifest) -> str | None:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    name = labels.get(LABEL_NAME)
+    return name if isinstance(name, str) else None
+
+
+def _rv(obj: Manifest) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion", ""))
+
+
+def _at_least(have: str, want: str) -> bool:
+    """Whether resourceVersion `have` is `want` or later (numeric, as etcd's are)."""
+    try:
+        return int(have) >= int(want)
+    except ValueError:
+        return have == want
+
+
+def _object_list(refs: Iterable[ObjectRef]) -> str:
+    return ",".join(sorted(f"{ref.kind}/{ref.name}" for ref in refs))
+
+
+def _owns_replicas(entry: Manifest) -> bool:
+    fields = entry.get("fieldsV1") or {}
+    return "f:replicas" in (fields.get("f:spec") or {})
+
+
+def _sole_replicas_owner(deployment: Manifest) -> bool:
+    """Whether servefleet alone manages the Deployment's `spec.replicas`."""
+    entries = (deployment.get("metadata") or {}).get("managedFields") or []
+    owners = {
+        (entry.get("manager"), entry.get("subresource") or "")
+        for entry in entries
+        if _owns_replicas(entry)
+    }
+    return owners == {(FIELD_MANAGER, "")}
+
+
+def _version(deployment: Manifest | None) -> VersionObservation:
+    if deployment is None:
+        return VersionObservation()
+    status = deployment.get("status") or {}
+    current = status.get("observedGeneration") == deployment["metadata"].get("generation")
+    return VersionObservation(
+        ready=int(status.get("readyReplicas") or 0) if current else 0,
+        running=int(status.get("replicas") or 0),
+    )
+
+
+def _problem(deployment: Manifest | None) -> str:
+    if deployment is None:
+        return ""
+    problems = []
+    for condition in (deployment.get("status") or {}).get("conditions") or []:
+        kind, state, reason = (
+            condition.get("type"),
+            condition.get("status"),
+            condition.get("reason"),
+        )
+        if (kind == "Progressing" and reason == "ProgressDeadlineExceeded") or (
+            kind == "ReplicaFailure" and state == "True"
+        ):
+            name = deployment["metadata"]["name"]
+            problems.append(f"{name}: {condition.get('message') or reason}")
+    return "; ".join(problems)
+
+
+def _status_message(body: bytes, status: int) -> str:
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace")[:500] or f"HTTP {status}"
+    if isinstance(decoded, dict) and decoded.get("message"):
+        return str(decoded["message"])
+    return f"HTTP {status}"
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class KubernetesRuntime:
+    """The `Runtime` of one Kubernetes region (see the module docstring).
+
+    Use as `async with KubernetesRuntime(...) as runtime:` or call `start()`
+    (waits for the initial lists) and `close()`.
+    """
+
+    def __init__(
+        self,
+        region: str,
+        settings: RegionSettings,
+        api_client: ApiClient,
+        *,
+        cluster: ClusterSettings = ClusterSettings(),
+        owns_client: bool = False,
+    ) -> None:
+        self.region = region
+        self.settings = settings
+        self.namespace = settings.namespace
+        self._api_client = api_client
+        self._cluster = cluster
+        self._owns_client = owns_client
+        self._caches = {kind.kind: _Cache(kind, kind.api(api_client)) for kind in _KINDS}
+        self._bucket = _TokenBucket(cluster.rate, cluster.burst)
+        self._subscriptions: weakref.WeakSet[_Subscription] = weakref.WeakSet()
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    # Construction.
+
+    @classmethod
+    async def from_kubeconfig(
+        cls,
+        region: str,
+        settings: RegionSettings,
+        path: Path | str | None = None,
+        *,
+        context: str | None = None,
+        cluster: ClusterSettings = ClusterSettings(),
+    ) -> KubernetesRuntime:
+        """A runtime on the cluster of a kubeconfig file (default: $KUBECONFIG or
+        ~/.kube/config) and context (default: the current one); not started."""
+        configuration = client.Configuration()
+        await config.load_kube_config(
+            config_file=str(path) if path is not None else None,
+            context=context,
+            client_configuration=configuration,
+        )
+        return cls(region, settings, ApiClient(configuration), cluster=cluster, owns_client=True)
+
+    @classmethod
+    def in_cluster(
+        cls, region: str, settings: RegionSettings, *, cluster: ClusterSettings = ClusterSettings()
+    ) -> KubernetesRuntime:
+        """A runtime on the cluster it runs in (the pod's service account); not started."""
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        return cls(region, settings, ApiClient(configuration), cluster=cluster, owns_client=True)
+
+    # Lifecycle.
+
+    async def start(self, give_up_after: float | None = None) -> None:
+        """Start the watch caches and wait until each has listed once; after
+        `give_up_after` seconds (None: no limit) raise `RuntimeUnavailable`, the watches
+        going on trying (call `close()` to stop them)."""
+        if self._tasks:
+            return
+        for cache in self._caches.values():
+            self._tasks.append(
+                asyncio.create_task(self._follow(cache), name=f"watch {cache.kind.kind}")
+            )
+        listed: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.gather(*(cache.synced.wait() for cache in self._caches.values()))
+        )
+        try:
+            await asyncio.wait(
+                {listed, *self._tasks}, timeout=give_up_after, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if not listed.done():
+                listed.cancel()
+        for task in self._tasks:
+            if task.done():  # a watch task ended, which only a bug makes it do
+                task.result()
+        if not listed.done() or listed.cancelled():
+            raise RuntimeUnavailable(
+                f"region {self.region}: the API server did not answer the initial lists "
+                f"within {give_up_after}s"
+            )
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for subscription in list(self._subscriptions):
+            subscription.close()
+        if self._owns_client:
+            await self._api_client.close()
+
+    async def __aenter__(self) -> KubernetesRuntime:
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # The Runtime protocol.
+
+    async def observe(self, endpoint: str) -> Observed | None:
+        held = self._held_objects(endpoint)
+        if not held:
+            return None
+        deployments = {
+            obj["metadata"]["name"]: obj for obj in self._caches["Deployment"].of(endpoint)
+        }
+        primary = deployments.get(endpoint)
+        canary = deployments.get(f"{endpoint}-canary")
+        problem = "; ".join(p for p in (_problem(primary), _problem(canary)) if p)
+        return Observed(
+            workload_hash=self._hash_in_place(endpoint, held),
+            primary=_version(primary),
+            canary=_version(canary),
+            routed=any(
+                obj["metadata"]["name"] == endpoint for obj in self._caches["Ingress"].of(endpoint)
+            ),
+            problem=problem,
+        )
+
+    async def held(self) -> set[str]:
+        return {name for cache in self._caches.values() for name in cache.by_endpoint}
+
+    async def apply(self, workload: Workload) -> None:
+        namespace = namespace_of(workload, self.settings)
+        if namespace != self.namespace:
+            raise WorkloadUnsupported(
+                f"namespace: region {self.region} manages namespace {self.namespace!r} only "
+                f"(got {namespace!r})"
+            )
+        plan = steps(workload, self.settings)  # WorkloadUnsupported for an image-less spec
+        objects = _object_list(step.ref for step in plan if step.verb == "apply")
+        written: list[tuple[ObjectRef, str | None]] = []
+        for step in plan:
+            if step.verb == "delete":
+                if self._cached(step.ref) is not None:
+                    await self._delete(step.ref)
+                    written.append((step.ref, None))
+                continue
+            assert step.manifest is not None
+            manifest = copy.deepcopy(step.manifest)
+            manifest["metadata"]["annotations"][ANNOTATION_OBJECTS] = objects
+            if step.ref.kind == "Deployment" and "replicas" not in manifest["spec"]:
+                await self._hand_off_replicas(workload, step.ref)
+            result = await self._apply(step.ref, manifest, FIELD_MANAGER, force=True)
+            written.append((step.ref, _rv(result)))
+        await self._synced(written)
+
+    async def remove(self, endpoint: str) -> None:
+        refs = sorted(
+            self._held_refs(endpoint),
+            key=lambda ref: (_REMOVAL_ORDER[ref.kind], not ref.name.endswith("-canary")),
+        )
+        for ref in refs:
+            await self._delete(ref)
+        await self._synced([(ref, None) for ref in refs])
+
+    def events(self) -> AsyncIterator[str]:
+        subscription = _Subscription()
+        if self._closed:
+            subscription.close()
+        self._subscriptions.add(subscription)
+        return subscription
+
+    # Reading the cache.
+
+    def _cached(self, ref: ObjectRef) -> Manifest | None:
+        if ref.namespace != self.namespace:
+            return None
+        return self._caches[ref.kind].objects.get(ref.name)
+
+    def _held_objects(self, endpoint: str) -> list[tuple[str, Manifest]]:
+        return [(kind, obj) for kind, cache in self._caches.items() for obj in cache.of(endpoint)]
+
+    def _held_refs(self, endpoint: str) -> list[ObjectRef]:
+        known = {(ref.kind, ref.name): ref for ref in all_objects(endpoint, self.namespace)}
+        refs = []
+        for kind, obj in self._held_objects(endpoint):
+            name = obj["metadata"]["name"]
+            refs.append(
+                known.get((kind, name))
+                or ObjectRef(obj.get("apiVersion", ""), kind, self.namespace, name)
+            )
+        return refs
+
+    @staticmethod
+    def _hash_in_place(endpoint: str, held: list[tuple[str, Manifest]]) -> str:
+        """The hash every object of the endpoint records, if the cached objects are
+        exactly the ones that workload renders; else "" (matches no workload)."""
+        recorded = {
+            (
+                (obj["metadata"].get("annotations") or {}).get(ANNOTATION_HASH, ""),
+                (obj["metadata"].get("annotations") or {}).get(ANNOTATION_OBJECTS, ""),
+            )
+            for _kind, obj in held
+        }
+        if len(recorded) != 1:
+            return ""
+        ((digest, objects),) = recorded
+        present = ",".join(sorted(f"{kind}/{obj['metadata']['name']}" for kind, obj in held))
+        return digest if digest and objects == present else ""
+
+    # Writing.
+
+    async def _hand_off_replicas(self, workload: Workload, ref: ObjectRef) -> None:
+        live = self._cached(ref)
+        if live is None or not _sole_replicas_owner(live):
+            return
+        replicas = int((live.get("spec") or {}).get("replicas", 1))
+        body = replicas_handoff(workload, self.settings, replicas)
+        await self._apply(ref, body, HANDOFF_MANAGER, force=False)
+        log.info("%s/%s: spec.replicas (%d) handed over", self.region, ref.name, replicas)
+
+    async def _apply(
+        self, ref: ObjectRef, body: Manifest, manager: str, *, force: bool
+    ) -> Manifest:
+        cache = self._caches[ref.kind]
+        patch = getattr(cache.api, f"patch_namespaced_{cache.kind.suffix}")
+        options: dict[str, Any] = {
+            "field_manager": manager,
+            "_content_type": _APPLY,
+            "_preload_content": False,
+        }
+        if force:
+            options["force"] = True
+        result = await self._request(
+            f"apply {ref.kind} {ref.name}",
+            lambda: patch(ref.name, ref.namespace, body, **options),
+        )
+        assert result is not None
+        return result
+
+    async def _delete(self, ref: ObjectRef) -> None:
+        cache = self._caches[ref.kind]
+        delete = getattr(cache.api, f"delete_namespaced_{cache.kind.suffix}")
+        await self._request(
+            f"delete {ref.kind} {ref.name}",
+            lambda: delete(
+                ref.name, ref.namespace, propagation_policy="Background", _preload_content=False
+            ),
+            missing_ok=True,
+        )
+
+    async def _request(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[aiohttp.ClientResponse]],
+        *,
+        missing_ok: bool = False,
+    ) -> Manifest | None:
+        """One API call with the rate limit, retries and the error mapping; the
+        decoded body, or None for a 404 when `missing_ok`."""
+        attempt = 0
+        while True:
+            retry_after: float | None = None
+            await self._bucket.acquire()
+            try:
+                async with asyncio.timeout(self._cluster.request_timeout):
+                    response = await call()
+                    try:
+                        raw = await response.read()
+                    finally:
+                        response.release()
+            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                failure = f"{what}: {type(error).__name__}: {error}".rstrip(": ")
+            else:
+                status = response.status
+                if 200 <= status < 300:
+                    decoded = json.loads(raw) if raw.strip() else {}
+                    return decoded if isinstance(decoded, dict) else {}
+                message = _status_message(raw, status)
+                if status == 404 and missing_ok:
+                    return None
+                if status == 409:
+                    raise ApplyConflict(f"{what}: {message}")
+                if status in (400, 422):
+                    raise WorkloadUnsupported(f"{what}: {message}")
+                if status != 429 and status < 500:
+                    raise RuntimeUnavailable(f"{what}: HTTP {status}: {message}")
+                failure = f"{what}: HTTP {status}: {message}"
+                retry_after = _retry_after(response.headers)
+            attempt += 1
+            if attempt > self._cluster.retries:
+                raise RuntimeUnavailable(failure)
+            delay = min(
+                self._cluster.backoff_max,
+                self._cluster.backoff_initial * 2 ** (attempt - 1) * random.uniform(0.8, 1.2),
+            )
+            if retry_after is not None:
+                delay = min(max(delay, retry_after), max(self._cluster.backoff_max, 1.0))
+            log.info("%s: %s (retry %d in %.2fs)", self.region, failure, attempt, delay)
+            await asyncio.sleep(delay)
+
+    async def _synced(self, written: list[tuple[ObjectRef, str | None]]) -> None:
+        """Wait (bounded) until the caches show these writes: each applied object at
+        least at its resourceVersion, each deleted one gone."""
+
+        def caught_up() -> bool:
+            for ref, version in written:
+                cached = self._cached(ref)
+                if version is None:
+                    if cached is not None:
+                        return False
+                elif cached is None or not _at_least(_rv(cached), version):
+                    return False
+            return True
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._cluster.sync_timeout):
+                while not caught_up():
+                    changed = self._changed
+                    await changed.wait()
+                return
+        log.warning("%s: the watches did not show our writes within the sync timeout", self.region)
+
+    # The watch caches.
+
+    def _notify(self, names: Iterable[str | None]) -> None:
+        for name in names:
+            if name is not None:
+                for subscription in list(self._subscriptions):
+                    subscription.push(name)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _follow(self, cache: _Cache) -> None:
+        """List, then watch from the list's resourceVersion, forever."""
+        backoff = self._cluster.backoff_initial
+        while True:
+            try:
+                if cache.resource_version is None:
+                    await self._relist(cache)
+                await self._watch(cache)
+                backoff = self._cluster.backoff_initial
+            except _Expired:
+                log.info("%s: %s watch expired; listing again", self.region, cache.kind.kind)
+                cache.resource_version = None
+            except (
+                _ApiError,
+                RuntimeUnavailable,
+                aiohttp.ClientError,
+                TimeoutError,
+                OSError,
+                ValueError,
+            ) as error:
+                log.warning("%s: %s watch failed: %s", self.region, cache.kind.kind, error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._cluster.backoff_max)
+            except Exception:  # a refused LIST, a malformed event: start over from a list
+                log.exception("%s: %s watch broke; listing again", self.region, cache.kind.kind)
+                cache.resource_version = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._cluster.backoff_max)
+
+    async def _relist(self, cache: _Cache) -> None:
+        listing = getattr(cache.api, f"list_namespaced_{cache.kind.suffix}")
+        objects: dict[str, Manifest] = {}  # by name
+        token: str | None = None
+        version = ""
+        while True:
+            options: dict[str, Any] = {
+                "label_selector": MANAGED_SELECTOR,
+                "limit": self._cluster.list_page,
+                "_preload_content": False,
+            }
+            if token:
+                options["_continue"] = token
+            page = await self._request(
+                f"list {cache.kind.kind}",
+                lambda options=options: listing(self.namespace, **options),  # type: ignore[misc]
+            )
+            assert page is not None
+            for item in page.get("items") or []:
+                # Items of a list carry no kind; the cache keeps whole objects.
+                item.setdefault("kind", cache.kind.kind)
+                objects[item["metadata"]["name"]] = item
+            metadata = page.get("metadata") or {}
+            version = str(metadata.get("resourceVersion", ""))
+            token = metadata.get("continue")
+            if not token:
+                break
+        old = cache.objects
+        changed = {
+            _endpoint_of(obj)
+            for name, obj in objects.items()
+            if name not in old or _rv(old[name]) != _rv(obj)
+        } | {_endpoint_of(obj) for name, obj in old.items() if name not in objects}
+        cache.replace(list(objects.values()))
+        cache.resource_version = version
+        cache.synced.set()
+        self._notify(changed)
+
+    async def _watch(self, cache: _Cache) -> None:
+        """One watch request from the cache's resourceVersion, until it ends."""
+        listing = getattr(cache.api, f"list_namespaced_{cache.kind.suffix}")
+        timeout = self._cluster.watch_timeout
+        response: aiohttp.ClientResponse = await listing(
+            self.namespace,
+            label_selector=MANAGED_SELECTOR,
+            watch=True,
+            resource_version=cache.resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            _preload_content=False,
+            _request_timeout=(self._cluster.request_timeout, timeout + 30),
+        )
+        try:
+            if response.status == 410:
+                raise _Expired()
+            if response.status != 200:
+                raw = await response.read()
+                raise _ApiError(response.status, _status_message(raw, response.status))
+            while True:
+                line = await response.content.readline()
+                if not line:
+                    return
+                if not line.strip():
+                    continue
+                self._on_event(cache, json.loads(line))
+        finally:
+            response.release()
+
+    def _on_event(self, cache: _Cache, event: dict[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise _Expired()
+            raise _ApiError(int(obj.get("code") or 500), str(obj.get("message", "")))
+        version = _rv(obj)
+        if kind == "BOOKMARK":
+            cache.resource_version = version or cache.resource_version
+            return
+        name = obj["metadata"]["name"]
+        previous = cache.objects.get(name)
+        if kind == "DELETED":
+            cache.remove(name)
+        elif kind in ("ADDED", "MODIFIED"):
+            cache.put(obj)
+        else:
+            return
+        cache.resource_version = version or cache.resource_version
+        names = {_endpoint_of(obj)}
+        if previous is not None:
+            names.add(_endpoint_of(previous))
+        self._notify(names)
