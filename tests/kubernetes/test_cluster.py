@@ -427,11 +427,12 @@ async def test_the_controller_drives_the_cluster(cluster: Cluster, tmp_path: Pat
             assert controller.runtime_writes == writes  # converged: no more applies
 
         await service.stop("llm")
-        await eventually(lambda: objects_are({("Service", "llm"), ("Deployment", "llm")}))
+        # The Ingress goes first, then the Deployment is applied at 0: wait for the state.
+        await eventually(lambda: state_is(RegionState.STOPPED), within=10 if cluster.server else 90)
+        assert await present(cluster) == {("Service", "llm"), ("Deployment", "llm")}
         deployment = await cluster.get("Deployment", "llm")
         assert deployment is not None
         assert deployment["spec"]["replicas"] == 0
-        await eventually(lambda: state_is(RegionState.STOPPED), within=10 if cluster.server else 90)
 
         await service.delete("llm")
         await eventually(lambda: objects_are(set()))
