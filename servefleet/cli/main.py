@@ -620,7 +620,11 @@ def _redacted(url: str) -> str:
 )
 def up(
     regions: Annotated[
-        str, typer.Option(help="Local regions to run, comma-separated (registered if new).")
+        str,
+        typer.Option(
+            help="Regions to reconcile, comma-separated: registered ones as they are "
+            "(local or kubernetes), new names as local regions."
+        ),
     ] = "local",
     demo: Annotated[bool, typer.Option(help="Deploy the demo endpoint to every region.")] = False,
     host: Annotated[str, typer.Option(help="Address the gateways listen on.")] = "127.0.0.1",
@@ -640,7 +644,7 @@ def up(
     ] = 300.0,
     lease_ttl: Annotated[float, typer.Option(help="Seconds a region's leadership lasts.")] = 15.0,
 ) -> None:
-    """Run the store, a reconciler and gateway per local region, in the foreground."""
+    """Run a reconciler per region (and a gateway per local region), in the foreground."""
     from servefleet.cli.up import UpOptions, serve
     from servefleet.reconcile.controller import ControllerSettings
     from servefleet.reconcile.leader import LeaseSettings

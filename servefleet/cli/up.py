@@ -18,7 +18,7 @@ import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from servefleet.reconcile.controller import ControllerSettings
 from servefleet.reconcile.leader import LeaseSettings
 from servefleet.reconcile.region import run_region
 from servefleet.runtime.base import Runtime
+from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
+from servefleet.runtime.kubernetes.render import RegionSettings
 from servefleet.runtime.local.gateway import Gateway, Router
 from servefleet.runtime.local.supervisor import LocalRuntime, LocalSettings
 from servefleet.service import EndpointService, utc_now
@@ -62,7 +64,7 @@ class Running:
 
     gateway_url: str
     region_urls: dict[str, str]
-    runtimes: dict[str, LocalRuntime] = field(default_factory=dict)
+    runtimes: dict[str, Runtime] = field(default_factory=dict)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -105,18 +107,33 @@ def demo_manifest(regions: list[str]) -> EndpointManifest:
     )
 
 
-async def _register_local_regions(service: EndpointService, store: Store, names: list[str]) -> None:
+async def _regions(service: EndpointService, store: Store, names: list[str]) -> list[Region]:
+    """The regions to run: registered ones as they are, new names as local regions."""
+    regions = []
     for name in names:
         try:
-            region = await store.get_region(name)
+            regions.append(await store.get_region(name))
         except RegionNotFound:
-            await service.add_region(Region(name=name, kind=RegionKind.LOCAL))
+            region = Region(name=name, kind=RegionKind.LOCAL)
+            await service.add_region(region)
             log.info("registered local region %s", name)
-            continue
-        if region.kind is not RegionKind.LOCAL:
-            raise ValueError(
-                f"--regions: {name!r} is a {region.kind.value} region; `up` runs local regions"
-            )
+            regions.append(region)
+    return regions
+
+
+@asynccontextmanager
+async def _cluster_runtime(region: Region) -> AsyncIterator[Runtime]:
+    runtime = await KubernetesRuntime.from_kubeconfig(
+        region.name,
+        RegionSettings(namespace=region.namespace),
+        region.kubeconfig,
+        context=region.context,
+    )
+    try:
+        await runtime.start()
+        yield runtime
+    finally:
+        await runtime.close()
 
 
 async def run(options: UpOptions, started: Callable[[Running], None] | None = None) -> None:
@@ -127,60 +144,85 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
     async with AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         service = EndpointService(store)
-        await _register_local_regions(service, store, options.regions)
-        routers = {region: Router(region, leading=False) for region in options.regions}
+        regions = await _regions(service, store, options.regions)
+        local = [region.name for region in regions if region.kind is RegionKind.LOCAL]
+        if options.demo and not local:
+            raise ValueError("--demo: the demo endpoint runs in local regions; name one")
+        # Gateways serve local regions; a cluster's traffic goes through its Ingress.
+        routers = {name: Router(name, leading=False) for name in local}
         urls: dict[str, str] = {}
-        for region, router in routers.items():
+        for name, router in routers.items():
             gateway = Gateway([router])
-            urls[region] = await gateway.start(options.host, 0)
+            urls[name] = await gateway.start(options.host, 0)
             stack.push_async_callback(gateway.close)
-        entry = Gateway(list(routers.values()))
-        entry_url = await entry.start(options.host, options.port)
-        stack.push_async_callback(entry.close)
+        entry_url = ""
+        if routers:
+            entry = Gateway(list(routers.values()))
+            entry_url = await entry.start(options.host, options.port)
+            stack.push_async_callback(entry.close)
         running = Running(entry_url, urls)
 
         if options.demo:
-            applied = await service.apply(demo_manifest(options.regions))
+            applied = await service.apply(demo_manifest(local))
             log.info("demo endpoint %s", applied.outcome.value)
 
         @asynccontextmanager
-        async def open_runtime(region: str) -> AsyncIterator[Runtime]:
-            runtime = LocalRuntime(
-                region, routers[region], log_dir=options.log_dir, settings=options.local
-            )
-            running.runtimes[region] = runtime
-            try:
-                yield runtime
-            finally:
-                await runtime.close()
-                if running.runtimes.get(region) is runtime:
-                    del running.runtimes[region]
+        async def open_runtime(region: Region) -> AsyncIterator[Runtime]:
+            opened: AbstractAsyncContextManager[Runtime]
+            if region.kind is RegionKind.LOCAL:
+                opened = _local_runtime(region.name, routers[region.name], options)
+            else:
+                opened = _cluster_runtime(region)
+            async with opened as runtime:
+                running.runtimes[region.name] = runtime
+                try:
+                    yield runtime
+                finally:
+                    if running.runtimes.get(region.name) is runtime:
+                        del running.runtimes[region.name]
 
-        _announce(entry_url, urls, options)
+        _announce(entry_url, urls, regions, options)
         async with asyncio.TaskGroup() as tasks:
-            for region in options.regions:
+            for region in regions:
                 tasks.create_task(
                     run_region(
                         store,
-                        region,
+                        region.name,
                         functools.partial(open_runtime, region),
                         holder=holder,
                         settings=options.controller,
                         lease=options.lease,
                         clock=utc_now,
                     ),
-                    name=f"region-{region}",
+                    name=f"region-{region.name}",
                 )
             if started is not None:
                 started(running)
 
 
-def _announce(entry_url: str, urls: dict[str, str], options: UpOptions) -> None:
+@asynccontextmanager
+async def _local_runtime(name: str, router: Router, options: UpOptions) -> AsyncIterator[Runtime]:
+    runtime = LocalRuntime(name, router, log_dir=options.log_dir, settings=options.local)
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
+
+
+def _announce(
+    entry_url: str, urls: dict[str, str], regions: list[Region], options: UpOptions
+) -> None:
     out.print(f"servefleet is up: store {options.store_url}", markup=False)
-    out.print(f"  gateway (all regions): {entry_url}", markup=False)
-    for region, url in urls.items():
-        out.print(f"  region {region}: {url}", markup=False)
-    out.print(f"  replica logs: {options.log_dir}", markup=False)
+    if entry_url:
+        out.print(f"  gateway (all local regions): {entry_url}", markup=False)
+    for region in regions:
+        where = urls.get(region.name) or (
+            f"kubernetes, namespace {region.namespace}"
+            + (f", context {region.context}" if region.context else "")
+        )
+        out.print(f"  region {region.name}: {where}", markup=False)
+    if urls:
+        out.print(f"  replica logs: {options.log_dir}", markup=False)
     if options.demo:
         out.print("try:", markup=False)
         out.print(

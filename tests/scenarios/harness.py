@@ -166,7 +166,9 @@ class Fleet:
         return self.running.region_urls[region]
 
     def runtime(self, region: str = "r1") -> LocalRuntime:
-        return self.running.runtimes[region]
+        runtime = self.running.runtimes[region]
+        assert isinstance(runtime, LocalRuntime)
+        return runtime
 
     def replicas(self, endpoint: str, region: str = "r1") -> list[ReplicaInfo]:
         return self.runtime(region).replicas(endpoint)
@@ -376,7 +378,7 @@ class UpProcess:
 
     @property
     def gateway_url(self) -> str:
-        return self._url(r"gateway \(all regions\): (\S+)")
+        return self._url(r"gateway \(all local regions\): (\S+)")
 
     def region_url(self, region: str) -> str:
         return self._url(rf"region {re.escape(region)}: (\S+)")
