@@ -14,6 +14,7 @@ store object wake watchers at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -92,15 +93,22 @@ class SqliteStore(SqlStore):
     async def _transaction(self, *, readonly: bool = False) -> AsyncIterator[Session]:
         async with self._lock:
             try:
-                await self._connection.execute("BEGIN" if readonly else "BEGIN IMMEDIATE")
-            except sqlite3.Error as error:
-                raise StoreUnavailable(f"SQLite store is unavailable: {error}") from error
-            try:
+                try:
+                    await self._connection.execute("BEGIN" if readonly else "BEGIN IMMEDIATE")
+                except sqlite3.Error as error:
+                    raise StoreUnavailable(f"SQLite store is unavailable: {error}") from error
                 yield _SqliteSession(self._connection)
             except BaseException:
-                await self._connection.execute("ROLLBACK")
+                # Also when cancelled while waiting for BEGIN: aiosqlite's thread runs it
+                # anyway, and an open write transaction would lock every other process
+                # out of the file. The ROLLBACK queues behind it on the same thread.
+                await asyncio.shield(self._rollback())
                 raise
             try:
                 await self._connection.execute("COMMIT")
             except sqlite3.Error as error:
                 raise StoreUnavailable(f"SQLite commit failed: {error}") from error
+
+    async def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # no transaction: BEGIN never ran
+            await self._connection.execute("ROLLBACK")

@@ -317,3 +317,19 @@ async def test_concurrent_candidates_get_exactly_one_lease(store: Store, store_u
     winners = await asyncio.gather(*(candidate(index) for index in range(10)))
 
     assert sum(winners) == 1
+
+
+async def test_a_cancelled_write_leaves_no_transaction_open(store: Store, store_url: str) -> None:
+    """A task cancelled mid-write (a lost leader, Ctrl-C) must not hold the database:
+    every other connection can still write at once."""
+    other = await open_store(store_url)
+    try:
+        for attempt in range(100):
+            write = asyncio.ensure_future(store.acquire_lease("region/r1", "a", ttl=30))
+            await asyncio.sleep(0.0005 * (attempt % 5))
+            write.cancel()
+            await asyncio.gather(write, return_exceptions=True)
+            async with asyncio.timeout(5):
+                assert await other.acquire_lease(f"region/x{attempt}", "b", ttl=30) is not None
+    finally:
+        await other.close()
