@@ -12,33 +12,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
-from collections.abc import Callable
 
-__all__ = ["QueueShutDown", "TokenBucket", "WorkQueue"]
+from servefleet.ratelimit import TokenBucket
+
+__all__ = ["QueueShutDown", "WorkQueue"]
 
 
 class QueueShutDown(Exception):
     """The queue was shut down; workers stop."""
-
-
-class TokenBucket:
-    """`rate` tokens a second, at most `burst` saved up; `delay()` reserves one."""
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
-        self._rate = rate
-        self._burst = burst
-        self._tokens = float(burst)
-        self._clock = clock
-        self._last = clock()
-
-    def delay(self) -> float:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        self._tokens -= 1
-        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
 
 
 class WorkQueue:

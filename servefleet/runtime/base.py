@@ -15,6 +15,7 @@ Errors a runtime raises on purpose form one family, mapped once at the edge:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -22,6 +23,7 @@ from servefleet.plan import Observed, Workload
 
 __all__ = [
     "ApplyConflict",
+    "EventSubscription",
     "Runtime",
     "RuntimeFailure",
     "RuntimeUnavailable",
@@ -66,3 +68,34 @@ class Runtime(Protocol):
         """Names of endpoints whose observed state changed (a replica died or became
         ready); the reconciler looks at them again."""
         ...
+
+
+class EventSubscription:
+    """One consumer of a runtime's `events()`: each endpoint name waits at most once,
+    so a burst of changes to one endpoint costs one look."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, None] = {}
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    def push(self, name: str) -> None:
+        self._pending[name] = None
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    def __aiter__(self) -> EventSubscription:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._pending:
+            if self._closed:
+                raise StopAsyncIteration
+            self._wake.clear()
+            await self._wake.wait()
+        name = next(iter(self._pending))
+        del self._pending[name]
+        return name

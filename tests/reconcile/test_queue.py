@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from servefleet.reconcile.queue import QueueShutDown, TokenBucket, WorkQueue
+from servefleet.ratelimit import TokenBucket
+from servefleet.reconcile.queue import QueueShutDown, WorkQueue
 
 
 async def test_a_key_waits_in_the_queue_once() -> None:

@@ -51,7 +51,6 @@ import copy
 import json
 import logging
 import random
-import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -64,8 +63,10 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from servefleet.plan import Observed, VersionObservation, Workload
+from servefleet.ratelimit import TokenBucket
 from servefleet.runtime.base import (
     ApplyConflict,
+    EventSubscription,
     RuntimeUnavailable,
     WorkloadUnsupported,
 )
@@ -145,55 +146,6 @@ class _ApiError(Exception):
 
 class _Expired(Exception):
     """The watch's resourceVersion is too old (410 Gone): list again."""
-
-
-class _TokenBucket:
-    """`rate` requests a second, `burst` saved up. (The reconciler's work queue has
-    its own; a runtime may not import the reconciler.)"""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._tokens = float(burst)
-        self._last = time.monotonic()
-
-    async def acquire(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        self._tokens -= 1
-        if self._tokens < 0:
-            await asyncio.sleep(-self._tokens / self._rate)
-
-
-class _Subscription:
-    """One `events()` consumer: each endpoint name is pending at most once."""
-
-    def __init__(self) -> None:
-        self._pending: dict[str, None] = {}
-        self._wake = asyncio.Event()
-        self._closed = False
-
-    def push(self, name: str) -> None:
-        self._pending[name] = None
-        self._wake.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-
-    def __aiter__(self) -> _Subscription:
-        return self
-
-    async def __anext__(self) -> str:
-        while not self._pending:
-            if self._closed:
-                raise StopAsyncIteration
-            self._wake.clear()
-            await self._wake.wait()
-        name = next(iter(self._pending))
-        del self._pending[name]
-        return name
 
 
 @dataclass(eq=False)
@@ -342,8 +294,8 @@ class KubernetesRuntime:
         self._cluster = cluster
         self._owns_client = owns_client
         self._caches = {kind.kind: _Cache(kind, kind.api(api_client)) for kind in _KINDS}
-        self._bucket = _TokenBucket(cluster.rate, cluster.burst)
-        self._subscriptions: weakref.WeakSet[_Subscription] = weakref.WeakSet()
+        self._bucket = TokenBucket(cluster.rate, cluster.burst)
+        self._subscriptions: weakref.WeakSet[EventSubscription] = weakref.WeakSet()
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -499,7 +451,7 @@ class KubernetesRuntime:
         await self._synced([(ref, None) for ref in refs])
 
     def events(self) -> AsyncIterator[str]:
-        subscription = _Subscription()
+        subscription = EventSubscription()
         if self._closed:
             subscription.close()
         self._subscriptions.add(subscription)

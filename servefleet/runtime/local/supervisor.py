@@ -55,7 +55,12 @@ from typing import IO, Literal
 import aiohttp
 
 from servefleet.plan import Observed, Version, VersionObservation, Workload, workload_hash
-from servefleet.runtime.base import ApplyConflict, RuntimeUnavailable, WorkloadUnsupported
+from servefleet.runtime.base import (
+    ApplyConflict,
+    EventSubscription,
+    RuntimeUnavailable,
+    WorkloadUnsupported,
+)
 from servefleet.runtime.local.gateway import Backend, RouteConflict, Router
 
 __all__ = ["LocalRuntime", "LocalSettings", "ReplicaInfo"]
@@ -144,36 +149,6 @@ class _Endpoint:
     replicas: list[_Replica] = field(default_factory=list)
 
 
-class _Subscription:
-    """One `events()` consumer: each endpoint name is pending at most once."""
-
-    def __init__(self) -> None:
-        self._pending: dict[str, None] = {}
-        self._wake = asyncio.Event()
-        self._closed = False
-
-    def push(self, name: str) -> None:
-        self._pending[name] = None
-        self._wake.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-
-    def __aiter__(self) -> _Subscription:
-        return self
-
-    async def __anext__(self) -> str:
-        while not self._pending:
-            if self._closed:
-                raise StopAsyncIteration
-            self._wake.clear()
-            await self._wake.wait()
-        name = next(iter(self._pending))
-        del self._pending[name]
-        return name
-
-
 class LocalRuntime:
     """The `Runtime` of a local region: replica processes behind `router`.
 
@@ -195,7 +170,7 @@ class LocalRuntime:
         self._log_dir = log_dir
         self._settings = settings
         self._endpoints: dict[str, _Endpoint] = {}
-        self._subscriptions: weakref.WeakSet[_Subscription] = weakref.WeakSet()
+        self._subscriptions: weakref.WeakSet[EventSubscription] = weakref.WeakSet()
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -262,7 +237,7 @@ class LocalRuntime:
             self._converge(record)
 
     def events(self) -> AsyncIterator[str]:
-        subscription = _Subscription()
+        subscription = EventSubscription()
         if self._closed:
             subscription.close()
         self._subscriptions.add(subscription)
