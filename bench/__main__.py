@@ -2,7 +2,7 @@
 
     python -m bench                 # the full run (a few minutes)
     python -m bench --quick         # fewer samples: a smoke run in under a minute
-    python -m bench --only gateway  # one benchmark: propagation, gateway or steady
+    python -m bench --only gateway  # one benchmark: propagation, gateway, steady, kubernetes
     python -m bench --postgres postgresql://user@host:5432/db
 
 Benchmarks report; they never assert. A part that fails is reported as a note.
@@ -23,11 +23,11 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import gateway, propagation, steady
+from bench import gateway, kubernetes, propagation, steady
 from bench.report import Row, machine, render, save
 from bench.stores import postgres_problem
 
-NAMES = ("propagation", "gateway", "steady")
+NAMES = ("propagation", "gateway", "steady", "kubernetes")
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -88,6 +88,9 @@ async def main(options: argparse.Namespace) -> int:
     if "steady" in selected:
         steady_plan = steady.QUICK if quick else steady.FULL
         await part("steady state", lambda: steady.run(options.postgres, steady_plan))
+    if "kubernetes" in selected:
+        kubernetes_plan = kubernetes.QUICK if quick else kubernetes.FULL
+        await part("kubernetes runtime", lambda: kubernetes.run(kubernetes_plan))
 
     about: dict[str, Any] = {
         "mode": "quick" if quick else "full",
