@@ -225,12 +225,10 @@ def region_status(
     now: datetime,
 ) -> RegionStatus:
     """The region's report on `endpoint`. `error` is why the last apply failed."""
-    current = workload is not None and observed is not None
     in_place = (
-        current
+        workload is not None
         and observed is not None
-        and workload is not None
-        and (observed.workload_hash == workload_hash(workload))
+        and observed.workload_hash == workload_hash(workload)
     )
     ready = observed.primary.ready if observed else 0
     canary_ready = observed.canary.ready if observed else 0
@@ -245,11 +243,8 @@ def region_status(
     elif not in_place:
         state = RegionState.PROGRESSING
     elif not endpoint.desired_state.runs:
-        state = (
-            RegionState.STOPPED
-            if (observed and observed.primary.running == 0)
-            else (RegionState.PROGRESSING)
-        )
+        running = observed.primary.running if observed else 0
+        state = RegionState.STOPPED if running == 0 else RegionState.PROGRESSING
     elif ready >= desired and canary_ready >= canary_desired:
         state = RegionState.READY
     elif previous is not None and previous.state in (RegionState.READY, RegionState.DEGRADED):
