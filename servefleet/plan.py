@@ -243,7 +243,7 @@ def region_status(
     elif not in_place:
         state = RegionState.PROGRESSING
     elif not endpoint.desired_state.runs:
-        running = observed.primary.running if observed else 0
+        running = observed.primary.running + observed.canary.running if observed else 0
         state = RegionState.STOPPED if running == 0 else RegionState.PROGRESSING
     elif ready >= desired and canary_ready >= canary_desired:
         state = RegionState.READY

@@ -328,6 +328,15 @@ def test_stopped_once_no_replica_runs() -> None:
     assert not status.routed
 
 
+def test_not_stopped_while_a_canary_replica_still_runs() -> None:
+    endpoint = with_state(make_endpoint(canary={"image": "ghcr.io/x/y:2"}), DesiredState.STOPPED)
+    workload = planned(endpoint)
+    draining = Observed(workload_hash=workload_hash(workload), canary=VersionObservation(running=1))
+
+    assert report(endpoint, workload, draining).state is RegionState.PROGRESSING
+    assert report(endpoint, workload, observed_for(workload)).state is RegionState.STOPPED
+
+
 def test_deleted_once_the_runtime_holds_nothing() -> None:
     endpoint = with_state(make_endpoint(), DesiredState.DELETED)
     workload = planned(make_endpoint())
