@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from servefleet.store import Store, open_store
+from tests.store.moto import drop_table, fresh_table_url, moto_server
 
 POSTGRES_URL = os.environ.get(
     "SERVEFLEET_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
@@ -23,13 +24,30 @@ async def _drop_schema(schema: str) -> None:
         await connection.close()
 
 
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's DynamoDB in server mode on a free loopback port, for the whole session."""
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+#: Every backend. The store-level suites (the contract, the service) run on all of
+#: them through `pytestmark = EVERY_STORE`; the rest, whose subject is not the store,
+#: on the two SQL backends, which keeps moto's start-up cost out of every CLI test.
+EVERY_STORE = pytest.mark.parametrize(
+    "store_url", ["sqlite", "postgres", "dynamodb"], indirect=True
+)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """The URL of an empty, initialised store: a SQLite file, or a PostgreSQL schema
-    of its own that is dropped afterwards."""
+    """The URL of an empty, initialised store: a SQLite file, a PostgreSQL schema or a
+    DynamoDB table (on moto) of its own that is dropped afterwards."""
+    schema = None
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"
-        schema = None
+    elif request.param == "dynamodb":
+        url = fresh_table_url(request.getfixturevalue("moto_endpoint"))
     else:
         schema = f"t_{uuid.uuid4().hex[:12]}"
         url = f"{POSTGRES_URL}?schema={schema}"
@@ -38,6 +56,8 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     yield url
     if schema is not None:
         await _drop_schema(schema)
+    if request.param == "dynamodb":
+        await drop_table(url)
 
 
 @pytest.fixture

@@ -19,7 +19,10 @@ from servefleet.spec import (
     RegionKind,
 )
 from servefleet.store import EndpointNotFound, RegionNotFound, Store, open_store
+from tests.conftest import EVERY_STORE
 from tests.factories import T0, make_spec
+
+pytestmark = EVERY_STORE
 
 IMAGE_1 = "ghcr.io/example/server:1.0"
 IMAGE_2 = "ghcr.io/example/server:2.0"

@@ -1,4 +1,5 @@
-"""Store backends by URL: a path or `sqlite:///path` (the default), `postgresql://...`."""
+"""Store backends by URL: a path or `sqlite:///path` (the default), `postgresql://...`,
+`dynamodb://TABLE?region=...`."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ __all__ = [
 
 
 async def open_store(url: str, *, init: bool = False) -> Store:
-    """Open the store at `url`. SQLite creates its schema itself; PostgreSQL's is
-    created or migrated only with `init` (`servefleet store init`)."""
+    """Open the store at `url`. SQLite creates its schema itself; PostgreSQL's schema
+    and DynamoDB's table are created or migrated only with `init` (`servefleet store init`)."""
     scheme, separator, rest = url.partition("://")
     if not separator:
         scheme, rest = "sqlite", url
@@ -48,7 +49,11 @@ async def open_store(url: str, *, init: bool = False) -> Store:
         from servefleet.store.postgres import PostgresStore
 
         return await PostgresStore.open(url, init=init)
+    if scheme == "dynamodb":
+        from servefleet.store.dynamodb import DynamoStore
+
+        return await DynamoStore.open(url, init=init)
     raise ValueError(
         f"store: unknown backend {scheme!r} in {url!r}; use one of: "
-        "a file path, sqlite:///path, postgresql://user@host/db"
+        "a file path, sqlite:///path, postgresql://user@host/db, dynamodb://TABLE?region=NAME"
     )

@@ -23,8 +23,12 @@ from servefleet.store import (
     Store,
     open_store,
 )
+from servefleet.store.dynamodb import DynamoStore
 from servefleet.store.sql import SqlStore
+from tests.conftest import EVERY_STORE
 from tests.factories import make_endpoint, make_spec, make_status
+
+pytestmark = EVERY_STORE
 
 
 async def take(changes: AsyncIterator[Change], count: int) -> list[Change]:
@@ -207,7 +211,7 @@ async def test_feed_wakes_for_a_write_made_by_another_connection(
 
 
 async def test_feed_refuses_a_compacted_position(store: Store) -> None:
-    assert isinstance(store, SqlStore)
+    assert isinstance(store, SqlStore | DynamoStore)
     store.feed_retention = 3
     start = await store.feed_position()
     for index in range(8):
