@@ -1,14 +1,26 @@
-"""Leader election per region through the store's leases.
+"""Leader election per region, over a lease kept by a `LeaseBackend`.
+
+Two backends exist: `StoreLeases` (the store's leases, for every region by
+default) and, for Kubernetes regions, a `coordination.k8s.io/v1` Lease in the
+region's namespace (`servefleet.runtime.kubernetes.lease`, passed in by the
+composition root, since this package does not know the Kubernetes runtime).
 
 Renewal runs on its own task, independent of reconcile work: the reference
 design renewed its Lease only between passes, so once a pass outlasted the lease
-two replicas reconciled at once. Here a slow pass cannot delay a renewal, and a
-renewal that fails past the lease's end cancels the leader's work.
+two replicas reconciled at once. Here a slow pass cannot delay a renewal. As in
+client-go, three durations govern the lease (`LeaseSettings`): a leader renews
+every `renew_interval`, retrying a failed renewal every `retry_interval`; one
+that has not renewed within `renew_deadline` stops leading (its `lead()` is
+cancelled); a standby takes over only once `ttl` has passed without a renewal.
+`renew_deadline < ttl`, so the old leader has stopped before anyone can start.
 
 `fence()` is called before every write to a runtime: it refuses (`LeaseLost`)
-once the lease may have expired as far as this process can tell, counted from
-when the last successful renewal was *sent*, so the answer errs on the safe side.
-Status writes are fenced again inside the store's transaction by the lease token.
+once the renew deadline has passed, counted from when the last successful
+renewal was *sent*, so the answer errs on the safe side and does not wait for
+the renewal task to notice. Status writes are fenced again inside the store's
+transaction by the lease's token — for store leases only, the one kind of lease
+whose token the store can check; with another backend `fence()` hands the store
+no lease and status writes rest on the local check alone.
 """
 
 from __future__ import annotations
@@ -19,48 +31,112 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.store import Lease, LeaseLost, Store, StoreError
 
-__all__ = ["LeaderElection", "LeaseSettings"]
+__all__ = ["LeaderElection", "LeaseBackend", "LeaseSettings", "StoreLeases"]
 
 log = logging.getLogger(__name__)
+
+#: What a backend raises when its lease cannot be reached now; the election retries.
+UNREACHABLE = (StoreError, RuntimeUnavailable, TimeoutError)
 
 
 @dataclass(frozen=True)
 class LeaseSettings:
     ttl: float = 15.0
+    """How long a lease lasts without renewal before a standby may take it."""
     renew_interval: float = 5.0
     retry_interval: float = 2.0
-    """How often a standby tries to take the lease."""
+    """How often a standby tries to take the lease, and a leader retries a renewal."""
+    renew_deadline: float | None = None
+    """A leader that has not renewed for this long stops leading (default: 2/3 of
+    `ttl`, as client-go's 10 s of 15 s)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.renew_interval < self.deadline <= self.ttl:
+            raise ValueError(
+                "lease: needs 0 < renew_interval < renew_deadline <= ttl (got renew_interval "
+                f"{self.renew_interval}, renew_deadline {self.deadline}, ttl {self.ttl})"
+            )
+
+    @property
+    def deadline(self) -> float:
+        return self.renew_deadline if self.renew_deadline is not None else self.ttl * 2 / 3
+
+
+class LeaseBackend(Protocol):
+    """Where one region's lease is kept, reachable by every candidate.
+
+    Both calls raise `StoreError`, `RuntimeUnavailable` or `TimeoutError` when the
+    lease cannot be reached now.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    async def acquire_or_renew(self, holder: str, ttl: float) -> object | None:
+        """Take the lease for `holder`, or renew it if `holder` has it, for `ttl`
+        seconds; the held lease, or None while another holder's is live (or another
+        candidate won this round)."""
+        ...
+
+    async def release(self, holder: str) -> None:
+        """Give the lease up, if `holder` still has it, so a standby need not wait
+        for it to run out."""
+        ...
+
+
+class StoreLeases:
+    """The `LeaseBackend` of the store's leases (token-fenced)."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self._store = store
+        self._name = name
+        self._held: Lease | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def acquire_or_renew(self, holder: str, ttl: float) -> Lease | None:
+        self._held = await self._store.acquire_lease(self._name, holder, ttl)
+        return self._held
+
+    async def release(self, holder: str) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            await self._store.release_lease(held)
 
 
 class LeaderElection:
     def __init__(
         self,
-        store: Store,
-        name: str,
+        backend: LeaseBackend,
         holder: str,
         settings: LeaseSettings,
         *,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not name or not holder:
+        if not backend.name or not holder:
             raise ValueError("leader election needs a lease name and a holder id")
-        self._store = store
-        self._name = name
+        self._backend = backend
+        self._name = backend.name
         self._holder = holder
         self._settings = settings
         self._monotonic = monotonic
-        self._lease: Lease | None = None
+        self._held: object | None = None
         self._valid_until = 0.0
         self.is_leader = False
 
-    def fence(self) -> Lease:
-        """The lease, while this process may still act on it."""
-        if self._lease is None or self._monotonic() >= self._valid_until:
+    def fence(self) -> Lease | None:
+        """Raise `LeaseLost` unless this process may still act on the lease; the
+        store lease to fence status writes with, when the lease is the store's."""
+        if self._held is None or self._monotonic() >= self._valid_until:
             raise LeaseLost(self._name, self._holder)
-        return self._lease
+        return self._held if isinstance(self._held, Lease) else None
 
     async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
         """Wait for the lease and run `lead()` while holding it; when the lease is
@@ -81,37 +157,44 @@ class LeaderElection:
                 self.is_leader = False
                 await asyncio.shield(self._release())
 
-    async def _try(self) -> bool:
+    async def _try(self, within: float) -> bool:
+        """One attempt, bounded by `within` seconds so that a hung request cannot
+        keep a leader past its renew deadline."""
         sent = self._monotonic()
-        lease = await self._store.acquire_lease(self._name, self._holder, self._settings.ttl)
-        if lease is None:
+        async with asyncio.timeout(within):
+            held = await self._backend.acquire_or_renew(self._holder, self._settings.ttl)
+        if held is None:
+            self._held = None
             return False
-        self._lease = lease
-        self._valid_until = sent + self._settings.ttl
+        self._held = held
+        self._valid_until = sent + self._settings.deadline
         return True
 
     async def _acquire(self) -> None:
         while True:
             try:
-                if await self._try():
+                if await self._try(within=self._settings.deadline):
                     return
-            except StoreError as error:
-                log.warning("%s: cannot reach the store for the lease: %s", self._name, error)
+            except UNREACHABLE as error:
+                log.warning("%s: cannot reach the lease: %s", self._name, error or "timed out")
             await asyncio.sleep(self._settings.retry_interval)
 
     async def _keep(self) -> None:
+        delay = self._settings.renew_interval
         while True:
-            await asyncio.sleep(self._settings.renew_interval)
+            await asyncio.sleep(delay)
             try:
-                if not await self._try():
+                if not await self._try(within=self._valid_until - self._monotonic()):
                     raise LeaseLost(self._name, self._holder)
-            except StoreError as error:
+                delay = self._settings.renew_interval
+            except UNREACHABLE as error:
                 if self._monotonic() >= self._valid_until:
                     raise LeaseLost(self._name, self._holder) from error
                 log.warning("%s: lease renewal failed, retrying: %s", self._name, error)
+                delay = min(self._settings.retry_interval, self._valid_until - self._monotonic())
 
     async def _release(self) -> None:
-        lease, self._lease = self._lease, None
-        if lease is not None:
-            with contextlib.suppress(StoreError):
-                await self._store.release_lease(lease)
+        self._held = None
+        with contextlib.suppress(*UNREACHABLE):
+            async with asyncio.timeout(self._settings.deadline):
+                await self._backend.release(self._holder)

