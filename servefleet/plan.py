@@ -26,6 +26,7 @@ from servefleet.spec import (
     AutoscalingSpec,
     DesiredState,
     Endpoint,
+    ModelStaging,
     RegionState,
     RegionStatus,
     Resources,
@@ -179,6 +180,10 @@ class Observed(_Value):
     routed: bool = False
     problem: str = ""
     """Why replicas are not coming up (a crash loop, a failing probe), if known."""
+    failure: str = ""
+    """Why this workload cannot come up without outside help (its model cannot be
+    staged); the runtime keeps retrying, the region reports it as failed."""
+    staging: ModelStaging | None = None
 
     @property
     def ready(self) -> int:
@@ -234,7 +239,7 @@ def region_status(
     canary_ready = observed.canary.ready if observed else 0
     desired = workload.primary_desired if workload else 0
     canary_desired = workload.canary_desired if workload else 0
-    message = error or (observed.problem if observed else "")
+    message = error or (observed.failure or observed.problem if observed else "")
     if workload is None:
         state = RegionState.DELETED if observed is None else RegionState.PROGRESSING
         message = message or ("" if observed is None else "removing")
@@ -242,6 +247,8 @@ def region_status(
         state = RegionState.FAILED
     elif not in_place:
         state = RegionState.PROGRESSING
+    elif observed is not None and observed.failure:
+        state = RegionState.FAILED
     elif not endpoint.desired_state.runs:
         running = observed.primary.running + observed.canary.running if observed else 0
         state = RegionState.STOPPED if running == 0 else RegionState.PROGRESSING
@@ -273,6 +280,7 @@ def region_status(
         last_transition=previous.last_transition if previous else now,
         heartbeat=now,
         unready_since=decision.unready_since if decision else None,
+        staging=observed.staging if observed and workload else None,
     )
     if previous is None or previous.state is not state:
         report = report.model_copy(update={"last_transition": now})

@@ -98,8 +98,9 @@ container `stage-model` runs `python -m servefleet.stage` from the region's
 `SERVEFLEET_MODEL_SOURCE` and `SERVEFLEET_MODEL_DIR` (after the version's own
 env, so credentials such as `HF_TOKEN` reach it too, and servefleet's names
 win) — never in an argv element and never through a shell: no rendered
-command is `sh -c`. The `servefleet.stage` module itself comes with a later
-issue. `model_path` without `model_source` renders nothing.
+command is `sh -c`. `servefleet.stage` verifies, resumes and times out (its
+docstring; `SERVEFLEET_STAGE_TIMEOUT` in the version's env reaches it too).
+`model_path` without `model_source` renders nothing.
 
 Routing
 -------

@@ -25,6 +25,19 @@ changes, replacements for every replica start at once; each replacement that
 becomes ready is routed and lets one old replica retire. A replacement that
 never becomes ready leaves the old replicas serving.
 
+Model staging: a workload with a `model_source` first has the model copied
+into `model_cache_dir/<region>/<endpoint>/<digest of the source>` by
+`python -m servefleet.stage`, the command Kubernetes init containers run, as a
+child process given the source only in its environment (never a shell). Its
+JSON progress lines become the region status (`staging`: bytes done / total);
+replicas of that workload are started only once it exits 0, which means every
+file is in place and verified. A failed stage (bad source, retries exhausted,
+`stage_timeout` passed) is reported as a failure and tried again after a
+backoff (as replica restarts are); no replica starts meanwhile. A directory
+staged before is verified and reused, not copied again. Replicas find the model
+in `SERVEFLEET_MODEL_DIR` and in "{model_dir}" in their arguments.
+(`model_path` places the model in a container; local replicas use the cache.)
+
 Replicas run as `command + args` (an argv list, never a shell) with "{port}"
 replaced by a free port, which is also in `PORT`. Each has its own session and,
 on Linux, dies with the process that started it (PR_SET_PDEATHSIG), so no
@@ -38,6 +51,7 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -62,6 +76,7 @@ from servefleet.runtime.base import (
     WorkloadUnsupported,
 )
 from servefleet.runtime.local.gateway import Backend, RouteConflict, Router
+from servefleet.spec import ModelStaging
 
 __all__ = ["LocalRuntime", "LocalSettings", "ReplicaInfo"]
 
@@ -90,6 +105,9 @@ class LocalSettings:
     """Between SIGTERM and SIGKILL."""
     drain_timeout: float = 30.0
     """How long a retiring replica may finish the requests it has in flight."""
+    stage_timeout: float = 3600.0
+    """How long staging a model may take in all (an endpoint's own
+    `SERVEFLEET_STAGE_TIMEOUT` env wins, as it does in Kubernetes)."""
 
 
 class _Phase(Enum):
@@ -117,6 +135,21 @@ class ReplicaInfo:
 
 
 @dataclass(eq=False)
+class _Staging:
+    """One model source being copied into `directory` (see the module doc)."""
+
+    source: str
+    directory: Path
+    env: dict[str, str]
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    failure: str = ""
+    """Why the last attempt failed, with when the next starts; cleared on success."""
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(eq=False)
 class _Replica:
     name: str
     role: Role
@@ -138,6 +171,8 @@ class _Replica:
     """Why the last process ended, with when the next starts; cleared once ready."""
     probe_error: str = ""
     task: asyncio.Task[None] | None = None
+    staging: _Staging | None = None
+    """The model this replica waits for before it starts; None without one."""
 
 
 @dataclass(eq=False)
@@ -147,6 +182,8 @@ class _Endpoint:
     """None while it is being removed."""
     hash: str
     replicas: list[_Replica] = field(default_factory=list)
+    stagings: dict[str, _Staging] = field(default_factory=dict)
+    """By model source: the current one, and older ones replicas still wait for."""
 
 
 class LocalRuntime:
@@ -162,12 +199,16 @@ class LocalRuntime:
         router: Router,
         *,
         log_dir: Path,
+        model_cache_dir: Path | None = None,
         settings: LocalSettings = LocalSettings(),
     ) -> None:
+        """`model_cache_dir` defaults to `model-cache` beside `log_dir`."""
         self.region = region
         self._router = router
         router.leading = True
         self._log_dir = log_dir
+        self.model_cache_dir = model_cache_dir or log_dir.parent / "model-cache"
+        self._staging_tasks: set[asyncio.Task[None]] = set()
         self._settings = settings
         self._endpoints: dict[str, _Endpoint] = {}
         self._subscriptions: weakref.WeakSet[EventSubscription] = weakref.WeakSet()
@@ -191,6 +232,12 @@ class LocalRuntime:
             )
             problems += [self._problem(r) for r in current if not r.retiring]
         problems = [problem for problem in problems if problem]
+        staging = _current_staging(record)
+        if staging is not None and not staging.done.is_set() and not staging.failure:
+            progress = f"{_megabytes(staging.bytes_done)}"
+            if staging.bytes_total is not None:
+                progress += f" of {_megabytes(staging.bytes_total)}"
+            problems.insert(0, f"staging the model from {staging.source}: {progress}")
         problem = problems[0] if problems else ""
         if len(problems) > 1:
             problem += f" (and {len(problems) - 1} more)"
@@ -200,6 +247,14 @@ class LocalRuntime:
             canary=counts["canary"],
             routed=workload is not None and workload.routed,
             problem=problem,
+            failure=staging.failure if staging else "",
+            staging=None
+            if staging is None
+            else ModelStaging(
+                bytes_done=staging.bytes_done,
+                bytes_total=staging.bytes_total,
+                complete=staging.done.is_set(),
+            ),
         )
 
     async def held(self) -> set[str]:
@@ -273,7 +328,7 @@ class LocalRuntime:
             record.workload = None
             self._converge(record)
         tasks = [r.task for record in self._endpoints.values() for r in record.replicas if r.task]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._staging_tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -284,6 +339,7 @@ class LocalRuntime:
 
     def _converge(self, record: _Endpoint) -> None:
         workload = record.workload
+        self._stage_model(record)
         for role in _ROLES:
             version = _version(workload, role)
             wanted = _replica_count(workload, role)
@@ -308,8 +364,41 @@ class LocalRuntime:
                 del self._endpoints[record.name]
         else:
             self._publish(workload, record.replicas)
+        self._drop_unwanted_stagings(record)
+        self._notify(record.name)
+
+    def _notify(self, endpoint: str) -> None:
         for subscription in self._subscriptions:
-            subscription.push(record.name)
+            subscription.push(endpoint)
+
+    def _stage_model(self, record: _Endpoint) -> None:
+        """Start staging the workload's model, unless that is under way or done."""
+        workload = record.workload
+        source = workload.model_source if workload and workload.replicas_desired else None
+        if source is None or source in record.stagings:
+            return
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        staging = _Staging(
+            source=source,
+            directory=self.model_cache_dir / self.region / record.name / digest,
+            env=workload.primary.env if workload else {},
+        )
+        record.stagings[source] = staging
+        staging.task = asyncio.create_task(
+            self._stage(record, staging), name=f"{record.name}/stage-model"
+        )
+        self._staging_tasks.add(staging.task)
+        staging.task.add_done_callback(self._staging_tasks.discard)
+
+    def _drop_unwanted_stagings(self, record: _Endpoint) -> None:
+        """Stop staging what neither the workload nor a replica waits for any more."""
+        wanted = {r.staging for r in record.replicas if r.staging and not r.retiring}
+        current = _current_staging(record)
+        for source, staging in list(record.stagings.items()):
+            if staging is not current and staging not in wanted:
+                del record.stagings[source]
+                if staging.task is not None:
+                    staging.task.cancel()
 
     def _publish(self, workload: Workload, replicas: list[_Replica]) -> None:
         routed = {
@@ -349,6 +438,7 @@ class LocalRuntime:
             health_path=workload.health_path,
             log=self._log_dir / self.region / record.name / f"{name}.log",
             backoff=self._settings.restart_backoff_initial,
+            staging=record.stagings.get(workload.model_source or ""),
         )
         record.replicas.append(replica)
         keeper = self._keep(record, replica)
@@ -432,11 +522,17 @@ class LocalRuntime:
         """Start one process of `replica` and watch it until it fails (returns why)
         or the replica retires (returns ""). The process, if any, is left to the
         keeper to stop: at once after a failure, after draining when retiring."""
+        staging = replica.staging
+        if staging is not None and not await _staged(staging, replica):
+            return ""  # retired while its model was staging
         version = replica.version
         port = self._free_port()
         template = (version.command or []) + (version.args or [])
         argv = [part.replace("{port}", str(port)) for part in template]
         env = {**os.environ, **version.env, "PORT": str(port)}
+        if staging is not None:
+            argv = [part.replace("{model_dir}", str(staging.directory)) for part in argv]
+            env["SERVEFLEET_MODEL_DIR"] = str(staging.directory)
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", os.defpath)
         header = f"--- servefleet: starting {record.name}/{replica.name} on port {port}: {argv!r}\n"
         try:
@@ -462,6 +558,96 @@ class LocalRuntime:
         replica.backend = Backend(f"{record.name}/{replica.name}", f"http://127.0.0.1:{port}")
         self._set_phase(record, replica, _Phase.STARTING)
         return await self._watch(record, replica, process)
+
+    async def _stage(self, record: _Endpoint, staging: _Staging) -> None:
+        """Run the stage command until it succeeds, backing off between failures."""
+        settings = self._settings
+        delay = settings.restart_backoff_initial
+        attempt = 1
+        while failure := await self._stage_once(record, staging):
+            staging.failure = f"{failure} (attempt {attempt}; next in {delay:g}s)"
+            log.warning("%s/%s: %s", self.region, record.name, staging.failure)
+            self._notify(record.name)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, settings.restart_backoff_max)
+            attempt += 1
+        staging.failure = ""
+        staging.done.set()
+        log.info("%s/%s: model staged in %s", self.region, record.name, staging.directory)
+        self._notify(record.name)
+
+    async def _stage_once(self, record: _Endpoint, staging: _Staging) -> str:
+        """One run of `python -m servefleet.stage`; why it failed, or ""."""
+        env = {
+            **os.environ,
+            "SERVEFLEET_STAGE_TIMEOUT": f"{self._settings.stage_timeout:g}",
+            **staging.env,
+            "SERVEFLEET_MODEL_SOURCE": staging.source,
+            "SERVEFLEET_MODEL_DIR": str(staging.directory),
+        }
+        try:
+            limit = float(env["SERVEFLEET_STAGE_TIMEOUT"])
+        except ValueError:
+            limit = self._settings.stage_timeout  # the stage command says what is wrong
+        log_path = self._log_dir / self.region / record.name / "stage-model.log"
+        header = f"--- servefleet: staging {staging.source} into {staging.directory}\n"
+        try:
+            output = await asyncio.to_thread(_open_log, log_path, header)
+        except OSError as error:
+            return f"model staging could not open its log file: {error}"
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "servefleet.stage"),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=output,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
+        except OSError as error:
+            return f"could not start python -m servefleet.stage: {error.strerror or error}"
+        finally:
+            output.close()
+        assert process.stdout is not None
+        message = ""
+        try:
+            # The command keeps its own deadline; this one only catches a stuck process.
+            async with asyncio.timeout(limit + self._settings.terminate_grace):
+                async for line in process.stdout:
+                    message = self._staging_event(record, staging, line) or message
+                returncode = await process.wait()
+        except TimeoutError:
+            await self._terminate(process)
+            return f"model staging from {staging.source} did not end within {limit:g}s"
+        except asyncio.CancelledError:
+            _signal_group(process.pid, signal.SIGKILL)
+            raise
+        if returncode == 0:
+            return ""
+        return message or f"model staging {_exit_reason(returncode)}; see {log_path}"
+
+    def _staging_event(self, record: _Endpoint, staging: _Staging, line: bytes) -> str:
+        """Take in one line of the stage command's output; its error message, if any."""
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return ""
+        if not isinstance(event, dict):
+            return ""
+        if event.get("event") == "progress":
+            done, total = event.get("bytes_done"), event.get("bytes_total")
+            # Whole percents only: each change is a status write to the global store.
+            if (
+                isinstance(done, int)
+                and isinstance(total, int)
+                and _percent(done, total) != _percent(staging.bytes_done, staging.bytes_total)
+            ):
+                staging.bytes_done, staging.bytes_total = done, total
+                self._notify(record.name)
+        elif event.get("event") == "error":
+            return str(event.get("message", ""))
+        return ""
 
     async def _watch(
         self, record: _Endpoint, replica: _Replica, process: asyncio.subprocess.Process
@@ -585,9 +771,37 @@ def _spec_key(workload: Workload | None, version: Version | None) -> str | None:
             version.env,
             workload.port,
             workload.health_path,
+            workload.model_source,
         ],
         sort_keys=True,
     )
+
+
+def _current_staging(record: _Endpoint) -> _Staging | None:
+    workload = record.workload
+    if workload is None or workload.model_source is None:
+        return None
+    return record.stagings.get(workload.model_source)
+
+
+async def _staged(staging: _Staging, replica: _Replica) -> bool:
+    """Wait until `staging` is done (True) or `replica` retires (False)."""
+    done = asyncio.ensure_future(staging.done.wait())
+    stopping = asyncio.ensure_future(replica.stop.wait())
+    try:
+        await asyncio.wait((done, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        done.cancel()
+        stopping.cancel()
+    return staging.done.is_set() and not replica.retiring
+
+
+def _percent(done: int, total: int | None) -> int | None:
+    return None if total is None else done * 100 // max(total, 1)
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.1f} MB"
 
 
 def _alive(replica: _Replica) -> bool:
