@@ -38,6 +38,7 @@ __all__ = [
     "EndpointManifest",
     "EndpointSpec",
     "InvalidInput",
+    "ModelStaging",
     "Region",
     "RegionKind",
     "RegionState",
@@ -420,22 +421,90 @@ class RegionKind(StrEnum):
     KUBERNETES = "kubernetes"
 
 
+def _dns_subdomain(value: str) -> str:
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        raise ValueError(
+            f"must be a DNS subdomain: lowercase letters, digits, '-' and '.' (got {_shown(value)})"
+        )
+    return value
+
+
+def _annotation_keys(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        _label_key(key)
+    return value
+
+
+def _annotation_key_or_none(value: str) -> str:
+    """An annotation key, or "" for none."""
+    if value:
+        _label_key(value)
+    return value
+
+
+def _quantity(value: str) -> str:
+    if parse_quantity(value) < 0:
+        raise ValueError(f"must not be negative (got {_shown(value)})")
+    return value
+
+
+DnsSubdomain = Annotated[str, AfterValidator(_dns_subdomain)]
+
+
 class Region(_Model):
-    """A place endpoints run: this machine (`local`) or a Kubernetes cluster."""
+    """A place endpoints run: this machine (`local`) or a Kubernetes cluster.
+
+    A kubernetes region also says how its workloads are rendered; a setting left
+    None takes the renderer's default (`runtime.kubernetes.install.region_settings`).
+    """
 
     name: RegionName
     kind: RegionKind
     kubeconfig: str | None = None
     context: str | None = None
     namespace: str = "default"
+    ingress_class: DnsSubdomain | None = None
+    ingress_annotations: Annotated[dict[str, str], AfterValidator(_annotation_keys)] | None = None
+    """Every Ingress's annotations (replacing the defaults)."""
+    healthcheck_annotation: Annotated[str, AfterValidator(_annotation_key_or_none)] | None = None
+    """The annotation key that receives an endpoint's health path; "" for none."""
+    canary_routing: Literal["alb", "nginx"] | None = None
+    service_account: DnsSubdomain | None = None
+    """The service account of every workload pod."""
+    stage_image: Image | None = None
+    """The image of the model-staging init container."""
+    startup_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    model_volume_size_limit: Annotated[str, AfterValidator(_quantity)] | None = None
+    pods_metrics: bool | None = None
+    """Whether concurrency/rps autoscaling metrics are rendered (needs a metrics adapter)."""
 
     @model_validator(mode="after")
     def _kind_settings(self) -> Region:
         if self.kind is RegionKind.LOCAL and (self.kubeconfig or self.context):
             raise ValueError("kubeconfig: only kubernetes regions take a kubeconfig or context")
+        if self.kind is RegionKind.LOCAL:
+            for name in _KUBERNETES_ONLY:
+                value = getattr(self, name)
+                if value is not None:
+                    raise ValueError(
+                        f"{name}: only kubernetes regions take this setting (got {_shown(value)})"
+                    )
         if not _RFC1123_LABEL.match(self.namespace) or len(self.namespace) > 63:
             raise ValueError(f"namespace: must be an RFC 1123 label (got {_shown(self.namespace)})")
         return self
+
+
+_KUBERNETES_ONLY = (
+    "ingress_class",
+    "ingress_annotations",
+    "healthcheck_annotation",
+    "canary_routing",
+    "service_account",
+    "stage_image",
+    "startup_timeout",
+    "model_volume_size_limit",
+    "pods_metrics",
+)
 
 
 class RegionState(StrEnum):
@@ -446,6 +515,15 @@ class RegionState(StrEnum):
     STOPPED = "stopped"
     FAILED = "failed"
     DELETED = "deleted"
+
+
+class ModelStaging(_Model):
+    """How far a region has copied and verified an endpoint's model."""
+
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    """None until the source's manifest has been read."""
+    complete: bool = False
 
 
 class RegionStatus(_Model):
@@ -464,6 +542,8 @@ class RegionStatus(_Model):
     last_transition: datetime | None = None
     heartbeat: datetime | None = None
     unready_since: datetime | None = None
+    staging: ModelStaging | None = None
+    """Copying `model_source` into the region before replicas start; None without one."""
 
 
 class InvalidInput(ValueError):

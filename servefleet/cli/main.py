@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
 import platformdirs
 import typer
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from servefleet.cli.models import models_app
 from servefleet.service import Applied, EndpointService, OperationRefused
 from servefleet.spec import (
     Endpoint,
@@ -33,6 +35,10 @@ from servefleet.spec import (
     invalid_input,
 )
 from servefleet.store import Store, StoreError, open_store
+
+if TYPE_CHECKING:  # imported where used: the reconcilers load only for `up` and `reconcile`
+    from servefleet.reconcile.controller import ControllerSettings
+    from servefleet.reconcile.leader import LeaseSettings
 
 T = TypeVar("T")
 
@@ -48,6 +54,7 @@ regions_app = typer.Typer(help="Register, list and remove regions.", no_args_is_
 store_app = typer.Typer(help="Set up the store.", no_args_is_help=True)
 app.add_typer(regions_app, name="regions")
 app.add_typer(store_app, name="store")
+app.add_typer(models_app, name="models")
 
 # Piped output (scripts, `| grep`) gets wide tables instead of wrapped cells. No emoji
 # codes: a value like ":smile:" must print as written, or `get | apply` would change it.
@@ -543,7 +550,9 @@ _endpoint_verb(
 @regions_app.command(
     "add",
     epilog="Examples: `servefleet regions add local-1 --kind local`, "
-    "`servefleet regions add eu-west --kind kubernetes --context eu-west --namespace llm`",
+    "`servefleet regions add eu-west --kind kubernetes --context eu-west --namespace llm`, "
+    "`servefleet regions add eu-nginx --kind kubernetes --ingress-class nginx "
+    "--canary-routing nginx --ingress-annotation nginx.ingress.kubernetes.io/proxy-body-size=8m`",
 )
 def regions_add(
     name: Annotated[str, typer.Argument(help="Region name.")],
@@ -551,8 +560,49 @@ def regions_add(
     kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig file.")] = None,
     context: Annotated[str | None, typer.Option(help="Kubeconfig context.")] = None,
     namespace: Annotated[str, typer.Option(help="Default namespace.")] = "default",
+    ingress_class: Annotated[
+        str | None, typer.Option(help="Ingress class of every Ingress (default: alb).")
+    ] = None,
+    ingress_annotation: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE on every Ingress (repeat); replaces the defaults, which are the "
+            "AWS Load Balancer Controller's for class alb and none for other classes."
+        ),
+    ] = None,
+    healthcheck_annotation: Annotated[
+        str | None,
+        typer.Option(
+            help="Annotation key given each endpoint's health path "
+            '("" for none; default: the AWS controller\'s for class alb).'
+        ),
+    ] = None,
+    canary_routing: Annotated[
+        str | None,
+        typer.Option(help="alb (weighted forward action) or nginx (a canary Ingress)."),
+    ] = None,
+    service_account: Annotated[
+        str | None, typer.Option(help="Service account of every endpoint pod.")
+    ] = None,
+    stage_image: Annotated[
+        str | None, typer.Option(help="Image of the model-staging init container.")
+    ] = None,
+    startup_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a replica may take to answer its first probe.")
+    ] = None,
+    model_volume_size_limit: Annotated[
+        str | None, typer.Option(help="sizeLimit of the model volume, e.g. 100Gi.")
+    ] = None,
+    pods_metrics: Annotated[
+        bool | None,
+        typer.Option(
+            "--pods-metrics/--no-pods-metrics",
+            help="Render concurrency/rps autoscaling metrics (needs a custom metrics adapter).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Register a region (or change its settings)."""
+    """Register a region (or replace its settings: unnamed ones return to their defaults)."""
     try:
         region = Region.model_validate(
             {
@@ -561,6 +611,19 @@ def regions_add(
                 "kubeconfig": kubeconfig,
                 "context": context,
                 "namespace": namespace,
+                "ingress_class": ingress_class,
+                "ingress_annotations": (
+                    _pairs(ingress_annotation, "--ingress-annotation")
+                    if ingress_annotation
+                    else None
+                ),
+                "healthcheck_annotation": healthcheck_annotation,
+                "canary_routing": canary_routing,
+                "service_account": service_account,
+                "stage_image": stage_image,
+                "startup_timeout": startup_timeout,
+                "model_volume_size_limit": model_volume_size_limit,
+                "pods_metrics": pods_metrics,
             }
         )
     except ValidationError as error:
@@ -595,8 +658,26 @@ def regions_remove(name: Annotated[str, typer.Argument(help="Region name.")]) ->
 @store_app.command(
     "init", epilog="Example: `SERVEFLEET_STORE=postgresql://... servefleet store init`"
 )
-def store_init() -> None:
+def store_init(
+    print_definition: Annotated[
+        bool,
+        typer.Option(
+            "--print-definition",
+            help="Print the DynamoDB table as a CloudFormation resource (JSON) instead of "
+            "creating it, for infrastructure as code.",
+        ),
+    ] = False,
+) -> None:
     """Create or migrate the store's schema (safe to run again)."""
+    if print_definition:
+        from servefleet.store.dynamodb import cloudformation_definition
+
+        try:
+            definition = cloudformation_definition(_state.store_url)
+        except ValueError as error:
+            _fail(f"--print-definition: {error}")
+        out.print(json.dumps(definition, indent=2), markup=False)
+        return
 
     async def nothing(_service: EndpointService) -> None:
         return None
@@ -611,6 +692,16 @@ def _redacted(url: str) -> str:
     if separator and at and ":" in credentials:
         return f"{scheme}://{credentials.split(':')[0]}:***@{host}"
     return url
+
+
+LogFormatOption = Annotated[str, typer.Option(help="text or json.")]
+WatchdogThresholdOption = Annotated[
+    float, typer.Option(help="Seconds without a ready replica before traffic is withdrawn.")
+]
+ResyncIntervalOption = Annotated[
+    float, typer.Option(help="Seconds between full resyncs (the safety net).")
+]
+LeaseTtlOption = Annotated[float, typer.Option(help="Seconds a region's leadership lasts.")]
 
 
 @app.command(
@@ -629,25 +720,19 @@ def up(
     demo: Annotated[bool, typer.Option(help="Deploy the demo endpoint to every region.")] = False,
     host: Annotated[str, typer.Option(help="Address the gateways listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the gateway in front of all regions.")] = 8080,
-    log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
+    log_format: LogFormatOption = "text",
     log_dir: Annotated[
         Path | None, typer.Option(help="Replica logs (default: next to the store).")
     ] = None,
-    watchdog_threshold: Annotated[
-        float, typer.Option(help="Seconds without a ready replica before traffic is withdrawn.")
-    ] = 300.0,
+    watchdog_threshold: WatchdogThresholdOption = 300.0,
     startup_timeout: Annotated[
         float, typer.Option(help="Seconds a replica may take to answer its first probe.")
     ] = 600.0,
-    resync_interval: Annotated[
-        float, typer.Option(help="Seconds between full resyncs (the safety net).")
-    ] = 300.0,
-    lease_ttl: Annotated[float, typer.Option(help="Seconds a region's leadership lasts.")] = 15.0,
+    resync_interval: ResyncIntervalOption = 300.0,
+    lease_ttl: LeaseTtlOption = 15.0,
 ) -> None:
     """Run a reconciler per region (and a gateway per local region), in the foreground."""
     from servefleet.cli.up import UpOptions, serve
-    from servefleet.reconcile.controller import ControllerSettings
-    from servefleet.reconcile.leader import LeaseSettings
     from servefleet.runtime.local.supervisor import LocalSettings
 
     _check_output(log_format, ("text", "json"), flag="--log-format")
@@ -655,6 +740,7 @@ def up(
     if not names:
         _fail(f"--regions: give at least one region name (got {regions!r})")
     store_url = _state.store_url
+    controller, lease = _reconciler_settings(watchdog_threshold, resync_interval, lease_ttl)
     options = UpOptions(
         store_url=store_url,
         regions=names,
@@ -663,18 +749,130 @@ def up(
         port=port,
         log_format=log_format,
         log_dir=log_dir or _default_log_dir(store_url),
-        controller=ControllerSettings(
-            watchdog_threshold=watchdog_threshold, resync_interval=resync_interval
-        ),
-        lease=LeaseSettings(
-            ttl=lease_ttl, renew_interval=lease_ttl / 3, retry_interval=lease_ttl / 10
-        ),
+        controller=controller,
+        lease=lease,
         local=LocalSettings(startup_timeout=startup_timeout),
     )
     try:
         serve(options)
     except (StoreError, ValueError, OSError) as error:
         _fail(str(error))
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "* `servefleet reconcile --region eu-west --region us-east`\n\n"
+    "* in a pod (see `install-manifests`): `servefleet reconcile --region eu-west --in-cluster`"
+)
+def reconcile(
+    region: Annotated[
+        list[str],
+        typer.Option("--region", "-r", help="A registered kubernetes region (repeat)."),
+    ],
+    in_cluster: Annotated[
+        bool,
+        typer.Option(
+            help="Reach every region with the pod's service account. Without it, inside a "
+            "pod, regions registered without a kubeconfig use it too."
+        ),
+    ] = False,
+    log_format: LogFormatOption = "text",
+    watchdog_threshold: WatchdogThresholdOption = 300.0,
+    resync_interval: ResyncIntervalOption = 300.0,
+    lease_ttl: LeaseTtlOption = 15.0,
+) -> None:
+    """Run the reconcilers of kubernetes regions, without gateways, in the foreground."""
+    from servefleet.cli.reconcile import cluster_regions, in_cluster_regions
+    from servefleet.cli.up import UpOptions, serve
+    from servefleet.runtime.local.supervisor import LocalSettings
+
+    _check_output(log_format, ("text", "json"), flag="--log-format")
+    try:
+        regions = cluster_regions(_run(lambda service: service.list_regions()), region)
+        in_cluster_names = in_cluster_regions(
+            regions, forced=in_cluster, in_pod=bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+        )
+    except ValueError as error:
+        _fail(str(error))
+    store_url = _state.store_url
+    controller, lease = _reconciler_settings(watchdog_threshold, resync_interval, lease_ttl)
+    options = UpOptions(
+        store_url=store_url,
+        regions=[r.name for r in regions],
+        demo=False,
+        host="127.0.0.1",
+        port=0,
+        log_format=log_format,
+        log_dir=_default_log_dir(store_url),
+        controller=controller,
+        lease=lease,
+        local=LocalSettings(),
+        in_cluster=in_cluster_names,
+    )
+    try:
+        serve(options)
+    except (StoreError, ValueError, OSError) as error:
+        _fail(str(error))
+
+
+@app.command(
+    "install-manifests",
+    epilog="Example: `kubectl create secret generic servefleet-store -n llm "
+    "--from-literal=url=postgresql://...; servefleet install-manifests --region eu-west "
+    "| kubectl apply -f -`",
+)
+def install_manifests(
+    region: Annotated[str, typer.Option("--region", "-r", help="A registered kubernetes region.")],
+    image: Annotated[str | None, typer.Option(help="The servefleet image to run.")] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(help="Where the reconciler runs (default: the region's namespace)."),
+    ] = None,
+    store_secret: Annotated[
+        str, typer.Option(help="Secret holding the store URL (read into SERVEFLEET_STORE).")
+    ] = "servefleet-store",
+    store_secret_key: Annotated[str, typer.Option(help="Key of the URL in that Secret.")] = "url",
+    create_namespace: Annotated[
+        bool, typer.Option(help="Also render the reconciler's Namespace.")
+    ] = False,
+) -> None:
+    """Print the manifests that run a region's reconciler inside its cluster: a
+    ServiceAccount, a least-privilege Role and RoleBinding, and a Deployment."""
+    from servefleet.cli.reconcile import cluster_regions
+    from servefleet.runtime.kubernetes import install
+
+    try:
+        (registered,) = cluster_regions(_run(lambda service: service.list_regions()), [region])
+    except ValueError as error:
+        _fail(str(error))
+    fields = {
+        "image": image,
+        "namespace": namespace or registered.namespace,
+        "store_secret": store_secret,
+        "store_secret_key": store_secret_key,
+        "create_namespace": create_namespace,
+    }
+    try:
+        options = install.InstallOptions.model_validate(
+            {key: value for key, value in fields.items() if value is not None}
+        )
+    except ValidationError as error:
+        _fail(*invalid_input(error).problems)
+    manifests = install.install_manifests(registered, options)
+    out.print(yaml.safe_dump_all(manifests, sort_keys=False).rstrip("\n"), markup=False)
+
+
+def _reconciler_settings(
+    watchdog_threshold: float, resync_interval: float, lease_ttl: float
+) -> tuple[ControllerSettings, LeaseSettings]:
+    """The controller and lease settings from the flags `up` and `reconcile` share."""
+    from servefleet.reconcile.controller import ControllerSettings
+    from servefleet.reconcile.leader import LeaseSettings
+
+    return (
+        ControllerSettings(watchdog_threshold=watchdog_threshold, resync_interval=resync_interval),
+        LeaseSettings(ttl=lease_ttl, renew_interval=lease_ttl / 3, retry_interval=lease_ttl / 10),
+    )
 
 
 def _default_log_dir(store_url: str) -> Path:
@@ -685,3 +883,8 @@ def _default_log_dir(store_url: str) -> Path:
 
 def run() -> None:
     app()
+
+
+# Last: the request verbs (invoke, health) register themselves on `app` with the helpers above.
+import servefleet.cli.requests  # noqa: E402, F401
+from servefleet.cli import importing  # noqa: E402, F401

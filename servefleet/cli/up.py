@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from servefleet.cli.main import err, out
+from servefleet.cli.requests import record_gateways
 from servefleet.reconcile.controller import ControllerSettings
 from servefleet.reconcile.leader import LeaseSettings
 from servefleet.reconcile.region import run_region
 from servefleet.runtime.base import Runtime
 from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
-from servefleet.runtime.kubernetes.render import RegionSettings
+from servefleet.runtime.kubernetes.install import region_settings
+from servefleet.runtime.kubernetes.lease import KubernetesLease
 from servefleet.runtime.local.gateway import Gateway, Router
 from servefleet.runtime.local.supervisor import LocalRuntime, LocalSettings
 from servefleet.service import EndpointService, utc_now
@@ -54,6 +56,8 @@ class UpOptions:
     controller: ControllerSettings
     lease: LeaseSettings
     local: LocalSettings
+    in_cluster: frozenset[str] = frozenset()
+    """Kubernetes regions reached with the pod's service account, not a kubeconfig."""
 
 
 @dataclass
@@ -122,18 +126,28 @@ async def _regions(service: EndpointService, store: Store, names: list[str]) -> 
 
 
 @asynccontextmanager
-async def _cluster_runtime(region: Region) -> AsyncIterator[Runtime]:
-    runtime = await KubernetesRuntime.from_kubeconfig(
-        region.name,
-        RegionSettings(namespace=region.namespace),
-        region.kubeconfig,
-        context=region.context,
-    )
+async def _cluster_runtime(region: Region, *, in_cluster: bool) -> AsyncIterator[Runtime]:
+    settings = region_settings(region)
+    if in_cluster:
+        runtime = KubernetesRuntime.in_cluster(region.name, settings)
+    else:
+        runtime = await KubernetesRuntime.from_kubeconfig(
+            region.name, settings, region.kubeconfig, context=region.context
+        )
     try:
         await runtime.start()
         yield runtime
     finally:
         await runtime.close()
+
+
+async def _cluster_lease(region: Region, *, in_cluster: bool) -> KubernetesLease:
+    """The Lease through which a kubernetes region's reconcilers elect a leader."""
+    if in_cluster:
+        return KubernetesLease.in_cluster(region.namespace, region.name)
+    return await KubernetesLease.from_kubeconfig(
+        region.namespace, region.name, region.kubeconfig, context=region.context
+    )
 
 
 async def run(options: UpOptions, started: Callable[[Running], None] | None = None) -> None:
@@ -162,6 +176,29 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
             stack.push_async_callback(entry.close)
         running = Running(entry_url, urls)
 
+        publishing = asyncio.Lock()
+        published: set[Path] = set()
+
+        async def publish_gateways() -> None:
+            """Tell `servefleet invoke`/`health` of this store where the gateways are and
+            which regions this process leads (a standby's gateway only refuses). One at
+            a time, so that the last leadership change is the one on disk."""
+            async with publishing:
+                leading = sorted(running.runtimes)
+                try:
+                    record = await asyncio.to_thread(
+                        record_gateways, options.store_url, entry_url, urls, leading
+                    )
+                except OSError as error:
+                    log.warning("cannot record the gateway URLs for the CLI: %s", error)
+                    return
+                if record not in published:
+                    published.add(record)
+                    stack.push_async_callback(asyncio.to_thread, record.unlink, missing_ok=True)
+
+        if urls:
+            await publish_gateways()
+
         if options.demo:
             applied = await service.apply(demo_manifest(local))
             log.info("demo endpoint %s", applied.outcome.value)
@@ -172,14 +209,27 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
             if region.kind is RegionKind.LOCAL:
                 opened = _local_runtime(region.name, routers[region.name], options)
             else:
-                opened = _cluster_runtime(region)
+                opened = _cluster_runtime(region, in_cluster=region.name in options.in_cluster)
             async with opened as runtime:
                 running.runtimes[region.name] = runtime
+                if region.kind is RegionKind.LOCAL:
+                    await publish_gateways()
                 try:
                     yield runtime
                 finally:
                     if running.runtimes.get(region.name) is runtime:
                         del running.runtimes[region.name]
+                    if region.kind is RegionKind.LOCAL:
+                        await publish_gateways()
+
+        # A kubernetes region's reconcilers elect their leader through a Lease in its
+        # namespace; a local region's through the store's leases.
+        leases: dict[str, KubernetesLease] = {}
+        for region in regions:
+            if region.kind is not RegionKind.LOCAL:
+                in_cluster = region.name in options.in_cluster
+                leases[region.name] = await _cluster_lease(region, in_cluster=in_cluster)
+                stack.push_async_callback(leases[region.name].close)
 
         _announce(entry_url, urls, regions, options)
         async with asyncio.TaskGroup() as tasks:
@@ -193,6 +243,7 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
                         settings=options.controller,
                         lease=options.lease,
                         clock=utc_now,
+                        leases=leases.get(region.name),
                     ),
                     name=f"region-{region.name}",
                 )

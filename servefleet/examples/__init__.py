@@ -1,0 +1,1 @@
+"""Example inference servers that run real models as servefleet replicas."""
