@@ -117,7 +117,7 @@ def _endpoint_name(value: str) -> str:
     return value
 
 
-def _region_name(value: str) -> str:
+def _rfc1123_label(value: str) -> str:
     if len(value) > 63 or not _RFC1123_LABEL.match(value):
         raise ValueError(
             "must be at most 63 lowercase letters, digits and '-', starting and ending with "
@@ -184,7 +184,9 @@ def _quantities(value: dict[str, str]) -> dict[str, str]:
 
 
 EndpointName = Annotated[str, AfterValidator(_endpoint_name)]
-RegionName = Annotated[str, AfterValidator(_region_name)]
+Rfc1123Label = Annotated[str, AfterValidator(_rfc1123_label)]
+"""What Kubernetes accepts as a namespace name; region names follow the same rule."""
+RegionName = Rfc1123Label
 Image = Annotated[str, AfterValidator(_image)]
 Labels = Annotated[dict[str, str], AfterValidator(_labels)]
 
@@ -306,7 +308,7 @@ class EndpointSpec(_Model):
     capacity_type: Literal["spot", "on-demand"] | None = None
     node_selector: Labels = Field(default_factory=dict)
     labels: Labels = Field(default_factory=dict)
-    namespace: str | None = None
+    namespace: Rfc1123Label | None = None
     ingress_path: str | None = None
     region_images: dict[RegionName, Image] = Field(default_factory=dict)
     model_source: str | None = None
@@ -328,16 +330,6 @@ class EndpointSpec(_Model):
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
         return _env(value)
-
-    @field_validator("namespace")
-    @classmethod
-    def _namespace(cls, value: str | None) -> str | None:
-        if value is not None and (len(value) > 63 or not _RFC1123_LABEL.match(value)):
-            raise ValueError(
-                "must be at most 63 lowercase letters, digits and '-', starting and ending "
-                f"with a letter or digit (got {_shown(value)})"
-            )
-        return value
 
     @field_validator("model_source")
     @classmethod
@@ -462,7 +454,7 @@ class Region(_Model):
     kind: RegionKind
     kubeconfig: str | None = None
     context: str | None = None
-    namespace: str = "default"
+    namespace: Rfc1123Label = "default"
     ingress_class: DnsSubdomain | None = None
     ingress_annotations: Annotated[dict[str, str], AfterValidator(_annotation_keys)] | None = None
     """Every Ingress's annotations (replacing the defaults)."""
@@ -489,8 +481,6 @@ class Region(_Model):
                     raise ValueError(
                         f"{name}: only kubernetes regions take this setting (got {_shown(value)})"
                     )
-        if not _RFC1123_LABEL.match(self.namespace) or len(self.namespace) > 63:
-            raise ValueError(f"namespace: must be an RFC 1123 label (got {_shown(self.namespace)})")
         return self
 
 

@@ -869,6 +869,8 @@ def _reconciler_settings(
     from servefleet.reconcile.controller import ControllerSettings
     from servefleet.reconcile.leader import LeaseSettings
 
+    if not lease_ttl > 0:
+        _fail(f"--lease-ttl: must be more than 0 seconds (got {lease_ttl})")
     return (
         ControllerSettings(watchdog_threshold=watchdog_threshold, resync_interval=resync_interval),
         LeaseSettings(ttl=lease_ttl, renew_interval=lease_ttl / 3, retry_interval=lease_ttl / 10),

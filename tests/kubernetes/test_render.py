@@ -493,6 +493,19 @@ def test_command_args_env_and_port() -> None:
     assert by_kind(manifests, "Service")["spec"]["ports"][0]["targetPort"] == 9000
 
 
+def test_the_staged_model_directory_fills_its_placeholder_as_on_local_regions() -> None:
+    args = ["--model-dir", "{model_dir}", "--port={port}"]
+    staged = planned(args=args, model_source="s3://bucket/llama", model_path="/mnt/llama")
+    unstaged = planned(args=args)
+
+    assert container(by_kind(render(staged, ALB), "Deployment"))["args"] == [
+        "--model-dir",
+        "/mnt/llama",
+        "--port=8000",
+    ]
+    assert container(by_kind(render(unstaged, ALB), "Deployment"))["args"][1] == "{model_dir}"
+
+
 def test_servefleet_labels_win_over_the_specs_and_the_spec_labels_reach_pods() -> None:
     workload = planned(labels={"team": "a", LABEL_MANAGED_BY: "someone-else", LABEL_NAME: "other"})
     for manifest in render(workload, ALB):

@@ -76,8 +76,9 @@ renders, and forcing also restores fields edited by hand.
 Pods
 ----
 One container, `inference`: the version's image (the region override is applied
-by the planner), command and args with `{port}` replaced by the port (as local
-regions do; `PORT` is set too), env sorted by name, a named port `http`,
+by the planner), command and args with `{port}` replaced by the port and, when
+a model is staged, `{model_dir}` by its directory (as local regions do; `PORT`
+and `SERVEFLEET_MODEL_DIR` are set too), env sorted by name, a named port `http`,
 resources from the spec plus `nvidia.com/gpu` or `aws.amazon.com/neuron`
 requests = limits = `gpu_count` (the count wins over the same key in
 `resources`). An accelerator also brings its toleration (`<resource> Exists
@@ -533,9 +534,9 @@ def _pod(workload: Workload, settings: RegionSettings, version: Version) -> dict
         env["SERVEFLEET_MODEL_DIR"] = model_dir
     container: dict[str, Any] = {"name": _CONTAINER, "image": version.image}
     if version.command:
-        container["command"] = _with_port(version.command, workload.port)
+        container["command"] = _expand(version.command, workload.port, model_dir)
     if version.args:
-        container["args"] = _with_port(version.args, workload.port)
+        container["args"] = _expand(version.args, workload.port, model_dir)
     container["env"] = _env(env)
     container["ports"] = [{"name": _PORT_NAME, "containerPort": workload.port, "protocol": "TCP"}]
     resources = _resources(workload)
@@ -585,8 +586,12 @@ def _pod(workload: Workload, settings: RegionSettings, version: Version) -> dict
     return pod
 
 
-def _with_port(parts: list[str], port: int) -> list[str]:
-    return [part.replace("{port}", str(port)) for part in parts]
+def _expand(parts: list[str], port: int, model_dir: str | None) -> list[str]:
+    """The placeholders local regions fill in, filled in the same way."""
+    expanded = [part.replace("{port}", str(port)) for part in parts]
+    if model_dir is None:
+        return expanded
+    return [part.replace("{model_dir}", model_dir) for part in expanded]
 
 
 def _env(env: Mapping[str, str]) -> list[dict[str, str]]:
