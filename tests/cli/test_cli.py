@@ -209,6 +209,7 @@ spec: {{image: {IMAGE_1}}}
 """
 BAD_INPUTS: list[tuple[list[str], str | None, list[str]]] = [
     # (arguments, stdin, what the one error line must contain)
+    (["up", "--regions", "r1", "--lease-ttl", "0"], None, ["--lease-ttl: ", "(got 0.0)"]),
     (
         ["deploy", "m1", "--image", IMAGE_1, "--model-source", "s3://b/x;rm -rf /"],
         None,
