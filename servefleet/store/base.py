@@ -5,8 +5,9 @@ Every backend keeps the same promises, proven by one contract suite
 
 - Endpoint writes are compare-and-set on `revision`; a stale write raises
   `RevisionConflict` and changes nothing.
-- Every endpoint write (create, update, purge) appends one `Change` to a feed in
-  the same transaction. Feed positions (`Change.seq`) are store-wide, strictly
+- Every endpoint write (create, update, purge) appends one `Change` to a feed, in
+  the same transaction on the SQL backends (DynamoDB: right after it, see
+  `dynamodb.py`). Feed positions (`Change.seq`) are store-wide, strictly
   increasing and visible in commit order, so `watch(since)` never skips a write
   and can resume from the last position it delivered.
 - Region status is kept apart from the endpoint so a region's report never races
@@ -19,7 +20,10 @@ Every backend keeps the same promises, proven by one contract suite
 
 from __future__ import annotations
 
+import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -35,6 +39,7 @@ __all__ = [
     "FeedCompacted",
     "Lease",
     "LeaseLost",
+    "PolledFeed",
     "RegionNotFound",
     "RevisionConflict",
     "Store",
@@ -186,3 +191,41 @@ class Store(Protocol):
     async def release_lease(self, lease: Lease) -> None:
         """Give the lease up early so a standby need not wait for the TTL."""
         ...
+
+
+class PolledFeed(ABC):
+    """`watch()` for a backend whose feed is read by polling: a watcher reads the
+    changes after its position, then waits `poll_interval`, or less when a write
+    through this object (or a backend notification) wakes it."""
+
+    poll_interval: float
+    """How long a watcher waits for a wake-up before looking at the feed anyway."""
+
+    def __init__(self) -> None:
+        self._watchers: set[asyncio.Event] = set()
+
+    @abstractmethod
+    async def _changes_after(self, since: int) -> list[Change]:
+        """The next changes after position `since`, in order (`FeedCompacted` when
+        the feed no longer holds the one right after it)."""
+
+    def _wake_watchers(self) -> None:
+        for event in self._watchers:
+            event.set()
+
+    async def watch(self, since: int) -> AsyncIterator[Change]:
+        wake = asyncio.Event()
+        self._watchers.add(wake)
+        try:
+            position = since
+            while True:
+                wake.clear()
+                changes = await self._changes_after(position)
+                for change in changes:
+                    yield change
+                    position = change.seq
+                if not changes:
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), timeout=self.poll_interval)
+        finally:
+            self._watchers.discard(wake)

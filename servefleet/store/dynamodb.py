@@ -66,7 +66,6 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -86,6 +85,7 @@ from servefleet.store.base import (
     FeedCompacted,
     Lease,
     LeaseLost,
+    PolledFeed,
     RegionNotFound,
     RevisionConflict,
     StoreError,
@@ -388,7 +388,7 @@ class _Client:
                 return items
 
 
-class DynamoStore:
+class DynamoStore(PolledFeed):
     """The `Store` on DynamoDB; see the module docstring for the layout and choices."""
 
     feed_retention = 256
@@ -398,7 +398,7 @@ class DynamoStore:
         self._client = client
         self._table = client.location.table
         self.poll_interval = client.location.poll_interval
-        self._watchers: set[asyncio.Event] = set()
+        super().__init__()
         self._known_seq = 0
 
     @classmethod
@@ -726,8 +726,7 @@ class DynamoStore:
                 continue
             self._known_seq = seq
             break
-        for event in self._watchers:
-            event.set()
+        self._wake_watchers()
 
     async def feed_position(self) -> int:
         return int(_plain((await self._read_feed())["seq"]))
@@ -742,23 +741,6 @@ class DynamoStore:
         if since + 1 not in kept:
             raise FeedCompacted(since, max(1, newest - self.feed_retention + 1))
         return [_change(seq, kept[seq]) for seq in wanted if seq in kept]
-
-    async def watch(self, since: int) -> AsyncIterator[Change]:
-        wake = asyncio.Event()
-        self._watchers.add(wake)
-        try:
-            position = since
-            while True:
-                wake.clear()
-                changes = await self._changes_after(position)
-                for change in changes:
-                    yield change
-                    position = change.seq
-                if not changes:
-                    with suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), timeout=self.poll_interval)
-        finally:
-            self._watchers.discard(wake)
 
     # Leases.
 

@@ -13,10 +13,9 @@ transaction holds its row lock until commit, so positions become visible in orde
 
 from __future__ import annotations
 
-import asyncio
-from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, suppress
+from abc import abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -29,6 +28,7 @@ from servefleet.store.base import (
     FeedCompacted,
     Lease,
     LeaseLost,
+    PolledFeed,
     RegionNotFound,
     RevisionConflict,
 )
@@ -79,16 +79,11 @@ def _timestamp(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, tz=UTC)
 
 
-class SqlStore(ABC):
+class SqlStore(PolledFeed):
     """The `Store` logic over any SQL backend that can run `Session`s."""
 
-    poll_interval: float
-    """How long a watcher waits for a wake-up before looking at the feed anyway."""
     feed_retention = 100_000
     """Changes kept in the feed; a watcher further behind than this must re-list."""
-
-    def __init__(self) -> None:
-        self._watchers: set[asyncio.Event] = set()
 
     @abstractmethod
     def _transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[Session]:
@@ -102,12 +97,8 @@ class SqlStore(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
-    async def _announce(self, session: Session) -> None:  # noqa: B027 - optional hook
+    async def _announce(self, session: Session) -> None:
         """Tell other processes' watchers, where the backend can; they poll otherwise."""
-
-    def _wake_watchers(self) -> None:
-        for event in self._watchers:
-            event.set()
 
     async def _append_change(self, session: Session, name: str, revision: int, kind: str) -> None:
         (row,) = await session.fetch("UPDATE feed SET seq = seq + 1 WHERE id = 1 RETURNING seq")
@@ -283,23 +274,6 @@ class SqlStore(ABC):
                 since,
             )
         return [Change(int(seq), name, int(rev), ChangeKind(kind)) for seq, name, rev, kind in rows]
-
-    async def watch(self, since: int) -> AsyncIterator[Change]:
-        wake = asyncio.Event()
-        self._watchers.add(wake)
-        try:
-            position = since
-            while True:
-                wake.clear()
-                changes = await self._changes_after(position)
-                for change in changes:
-                    yield change
-                    position = change.seq
-                if not changes:
-                    with suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), timeout=self.poll_interval)
-        finally:
-            self._watchers.discard(wake)
 
     # Leases.
 
