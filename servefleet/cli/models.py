@@ -31,10 +31,11 @@ from servefleet.models.store import (
     parse_reference,
 )
 
-__all__ = ["default_models_url", "models_app"]
+__all__ = ["SERVED", "default_models_url", "models_app"]
 
 T = TypeVar("T")
-_SERVED = "served"
+SERVED = "served"
+"""The hidden verb behind `models NAME`; `servefleet.cli.requests` defines it."""
 
 
 class _ModelsGroup(TyperGroup):
@@ -44,7 +45,7 @@ class _ModelsGroup(TyperGroup):
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = [_SERVED, *args]
+            args = [SERVED, *args]
         return super().resolve_command(ctx, args)
 
 
@@ -219,31 +220,3 @@ def delete(reference: ReferenceArgument) -> None:
     name, version = _reference(reference)
     for each in _run(lambda store: store.delete(name, version)):
         out.print(f"model/{name}:{each} deleted", markup=False)
-
-
-@models_app.command(
-    _SERVED,
-    hidden=True,
-    epilog="Examples: `servefleet models llm`, `servefleet models llm -r eu-west -o json`",
-)
-def served(
-    name: Annotated[str, typer.Argument(help="Endpoint name.")],
-    region: Annotated[
-        str | None, typer.Option("--region", "-r", help="Send through this region only.")
-    ] = None,
-    url: Annotated[
-        str | None,
-        typer.Option(
-            "--url",
-            envvar="SERVEFLEET_URL",
-            help="Base URL to send through instead of the gateway `servefleet up` runs, "
-            "e.g. a Kubernetes region's Ingress.",
-            show_default=False,
-        ),
-    ] = None,
-    output: Annotated[str, typer.Option("--output", "-o", help="table, yaml or json.")] = "table",
-) -> None:
-    """List the models endpoint NAME serves (its /v1/models)."""
-    from servefleet.cli.requests import endpoint_models  # loads aiohttp: only for this verb
-
-    endpoint_models(name, region, output, url)

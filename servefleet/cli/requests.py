@@ -49,6 +49,7 @@ from servefleet.cli.main import (
     err,
     out,
 )
+from servefleet.cli.models import SERVED, models_app
 from servefleet.service import EndpointService
 from servefleet.spec import Endpoint, Region, RegionKind, RegionState, RegionStatus
 
@@ -550,9 +551,19 @@ def invoke(
 # models NAME
 
 
-def endpoint_models(name: str, region: str | None, output: str, url: str | None = None) -> None:
-    """Print what the endpoint serves (`GET /v1/models` through its gateway) as a table,
-    yaml or json; exits like `invoke` on a failed request."""
+@models_app.command(
+    SERVED,
+    hidden=True,
+    epilog="Examples: `servefleet models llm`, `servefleet models llm -r eu-west -o json`",
+)
+def endpoint_models(
+    name: NameArgument,
+    region: RegionOption = None,
+    url: UrlOption = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, yaml or json.")] = "table",
+) -> None:
+    """List the models endpoint NAME serves (its /v1/models, through the gateway); exits
+    like `invoke` on a failed request."""
     _check_output(output, ("table", "yaml", "json"))
     target = _target(_lookup(name), region, url)
 

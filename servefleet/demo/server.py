@@ -331,7 +331,8 @@ def _non_negative_seconds(text: str) -> float:
     return value
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
+    """argparse's `type=` for a port (shared with the example servers)."""
     try:
         value = int(text)
     except ValueError:
@@ -350,7 +351,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
         "--port",
-        type=_port,
+        type=port_number,
         default=os.environ.get("PORT", "8000"),
         help="port to listen on (default: $PORT, else 8000)",
     )

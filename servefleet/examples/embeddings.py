@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from servefleet.demo.server import port_number
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -225,16 +227,6 @@ def export_model(target: Path) -> Path:
     return exported
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {text!r}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m servefleet.examples.embeddings",
@@ -243,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
         "--port",
-        type=_port,
+        type=port_number,
         default=os.environ.get("PORT", "8000"),
         help="port to listen on (default: $PORT, else 8000)",
     )
