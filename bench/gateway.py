@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from bench.gateway_host import PREFIX
+from bench.progress import show
 from bench.report import REPO, Row, ms
 from bench.stats import Figures, summary
 
 WARMUP = 100
+WRK = shutil.which("wrk")
+WRK_THREADS = 2
 CHAT = {
     "model": "demo",
     "messages": [{"role": "user", "content": "how far is the moon"}],
@@ -30,10 +38,31 @@ CHAT = {
 class Plan:
     requests: int
     streams: int
+    load_seconds: int
+    """How long each wrk run lasts (one per path, workload and concurrency)."""
 
 
-FULL = Plan(requests=2000, streams=30)
-QUICK = Plan(requests=500, streams=10)
+FULL = Plan(requests=2000, streams=30, load_seconds=2)
+QUICK = Plan(requests=300, streams=10, load_seconds=1)
+
+CONCURRENCY = (1, 16, 64)
+GOAL_ADDED_MS = 1.0
+GOAL_THROUGHPUT = 0.5
+WRK_REPORT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "errors": %d, "non_2xx": %d, '
+    .. '"p50_us": %d, "p99_us": %d, "max_us": %d}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout,
+    e.status, latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+STREAM_REQUEST = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{body}'
+"""
 
 
 def _free_port() -> int:
@@ -135,30 +164,36 @@ async def _first_event(session: aiohttp.ClientSession, url: str) -> tuple[float,
 async def run(plan: Plan) -> list[Row]:
     async with demo_replica() as replica, gateway_process(replica) as gateway:
         targets = {"direct": replica, "gateway": gateway + PREFIX}
-        sessions = {label: aiohttp.ClientSession() for label in targets}
-        samples: dict[str, list[float]] = {label: [] for label in targets}
-        first: dict[str, list[float]] = {label: [] for label in targets}
-        failed = dict.fromkeys(targets, 0)
-        try:
+        rows = await _sequential(plan, targets)
+        rows += await _under_load(plan, targets)
+    return rows
+
+
+async def _sequential(plan: Plan, targets: dict[str, str]) -> list[Row]:
+    sessions = {label: aiohttp.ClientSession() for label in targets}
+    samples: dict[str, list[float]] = {label: [] for label in targets}
+    first: dict[str, list[float]] = {label: [] for label in targets}
+    failed = dict.fromkeys(targets, 0)
+    try:
+        for label, base in targets.items():
+            for _ in range(WARMUP):
+                await _get(sessions[label], base + "/v1/models")
+            for _ in range(3):
+                await _first_event(sessions[label], base + "/v1/chat/completions")
+        # Interleaved, so both paths see the same machine over the same seconds.
+        for _ in range(plan.requests):
             for label, base in targets.items():
-                for _ in range(WARMUP):
-                    await _get(sessions[label], base + "/v1/models")
-                for _ in range(3):
-                    await _first_event(sessions[label], base + "/v1/chat/completions")
-            # Interleaved, so both paths see the same machine over the same seconds.
-            for _ in range(plan.requests):
-                for label, base in targets.items():
-                    elapsed, ok = await _get(sessions[label], base + "/v1/models")
-                    samples[label].append(elapsed)
-                    failed[label] += not ok
-            for _ in range(plan.streams):
-                for label, base in targets.items():
-                    elapsed, ok = await _first_event(sessions[label], base + "/v1/chat/completions")
-                    first[label].append(elapsed)
-                    failed[label] += not ok
-        finally:
-            for session in sessions.values():
-                await session.close()
+                elapsed, ok = await _get(sessions[label], base + "/v1/models")
+                samples[label].append(elapsed)
+                failed[label] += not ok
+        for _ in range(plan.streams):
+            for label, base in targets.items():
+                elapsed, ok = await _first_event(sessions[label], base + "/v1/chat/completions")
+                first[label].append(elapsed)
+                failed[label] += not ok
+    finally:
+        for session in sessions.values():
+            await session.close()
 
     direct, through = summary(samples["direct"]), summary(samples["gateway"])
     added = _added(direct, through)
@@ -181,6 +216,8 @@ async def run(plan: Plan) -> list[Row]:
             f"{ms(through['p50'])} p99 {ms(through['p99'])} ms · added p50 "
             f"{ms(added['p50'])} p99 {ms(added['p99'])} ms{failures}",
             {"direct": direct, "gateway": through, "added": added, "failed": failed},
+            goal=f"< {GOAL_ADDED_MS:g} ms added at p50",
+            met=added["p50"] is not None and added["p50"] < GOAL_ADDED_MS,
         ),
         Row(
             "gateway",
@@ -192,8 +229,105 @@ async def run(plan: Plan) -> list[Row]:
             f"p50 {ms(sse_through['p50'])} max {ms(sse_through['max'])} ms · added p50 "
             f"{ms(sse_added['p50'])} ms",
             {"direct": sse_direct, "gateway": sse_through, "added": sse_added},
+            goal=f"< {GOAL_ADDED_MS:g} ms added at p50",
+            met=sse_added["p50"] is not None and sse_added["p50"] < GOAL_ADDED_MS,
         ),
     ]
+
+
+async def _wrk(wrk: str, url: str, concurrency: int, seconds: int, script: Path) -> dict[str, Any]:
+    """One wrk run; its own `done()` report (latencies in µs)."""
+    done = await asyncio.create_subprocess_exec(
+        wrk,
+        f"-t{min(concurrency, WRK_THREADS)}",
+        f"-c{concurrency}",
+        f"-d{seconds}s",  # whole seconds: wrk reads no fractions
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(done.communicate(), seconds + 30)
+    report = out.decode().strip().splitlines()
+    if done.returncode != 0 or not report:
+        raise RuntimeError(f"wrk exited with {done.returncode}: {err.decode()[-500:]}")
+    figures: dict[str, Any] = json.loads(report[-1])
+    figures["requests_per_s"] = round(figures["requests"] / (figures["duration_us"] / 1e6), 1)
+    return figures
+
+
+async def _under_load(plan: Plan, targets: dict[str, str]) -> list[Row]:
+    wrk = WRK
+    if wrk is None:
+        return [
+            Row(
+                "gateway",
+                "under load (wrk): not available",
+                "wrk is not installed (Debian: apt-get install -y wrk)",
+                "not measured",
+            )
+        ]
+    workloads = {
+        "GET /v1/models (small JSON)": ("/v1/models", ""),
+        "streamed chat completion (16 tokens, SSE)": (
+            "/v1/chat/completions",
+            STREAM_REQUEST.format(body=json.dumps(CHAT)),
+        ),
+    }
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="servefleet-bench-wrk-") as directory:
+        for workload, (path, request) in workloads.items():
+            script = Path(directory) / f"{len(rows)}.lua"
+            script.write_text(request + WRK_REPORT)
+            for concurrency in CONCURRENCY:
+                figures: dict[str, dict[str, Any]] = {}
+                for label, base in targets.items():  # direct first, then the gateway
+                    show(f"wrk {workload} c={concurrency} {label}")
+                    figures[label] = await _wrk(
+                        wrk, base + path, concurrency, plan.load_seconds, script
+                    )
+                rows.append(_load_row(workload, concurrency, plan, figures))
+    return rows
+
+
+def _load_row(
+    workload: str, concurrency: int, plan: Plan, figures: dict[str, dict[str, Any]]
+) -> Row:
+    direct, through = figures["direct"], figures["gateway"]
+    added_p50 = (through["p50_us"] - direct["p50_us"]) / 1000
+    added_p99 = (through["p99_us"] - direct["p99_us"]) / 1000
+    ratio = through["requests_per_s"] / direct["requests_per_s"]
+    failed = {label: f["errors"] + f["non_2xx"] for label, f in figures.items()}
+    failures = (
+        f" · failed: {failed['direct']} direct, {failed['gateway']} gateway"
+        if any(failed.values())
+        else ""
+    )
+    return Row(
+        "gateway",
+        f"{workload}, concurrency {concurrency}: direct / through the gateway",
+        f"wrk ({min(concurrency, WRK_THREADS)} threads, {concurrency} connections, "
+        f"{plan.load_seconds:g} s per path: the direct run, then the gateway run) against the "
+        "demo replica (--token-delay 0) and the Gateway (one Router) in processes of their "
+        "own, on the same 2 cores as wrk; latency of the whole response",
+        f"direct {direct['requests_per_s']:,.0f}/s p50 {direct['p50_us'] / 1000:.2f} p99 "
+        f"{direct['p99_us'] / 1000:.2f} ms · gateway {through['requests_per_s']:,.0f}/s p50 "
+        f"{through['p50_us'] / 1000:.2f} p99 {through['p99_us'] / 1000:.2f} ms · added p50 "
+        f"{added_p50:.2f} p99 {added_p99:.2f} ms · throughput {ratio:.0%} of direct{failures}",
+        {
+            "concurrency": concurrency,
+            "direct": direct,
+            "gateway": through,
+            "added_p50_ms": round(added_p50, 3),
+            "added_p99_ms": round(added_p99, 3),
+            "throughput_ratio": round(ratio, 3),
+        },
+        goal=f"< {GOAL_ADDED_MS:g} ms added at p50; ≥ {GOAL_THROUGHPUT:.0%} of direct throughput",
+        met=added_p50 < GOAL_ADDED_MS and ratio >= GOAL_THROUGHPUT and not any(failed.values()),
+    )
 
 
 def _added(direct: Figures, through: Figures) -> dict[str, float | None]:

@@ -21,6 +21,10 @@ from bench.stats import Figures
 REPO = Path(__file__).resolve().parents[1]
 
 
+class NotAvailable(Exception):
+    """A benchmark cannot run here (a part missing); a note, not a failure."""
+
+
 @dataclass
 class Row:
     benchmark: str
@@ -33,6 +37,16 @@ class Row:
     """The figures as shown in the table."""
     figures: dict[str, Any] = field(default_factory=dict)
     """The same figures, as numbers, for the JSON file."""
+    goal: str = ""
+    """The issue's goal for this figure ("" when it has none, e.g. a floor)."""
+    met: bool | None = None
+    """Whether the goal was met (None: no goal, or nothing to judge)."""
+
+    @property
+    def verdict(self) -> str:
+        if not self.goal or self.met is None:
+            return "—"
+        return "met" if self.met else "NOT MET"
 
 
 def latency_text(figures: Figures, *, keys: tuple[str, ...] = ("p50", "p95", "p99", "max")) -> str:
@@ -84,7 +98,7 @@ def render(
     rows: list[Row], notes: list[str], about: dict[str, Any], console: Console | None = None
 ) -> None:
     if console is None:
-        console = Console() if sys.stdout.isatty() else Console(width=160)
+        console = Console() if sys.stdout.isatty() else Console(width=200)
     table = Table(
         title="servefleet benchmarks",
         caption=(
@@ -102,8 +116,12 @@ def render(
     table.add_column("measured", ratio=2)
     table.add_column("workload", ratio=4)
     table.add_column("result", ratio=3)
+    table.add_column("goal", ratio=2)
+    table.add_column("met?", no_wrap=True)
     for row in rows:
-        table.add_row(row.benchmark, row.case, row.workload, row.result)
+        table.add_row(
+            row.benchmark, row.case, row.workload, row.result, row.goal or "—", row.verdict
+        )
     console.print(table)
     for note in notes:
         console.print(f"note: {note}")
@@ -114,7 +132,7 @@ def save(path: Path, rows: list[Row], notes: list[str], about: dict[str, Any]) -
     document = {
         **about,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "results": [asdict(row) for row in rows],
+        "results": [asdict(row) | {"verdict": row.verdict} for row in rows],
         "notes": notes,
     }
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")

@@ -4,6 +4,7 @@ PostgreSQL schema `bench_<random>` of its own that is dropped afterwards."""
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -43,9 +44,24 @@ async def postgres_problem(url: str) -> str | None:
     return None
 
 
+DYNAMODB_REGION = "us-east-1"
+
+
 @asynccontextmanager
-async def fresh_store(kind: str, postgres_url: str) -> AsyncIterator[str]:
-    """The URL of a new, initialised, empty store of `kind` ("sqlite" or "postgresql")."""
+async def fresh_store(kind: str, server_url: str) -> AsyncIterator[str]:
+    """The URL of a new, initialised, empty store of `kind`: "sqlite" (a file),
+    "postgresql" (a schema of its own on the server at `server_url`) or "dynamodb" (a
+    table of its own on the moto server at `server_url`)."""
+    if kind == "dynamodb":
+        # moto takes any credentials; these name no real account.
+        for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            os.environ.setdefault(variable, "bench")
+        table = f"bench-{uuid.uuid4().hex[:12]}"
+        url = f"dynamodb://{table}?region={DYNAMODB_REGION}&endpoint_url={server_url}"
+        store = await open_store(url, init=True)
+        await store.close()
+        yield url
+        return
     if kind == "sqlite":
         with tempfile.TemporaryDirectory(prefix="servefleet-bench-") as directory:
             url = f"sqlite:///{Path(directory) / 'store.db'}"
@@ -53,6 +69,7 @@ async def fresh_store(kind: str, postgres_url: str) -> AsyncIterator[str]:
             await store.close()
             yield url
         return
+    postgres_url = server_url
     schema = f"bench_{uuid.uuid4().hex[:12]}"
     url = _with_schema(postgres_url, schema)
     try:
