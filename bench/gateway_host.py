@@ -8,7 +8,7 @@ import asyncio
 import signal
 import sys
 
-from servefleet.runtime.local.gateway import Backend, Gateway, Router
+from servefleet.runtime.local.gateway import Backend, Gateway, Router, event_loop_factory
 
 PREFIX = "/inference/demo"
 
@@ -38,4 +38,6 @@ async def serve(upstream: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[1]))
+    # The event loop `servefleet up` runs its gateways on.
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(serve(sys.argv[1]))

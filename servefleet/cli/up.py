@@ -31,7 +31,7 @@ from servefleet.runtime.base import Runtime
 from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
 from servefleet.runtime.kubernetes.install import region_settings
 from servefleet.runtime.kubernetes.lease import KubernetesLease
-from servefleet.runtime.local.gateway import Gateway, Router
+from servefleet.runtime.local.gateway import Gateway, Router, event_loop_factory
 from servefleet.runtime.local.supervisor import LocalRuntime, LocalSettings
 from servefleet.service import EndpointService, utc_now
 from servefleet.spec import EndpointManifest, EndpointSpec, Region, RegionKind
@@ -300,6 +300,7 @@ def serve(options: UpOptions) -> None:
             log.info("shutting down")
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(main())
     except KeyboardInterrupt:
         err.print("stopped", markup=False)

@@ -17,7 +17,15 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from servefleet.runtime.local.gateway import Backend, Gateway, Pick, Refusal, RouteConflict, Router
+from servefleet.runtime.local.gateway import (
+    Backend,
+    Gateway,
+    Pick,
+    Refusal,
+    RouteConflict,
+    Router,
+    event_loop_factory,
+)
 from servefleet.runtime.local.supervisor import LocalRuntime
 
 
@@ -199,6 +207,15 @@ def _picked(router: Router, path: str = "/inference/llm", exclude: Backend | Non
     return pick
 
 
+def test_servefleet_up_runs_on_uvloop_where_it_is_installed() -> None:
+    pytest.importorskip("uvloop")
+    loop = event_loop_factory()()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()
+
+
 # Gateway: a real server in front of in-process upstreams.
 
 
@@ -300,6 +317,35 @@ async def test_proxy_passes_method_path_query_body_and_headers(
 
     async with client.get(f"{url}/inference/llm") as response:
         assert (await response.json())["path"] == "/"
+
+
+async def test_a_replicas_cookie_is_not_kept_for_other_requests(
+    serve: Callable[[Handler], Awaitable[str]],
+    gateways: Callable[[list[Router]], Awaitable[str]],
+) -> None:
+    async def login(request: web.Request) -> web.StreamResponse:
+        response = await echo(request)
+        if request.path == "/login":
+            response.set_cookie("session", "alice")
+        return response
+
+    # By name, not IP: a cookie jar keeps cookies from names (not from bare IPs).
+    replica = URL(await serve(login)).with_host("localhost")
+    router = Router("r1")
+    route(router, primary=[Backend("llm/primary-0", str(replica))])
+    url = await gateways([router])
+    # A fresh client each time, as two different users would be.
+    async with (
+        aiohttp.ClientSession() as alice,
+        alice.get(f"{url}/inference/llm/login") as response,
+    ):
+        assert response.cookies["session"].value == "alice"
+    async with (
+        aiohttp.ClientSession() as bob,
+        bob.get(f"{url}/inference/llm/whoami") as response,
+    ):
+        seen = await response.json()
+    assert "cookie" not in seen["headers"]
 
 
 async def test_unknown_path_is_404_json(
