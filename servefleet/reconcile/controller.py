@@ -12,6 +12,10 @@ A pass writes to the runtime only when the desired workload's hash differs from
 the one recorded on what is running, and writes region status only when the
 report changed (or the heartbeat is due), so a steady fleet costs nothing.
 
+A pass reuses the endpoint record it last read (or the listing read) unless the
+feed has since shown a newer revision of it: every write reaches the feed, so the
+store is read once per change rather than once per pass.
+
 Nothing is removed from a region because a listing came back empty or failed:
 removal happens only for a record that says so (deleted, or no longer targeting
 the region). An endpoint the runtime holds but the store does not know is left
@@ -109,6 +113,9 @@ class Controller:
         self._clock = clock
         self._fence = fence
         self._statuses: dict[str, RegionStatus] = {}
+        self._records: dict[str, Endpoint] = {}
+        self._feed_revisions: dict[str, int] = {}
+        """Per endpoint, a revision the feed showed that `_records` does not hold yet."""
         self._heartbeat = timedelta(seconds=settings.heartbeat_interval)
         self._watchdog_threshold = timedelta(seconds=settings.watchdog_threshold)
         self.queue = WorkQueue(
@@ -150,7 +157,13 @@ class Controller:
 
     async def _enqueue_everything(self) -> None:
         endpoints = await self._retrying(lambda: self._store.list_endpoints(region=self._region))
-        names = {endpoint.name for endpoint in endpoints}
+        listed = {endpoint.name: endpoint for endpoint in endpoints}
+        for name, endpoint in listed.items():
+            known = self._records.get(name)
+            if known is not None and known.revision > endpoint.revision:
+                listed[name] = known  # read while this listing was under way
+        self._records = listed
+        names = set(listed)
         names |= await self._runtime.held()
         names |= self._statuses.keys()
         for name in sorted(names):
@@ -161,6 +174,10 @@ class Controller:
             try:
                 async for change in self._store.watch(position):
                     position = change.seq
+                    known = self._records.get(change.name)
+                    if known is None or known.revision < change.revision:
+                        seen = self._feed_revisions.get(change.name, 0)
+                        self._feed_revisions[change.name] = max(seen, change.revision)
                     self.queue.add(change.name)
             except FeedCompacted:
                 log.warning("region %s: fell behind the change feed; listing again", self._region)
@@ -213,10 +230,7 @@ class Controller:
     async def reconcile(self, name: str) -> Result:
         """One level-triggered pass over endpoint `name` in this region."""
         now = self._clock()
-        try:
-            endpoint: Endpoint | None = await self._store.get_endpoint(name)
-        except EndpointNotFound:
-            endpoint = None
+        endpoint = await self._record(name)
         observed = await self._runtime.observe(name)
         previous = self._statuses.get(name)
         if endpoint is None:
@@ -277,6 +291,25 @@ class Controller:
             return Result(requeue_after=max(0.0, (decision.recheck_at - now).total_seconds()))
         return Result()
 
+    async def _record(self, name: str) -> Endpoint | None:
+        """The endpoint's record: the one last read, unless the feed has shown a newer one."""
+        known = self._records.get(name)
+        if known is not None and known.revision >= self._feed_revisions.get(name, 0):
+            return known
+        try:
+            endpoint = await self._store.get_endpoint(name)
+        except EndpointNotFound:
+            # The feed revision stays: a listing begun before the purge must not revive it.
+            self._records.pop(name, None)
+            return None
+        self._remember(endpoint)
+        return endpoint
+
+    def _remember(self, endpoint: Endpoint) -> None:
+        self._records[endpoint.name] = endpoint
+        if endpoint.revision >= self._feed_revisions.get(endpoint.name, 0):
+            self._feed_revisions.pop(endpoint.name, None)
+
     def _watch(
         self,
         previous: RegionStatus | None,
@@ -318,6 +351,7 @@ class Controller:
                 except (RevisionConflict, EndpointNotFound):
                     return  # changed or purged meanwhile; the feed brings it back if needed
                 self._statuses.pop(endpoint.name, None)
+                self._records.pop(endpoint.name, None)
                 log.info("%s: purged; every region has removed it", endpoint.name)
             return
         if not (
@@ -329,9 +363,10 @@ class Controller:
         statuses = await self._store.list_region_status(endpoint=endpoint.name)
         if fleet_state(endpoint, statuses) is DesiredState.RUNNING:
             try:
-                await self._store.update_endpoint(
+                running = await self._store.update_endpoint(
                     endpoint.model_copy(update={"desired_state": DesiredState.RUNNING}),
                     expected_revision=endpoint.revision,
                 )
             except (RevisionConflict, EndpointNotFound):
                 return
+            self._remember(running)

@@ -97,6 +97,18 @@ class SqlStore(PolledFeed):
     @abstractmethod
     async def close(self) -> None: ...
 
+    async def _read(self, sql: str, *args: object) -> list[Row]:
+        """One statement that only reads: atomic by itself, so a backend may run it
+        outside an explicit transaction."""
+        async with self._transaction(readonly=True) as session:
+            return await session.fetch(sql, *args)
+
+    async def _write(self, sql: str, *args: object) -> int:
+        """One statement that writes (and reads only what it writes with): atomic by
+        itself, so a backend may run it outside an explicit transaction."""
+        async with self._transaction() as session:
+            return await session.execute(sql, *args)
+
     async def _announce(self, session: Session) -> None:
         """Tell other processes' watchers, where the backend can; they poll otherwise."""
 
@@ -136,8 +148,7 @@ class SqlStore(PolledFeed):
         return stored
 
     async def get_endpoint(self, name: str) -> Endpoint:
-        async with self._transaction(readonly=True) as session:
-            rows = await session.fetch("SELECT record FROM endpoints WHERE name = $1", name)
+        rows = await self._read("SELECT record FROM endpoints WHERE name = $1", name)
         if not rows:
             raise EndpointNotFound(name)
         return Endpoint.model_validate_json(rows[0][0])
@@ -145,14 +156,13 @@ class SqlStore(PolledFeed):
     async def list_endpoints(
         self, *, region: str | None = None, desired_state: DesiredState | None = None
     ) -> list[Endpoint]:
-        async with self._transaction(readonly=True) as session:
-            if desired_state is None:
-                rows = await session.fetch("SELECT record FROM endpoints ORDER BY name")
-            else:
-                rows = await session.fetch(
-                    "SELECT record FROM endpoints WHERE desired_state = $1 ORDER BY name",
-                    desired_state.value,
-                )
+        if desired_state is None:
+            rows = await self._read("SELECT record FROM endpoints ORDER BY name")
+        else:
+            rows = await self._read(
+                "SELECT record FROM endpoints WHERE desired_state = $1 ORDER BY name",
+                desired_state.value,
+            )
         endpoints = [Endpoint.model_validate_json(row[0]) for row in rows]
         if region is not None:
             endpoints = [endpoint for endpoint in endpoints if region in endpoint.target_regions]
@@ -194,24 +204,24 @@ class SqlStore(PolledFeed):
     # Region status.
 
     async def put_region_status(self, status: RegionStatus, *, lease: Lease | None = None) -> None:
-        async with self._transaction() as session:
-            if lease is not None:
-                current = await session.fetch(
-                    f"SELECT 1 FROM leases WHERE name = $1 AND holder = $2 AND token = $3 "
-                    f"AND expires_at > {self._now_sql}",
-                    lease.name,
-                    lease.holder,
-                    lease.token,
-                )
-                if not current:
-                    raise LeaseLost(lease.name, lease.holder)
-            await session.execute(
-                "INSERT INTO region_status (endpoint, region, record) VALUES ($1, $2, $3) "
-                "ON CONFLICT (endpoint, region) DO UPDATE SET record = excluded.record",
-                status.endpoint,
-                status.region,
-                status.model_dump_json(),
-            )
+        insert = "INSERT INTO region_status (endpoint, region, record)"
+        upsert = "ON CONFLICT (endpoint, region) DO UPDATE SET record = excluded.record"
+        record = (status.endpoint, status.region, status.model_dump_json())
+        if lease is None:
+            await self._write(f"{insert} VALUES ($1, $2, $3) {upsert}", *record)
+            return
+        # The lease check and the write in one statement: one round trip.
+        written = await self._write(
+            f"{insert} SELECT $1, $2, $3 "
+            "WHERE EXISTS (SELECT 1 FROM leases WHERE name = $4 AND holder = $5 AND token = $6 "
+            f"AND expires_at > {self._now_sql}) {upsert}",
+            *record,
+            lease.name,
+            lease.holder,
+            lease.token,
+        )
+        if not written:
+            raise LeaseLost(lease.name, lease.holder)
 
     async def list_region_status(
         self, *, endpoint: str | None = None, region: str | None = None
@@ -222,10 +232,9 @@ class SqlStore(PolledFeed):
                 args.append(value)
                 conditions.append(f"{column} = ${len(args)}")
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        async with self._transaction(readonly=True) as session:
-            rows = await session.fetch(
-                f"SELECT record FROM region_status{where} ORDER BY endpoint, region", *args
-            )
+        rows = await self._read(
+            f"SELECT record FROM region_status{where} ORDER BY endpoint, region", *args
+        )
         return [RegionStatus.model_validate_json(row[0]) for row in rows]
 
     # Regions.
@@ -240,15 +249,13 @@ class SqlStore(PolledFeed):
             )
 
     async def get_region(self, name: str) -> Region:
-        async with self._transaction(readonly=True) as session:
-            rows = await session.fetch("SELECT record FROM regions WHERE name = $1", name)
+        rows = await self._read("SELECT record FROM regions WHERE name = $1", name)
         if not rows:
             raise RegionNotFound(name)
         return Region.model_validate_json(rows[0][0])
 
     async def list_regions(self) -> list[Region]:
-        async with self._transaction(readonly=True) as session:
-            rows = await session.fetch("SELECT record FROM regions ORDER BY name")
+        rows = await self._read("SELECT record FROM regions ORDER BY name")
         return [Region.model_validate_json(row[0]) for row in rows]
 
     async def delete_region(self, name: str) -> None:
@@ -259,21 +266,25 @@ class SqlStore(PolledFeed):
     # Change feed.
 
     async def feed_position(self) -> int:
-        async with self._transaction(readonly=True) as session:
-            (row,) = await session.fetch("SELECT seq FROM feed WHERE id = 1")
+        (row,) = await self._read("SELECT seq FROM feed WHERE id = 1")
         return int(row[0])
 
     async def _changes_after(self, since: int) -> list[Change]:
-        async with self._transaction(readonly=True) as session:
-            (feed,) = await session.fetch("SELECT compacted FROM feed WHERE id = 1")
-            if since < int(feed[0]):
-                raise FeedCompacted(since, int(feed[0]) + 1)
-            rows = await session.fetch(
-                "SELECT seq, name, revision, kind FROM changes WHERE seq > $1 ORDER BY seq "
-                "LIMIT 1000",
-                since,
-            )
-        return [Change(int(seq), name, int(rev), ChangeKind(kind)) for seq, name, rev, kind in rows]
+        # One statement, so the horizon and the changes are read at the same moment.
+        rows = await self._read(
+            "SELECT feed.compacted, changes.seq, changes.name, changes.revision, changes.kind "
+            "FROM feed LEFT JOIN changes ON changes.seq > $1 WHERE feed.id = 1 "
+            "ORDER BY changes.seq LIMIT 1000",
+            since,
+        )
+        compacted = int(rows[0][0])
+        if since < compacted:
+            raise FeedCompacted(since, compacted + 1)
+        return [
+            Change(int(seq), name, int(rev), ChangeKind(kind))
+            for _, seq, name, rev, kind in rows
+            if seq is not None
+        ]
 
     # Leases.
 

@@ -36,15 +36,18 @@ class _SqliteSession:
 
     async def fetch(self, sql: str, *args: object) -> list[Row]:
         try:
-            async with self._connection.execute(_PLACEHOLDER.sub(r"?\1", sql), args) as cursor:
-                return list(await cursor.fetchall())
+            # One hop to aiosqlite's thread, not three (execute, fetchall, close).
+            rows = await self._connection.execute_fetchall(_PLACEHOLDER.sub(r"?\1", sql), args)
+            return list(rows)
         except sqlite3.OperationalError as error:
             raise StoreUnavailable(f"SQLite store is unavailable: {error}") from error
 
     async def execute(self, sql: str, *args: object) -> int:
         try:
-            async with self._connection.execute(_PLACEHOLDER.sub(r"?\1", sql), args) as cursor:
-                return cursor.rowcount
+            # Not closed through aiosqlite (a second hop): dropping it closes it, as
+            # the cursors of BEGIN and COMMIT are.
+            cursor = await self._connection.execute(_PLACEHOLDER.sub(r"?\1", sql), args)
+            return cursor.rowcount
         except sqlite3.OperationalError as error:
             raise StoreUnavailable(f"SQLite store is unavailable: {error}") from error
 
@@ -84,6 +87,18 @@ class SqliteStore(SqlStore):
 
     async def close(self) -> None:
         await self._connection.close()
+
+    # A statement outside BEGIN ... COMMIT is a transaction of its own (autocommit; a
+    # writing one takes the write lock before it reads, as BEGIN IMMEDIATE does): one
+    # hop to aiosqlite's thread instead of three.
+
+    async def _read(self, sql: str, *args: object) -> list[Row]:
+        async with self._lock:
+            return await _SqliteSession(self._connection).fetch(sql, *args)
+
+    async def _write(self, sql: str, *args: object) -> int:
+        async with self._lock:
+            return await _SqliteSession(self._connection).execute(sql, *args)
 
     @property
     def _now_sql(self) -> str:

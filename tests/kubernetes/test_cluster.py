@@ -293,6 +293,33 @@ async def test_a_hand_deleted_service_is_drift_and_is_restored(cluster: Cluster)
     assert await observed_hash(cluster) == workload_hash(workload)
 
 
+async def test_only_changes_made_by_others_yield_events(cluster: Cluster) -> None:
+    cluster.need_server()  # a real cluster's controllers write status too
+    runtime = cluster.runtime
+    await runtime.apply(planned("other"))
+    events = runtime.events()
+    await runtime.apply(planned(replicas=2))
+    await runtime.apply(planned(replicas=3, canary={"weight": 10}))
+    await runtime.apply(planned(replicas=3))  # deletes the canary
+    await runtime.remove("llm")
+    await cluster.delete("Service", "other")
+    assert await asyncio.wait_for(_first_event(events), 5) == "other"
+
+
+async def test_the_caches_keep_only_what_is_read(cluster: Cluster) -> None:
+    runtime = cluster.runtime
+    await runtime.apply(planned(replicas=2))
+    served = await cluster.get("Deployment", "llm")
+    cached = runtime._caches["Deployment"].objects["llm"]
+    assert served is not None
+    assert "template" in served["spec"]
+    assert cached["spec"] == {"replicas": 2}
+    assert cached["metadata"]["managedFields"] == [
+        {"manager": FIELD_MANAGER, "subresource": "", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+    ]
+    assert await observed_hash(cluster) == workload_hash(planned(replicas=2))
+
+
 async def test_remove_deletes_everything(cluster: Cluster) -> None:
     runtime = cluster.runtime
     await runtime.apply(planned(canary={"weight": 10}, autoscaling=AUTOSCALING))

@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, cast
 
 import pytest
 
 from servefleet.plan import desired_workload
 from servefleet.reconcile.controller import Controller, ControllerSettings
 from servefleet.service import EndpointService, utc_now
-from servefleet.spec import DesiredState, EndpointManifest, Region, RegionKind, RegionState
+from servefleet.spec import (
+    DesiredState,
+    Endpoint,
+    EndpointManifest,
+    Region,
+    RegionKind,
+    RegionState,
+)
 from servefleet.store import EndpointNotFound, Store
 from tests.factories import make_endpoint, make_spec
 from tests.reconcile.fakes import MemoryRuntime
@@ -194,6 +202,40 @@ async def test_runtime_events_bring_the_endpoint_back_for_a_look(
         await eventually(lambda: _state_is(store, "llm", RegionState.DEGRADED))
 
 
+class EndpointReadCounting:
+    """A store that counts `get_endpoint` calls, passing everything through."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.endpoint_reads = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def get_endpoint(self, name: str) -> Endpoint:
+        self.endpoint_reads += 1
+        return await self.inner.get_endpoint(name)
+
+
+async def test_a_pass_reads_the_record_again_only_after_the_feed_shows_a_change(
+    store: Store, service: EndpointService
+) -> None:
+    counting = EndpointReadCounting(store)
+    runtime = MemoryRuntime()
+    async with running(cast(Store, counting), runtime) as controller:
+        await service.deploy("llm", make_spec(replicas=2), ["r1"])
+        await eventually(lambda: _fleet_running(store, "llm"))
+        await eventually(lambda: _idle(controller))
+        reads = counting.endpoint_reads
+        for _ in range(3):
+            await controller.reconcile("llm")
+        assert counting.endpoint_reads == reads
+
+        await service.scale("llm", 4)
+        await eventually(lambda: _has(runtime, "llm", replicas=4))
+        assert counting.endpoint_reads > reads
+
+
 async def test_the_watchdog_unroutes_and_restores(store: Store, service: EndpointService) -> None:
     runtime = MemoryRuntime(ready={"llm": 0})
     settings = ControllerSettings(workers=2, resync_interval=3600, watchdog_threshold=0.3)
@@ -201,8 +243,8 @@ async def test_the_watchdog_unroutes_and_restores(store: Store, service: Endpoin
         await service.deploy("llm", make_spec(), ["r1"])
         await eventually(lambda: _has(runtime, "llm", replicas=2, routed=True))
         await eventually(lambda: _has(runtime, "llm", replicas=2, routed=False))
-        (status,) = await store.list_region_status(endpoint="llm")
-        assert "traffic withdrawn" in status.message
+        # The pass writes the status just after the runtime: wait for it, not only the runtime.
+        await eventually(lambda: _message_has(store, "llm", "traffic withdrawn"))
 
         runtime.ready["llm"] = 2
         runtime.announce("llm")
@@ -222,6 +264,11 @@ async def _has(runtime: MemoryRuntime, name: str, *, replicas: int, routed: bool
 
 async def _state_is(store: Store, name: str, state: RegionState) -> bool:
     return await region_state(store, name) is state
+
+
+async def _message_has(store: Store, name: str, text: str) -> bool:
+    statuses = await store.list_region_status(endpoint=name)
+    return bool(statuses) and text in statuses[0].message
 
 
 async def _fleet_running(store: Store, name: str) -> bool:
