@@ -91,6 +91,8 @@ __all__ = [
     "ANNOTATION_OBJECTS",
     "ClusterSettings",
     "KubernetesRuntime",
+    "make_api_client",
+    "status_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -292,7 +294,7 @@ def _problem(deployment: Manifest | None) -> str:
     return "; ".join(problems)
 
 
-def _status_message(body: bytes, status: int) -> str:
+def status_message(body: bytes, status: int) -> str:
     try:
         decoded = json.loads(body)
     except ValueError:
@@ -310,7 +312,7 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
-def _api_client(configuration: client.Configuration) -> ApiClient:
+def make_api_client(configuration: client.Configuration) -> ApiClient:
     """An `ApiClient` that reads the environment's proxy settings once, here.
 
     kubernetes-asyncio's HTTP session trusts the environment, so aiohttp looks up
@@ -383,7 +385,9 @@ class KubernetesRuntime:
             context=context,
             client_configuration=configuration,
         )
-        return cls(region, settings, _api_client(configuration), cluster=cluster, owns_client=True)
+        return cls(
+            region, settings, make_api_client(configuration), cluster=cluster, owns_client=True
+        )
 
     @classmethod
     def in_cluster(
@@ -392,7 +396,9 @@ class KubernetesRuntime:
         """A runtime on the cluster it runs in (the pod's service account); not started."""
         configuration = client.Configuration()
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return cls(region, settings, _api_client(configuration), cluster=cluster, owns_client=True)
+        return cls(
+            region, settings, make_api_client(configuration), cluster=cluster, owns_client=True
+        )
 
     # Lifecycle.
 
@@ -632,7 +638,7 @@ class KubernetesRuntime:
                 if 200 <= status < 300:
                     decoded = json.loads(raw) if raw.strip() else {}
                     return decoded if isinstance(decoded, dict) else {}
-                message = _status_message(raw, status)
+                message = status_message(raw, status)
                 if status == 404 and missing_ok:
                     return None
                 if status == 409:
@@ -794,7 +800,7 @@ class KubernetesRuntime:
                 raise _Expired()
             if response.status != 200:
                 raw = await response.read()
-                raise _ApiError(response.status, _status_message(raw, response.status))
+                raise _ApiError(response.status, status_message(raw, response.status))
             while True:
                 line = await response.content.readline()
                 if not line:

@@ -51,7 +51,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from servefleet.runtime.base import RuntimeUnavailable
-from servefleet.runtime.kubernetes.cluster import _status_message
+from servefleet.runtime.kubernetes.cluster import make_api_client, status_message
 
 __all__ = ["HeldLease", "KubernetesLease", "lease_name"]
 
@@ -120,14 +120,14 @@ class KubernetesLease:
             context=context,
             client_configuration=configuration,
         )
-        return cls(ApiClient(configuration), namespace, region, owns_client=True)
+        return cls(make_api_client(configuration), namespace, region, owns_client=True)
 
     @classmethod
     def in_cluster(cls, namespace: str, region: str) -> KubernetesLease:
         """The Lease on the cluster this process runs in (the pod's service account)."""
         configuration = client.Configuration()
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return cls(ApiClient(configuration), namespace, region, owns_client=True)
+        return cls(make_api_client(configuration), namespace, region, owns_client=True)
 
     async def close(self) -> None:
         if self._owns_client:
@@ -272,7 +272,7 @@ class KubernetesLease:
         if response.status in none_for:
             return None
         if not 200 <= response.status < 300:
-            message = _status_message(raw, response.status)
+            message = status_message(raw, response.status)
             raise RuntimeUnavailable(f"{what}: HTTP {response.status}: {message}")
         try:
             decoded = json.loads(raw)
