@@ -540,14 +540,8 @@ class LocalRuntime:
         except OSError as error:
             return f"could not open its log file: {error}"
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=output,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent(),
+            process = await _start_child(
+                argv, stdout=output, stderr=asyncio.subprocess.STDOUT, env=env
             )
         except OSError as error:
             return f"could not start {argv[0]!r}: {error.strerror or error}"
@@ -596,14 +590,11 @@ class LocalRuntime:
         except OSError as error:
             return f"model staging could not open its log file: {error}"
         try:
-            process = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "servefleet.stage"),
-                stdin=asyncio.subprocess.DEVNULL,
+            process = await _start_child(
+                [sys.executable, "-m", "servefleet.stage"],
                 stdout=asyncio.subprocess.PIPE,
                 stderr=output,
                 env=env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent(),
             )
         except OSError as error:
             return f"could not start python -m servefleet.stage: {error.strerror or error}"
@@ -848,6 +839,22 @@ _PR_SET_PDEATHSIG = 1
 @functools.cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
+
+
+async def _start_child(
+    argv: list[str], *, stdout: IO[bytes] | int, stderr: IO[bytes] | int, env: dict[str, str]
+) -> asyncio.subprocess.Process:
+    """Start a replica or staging process: no stdin, a session of its own (so its
+    whole group can be signalled) and, where the OS allows, death with this process."""
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent(),
+    )
 
 
 def _die_with_parent() -> Callable[[], None] | None:
