@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from servefleet.store import Store, open_store
+from tests.scenarios.harness import Fleet, local_fleet
 from tests.store.moto import drop_table, fresh_table_url, moto_server
 
 POSTGRES_URL = os.environ.get(
@@ -65,3 +66,19 @@ async def store(store_url: str) -> AsyncIterator[Store]:
     opened = await open_store(store_url)
     yield opened
     await opened.close()
+
+
+@pytest.fixture
+async def sqlite_url(tmp_path: Path) -> str:
+    """An initialised SQLite store of the test's own."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = await open_store(url, init=True)
+    await store.close()
+    return url
+
+
+@pytest.fixture
+async def fleet(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Fleet]:
+    """`servefleet up --regions r1` in this process on `sqlite_url`."""
+    async with local_fleet(sqlite_url, tmp_path) as started:
+        yield started

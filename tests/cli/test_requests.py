@@ -10,10 +10,7 @@ import json
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from servefleet.service import EndpointService
 from servefleet.spec import Region, RegionKind, RegionState
@@ -23,27 +20,12 @@ from tests.scenarios.harness import (
     SETTLE,
     Fleet,
     demo_spec,
-    local_fleet,
     manifest,
     up_process,
 )
 from tests.waiting import eventually
 
 ENDPOINT = "talk"
-
-
-@pytest.fixture
-async def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    store = await open_store(url, init=True)
-    await store.close()
-    return url
-
-
-@pytest.fixture
-async def fleet(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Fleet]:
-    async with local_fleet(sqlite_url, tmp_path) as started:
-        yield started
 
 
 async def deployed(fleet: Fleet, *args: str) -> None:

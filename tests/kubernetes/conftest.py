@@ -58,6 +58,13 @@ async def read_object(
         response.release()
 
 
+def _needed(server: KubeApiServer | None) -> KubeApiServer:
+    """The test API server, or skip: a real cluster has none of its controls."""
+    if server is None:
+        pytest.skip("needs the test API server's controls")
+    return server
+
+
 @dataclass
 class Cluster:
     """The runtime under test, plus a client of its own to check the API."""
@@ -69,9 +76,7 @@ class Cluster:
     """The test API server; None on a real cluster."""
 
     def need_server(self) -> KubeApiServer:
-        if self.server is None:
-            pytest.skip("needs the test API server's controls")
-        return self.server
+        return _needed(self.server)
 
     def mark_ready(self, name: str) -> None:
         """Fake a finished rollout (test server only; a no-op on a real cluster)."""
@@ -120,9 +125,7 @@ class ApiTarget:
     """The test API server; None on a real cluster."""
 
     def need_server(self) -> KubeApiServer:
-        if self.server is None:
-            pytest.skip("needs the test API server's controls")
-        return self.server
+        return _needed(self.server)
 
 
 @asynccontextmanager

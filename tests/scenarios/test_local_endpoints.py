@@ -24,10 +24,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from servefleet.spec import DesiredState, RegionState
-from servefleet.store import open_store
 from tests.scenarios.harness import (
     SETTLE,
     Answer,
@@ -43,20 +41,6 @@ from tests.scenarios.harness import (
     up_process,
 )
 from tests.waiting import eventually
-
-
-@pytest.fixture
-async def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    store = await open_store(url, init=True)
-    await store.close()
-    return url
-
-
-@pytest.fixture
-async def fleet(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Fleet]:
-    async with local_fleet(sqlite_url, tmp_path) as started:
-        yield started
 
 
 @asynccontextmanager
