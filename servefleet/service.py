@@ -38,13 +38,37 @@ from servefleet.store import (
     Store,
 )
 
-__all__ = ["ApplyOutcome", "EndpointService", "OperationRefused", "utc_now"]
+__all__ = ["ApplyOutcome", "EndpointService", "OperationRefused", "UnregisteredRegion", "utc_now"]
 
 _MAX_ATTEMPTS = 50
 
 
 class OperationRefused(Exception):
     """The operation breaks a rule about the endpoint's current state."""
+
+
+class UnregisteredRegion(InvalidInput):
+    """A region named for an endpoint is not registered.
+
+    `field` is the name the user gave the regions under: the record's
+    `target_regions`, a declaration's `regions`, the command line's `--region`. The
+    service names its own; a front end that calls them something else renames it
+    with `named`, so the one message reads right wherever the region came from.
+    """
+
+    def __init__(self, field: str, region: str, registered: list[str]) -> None:
+        super().__init__(
+            [
+                f"{field}: region {region!r} is not registered "
+                f"(registered: {', '.join(registered) or 'none'})"
+            ]
+        )
+        self.field = field
+        self.region = region
+        self.registered = registered
+
+    def named(self, field: str) -> UnregisteredRegion:
+        return UnregisteredRegion(field, self.region, self.registered)
 
 
 class ApplyOutcome(StrEnum):
@@ -113,7 +137,7 @@ class EndpointService:
     async def _create(
         self, name: str, spec: EndpointSpec, regions: list[str] | None, *, stopped: bool
     ) -> Endpoint:
-        targets = await self._targets(regions)
+        targets = await self._targets(regions, "target_regions")
         await self._check_region_images(spec)
         now = self._clock()
         try:
@@ -132,7 +156,7 @@ class EndpointService:
     async def check(self, manifest: EndpointManifest) -> None:
         """Every rule that needs the store, so a batch can be checked before any write."""
         if manifest.regions is not None:
-            await self._targets(manifest.regions)
+            await self._targets(manifest.regions, "regions")
         await self._check_region_images(manifest.spec)
 
     async def apply(self, manifest: EndpointManifest) -> Applied:
@@ -223,7 +247,12 @@ class EndpointService:
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
     ) -> Endpoint:
-        """Add a canary version, or change the one there is."""
+        """Add a canary version, or change the one there is.
+
+        The canary runs the primary's env with its own `env` laid over it; `env`
+        adds or overrides keys of that overlay and keeps the ones set before, as
+        `update_image(region=...)` does with per-region images.
+        """
         given = {
             key: value
             for key, value in {
@@ -245,6 +274,8 @@ class EndpointService:
                     "(or its command, args or env)"
                 )
             canary = (existing.model_dump() if existing else {}) | given
+            if env is not None and existing is not None:
+                canary["env"] = {**existing.env, **env}
             return _with_spec(current, revise_spec(current.spec, canary=canary))
 
         return await self._mutate(name, set_canary)
@@ -338,7 +369,9 @@ class EndpointService:
         except RevisionConflict:
             return None
 
-    async def _targets(self, regions: Iterable[str] | None) -> list[str]:
+    async def _targets(self, regions: Iterable[str] | None, field: str) -> list[str]:
+        """`regions`, each one registered (`field` is what the caller calls them), or
+        every registered region when none are named."""
         registered = [region.name for region in await self._store.list_regions()]
         if regions is None:
             if not registered:
@@ -350,21 +383,16 @@ class EndpointService:
         targets = list(regions)
         for region in targets:
             if region not in registered:
-                raise InvalidInput(
-                    [
-                        f"target_regions: region {region!r} is not registered "
-                        f"(registered: {', '.join(registered) or 'none'})"
-                    ]
-                )
+                raise UnregisteredRegion(field, region, registered)
         return targets
 
     async def _check_region_images(self, spec: EndpointSpec) -> None:
         if not spec.region_images:
             return
-        registered = {region.name for region in await self._store.list_regions()}
+        registered = [region.name for region in await self._store.list_regions()]
         for region in spec.region_images:
             if region not in registered:
-                raise InvalidInput([f"spec.region_images: region {region!r} is not registered"])
+                raise UnregisteredRegion("spec.region_images", region, registered)
 
 
 def _with_spec(endpoint: Endpoint, spec: EndpointSpec) -> Endpoint:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from servefleet.plan import desired_workload
 from servefleet.service import ApplyOutcome, EndpointService, OperationRefused
 from servefleet.spec import (
     DesiredState,
@@ -184,12 +185,19 @@ async def test_apply_refuses_an_unregistered_region_and_changes_nothing(
     await register(store, "r1")
     before = await service.deploy("llm", make_spec(image=IMAGE_1))
 
-    with pytest.raises(InvalidInput, match=r"^target_regions: region 'nowhere'"):
+    # Named as the declaration names them: `regions`, `spec.region_images`.
+    with pytest.raises(InvalidInput) as unregistered:
         await service.apply(manifest(regions=["nowhere"], spec={"image": IMAGE_2}))
-    with pytest.raises(InvalidInput, match=r"^spec\.region_images: region 'nowhere'"):
+    assert unregistered.value.problems == [
+        "regions: region 'nowhere' is not registered (registered: r1)"
+    ]
+    with pytest.raises(InvalidInput) as unregistered:
         await service.apply(
             manifest(spec={"image": IMAGE_2, "region_images": {"nowhere": IMAGE_2}})
         )
+    assert unregistered.value.problems == [
+        "spec.region_images: region 'nowhere' is not registered (registered: r1)"
+    ]
 
     assert await store.get_endpoint("llm") == before
 
@@ -358,6 +366,29 @@ async def test_changing_a_canary_keeps_its_other_fields(
     with pytest.raises(InvalidInput, match=r"^spec\.canary\.weight: "):
         await service.canary("llm", weight=150)
     assert await store.get_endpoint("llm") == changed
+
+
+async def test_a_canary_s_env_is_laid_over_the_primary_s_key_by_key(
+    store: Store, service: EndpointService
+) -> None:
+    await register(store, "r1")
+    await service.deploy("llm", make_spec(env={"A": "primary", "B": "primary"}))
+    await service.canary("llm", image=IMAGE_2, env={"B": "canary-1", "C": "canary-1"})
+
+    changed = await service.canary("llm", env={"C": "canary-2", "D": "canary-2"})
+
+    assert changed.spec.env == {"A": "primary", "B": "primary"}
+    assert changed.spec.canary is not None
+    assert changed.spec.canary.env == {"B": "canary-1", "C": "canary-2", "D": "canary-2"}
+    workload = desired_workload(changed, "r1")
+    assert workload is not None
+    assert workload.canary is not None
+    assert workload.canary.env == {
+        "A": "primary",
+        "B": "canary-1",
+        "C": "canary-2",
+        "D": "canary-2",
+    }
 
 
 async def test_promote_makes_the_canary_primary_and_removes_it(

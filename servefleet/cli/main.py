@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from servefleet.cli.models import models_app
-from servefleet.service import Applied, EndpointService, OperationRefused
+from servefleet.service import Applied, EndpointService, OperationRefused, UnregisteredRegion
 from servefleet.spec import (
     Endpoint,
     EndpointManifest,
@@ -168,7 +168,8 @@ WaitOption = Annotated[
     bool,
     typer.Option(
         "--wait",
-        help="Show per-region progress until every target region has the change in place.",
+        help="Show per-region progress until every target region has the change in place "
+        "(exit 1 as soon as it has failed in every region where it is not).",
     ),
 ]
 TimeoutOption = Annotated[
@@ -181,9 +182,15 @@ def _wait_for(names: list[str], wait: bool, timeout: float) -> None:
         return
     from servefleet.cli.wait import wait_until_settled
 
-    pending = _run(lambda service: wait_until_settled(service, names, within=timeout, console=out))
-    if pending:
-        _fail(f"--wait: not in place after {timeout:g}s: {', '.join(pending)}")
+    outcome = _run(lambda service: wait_until_settled(service, names, within=timeout, console=out))
+    problems = [
+        f"--wait: {failure.endpoint} failed in {failure.region}: {failure.message}"
+        for failure in outcome.failures
+    ]
+    if outcome.pending:
+        problems.append(f"--wait: not in place after {timeout:g}s: {', '.join(outcome.pending)}")
+    if problems:
+        _fail(*problems)
 
 
 # Verbs.
@@ -267,7 +274,14 @@ def deploy(
             "node_selector": _pairs(node_selector, "--node-selector"),
         }
     )
-    endpoint = _run(lambda service: service.deploy(name, spec, region or None, stopped=stopped))
+
+    async def create(service: EndpointService) -> Endpoint:
+        try:
+            return await service.deploy(name, spec, region or None, stopped=stopped)
+        except UnregisteredRegion as unregistered:
+            raise unregistered.named("--region") from None
+
+    endpoint = _run(create)
     _summary(endpoint, f"created in {', '.join(endpoint.target_regions)}")
     _wait_for([name], wait, timeout)
 
@@ -493,7 +507,7 @@ _endpoint_verb("start", "Run a stopped endpoint again.", "started", EndpointServ
 
 @app.command(
     epilog="Examples: `servefleet canary llm --image ghcr.io/org/vllm:0.7 --weight 20`, "
-    "`servefleet canary llm --weight 50`"
+    "`servefleet canary llm --weight 50`, `servefleet canary llm --env MAX_MODEL_LEN=16384`"
 )
 def canary(
     name: NameArgument,
@@ -502,7 +516,12 @@ def canary(
     replicas: Annotated[int | None, typer.Option(help="Canary replicas per region.")] = None,
     env: Annotated[
         list[str] | None,
-        typer.Option("--env", "-e", help="Environment variable KEY=VALUE for the canary."),
+        typer.Option(
+            "--env",
+            "-e",
+            help="Environment variable KEY=VALUE for the canary, over the primary's env "
+            "(repeat; keys set before are kept).",
+        ),
     ] = None,
     command: Annotated[
         list[str] | None,
@@ -511,7 +530,7 @@ def canary(
     wait: WaitOption = False,
     timeout: TimeoutOption = 300.0,
 ) -> None:
-    """Add a canary version, or change its image, weight or replicas."""
+    """Add a canary version, or change its image, weight, replicas, env or command."""
     endpoint = _run(
         lambda service: service.canary(
             name,

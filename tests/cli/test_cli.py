@@ -190,6 +190,20 @@ async def test_an_endpoint_s_whole_life_through_the_command_line(cli: Cli) -> No
     assert (kept["metadata"]["generation"], kept["spec"]["image"]) == (9, IMAGE_2)
 
 
+async def test_canary_env_adds_and_overrides_keys_and_keeps_the_ones_set_before(
+    cli: Cli,
+) -> None:
+    await prepare(cli.store_url, ["r1"], env={"A": "primary", "B": "primary"})
+
+    await cli.ok("canary", "llm", "--image", IMAGE_2, "-e", "B=canary-1", "-e", "C=canary-1")
+    await cli.ok("canary", "llm", "--env", "C=canary-2", "--env", "D=canary-2")
+
+    spec = (await cli.endpoint())["spec"]
+    assert spec["env"] == {"A": "primary", "B": "primary"}
+    assert spec["canary"]["env"] == {"B": "canary-1", "C": "canary-2", "D": "canary-2"}
+    assert spec["canary"]["image"] == IMAGE_2
+
+
 # Bad input: one line naming the field, exit 1, nothing written.
 
 MULTI_DOCUMENT_BAD_SECOND = f"""\
@@ -229,13 +243,22 @@ BAD_INPUTS: list[tuple[list[str], str | None, list[str]]] = [
     (["deploy", "Upper", "--image", IMAGE_1], None, ["name: ", "'Upper'"]),
     (["deploy", "under_score", "--image", IMAGE_1], None, ["name: ", "'under_score'"]),
     (["canary", "llm", "--image", IMAGE_2, "--weight", "150"], None, ["canary.weight: ", "150"]),
-    (["deploy", "m3", "--image", IMAGE_1, "-r", "nowhere"], None, ["regions: ", "'nowhere'"]),
+    # The regions under the name the user gave them: the flag, the declaration's field.
+    (
+        ["deploy", "m3", "--image", IMAGE_1, "-r", "r1", "-r", "nowhere"],
+        None,
+        ["error: --region: region 'nowhere' is not registered (registered: r1)"],
+    ),
     (
         ["apply", "-f", "-"],
         MULTI_DOCUMENT_BAD_SECOND,
         ["document 2 (second): spec.env: ", "'1BAD'"],
     ),
-    (["apply", "-f", "-"], MULTI_DOCUMENT_UNKNOWN_REGION_SECOND, ["regions: ", "'nowhere'"]),
+    (
+        ["apply", "-f", "-"],
+        MULTI_DOCUMENT_UNKNOWN_REGION_SECOND,
+        ["error: regions: region 'nowhere' is not registered (registered: r1)"],
+    ),
     (["list", "-o", "xml"], None, ["--output: ", "'xml'"]),
     (["get", "llm", "-o", "xml"], None, ["--output: ", "'xml'"]),
     (["status", "llm", "-o", "xml"], None, ["--output: ", "'xml'"]),
