@@ -42,6 +42,8 @@ __all__ = [
     "fleet_state",
     "purgeable",
     "region_status",
+    "staging_percent",
+    "staging_progress",
     "status_changed",
     "watchdog",
     "workload_hash",
@@ -168,6 +170,9 @@ def workload_hash(workload: Workload) -> str:
 class VersionObservation(_Value):
     ready: int = 0
     running: int = 0
+    outgoing_ready: int = 0
+    """Ready replicas of the version this one replaces: still serving until the
+    rollout ends (a new version staging its model for minutes, say)."""
 
 
 class Observed(_Value):
@@ -189,6 +194,25 @@ class Observed(_Value):
     def ready(self) -> int:
         return self.primary.ready + self.canary.ready
 
+    @property
+    def serving(self) -> int:
+        """Ready replicas of any version, the outgoing ones included."""
+        return self.ready + self.primary.outgoing_ready + self.canary.outgoing_ready
+
+
+def staging_percent(done: int, total: int | None) -> int | None:
+    """Staging progress as runtimes report it: in whole percents, since each change
+    is a status write to the global store."""
+    return None if total is None else done * 100 // max(total, 1)
+
+
+def staging_progress(source: str, staging: ModelStaging) -> str:
+    """A region's message while it copies an endpoint's model (either runtime)."""
+    progress = f"{staging.bytes_done / 1e6:.1f} MB"
+    if staging.bytes_total is not None:
+        progress += f" of {staging.bytes_total / 1e6:.1f} MB"
+    return f"staging the model from {source}: {progress}"
+
 
 class WatchdogDecision(_Value):
     unrouted: bool
@@ -207,9 +231,11 @@ def watchdog(
     threshold: timedelta,
 ) -> WatchdogDecision:
     """Pull the route from an endpoint that has had no ready replica for `threshold`;
-    restore it as soon as one is ready. The clock starts from the report kept in the
-    store, so the decision survives a restart or a change of leader."""
-    if not wants_replicas or (observed is not None and observed.ready > 0):
+    restore it as soon as one is ready. Replicas of an outgoing version count: a
+    rollout whose new version is slow to come up still has its old one serving.
+    The clock starts from the report kept in the store, so the decision survives a
+    restart or a change of leader."""
+    if not wants_replicas or (observed is not None and observed.serving > 0):
         return WatchdogDecision(unrouted=False, unready_since=None, recheck_at=None)
     since = previous.unready_since if previous and previous.unready_since else now
     deadline = since + threshold

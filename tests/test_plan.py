@@ -256,6 +256,31 @@ def test_watchdog_restores_the_route_once_a_replica_is_ready() -> None:
     assert decision.unready_since is None
 
 
+def test_watchdog_keeps_the_route_while_an_outgoing_version_serves() -> None:
+    """A new version staging its model for longer than the threshold: the old
+    version's replicas still answer, so the route stays."""
+    previous = make_status(unready_since=T0)
+    workload = planned(make_endpoint())
+    rolling = observed_for(workload).model_copy(
+        update={"primary": VersionObservation(ready=0, running=3, outgoing_ready=2)}
+    )
+
+    decision = watchdog(
+        previous, rolling, wants_replicas=True, now=T0 + 10 * THRESHOLD, threshold=THRESHOLD
+    )
+    gone = watchdog(
+        previous,
+        observed_for(workload),
+        wants_replicas=True,
+        now=T0 + 10 * THRESHOLD,
+        threshold=THRESHOLD,
+    )
+
+    assert not decision.unrouted
+    assert decision.unready_since is None
+    assert gone.unrouted
+
+
 def test_watchdog_leaves_a_stopped_endpoint_alone() -> None:
     decision = watchdog(
         make_status(unready_since=T0),

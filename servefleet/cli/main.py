@@ -747,6 +747,13 @@ def up(
     startup_timeout: Annotated[
         float, typer.Option(help="Seconds a replica may take to answer its first probe.")
     ] = 600.0,
+    stage_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds staging a model may take in all, in local regions "
+            "(an endpoint's own SERVEFLEET_STAGE_TIMEOUT env wins)."
+        ),
+    ] = 3600.0,
     resync_interval: ResyncIntervalOption = 300.0,
     lease_ttl: LeaseTtlOption = 15.0,
 ) -> None:
@@ -770,7 +777,7 @@ def up(
         log_dir=log_dir or _default_log_dir(store_url),
         controller=controller,
         lease=lease,
-        local=LocalSettings(startup_timeout=startup_timeout),
+        local=LocalSettings(startup_timeout=startup_timeout, stage_timeout=stage_timeout),
     )
     try:
         serve(options)

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -153,6 +154,7 @@ async def _cluster_lease(region: Region, *, in_cluster: bool) -> KubernetesLease
 async def run(options: UpOptions, started: Callable[[Running], None] | None = None) -> None:
     """Run everything until cancelled; `started` is called once the gateways listen
     and every region's reconciler is on its way."""
+    _check_local_settings(options.local)
     store = await open_store(options.store_url)
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     async with AsyncExitStack() as stack:
@@ -249,6 +251,15 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
                 )
             if started is not None:
                 started(running)
+
+
+def _check_local_settings(settings: LocalSettings) -> None:
+    """A ValueError naming the `up` flag of a setting no local region can run with."""
+    if not 0 < settings.stage_timeout < math.inf:
+        raise ValueError(
+            "--stage-timeout: must be a number of seconds more than 0 "
+            f"(got {settings.stage_timeout:g})"
+        )
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,8 +155,9 @@ class SlowS3:
         return response
 
 
-@pytest.fixture
-async def slow_s3(aws: dict[str, str]) -> AsyncIterator[SlowS3]:
+@asynccontextmanager
+async def serving_slow_s3() -> AsyncIterator[SlowS3]:
+    """A `SlowS3` on a free loopback port, until the block ends (stalls released)."""
     fake = SlowS3(objects={})
     app = web.Application()
     app.router.add_get("/{bucket}/{key:.*}", fake.handle)
@@ -165,9 +167,17 @@ async def slow_s3(aws: dict[str, str]) -> AsyncIterator[SlowS3]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     fake.url = f"http://127.0.0.1:{port}"
-    yield fake
-    fake.release.set()
-    await runner.cleanup()
+    try:
+        yield fake
+    finally:
+        fake.release.set()
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def slow_s3(aws: dict[str, str]) -> AsyncIterator[SlowS3]:
+    async with serving_slow_s3() as fake:
+        yield fake
 
 
 def slow_model(fake: SlowS3, prefix: str, size: int = 400_000) -> tuple[bytes, Manifest]:

@@ -28,6 +28,7 @@ from servefleet.runtime.local.gateway import Gateway, Router
 from servefleet.runtime.local.supervisor import LocalRuntime, LocalSettings
 from servefleet.spec import DesiredState
 from tests.factories import make_endpoint
+from tests.models.conftest import contents, write_model
 
 ROOT = Path(__file__).parents[2]
 REPLICA = str(Path(__file__).with_name("replica.py"))
@@ -524,6 +525,62 @@ async def test_requests_in_flight_survive_scale_down(region: Region, tmp_path: P
 
 async def _count(directory: Path, expected: int) -> bool:
     return len(await asyncio.to_thread(os.listdir, directory)) >= expected
+
+
+async def test_a_draining_replica_keeps_its_model(
+    regions: Callable[..., Awaitable[Region]], tmp_path: Path
+) -> None:
+    """A replica retired by a rollout keeps its model directory while it finishes the
+    requests it has in flight, through further model changes collecting the cache."""
+    region = await regions("r1", LocalSettings(**{**SETTINGS.__dict__, "drain_timeout": 120}))
+    sources = [tmp_path / "models" / version for version in ("1", "2", "3")]
+    files = [write_model(source) for source in sources]
+    cache = region.runtime.model_cache_dir / "r1" / "llm"
+    arrived, release = tmp_path / "arrived", tmp_path / "release"
+    arrived.mkdir()
+
+    def version(number: int) -> Workload:
+        return workload(
+            command=replica("--version", str(number)), model_source=sources[number].as_uri()
+        )
+
+    def cache_holds(count: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return cache.exists() and len(await asyncio.to_thread(os.listdir, cache)) == count
+
+        return check
+
+    await region.runtime.apply(version(0))
+    await region.ready()
+    await until(cache_holds(1))
+    (first,) = cache.iterdir()
+    held = asyncio.create_task(
+        region.get(f"/inference/llm/hold?arrived={arrived}&release={release}")
+    )
+    await until(lambda: _count(arrived, 1))
+
+    await region.runtime.apply(version(1))
+
+    async def old_one_draining() -> bool:
+        return any(r.retiring and r.pid for r in region.runtime.replicas("llm"))
+
+    await until(old_one_draining)
+    (cache / "left-by-a-crash").mkdir()
+    await region.runtime.apply(version(2))
+
+    async def collected() -> bool:
+        return not (cache / "left-by-a-crash").exists()
+
+    await until(collected)  # by a deletion after the third model was staged
+    assert await old_one_draining()
+    assert contents(first) == files[0]
+    release.touch()
+    status, _, body = await held
+    assert (status, body["version"]) == (200, "0")
+    await region.ready()
+    await until(cache_holds(1))
+    (last,) = cache.iterdir()
+    assert contents(last) == files[2]
 
 
 async def test_remove_withdraws_the_route_then_the_replicas(region: Region) -> None:

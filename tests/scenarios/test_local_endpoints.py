@@ -347,6 +347,36 @@ async def test_the_watchdog_withdraws_traffic_and_restores_it(
 # 8. Delete.
 
 
+async def test_the_watchdog_leaves_a_rollout_alone_while_the_old_version_serves(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A new version that stays unready for longer than the threshold (a model still
+    staging, a slow start) is not an unready endpoint: the old replica still serves."""
+    flag = tmp_path / "unhealthy"
+    flag.touch()
+    async with local_fleet(sqlite_url, tmp_path, watchdog_threshold=1.0) as fleet:
+        await fleet.service.deploy("llm", demo_spec(replicas=1), ["r1"])
+        await fleet.settled("llm", replicas=1)
+        (old,) = fleet.pids("llm")
+
+        stuck = demo_spec(replicas=1, args=["--unhealthy-file", str(flag)])
+        await fleet.service.apply(manifest("llm", stuck, ["r1"]))
+
+        async def rolling() -> bool:
+            return len(fleet.pids("llm")) == 2  # the new replica, never ready
+
+        await eventually(rolling, within=SETTLE)
+        await asyncio.sleep(3.0)  # three thresholds
+        report = await fleet.status("llm")
+        assert report is not None
+        assert report.routed
+        assert report.unready_since is None
+        assert report.replicas_ready == 0  # of the new version
+        answers = await fleet.chats("llm", 5)
+        assert {answer.status for answer in answers} == {200}
+        assert {answer.pid for answer in answers} == {old}
+
+
 async def test_delete_removes_processes_and_routes_and_purges_the_record(fleet: Fleet) -> None:
     await fleet.service.deploy("llm", demo_spec(replicas=2), ["r1"])
     await fleet.settled("llm", replicas=2)

@@ -38,6 +38,27 @@ staged before is verified and reused, not copied again. Replicas find the model
 in `SERVEFLEET_MODEL_DIR` and in "{model_dir}" in their arguments.
 (`model_path` places the model in a container; local replicas use the cache.)
 
+Cache collection: an endpoint's directory in the cache keeps only what is in
+use, decided by `_cache_kept`: the directory of every replica still held
+(retiring ones, of either role, included), of every staging the endpoint waits
+for or whose process has not ended yet, and of the workload's own source (a
+stopped endpoint starts again without staging again). Everything else in it is
+deleted, in a thread, whenever that set changes, but not while the workload's
+model is still staging: should the new model fail, the old one is still there
+to roll back to. A removed endpoint's directory goes once its last replica has.
+Deletion opens each directory with O_NOFOLLOW and removes symbolic links
+without following them; a failure is logged and tried again at the next change
+or after `restart_backoff_max`, and never fails the workload.
+A staging waits for a deletion under way in its endpoint's directory, which
+may be removing the very model it is about to stage. Nothing is deleted once
+the runtime closes (a restart must find its models). Only endpoints the runtime
+runs are collected (what an earlier run left in their directories goes at their
+first collection); there is no sweep of the whole region at start: the runtime
+then holds nothing yet, so every model would be staged again, and another
+`servefleet up` may still run replicas of this region on this machine (a leader
+handing over). So the directory of an endpoint that left the region while no
+leader ran stays until someone deletes it.
+
 Replicas run as `command + args` (an argv list, never a shell) with "{port}"
 replaced by a free port, which is also in `PORT`. Each has its own session and,
 on Linux, dies with the process that started it (PR_SET_PDEATHSIG), so no
@@ -55,6 +76,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -68,7 +90,15 @@ from typing import IO, Literal
 
 import aiohttp
 
-from servefleet.plan import Observed, Version, VersionObservation, Workload, workload_hash
+from servefleet.plan import (
+    Observed,
+    Version,
+    VersionObservation,
+    Workload,
+    staging_percent,
+    staging_progress,
+    workload_hash,
+)
 from servefleet.runtime.base import (
     ApplyConflict,
     EventSubscription,
@@ -106,8 +136,8 @@ class LocalSettings:
     drain_timeout: float = 30.0
     """How long a retiring replica may finish the requests it has in flight."""
     stage_timeout: float = 3600.0
-    """How long staging a model may take in all (an endpoint's own
-    `SERVEFLEET_STAGE_TIMEOUT` env wins, as it does in Kubernetes)."""
+    """How long staging a model may take in all (`up --stage-timeout`; an
+    endpoint's own `SERVEFLEET_STAGE_TIMEOUT` env wins, as it does in Kubernetes)."""
 
 
 class _Phase(Enum):
@@ -208,7 +238,12 @@ class LocalRuntime:
         router.leading = True
         self._log_dir = log_dir
         self.model_cache_dir = model_cache_dir or log_dir.parent / "model-cache"
-        self._staging_tasks: set[asyncio.Task[None]] = set()
+        self._stagings_running: set[_Staging] = set()
+        """Every staging whose task has not ended, dropped ones included."""
+        self._sweeps: dict[str, asyncio.Task[None]] = {}
+        """By endpoint: the deletion of its unused cache directories under way."""
+        self._swept: dict[str, frozenset[str]] = {}
+        """By endpoint: the cache directories kept by its last successful deletion."""
         self._settings = settings
         self._endpoints: dict[str, _Endpoint] = {}
         self._subscriptions: weakref.WeakSet[EventSubscription] = weakref.WeakSet()
@@ -226,18 +261,24 @@ class LocalRuntime:
             version = _version(workload, role)
             key = _spec_key(workload, version)
             current = [r for r in record.replicas if r.role == role and r.key == key]
+            serving = [r for r in record.replicas if r.role == role and _serves(r)]
             counts[role] = VersionObservation(
-                ready=sum(r.phase is _Phase.READY and not r.retiring for r in current),
+                ready=sum(_serves(r) for r in current),
                 running=sum(_alive(r) for r in current),
+                outgoing_ready=sum(r.key != key for r in serving),
             )
             problems += [self._problem(r) for r in current if not r.retiring]
         problems = [problem for problem in problems if problem]
         staging = _current_staging(record)
-        if staging is not None and not staging.done.is_set() and not staging.failure:
-            progress = f"{_megabytes(staging.bytes_done)}"
-            if staging.bytes_total is not None:
-                progress += f" of {_megabytes(staging.bytes_total)}"
-            problems.insert(0, f"staging the model from {staging.source}: {progress}")
+        progress: ModelStaging | None = None
+        if staging is not None:
+            progress = ModelStaging(
+                bytes_done=staging.bytes_done,
+                bytes_total=staging.bytes_total,
+                complete=staging.done.is_set(),
+            )
+            if not (progress.complete or staging.failure):
+                problems.insert(0, staging_progress(staging.source, progress))
         problem = problems[0] if problems else ""
         if len(problems) > 1:
             problem += f" (and {len(problems) - 1} more)"
@@ -248,13 +289,7 @@ class LocalRuntime:
             routed=workload is not None and workload.routed,
             problem=problem,
             failure=staging.failure if staging else "",
-            staging=None
-            if staging is None
-            else ModelStaging(
-                bytes_done=staging.bytes_done,
-                bytes_total=staging.bytes_total,
-                complete=staging.done.is_set(),
-            ),
+            staging=progress,
         )
 
     async def held(self) -> set[str]:
@@ -328,7 +363,8 @@ class LocalRuntime:
             record.workload = None
             self._converge(record)
         tasks = [r.task for record in self._endpoints.values() for r in record.replicas if r.task]
-        await asyncio.gather(*tasks, *self._staging_tasks, return_exceptions=True)
+        stagings = [staging.task for staging in self._stagings_running if staging.task]
+        await asyncio.gather(*tasks, *stagings, *self._sweeps.values(), return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -353,7 +389,7 @@ class LocalRuntime:
             for replica in _retire_order(current)[: max(0, len(current) - wanted)]:
                 replica.retiring = True
                 replica.stop.set()
-            ready = sum(r.phase is _Phase.READY and not r.retiring for r in current)
+            ready = sum(_serves(r) for r in current)
             keep_old = max(0, wanted - ready)
             for replica in _retire_order(old)[: max(0, len(old) - keep_old)]:
                 replica.retiring = True
@@ -365,6 +401,7 @@ class LocalRuntime:
         else:
             self._publish(workload, record.replicas)
         self._drop_unwanted_stagings(record)
+        self._collect_cache(record.name)
         self._notify(record.name)
 
     def _notify(self, endpoint: str) -> None:
@@ -377,18 +414,22 @@ class LocalRuntime:
         source = workload.model_source if workload and workload.replicas_desired else None
         if source is None or source in record.stagings:
             return
-        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
         staging = _Staging(
             source=source,
-            directory=self.model_cache_dir / self.region / record.name / digest,
+            directory=self._endpoint_cache(record.name) / _cache_name(source),
             env=workload.primary.env if workload else {},
         )
         record.stagings[source] = staging
         staging.task = asyncio.create_task(
             self._stage(record, staging), name=f"{record.name}/stage-model"
         )
-        self._staging_tasks.add(staging.task)
-        staging.task.add_done_callback(self._staging_tasks.discard)
+        self._stagings_running.add(staging)
+
+        def ended(_task: asyncio.Task[None]) -> None:
+            self._stagings_running.discard(staging)
+            self._collect_cache(record.name)
+
+        staging.task.add_done_callback(ended)
 
     def _drop_unwanted_stagings(self, record: _Endpoint) -> None:
         """Stop staging what neither the workload nor a replica waits for any more."""
@@ -400,13 +441,49 @@ class LocalRuntime:
                 if staging.task is not None:
                     staging.task.cancel()
 
+    def _endpoint_cache(self, endpoint: str) -> Path:
+        return self.model_cache_dir / self.region / endpoint
+
+    def _collect_cache(self, endpoint: str) -> None:
+        """Start deleting the endpoint's cache directories that nothing uses any more,
+        if that set changed since the last deletion (see the module doc)."""
+        if self._closed or endpoint in self._sweeps:
+            return  # the deletion under way looks again when it ends
+        directory = self._endpoint_cache(endpoint)
+        running = [s for s in self._stagings_running if s.directory.parent == directory]
+        kept = _cache_kept(self._endpoints.get(endpoint), running)
+        if kept is None or kept == self._swept.get(endpoint):
+            return
+        self._sweeps[endpoint] = asyncio.create_task(
+            self._sweep_cache(endpoint, kept), name=f"{endpoint}/collect-model-cache"
+        )
+
+    async def _sweep_cache(self, endpoint: str, kept: frozenset[str]) -> None:
+        directory = self._endpoint_cache(endpoint)
+        try:
+            deleted = await asyncio.to_thread(_delete_unkept, directory.parent, endpoint, kept)
+        except OSError as error:
+            retry = self._settings.restart_backoff_max
+            log.warning(
+                "%s/%s: could not delete unused model cache in %s (trying again in %gs "
+                "or at the next change): %s",
+                *(self.region, endpoint, directory, retry, error),
+            )
+            asyncio.get_running_loop().call_later(retry, self._collect_cache, endpoint)
+            return
+        finally:
+            del self._sweeps[endpoint]
+        self._swept[endpoint] = kept
+        if deleted:
+            log.info(
+                "%s/%s: deleted unused model cache %s",
+                *(self.region, endpoint, ", ".join(str(directory / name) for name in deleted)),
+            )
+        self._collect_cache(endpoint)  # what changed while this one ran
+
     def _publish(self, workload: Workload, replicas: list[_Replica]) -> None:
         routed = {
-            role: [
-                r.backend
-                for r in replicas
-                if r.role == role and r.phase is _Phase.READY and not r.retiring and r.backend
-            ]
+            role: [r.backend for r in replicas if r.role == role and _serves(r) and r.backend]
             for role in _ROLES
         }
         if workload.routed:
@@ -556,6 +633,9 @@ class LocalRuntime:
     async def _stage(self, record: _Endpoint, staging: _Staging) -> None:
         """Run the stage command until it succeeds, backing off between failures."""
         settings = self._settings
+        sweep = self._sweeps.get(record.name)
+        if sweep is not None:
+            await asyncio.wait([sweep])  # it may be deleting this directory
         delay = settings.restart_backoff_initial
         attempt = 1
         while failure := await self._stage_once(record, staging):
@@ -613,6 +693,7 @@ class LocalRuntime:
             return f"model staging from {staging.source} did not end within {limit:g}s"
         except asyncio.CancelledError:
             _signal_group(process.pid, signal.SIGKILL)
+            await process.wait()  # ended: it writes nothing into a directory being deleted
             raise
         if returncode == 0:
             return ""
@@ -632,7 +713,8 @@ class LocalRuntime:
             if (
                 isinstance(done, int)
                 and isinstance(total, int)
-                and _percent(done, total) != _percent(staging.bytes_done, staging.bytes_total)
+                and staging_percent(done, total)
+                != staging_percent(staging.bytes_done, staging.bytes_total)
             ):
                 staging.bytes_done, staging.bytes_total = done, total
                 self._notify(record.name)
@@ -775,6 +857,28 @@ def _current_staging(record: _Endpoint) -> _Staging | None:
     return record.stagings.get(workload.model_source)
 
 
+def _cache_name(source: str) -> str:
+    """The directory of `source` in its endpoint's cache."""
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def _cache_kept(record: _Endpoint | None, running: list[_Staging]) -> frozenset[str] | None:
+    """The names of the directories in an endpoint's cache that must stay, given its
+    record (None once removed) and its stagings still running; None while the
+    workload's model is being staged, when nothing is deleted yet."""
+    kept = {staging.directory.name for staging in running}
+    if record is None:
+        return frozenset(kept)
+    current = _current_staging(record)
+    if current is not None and not current.done.is_set():
+        return None
+    kept |= {staging.directory.name for staging in record.stagings.values()}
+    kept |= {r.staging.directory.name for r in record.replicas if r.staging is not None}
+    if record.workload is not None and record.workload.model_source is not None:
+        kept.add(_cache_name(record.workload.model_source))
+    return frozenset(kept)
+
+
 async def _staged(staging: _Staging, replica: _Replica) -> bool:
     """Wait until `staging` is done (True) or `replica` retires (False)."""
     done = asyncio.ensure_future(staging.done.wait())
@@ -787,12 +891,9 @@ async def _staged(staging: _Staging, replica: _Replica) -> bool:
     return staging.done.is_set() and not replica.retiring
 
 
-def _percent(done: int, total: int | None) -> int | None:
-    return None if total is None else done * 100 // max(total, 1)
-
-
-def _megabytes(count: int) -> str:
-    return f"{count / 1e6:.1f} MB"
+def _serves(replica: _Replica) -> bool:
+    """Whether the gateway sends the replica requests."""
+    return replica.phase is _Phase.READY and not replica.retiring
 
 
 def _alive(replica: _Replica) -> bool:
@@ -818,6 +919,44 @@ def _unused_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _delete_unkept(region_cache: Path, endpoint: str, kept: frozenset[str]) -> list[str]:
+    """Delete every entry of `region_cache/endpoint` not named in `kept`, and that
+    directory too when `kept` is empty; the names deleted. Blocking: run in a thread.
+
+    Neither directory may be a symbolic link (O_NOFOLLOW), and links inside are
+    removed, never followed (`shutil.rmtree` works through file descriptors), so
+    nothing outside the cache is touched."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        region_fd = os.open(region_cache, flags)
+    except FileNotFoundError:
+        return []
+    try:
+        try:
+            endpoint_fd = os.open(endpoint, flags, dir_fd=region_fd)
+        except FileNotFoundError:
+            return []
+        try:
+            with os.scandir(endpoint_fd) as entries:
+                unkept = [
+                    (entry.name, entry.is_dir(follow_symlinks=False))
+                    for entry in entries
+                    if entry.name not in kept
+                ]
+            for name, is_directory in unkept:
+                if is_directory:
+                    shutil.rmtree(name, dir_fd=endpoint_fd)
+                else:
+                    os.unlink(name, dir_fd=endpoint_fd)
+        finally:
+            os.close(endpoint_fd)
+        if not kept:
+            os.rmdir(endpoint, dir_fd=region_fd)
+    finally:
+        os.close(region_fd)
+    return sorted(name for name, _ in unkept)
 
 
 def _open_log(path: Path, header: str) -> IO[bytes]:
