@@ -10,6 +10,11 @@ never through a shell. Options (argv wins over the environment):
     --idle-timeout SERVEFLEET_STAGE_IDLE_TIMEOUT  seconds without a byte before a
                                               file is retried (default 60)
     --retries  SERVEFLEET_STAGE_RETRIES       attempts per file after the first (default 5)
+    --termination-log SERVEFLEET_STAGE_TERMINATION_LOG  a file that receives the
+                                              outcome, {"event": "done", "bytes_total",
+                                              "files"} or {"event": "error", "message"}:
+                                              Kubernetes reports it as the init
+                                              container's termination message
 
 S3 credentials, region and endpoint come from the standard AWS chain
 (`AWS_ENDPOINT_URL` included). Standard output carries one JSON object per
@@ -39,11 +44,23 @@ from servefleet.models.staging import StagingError, open_source, stage
 __all__ = ["main"]
 
 _PROGRESS_INTERVAL = 0.25
+_MESSAGE_LIMIT = 2048
+"""Characters of an error message in the termination log (Kubernetes keeps 4096 bytes)."""
 
 
 def _emit(event: str, **fields: object) -> None:
     sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
     sys.stdout.flush()
+
+
+def _record_outcome(path: str | None, event: str, **fields: object) -> None:
+    """Leave the outcome where the container runtime reads termination messages."""
+    if not path:
+        return
+    try:
+        Path(path).write_text(json.dumps({"event": event, **fields}))
+    except OSError as error:
+        print(f"warning: cannot write the termination log {path}: {error}", file=sys.stderr)
 
 
 class _Reporter:
@@ -82,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", default=env.get("SERVEFLEET_STAGE_TIMEOUT", "3600"))
     parser.add_argument("--idle-timeout", default=env.get("SERVEFLEET_STAGE_IDLE_TIMEOUT", "60"))
     parser.add_argument("--retries", default=env.get("SERVEFLEET_STAGE_RETRIES", "5"))
+    parser.add_argument("--termination-log", default=env.get("SERVEFLEET_STAGE_TERMINATION_LOG"))
     return parser
 
 
@@ -95,7 +113,14 @@ def _number(parser: argparse.ArgumentParser, flag: str, text: str, kind: type[fl
     return value
 
 
-async def _run(source_uri: str, directory: Path, limit: float, idle: float, retries: int) -> int:
+async def _run(
+    source_uri: str,
+    directory: Path,
+    limit: float,
+    idle: float,
+    retries: int,
+    termination_log: str | None,
+) -> int:
     reporter = _Reporter()
     ticker = asyncio.create_task(reporter.keep_flushing())
     try:
@@ -115,10 +140,12 @@ async def _run(source_uri: str, directory: Path, limit: float, idle: float, retr
     else:
         reporter.flush()
         _emit("done", bytes_total=staged.bytes_total, files=staged.files, fetched=staged.fetched)
+        _record_outcome(termination_log, "done", bytes_total=staged.bytes_total, files=staged.files)
         return 0
     finally:
         ticker.cancel()
     _emit("error", message=message)
+    _record_outcome(termination_log, "error", message=message[:_MESSAGE_LIMIT])
     print(f"error: {message}", file=sys.stderr)
     return 1
 
@@ -133,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit = _number(parser, "--timeout", options.timeout, float)
     idle = _number(parser, "--idle-timeout", options.idle_timeout, float)
     retries = int(_number(parser, "--retries", options.retries, int))
-    return asyncio.run(_run(options.source, Path(options.dir), limit, idle, retries))
+    return asyncio.run(
+        _run(options.source, Path(options.dir), limit, idle, retries, options.termination_log)
+    )
 
 
 if __name__ == "__main__":

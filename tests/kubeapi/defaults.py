@@ -84,6 +84,42 @@ def pod_spec(spec: dict[str, Any]) -> None:
     spec.setdefault("schedulerName", "default-scheduler")
 
 
+def _qos_class(spec: dict[str, Any]) -> str:
+    """pkg/apis/core/helper/qos.GetPodQOS, for cpu and memory."""
+    requested = limited = False
+    guaranteed = True
+    for name in ("initContainers", "containers"):
+        for item in spec.get(name) or []:
+            resources = (item.get("resources") if isinstance(item, dict) else None) or {}
+            requests = resources.get("requests") or {}
+            limits = resources.get("limits") or {}
+            for kind in ("cpu", "memory"):
+                requested = requested or kind in requests
+                limited = limited or kind in limits
+                if kind not in limits or requests.get(kind, limits[kind]) != limits[kind]:
+                    guaranteed = False
+    if not requested and not limited:
+        return "BestEffort"
+    return "Guaranteed" if guaranteed else "Burstable"
+
+
+def pod(obj: dict[str, Any]) -> None:
+    spec = obj.setdefault("spec", {})
+    for name in ("initContainers", "containers"):
+        for item in spec.get(name) or []:
+            resources = item.get("resources") if isinstance(item, dict) else None
+            if isinstance(resources, dict) and isinstance(resources.get("limits"), dict):
+                # SetDefaults_Pod: a limit without a request requests the limit
+                requests = resources.setdefault("requests", {})
+                for kind, limit in resources["limits"].items():
+                    requests.setdefault(kind, limit)
+    pod_spec(spec)
+    spec.setdefault("enableServiceLinks", True)
+    status = obj.get("status")
+    if isinstance(status, dict):
+        status.setdefault("qosClass", _qos_class(spec))
+
+
 def deployment(obj: dict[str, Any]) -> None:
     spec = obj.setdefault("spec", {})
     spec.setdefault("replicas", 1)

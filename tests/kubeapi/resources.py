@@ -64,7 +64,8 @@ class ResourceType:
                     "namespaced": self.namespaced,
                     **({"group": "autoscaling", "version": "v1"} if sub == "scale" else {}),
                     "kind": kind,
-                    "verbs": ["get", "patch", "update"],
+                    # pods/log is read-only: the kubelet's log, relayed
+                    "verbs": ["get"] if sub == "log" else ["get", "patch", "update"],
                 }
             )
         return entries
@@ -152,6 +153,23 @@ LEASES = ResourceType(
     zero=lambda: {"metadata": {}, "spec": {}},
 )
 
+PODS = ResourceType(
+    group="",
+    version="v1",
+    plural="pods",
+    singular="pod",
+    kind="Pod",
+    definition="io.k8s.api.core.v1.Pod",
+    short_names=("po",),
+    # since 1.35 (KEP-5067, GA) pods carry metadata.generation, bumped on spec changes
+    has_generation=True,
+    subresources=("log", "status"),
+    defaulter=defaults.pod,
+    validator=validation.pod,
+    default_status=lambda: {"phase": "Pending"},
+    zero=lambda: {"metadata": {}, "spec": {}, "status": {}},
+)
+
 NAMESPACES = ResourceType(
     group="",
     version="v1",
@@ -168,7 +186,15 @@ NAMESPACES = ResourceType(
     zero=lambda: {"metadata": {}, "spec": {}, "status": {}},
 )
 
-ALL: tuple[ResourceType, ...] = (DEPLOYMENTS, SERVICES, INGRESSES, HPAS, LEASES, NAMESPACES)
+ALL: tuple[ResourceType, ...] = (
+    DEPLOYMENTS,
+    SERVICES,
+    INGRESSES,
+    HPAS,
+    LEASES,
+    PODS,
+    NAMESPACES,
+)
 
 SCALE_DEFINITION = "io.k8s.api.autoscaling.v1.Scale"
 

@@ -4,16 +4,18 @@
         kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
         await config.load_kube_config(config_file=str(kubeconfig))
         ...
-        server.mark_ready("llm", "llm")          # no kubelet: fake the rollout
+        server.mark_ready("llm", "llm")          # without a kubelet: fake the rollout
         assert server.count("patch", "deployments") == 1
 
 It serves apps/v1 deployments (+ `scale`, `status`), v1 services, networking.k8s.io/v1
-ingresses, autoscaling/v2 horizontalpodautoscalers, coordination.k8s.io/v1 leases and
-v1 namespaces (any namespace is accepted implicitly), plus the discovery documents a
-client needs. The API semantics live in `engine.Engine`; this module is the HTTP
-surface (routing, query parameters, watch streams) and the test controls: request
-counting, injected latency and failures, dropped watches, history compaction and
-Deployment readiness.
+ingresses, autoscaling/v2 horizontalpodautoscalers, coordination.k8s.io/v1 leases, v1
+pods (+ `status`, `log`) and v1 namespaces (any namespace is accepted implicitly), plus
+the discovery documents a client needs. The API semantics live in `engine.Engine` (and
+`podlog` for `pods/log`); this module is the HTTP surface (routing, query parameters,
+watch streams) and the test controls: request counting, injected latency and
+failures, dropped watches, history compaction and Deployment readiness, faked
+(`mark_ready`, `auto_ready`) or from Pods that a simulated kubelet really runs
+(`kubelet=Kubelet()`: `kubelet.py`, `controller.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -31,10 +34,13 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import errors
-from .engine import APPLY_YAML, Engine, WriteOptions, WriteResult, now_rfc3339
+from . import errors, podlog
+from .controller import DeploymentController, deployment_status
+from .engine import APPLY_YAML, Engine, WriteOptions, WriteResult
 from .errors import ApiError
-from .resources import ALL, DEPLOYMENTS, ResourceType, find, group_versions
+from .kubelet import Kubelet
+from .podlog import ContainerLogs, LogOptions
+from .resources import ALL, DEPLOYMENTS, PODS, ResourceType, find, group_versions
 from .selectors import (
     FieldSelector,
     LabelSelector,
@@ -56,7 +62,7 @@ SERVER_VERSION = {
     "platform": "linux/amd64",
 }
 
-READY_MANAGER = "kube-controller-manager"
+CONTROLLER_MANAGER = "kube-controller-manager"
 
 
 def truthy(value: str | None) -> bool:
@@ -170,7 +176,9 @@ class KubeApiServer:
     `timeoutSeconds` ends), `history` (events kept per resource for watches to replay),
     `initial_resource_version` (history before it counts as compacted),
     `default_watch_timeout` (for watches without `timeoutSeconds`), `auto_ready`
-    (seconds after which every Deployment spec change is marked ready; None: never).
+    (seconds after which every Deployment spec change is marked ready; None: never),
+    `kubelet` (a `Kubelet`: Pods for Deployments, init containers really run, status
+    from them; exclusive with `auto_ready`).
     """
 
     def __init__(
@@ -183,6 +191,7 @@ class KubeApiServer:
         initial_resource_version: int = 1000,
         default_watch_timeout: float = 1800.0,
         auto_ready: float | None = None,
+        kubelet: Kubelet | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -191,7 +200,12 @@ class KubeApiServer:
         self.store = Store(initial_resource_version, history)
         self.engine = Engine(self.store)
         self.engine.hooks.append(self._after_commit)
+        self.kubelet = kubelet
+        self._auto_ready: float | None = None
         self.auto_ready = auto_ready
+        #: what the kubelet's containers wrote, by containerID (read by `pods/log`)
+        self.logs = ContainerLogs()
+        self._controller: DeploymentController | None = None
         #: requests by (verb, "plural" or "plural/subresource"), e.g. ("patch", "deployments")
         self.requests: Counter[tuple[str, str]] = Counter()
         self.request_log: list[RequestInfo] = []
@@ -209,6 +223,10 @@ class KubeApiServer:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> KubeApiServer:
+        if self.kubelet is not None:
+            self.kubelet.start(self.engine, self.logs)
+            self._controller = DeploymentController(self.engine, self.kubelet.node_name)
+            self._controller.start()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -225,6 +243,11 @@ class KubeApiServer:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        if self._controller is not None:
+            await self._controller.stop()
+            self._controller = None
+        if self.kubelet is not None:
+            await self.kubelet.stop()
         self.drop_watches()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -343,60 +366,41 @@ class KubeApiServer:
     def mark_ready(self, namespace: str, name: str, ready: int | None = None) -> dict[str, Any]:
         """Set a Deployment's status as the deployment controller would once `ready`
         replicas (default: spec.replicas) are available; returns the Deployment."""
+        if self.kubelet is not None:
+            raise RuntimeError(
+                "mark_ready fakes what the kubelet does: with a kubelet, Deployment status"
+                " comes from its Pods"
+            )
         current = self.engine.get(DEPLOYMENTS, namespace, name)
-        spec = current.get("spec") or {}
-        desired = int(spec.get("replicas", 1))
+        desired = int((current.get("spec") or {}).get("replicas", 1))
         ready = desired if ready is None else ready
-        status: dict[str, Any] = {"observedGeneration": current["metadata"].get("generation", 1)}
-        if desired:
-            status["replicas"] = desired
-            status["updatedReplicas"] = desired
-        if ready:
-            status["readyReplicas"] = ready
-            status["availableReplicas"] = ready
-        if desired > ready:
-            status["unavailableReplicas"] = desired - ready
-        status["conditions"] = self._conditions(current, ready >= desired, name)
-        result = self.engine.set_status(DEPLOYMENTS, namespace, name, status, READY_MANAGER)
+        status = deployment_status(
+            current, replicas=desired, updated=desired, ready=ready, available=ready
+        )
+        result = self.engine.set_status(DEPLOYMENTS, namespace, name, status, CONTROLLER_MANAGER)
         return result.body
 
-    @staticmethod
-    def _conditions(current: dict[str, Any], available: bool, name: str) -> list[dict[str, Any]]:
-        previous = {c.get("type"): c for c in (current.get("status") or {}).get("conditions") or []}
-        wanted = [
-            (
-                "Available",
-                "True" if available else "False",
-                "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
-                "Deployment has minimum availability."
-                if available
-                else "Deployment does not have minimum availability.",
-            ),
-            (
-                "Progressing",
-                "True",
-                "NewReplicaSetAvailable",
-                f'ReplicaSet "{name}" has successfully progressed.',
-            ),
-        ]
-        stamp = now_rfc3339()
-        out = []
-        for kind, state, reason, message in wanted:
-            before = previous.get(kind) or {}
-            same = before.get("status") == state and before.get("reason") == reason
-            out.append(
-                {
-                    "type": kind,
-                    "status": state,
-                    "lastUpdateTime": before.get("lastUpdateTime", stamp) if same else stamp,
-                    "lastTransitionTime": before.get("lastTransitionTime", stamp)
-                    if before.get("status") == state
-                    else stamp,
-                    "reason": reason,
-                    "message": message,
-                }
+    @property
+    def auto_ready(self) -> float | None:
+        """Seconds after each Deployment spec change to `mark_ready` it (None: never)."""
+        return self._auto_ready
+
+    @auto_ready.setter
+    def auto_ready(self, seconds: float | None) -> None:
+        if seconds is not None and self.kubelet is not None:
+            raise ValueError(
+                "auto_ready and kubelet are exclusive: with a kubelet, Deployment status"
+                " comes from its Pods"
             )
-        return out
+        self._auto_ready = seconds
+
+    def pod_log(self, namespace: str, pod: str, container: str = "", previous: bool = False) -> str:
+        """A container's log as `GET .../pods/{pod}/log` answers it (raises its
+        `ApiError`; "" for a pod not bound to a node)."""
+        obj = self.engine.get(PODS, namespace, pod)
+        options = LogOptions(container=container, previous=previous)
+        body = podlog.read(obj, options, self.logs, datetime.now(UTC))
+        return (body or b"").decode(errors="replace")
 
     def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The stored object (a copy), or None; `namespace` is "" for cluster scope."""
@@ -418,7 +422,7 @@ class KubeApiServer:
     def _after_commit(
         self, resource: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None
     ) -> None:
-        if resource is not DEPLOYMENTS or self.auto_ready is None:
+        if resource is not DEPLOYMENTS or self._auto_ready is None:
             return
         generation = obj["metadata"].get("generation")
         if old is not None and old["metadata"].get("generation") == generation:
@@ -434,7 +438,7 @@ class KubeApiServer:
             with contextlib.suppress(ApiError):
                 self.mark_ready(namespace, name)
 
-        handle = loop.call_later(self.auto_ready, fire)
+        handle = loop.call_later(self._auto_ready, fire)
         self._timers.add(handle)
 
     # ---------------------------------------------------------------- routing
@@ -527,6 +531,8 @@ class KubeApiServer:
     @staticmethod
     def _verb(method: str, route: _Route, query: Mapping[str, str]) -> str:
         if method == "GET":
+            if route.subresource == "log":
+                return "get"
             if route.watch_path or truthy(query.get("watch")):
                 return "watch"
             return "get" if route.name else "list"
@@ -578,6 +584,8 @@ class KubeApiServer:
         if isinstance(route, dict):
             return _json_response(route)
         try:
+            if route.subresource == "log":
+                return await self._pod_log(request, route, query)
             if info.verb == "watch":
                 return await self._watch(request, route, query)
             return await self._serve(request, route, info, query, content_type, user_agent)
@@ -681,6 +689,59 @@ class KubeApiServer:
                 )
             return _write_response(result)
         raise errors.method_not_allowed()
+
+    async def _pod_log(
+        self, request: web.Request, route: _Route, query: Mapping[str, str]
+    ) -> web.StreamResponse:
+        if request.method != "GET" or route.name is None or route.watch_path:
+            raise errors.method_not_allowed()
+        options = podlog.parse_options(route.name, query)
+        pod = self.engine.get(PODS, route.namespace or "", route.name)
+        instance = podlog.locate(pod, options)
+        if instance is None:  # no node: the real server has no location to stream from
+            return web.Response(status=204)
+        lines = self.logs.lines(instance)
+        body = podlog.render(lines, options, datetime.now(UTC))
+        if not options.follow:
+            return web.Response(body=body, content_type="text/plain")
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError, ConnectionError):
+            await response.write(body)
+            await self._follow(response, instance, options, len(lines), len(body))
+            await response.write_eof()
+        return response
+
+    async def _follow(
+        self,
+        response: web.StreamResponse,
+        instance: str,
+        options: LogOptions,
+        seen: int,
+        sent: int,
+    ) -> None:
+        """Stream what `instance` writes after its first `seen` lines, until it ends
+        (or the pod goes, or the server stops), within `limitBytes`."""
+        budget = None if options.limit_bytes is None else options.limit_bytes - sent
+        while budget is None or budget > 0:
+            running = self.logs.running(instance)  # before reading: no line is missed
+            lines = self.logs.lines(instance)
+            chunk = podlog.join(lines[seen:], options.timestamps)
+            seen = len(lines)
+            if budget is not None:
+                chunk, budget = chunk[:budget], budget - len(chunk)
+            if chunk:
+                await response.write(chunk)
+            if not running:
+                return
+            changed = asyncio.ensure_future(self.logs.changed())
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait({changed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+            stopping.cancel()
+            if self._stopping.is_set():
+                return
 
     # ----------------------------------------------------------------- watch
 

@@ -193,10 +193,15 @@ def container_errors(containers: Any, field: str, required: bool) -> list[FieldE
     return errors
 
 
+def pod_spec_errors(spec: dict[str, Any], field: str) -> list[FieldError]:
+    errors = container_errors(spec.get("initContainers"), f"{field}.initContainers", False)
+    errors += container_errors(spec.get("containers"), f"{field}.containers", True)
+    return errors
+
+
 def pod_template_errors(template: dict[str, Any], field: str) -> list[FieldError]:
     spec = template.get("spec") or {}
-    errors = container_errors(spec.get("initContainers"), f"{field}.spec.initContainers", False)
-    errors += container_errors(spec.get("containers"), f"{field}.spec.containers", True)
+    errors = pod_spec_errors(spec, f"{field}.spec")
     policy = spec.get("restartPolicy")
     if policy is not None and policy != "Always":
         errors.append(
@@ -251,6 +256,11 @@ def deployment(obj: dict[str, Any], old: dict[str, Any] | None) -> list[FieldErr
 
 
 _SERVICE_TYPES = ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort")
+
+
+def pod(obj: dict[str, Any], old: dict[str, Any] | None) -> list[FieldError]:
+    """The containers' checks only: spec immutability on update is not modelled."""
+    return pod_spec_errors(obj.get("spec") or {}, "spec")
 
 
 def service(obj: dict[str, Any], old: dict[str, Any] | None) -> list[FieldError]:

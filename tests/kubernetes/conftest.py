@@ -24,6 +24,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from servefleet.runtime.kubernetes.cluster import ClusterSettings, KubernetesRuntime
 from servefleet.runtime.kubernetes.render import RegionSettings
 from tests.kubeapi import KubeApiServer
+from tests.models.conftest import aws, slow_s3  # noqa: F401 - fixtures of the staging tests
 
 REAL_KUBECONFIG = os.environ.get("SERVEFLEET_TEST_KUBECONFIG")
 #: kubernetes-asyncio's stubs do not declare `_content_type` (the methods accept it).

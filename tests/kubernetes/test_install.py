@@ -93,7 +93,10 @@ def test_the_role_lists_the_rendered_kinds_and_the_regions_lease_only() -> None:
     }
     groups = {api_version.rpartition("/")[0] for api_version, _kind in MANAGED_KINDS}
     assert {grant[0] for grant in granted} == groups | {"coordination.k8s.io"}
-    assert not {verb for _g, resource, verb, _n in granted if resource != "leases"} & {
+    pods = {(resource, verb) for _g, resource, verb, _n in granted if resource.startswith("pods")}
+    assert pods == {("pods", "list"), ("pods", "watch"), ("pods/log", "get")}  # read-only
+    workloads = {"leases", "pods", "pods/log"}
+    assert not {verb for _g, resource, verb, _n in granted if resource not in workloads} & {
         "get",
         "update",
         "deletecollection",
@@ -104,7 +107,8 @@ def test_the_role_lists_the_rendered_kinds_and_the_regions_lease_only() -> None:
         ("get", ("servefleet-region-eu",)),
         ("update", ("servefleet-region-eu",)),
     }
-    assert all("/" not in grant[1] for grant in granted)  # no subresource
+    subresources = {grant[1] for grant in granted if "/" in grant[1]}
+    assert subresources == {"pods/log"}  # not deployments/scale, not pods/exec
 
 
 def test_the_deployment_runs_the_regions_reconciler_locked_down() -> None:

@@ -556,8 +556,18 @@ def test_the_model_source_reaches_the_stage_container_only_as_an_env_value(sourc
         "HF_TOKEN": "t",
         "SERVEFLEET_MODEL_DIR": "/models",
         "SERVEFLEET_MODEL_SOURCE": source,
+        "SERVEFLEET_STAGE_TERMINATION_LOG": "/dev/termination-log",
     }
+    assert stage["terminationMessagePath"] == "/dev/termination-log"
+    assert stage["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert stage["volumeMounts"] == [{"name": "model", "mountPath": "/models"}]
+    # The runtime watches exactly the pods that stage a model.
+    assert deployment["spec"]["template"]["metadata"]["labels"]["servefleet.io/stages-model"] == (
+        "true"
+    )
+    assert "servefleet.io/stages-model" not in deployment["metadata"]["labels"]
+    plain = by_kind(render(planned(), ALB), "Deployment")
+    assert "servefleet.io/stages-model" not in plain["spec"]["template"]["metadata"]["labels"]
     assert spec["volumes"] == [{"name": "model", "emptyDir": {}}]
     main = container(deployment)
     assert main["volumeMounts"] == [{"name": "model", "mountPath": "/models"}]

@@ -22,9 +22,18 @@ async def test_an_interrupted_download_resumes_where_it_stopped(
     data, manifest = slow_model(slow_s3, "llama/1")
     target = tmp_path / "model"
     env = {"AWS_ENDPOINT_URL": slow_s3.url}
+    outcome = tmp_path / "termination-log"
 
     cut = await run_stage(
-        "--source", "s3://models/llama/1", "--dir", str(target), "--timeout", "2", env=env
+        "--source",
+        "s3://models/llama/1",
+        "--dir",
+        str(target),
+        "--timeout",
+        "2",
+        "--termination-log",
+        str(outcome),
+        env=env,
     )
 
     assert cut.code == 1
@@ -34,6 +43,7 @@ async def test_an_interrupted_download_resumes_where_it_stopped(
     assert f"({half} of {len(data)} bytes staged)" in str(cut.last["message"])
     assert {"event": "progress", "bytes_done": half, "bytes_total": len(data)} in cut.events
     assert "timed out" in cut.stderr
+    assert json.loads(outcome.read_text()) == cut.last  # Kubernetes' termination message
     assert not (target / "weights.bin").exists()  # never under its real name half-written
 
     slow_s3.release.set()
@@ -42,10 +52,16 @@ async def test_an_interrupted_download_resumes_where_it_stopped(
             **env,
             "SERVEFLEET_MODEL_SOURCE": "s3://models/llama/1",
             "SERVEFLEET_MODEL_DIR": str(target),
+            "SERVEFLEET_STAGE_TERMINATION_LOG": str(outcome),
         }
     )
 
     assert resumed.code == 0, resumed.stderr
+    assert json.loads(outcome.read_text()) == {
+        "event": "done",
+        "bytes_total": len(data),
+        "files": 1,
+    }
     assert resumed.last == {
         "event": "done",
         "bytes_total": len(data),

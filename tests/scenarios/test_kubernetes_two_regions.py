@@ -5,10 +5,11 @@ the runtime sent on the way.
 
 The regions are two test API servers, or, with `SERVEFLEET_TEST_KUBECONFIG`,
 two namespaces of that cluster (created and deleted here). The test looks at
-the clusters only through the API; on the test servers Deployments are marked
-ready by `auto_ready` and the requests are counted, and on a real cluster the
+the clusters only through the API; on the test servers a simulated kubelet
+keeps the Deployments' pods (running their init containers for real, which is
+how a model is staged) and the requests are counted, and on a real cluster the
 pods of the made-up images never get ready, so it waits for each change to be
-in place rather than ready, and skips the Role check.
+in place rather than ready, and skips the model and the Role check.
 """
 
 from __future__ import annotations
@@ -21,16 +22,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from servefleet.runtime.kubernetes.install import role_rules
 from servefleet.runtime.kubernetes.render import ANNOTATION_HASH, MANAGED_SELECTOR
-from servefleet.spec import DesiredState, EndpointSpec, Region, RegionKind, RegionState
+from servefleet.spec import (
+    DesiredState,
+    EndpointSpec,
+    ModelStaging,
+    Region,
+    RegionKind,
+    RegionState,
+)
 from servefleet.store import open_store
 from tests.kubeapi import KubeApiServer
+from tests.kubeapi.kubelet import Kubelet
 from tests.kubeapi.resources import ALL
 from tests.kubernetes.conftest import AS_MERGE, REAL_KUBECONFIG
+from tests.models.conftest import AWS_ENV, serving_slow_s3, slow_model
 from tests.scenarios.harness import SETTLE, Fleet, local_fleet, manifest
 from tests.waiting import eventually
 
@@ -201,7 +212,7 @@ async def two_clusters(tmp_path: Path, store_url: str) -> AsyncIterator[World]:
             else:
                 namespace = {"a": "llm", "b": "serving"}[region]
                 server = await stack.enter_async_context(
-                    KubeApiServer(auto_ready=0.05, bookmark_interval=0.5)
+                    KubeApiServer(kubelet=Kubelet(), bookmark_interval=0.5)
                 )
                 kubeconfig = server.write_kubeconfig(tmp_path / f"kubeconfig-{region}")
                 api = await _client(kubeconfig)
@@ -252,7 +263,11 @@ def revised(base: EndpointSpec, **changes: Any) -> EndpointSpec:
     return EndpointSpec.model_validate(base.model_dump() | changes)
 
 
-async def test_an_endpoint_s_whole_life_in_two_kubernetes_regions(tmp_path: Path) -> None:
+async def test_an_endpoint_s_whole_life_in_two_kubernetes_regions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in AWS_ENV.items():  # the S3 look-alike's credentials, for the kubelet
+        monkeypatch.setenv(name, value)
     store_url = f"sqlite:///{tmp_path / 'store.db'}"
     async with (
         two_clusters(tmp_path, store_url) as world,
@@ -370,6 +385,52 @@ async def test_an_endpoint_s_whole_life_in_two_kubernetes_regions(tmp_path: Path
             assert WEIGHTED not in ingress["metadata"]["annotations"]
             backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
             assert backend == {"name": "llm", "port": {"number": 80}}
+
+        # A model, staged in each region by the init container (the test servers'
+        # kubelet runs it): progress in the region status while the download
+        # stalls halfway, the old pods serving; ready once staged; a source that is
+        # not there fails each region with the reason. (Test servers only: the
+        # sources are on this machine, out of a real cluster's reach.)
+        current = revised(autoscaled, env={"MODE": "c"})
+        if not world.real:
+            async with serving_slow_s3() as s3:
+                data, _manifest = slow_model(s3, "llama/1")
+                source = "s3://models/llama/1"
+                staged = revised(
+                    current, model_source=source, env={"MODE": "c", "AWS_ENDPOINT_URL": s3.url}
+                )
+                await service.apply(manifest("llm", staged, REGIONS))
+                halfway = ModelStaging(bytes_done=len(data) // 2, bytes_total=len(data))
+
+                async def stalled_halfway() -> bool:
+                    statuses = await fleet.store.list_region_status(endpoint="llm")
+                    return len(statuses) == 2 and all(
+                        status.staging == halfway
+                        and status.message == f"staging the model from {source}: 0.2 MB of 0.4 MB"
+                        for status in statuses
+                    )
+
+                await eventually(stalled_halfway, within=SETTLE)
+                for status in await fleet.store.list_region_status(endpoint="llm"):
+                    # No new replica yet; the old ones serve on, routed.
+                    assert (status.state, status.replicas_ready) == (RegionState.DEGRADED, 0)
+                    assert status.routed
+                s3.release.set()
+                await converged(world, fleet)
+            for status in await fleet.store.list_region_status(endpoint="llm"):
+                assert status.staging == ModelStaging(
+                    bytes_done=len(data), bytes_total=len(data), complete=True
+                )
+
+            await service.apply(
+                manifest("llm", revised(current, model_source="file:///no/such/model"), REGIONS)
+            )
+            await converged(world, fleet, RegionState.FAILED)
+            for status in await fleet.store.list_region_status(endpoint="llm"):
+                assert status.message.startswith("model staging failed: file:///no/such/model")
+                assert "init container stage-model exited with code 1" in status.message
+            await service.apply(manifest("llm", current, REGIONS))
+            await converged(world, fleet)
 
         # A Service deleted by hand is restored by the watch.
         deleted = await world.need("b", "services")

@@ -25,6 +25,14 @@ its own beyond what the API server says:
   for another workload all report "" — which matches no workload, so the
   reconciler applies again. This needs no memory of past applies and survives
   restarts and leader changes.
+- **Model staging** is read from the pods whose init container stages a model
+  (label `servefleet.io/stages-model=true`, one more list + watch): the init
+  container's state (running, done, failed: its termination message, which
+  `servefleet.stage` writes) and, while it runs, the last progress line of its
+  log, read every `staging_poll_interval` for at most `staging_log_reads` pods
+  (one per endpoint). A pod event yields its endpoint only when what is kept of
+  the staging changed, so replicas coming and going cost no pass. A failed
+  staging (the kubelet retries it) is reported as `Observed.failure`.
 - **apply() follows `render.steps`.** Deletes only what the cache holds (a
   steady fleet sends no DELETE answered 404), server-side applies every rendered
   object (field manager `servefleet`, force), and hands `spec.replicas` over
@@ -64,7 +72,13 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 from yarl import URL
 
-from servefleet.plan import Observed, VersionObservation, Workload
+from servefleet.plan import (
+    Observed,
+    VersionObservation,
+    Workload,
+    staging_percent,
+    staging_progress,
+)
 from servefleet.ratelimit import TokenBucket
 from servefleet.runtime.base import (
     ApplyConflict,
@@ -77,7 +91,10 @@ from servefleet.runtime.kubernetes.render import (
     FIELD_MANAGER,
     HANDOFF_MANAGER,
     LABEL_NAME,
+    LABEL_ROLE,
     MANAGED_SELECTOR,
+    STAGE_CONTAINER,
+    STAGING_SELECTOR,
     Manifest,
     ObjectRef,
     RegionSettings,
@@ -86,6 +103,7 @@ from servefleet.runtime.kubernetes.render import (
     replicas_handoff,
     steps,
 )
+from servefleet.spec import ModelStaging
 
 __all__ = [
     "ANNOTATION_OBJECTS",
@@ -121,6 +139,11 @@ class ClusterSettings:
     sync_timeout: float = 10.0
     """How long `apply` waits for the watches to show its own writes."""
     list_page: int = 500
+    staging_poll_interval: float = 2.0
+    """Seconds between reads of staging init containers' logs (progress)."""
+    staging_log_reads: int = 10
+    """Logs read per poll at most, taking turns: bounds what many endpoints staging
+    at once cost the API server."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +152,7 @@ class _Kind:
     api: type[Any]
     suffix: str
     """`list_namespaced_<suffix>` and so on."""
+    selector: str = MANAGED_SELECTOR
 
 
 _KINDS: Final[tuple[_Kind, ...]] = (
@@ -137,6 +161,8 @@ _KINDS: Final[tuple[_Kind, ...]] = (
     _Kind("HorizontalPodAutoscaler", client.AutoscalingV2Api, "horizontal_pod_autoscaler"),
     _Kind("Ingress", client.NetworkingV1Api, "ingress"),
 )
+_PODS: Final = _Kind("Pod", client.CoreV1Api, "pod", STAGING_SELECTOR)
+"""Not managed (nothing is applied to pods): watched for model staging only."""
 _REMOVAL_ORDER: Final = {"Ingress": 0, "HorizontalPodAutoscaler": 1, "Deployment": 2, "Service": 3}
 
 
@@ -193,7 +219,13 @@ class _Cache:
 
 _CACHED_METADATA: Final = ("name", "namespace", "labels", "resourceVersion", "generation")
 _CACHED_ANNOTATIONS: Final = (ANNOTATION_HASH, ANNOTATION_OBJECTS)
-_CACHED_DEPLOYMENT_STATUS: Final = ("observedGeneration", "readyReplicas", "replicas", "conditions")
+_CACHED_DEPLOYMENT_STATUS: Final = (
+    "observedGeneration",
+    "readyReplicas",
+    "replicas",
+    "updatedReplicas",
+    "conditions",
+)
 
 
 def _cache_entry(kind: str, obj: Manifest) -> Manifest:
@@ -203,6 +235,8 @@ def _cache_entry(kind: str, obj: Manifest) -> Manifest:
     spec are most of each one's size (about 1.6 GB for 10,000 endpoints in 3 regions,
     bench/: Kubernetes convergence). Of them only a Deployment's `spec.replicas` and
     which managers own it are read (the replicas hand-off)."""
+    if kind == "Pod":
+        return _pod_entry(obj)
     metadata = obj.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     kept: Manifest = {key: metadata[key] for key in _CACHED_METADATA if key in metadata}
@@ -225,6 +259,125 @@ def _cache_entry(kind: str, obj: Manifest) -> Manifest:
         status = obj.get("status") or {}
         entry["status"] = {key: status[key] for key in _CACHED_DEPLOYMENT_STATUS if key in status}
     return entry
+
+
+def _pod_entry(pod: Manifest) -> Manifest:
+    metadata = pod.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    return {
+        "kind": "Pod",
+        "metadata": {
+            "name": metadata.get("name"),
+            "labels": {key: labels[key] for key in (LABEL_NAME, LABEL_ROLE) if key in labels},
+            "resourceVersion": metadata.get("resourceVersion"),
+        },
+        "stage": _stage_of(pod),
+    }
+
+
+_ROUTINE_WAITS: Final = ("PodInitializing", "ContainerCreating")
+
+
+def _stage_of(pod: Manifest) -> dict[str, Any]:
+    """What the pod's staging init container is doing, from its spec and status.
+
+    `phase`: waiting (not started), running, done, or failed: the last finished
+    run failed (also while the kubelet runs it again: it retries with back-off, so
+    a failure shown only between retries would flap). `held_up`: why a waiting
+    container cannot start (an image that cannot be pulled, say), if not routine."""
+    metadata = pod.get("metadata") or {}
+    containers = (pod.get("spec") or {}).get("initContainers") or []
+    spec: Manifest = next((c for c in containers if c.get("name") == STAGE_CONTAINER), {})
+    env = {item.get("name"): item.get("value") for item in spec.get("env") or []}
+    statuses = (pod.get("status") or {}).get("initContainerStatuses") or []
+    status: Manifest = next((s for s in statuses if s.get("name") == STAGE_CONTAINER), {})
+    state = status.get("state") or {}
+    terminated = state.get("terminated")
+    finished = (
+        terminated if terminated is not None else (status.get("lastState") or {}).get("terminated")
+    )
+    if terminated is not None:
+        phase = "done" if terminated.get("exitCode") == 0 else "failed"
+    elif finished is not None and finished.get("exitCode") != 0:
+        phase = "failed"
+    else:
+        phase = "running" if "running" in state else "waiting"
+    outcome = _outcome(finished) if finished is not None else {"bytes_total": None}
+    waiting = state.get("waiting") or {}
+    held_up = ""
+    if phase == "waiting" and waiting.get("reason") not in (None, *_ROUTINE_WAITS):
+        held_up = f"{waiting['reason']}: {waiting.get('message') or ''}".rstrip(": ")
+    return {
+        "phase": phase,
+        "held_up": held_up,
+        "source": str(env.get("SERVEFLEET_MODEL_SOURCE") or ""),
+        "restarts": int(status.get("restartCount") or 0),
+        "terminating": bool(metadata.get("deletionTimestamp")),
+        **outcome,
+    }
+
+
+def _outcome(terminated: Manifest) -> dict[str, Any]:
+    """A finished staging run: its exit code and what `servefleet.stage` left in the
+    termination message (or, if it died first, the log's tail the kubelet put there)."""
+    text = str(terminated.get("message") or "").strip()
+    try:
+        recorded = json.loads(text) if text.startswith("{") else {}
+    except ValueError:
+        recorded = {}
+    message = str(recorded.get("message") or "") if isinstance(recorded, dict) else ""
+    total = recorded.get("bytes_total") if isinstance(recorded, dict) else None
+    return {
+        "exit_code": terminated.get("exitCode"),
+        "message": message or text[-500:] or str(terminated.get("reason") or ""),
+        "bytes_total": total if isinstance(total, int) else None,
+    }
+
+
+def _staging(
+    pods: list[Manifest], progress: dict[str, tuple[int, int]]
+) -> tuple[ModelStaging | None, str, str]:
+    """The endpoint's staging as (status, failure, problem) from its pods' init
+    containers and the progress last read from their logs (by pod name)."""
+    stages = [(pod["metadata"]["name"], pod["stage"]) for pod in pods]
+    stages = [(name, stage) for name, stage in stages if not stage["terminating"]]
+    if not stages:
+        return None, "", ""
+    for name, stage in stages:
+        if stage["phase"] == "failed":
+            restarts = stage["restarts"]
+            failure = (
+                f"{stage['message'] or 'model staging failed'} (pod {name}: init container "
+                f"{STAGE_CONTAINER} exited with code {stage['exit_code']}; "
+                f"restarted {restarts} time{'' if restarts == 1 else 's'})"
+            )
+            return ModelStaging(), failure, ""
+    unfinished = [(name, stage) for name, stage in stages if stage["phase"] != "done"]
+    if not unfinished:
+        total = next((s["bytes_total"] for _, s in stages if s["bytes_total"] is not None), None)
+        return ModelStaging(bytes_done=total or 0, bytes_total=total, complete=True), "", ""
+    done, total = max((progress.get(name, (0, -1)) for name, _ in unfinished), default=(0, -1))
+    staging = ModelStaging(bytes_done=done, bytes_total=total if total >= 0 else None)
+    problem = staging_progress(unfinished[0][1]["source"], staging)
+    for name, stage in unfinished:
+        if stage["held_up"]:
+            problem += f" (pod {name}: {stage['held_up']})"
+            break
+    return staging, "", problem
+
+
+def _progress_line(log: bytes) -> tuple[int, int] | None:
+    """(bytes done, bytes total) of the last progress line in a staging log's tail."""
+    for line in reversed(log.decode(errors="replace").splitlines()):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "progress":
+            done, total = event.get("bytes_done"), event.get("bytes_total")
+            if isinstance(done, int) and isinstance(total, int):
+                return done, total
+    return None
 
 
 def _endpoint_of(obj: Manifest) -> str | None:
@@ -266,14 +419,19 @@ def _sole_replicas_owner(deployment: Manifest) -> bool:
 
 
 def _version(deployment: Manifest | None) -> VersionObservation:
+    """Replicas of the Deployment's current template: during a rollout its status
+    counts the old pods too, so of `readyReplicas` only what exceeds the old pods
+    (`replicas - updatedReplicas`) is surely new — a new version whose pods never
+    get ready (a model that cannot be staged) must not look ready on the old ones."""
     if deployment is None:
         return VersionObservation()
     status = deployment.get("status") or {}
     current = status.get("observedGeneration") == deployment["metadata"].get("generation")
-    return VersionObservation(
-        ready=int(status.get("readyReplicas") or 0) if current else 0,
-        running=int(status.get("replicas") or 0),
-    )
+    running = int(status.get("replicas") or 0)
+    old = running - int(status.get("updatedReplicas") or 0)
+    ready = int(status.get("readyReplicas") or 0)
+    new_ready = max(0, ready - old) if current else 0
+    return VersionObservation(ready=new_ready, running=running, outgoing_ready=ready - new_ready)
 
 
 def _problem(deployment: Manifest | None) -> str:
@@ -356,6 +514,10 @@ class KubernetesRuntime:
         self._cluster = cluster
         self._owns_client = owns_client
         self._caches = {kind.kind: _Cache(kind, kind.api(api_client)) for kind in _KINDS}
+        self._pods = _Cache(_PODS, _PODS.api(api_client))
+        self._stage_progress: dict[str, tuple[int, int]] = {}
+        """Pod name -> (bytes done, bytes total) last read from its staging log."""
+        self._stage_turn = 0
         self._bucket = TokenBucket(cluster.rate, cluster.burst)
         self._subscriptions: weakref.WeakSet[EventSubscription] = weakref.WeakSet()
         self._changed = asyncio.Event()
@@ -408,12 +570,16 @@ class KubernetesRuntime:
         going on trying (call `close()` to stop them)."""
         if self._tasks:
             return
-        for cache in self._caches.values():
+        caches = [*self._caches.values(), self._pods]
+        for cache in caches:
             self._tasks.append(
                 asyncio.create_task(self._follow(cache), name=f"watch {cache.kind.kind}")
             )
+        self._tasks.append(
+            asyncio.create_task(self._follow_staging_progress(), name="staging progress")
+        )
         listed: asyncio.Future[Any] = asyncio.ensure_future(
-            asyncio.gather(*(cache.synced.wait() for cache in self._caches.values()))
+            asyncio.gather(*(cache.synced.wait() for cache in caches))
         )
         try:
             await asyncio.wait(
@@ -471,7 +637,9 @@ class KubernetesRuntime:
         }
         primary = deployments.get(endpoint)
         canary = deployments.get(f"{endpoint}-canary")
-        problem = "; ".join(p for p in (_problem(primary), _problem(canary)) if p)
+        staging, failure, staging_problem = _staging(self._pods.of(endpoint), self._stage_progress)
+        problems = (staging_problem, _problem(primary), _problem(canary))
+        problem = "; ".join(p for p in problems if p)
         return Observed(
             workload_hash=self._hash_in_place(endpoint, held),
             primary=_version(primary),
@@ -480,6 +648,8 @@ class KubernetesRuntime:
                 obj["metadata"]["name"] == endpoint for obj in self._caches["Ingress"].of(endpoint)
             ),
             problem=problem,
+            failure=failure,
+            staging=staging,
         )
 
     async def held(self) -> set[str]:
@@ -618,8 +788,22 @@ class KubernetesRuntime:
         *,
         missing_ok: bool = False,
     ) -> Manifest | None:
+        """One API call (`_send`); its decoded body, or None for a 404 when `missing_ok`."""
+        raw = await self._send(what, call, missing_ok=missing_ok)
+        if raw is None:
+            return None
+        decoded = json.loads(raw) if raw.strip() else {}
+        return decoded if isinstance(decoded, dict) else {}
+
+    async def _send(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[aiohttp.ClientResponse]],
+        *,
+        missing_ok: bool = False,
+    ) -> bytes | None:
         """One API call with the rate limit, retries and the error mapping; the
-        decoded body, or None for a 404 when `missing_ok`."""
+        body, or None for a 404 when `missing_ok`."""
         attempt = 0
         while True:
             retry_after: float | None = None
@@ -636,8 +820,7 @@ class KubernetesRuntime:
             else:
                 status = response.status
                 if 200 <= status < 300:
-                    decoded = json.loads(raw) if raw.strip() else {}
-                    return decoded if isinstance(decoded, dict) else {}
+                    return raw
                 message = status_message(raw, status)
                 if status == 404 and missing_ok:
                     return None
@@ -752,7 +935,7 @@ class KubernetesRuntime:
         version = ""
         while True:
             options: dict[str, Any] = {
-                "label_selector": MANAGED_SELECTOR,
+                "label_selector": cache.kind.selector,
                 "limit": self._cluster.list_page,
                 "_preload_content": False,
             }
@@ -787,7 +970,7 @@ class KubernetesRuntime:
         timeout = self._cluster.watch_timeout
         response: aiohttp.ClientResponse = await listing(
             self.namespace,
-            label_selector=MANAGED_SELECTOR,
+            label_selector=cache.kind.selector,
             watch=True,
             resource_version=cache.resource_version,
             allow_watch_bookmarks=True,
@@ -830,6 +1013,13 @@ class KubernetesRuntime:
         else:
             return
         cache.resource_version = version or cache.resource_version
+        if (
+            cache is self._pods
+            and kind == "MODIFIED"
+            and previous is not None
+            and previous["stage"] == cache.objects[name]["stage"]
+        ):
+            return  # a replica's readiness, not its staging
         names = {_endpoint_of(obj)}
         if previous is not None:
             names.add(_endpoint_of(previous))
@@ -838,3 +1028,49 @@ class KubernetesRuntime:
             if endpoint in names:
                 held.append(seen)
         self._notify(names - self._held_events.keys())
+
+    # Staging progress.
+
+    async def _follow_staging_progress(self) -> None:
+        """Read the progress of running staging init containers from their logs."""
+        core = self._pods.api
+        while True:
+            await asyncio.sleep(self._cluster.staging_poll_interval)
+            running: dict[str, str] = {}  # endpoint -> one of its pods staging
+            for name in sorted(self._pods.objects):
+                entry = self._pods.objects[name]
+                endpoint = _endpoint_of(entry)
+                stage = entry["stage"]
+                if endpoint and stage["phase"] == "running" and not stage["terminating"]:
+                    running.setdefault(endpoint, name)
+            pods = set(running.values())
+            for gone in self._stage_progress.keys() - pods:
+                del self._stage_progress[gone]
+            turn = sorted(running.items())
+            if len(turn) > self._cluster.staging_log_reads:
+                start = self._stage_turn % len(turn)
+                turn = (turn[start:] + turn[:start])[: self._cluster.staging_log_reads]
+                self._stage_turn = start + len(turn)
+            for endpoint, pod in turn:
+                try:
+                    log_tail = await self._send(
+                        f"read the log of pod {pod}",
+                        lambda pod=pod: core.read_namespaced_pod_log(  # type: ignore[misc]
+                            pod,
+                            self.namespace,
+                            container=STAGE_CONTAINER,
+                            tail_lines=5,
+                            _preload_content=False,
+                        ),
+                        missing_ok=True,
+                    )
+                except (RuntimeUnavailable, WorkloadUnsupported, ApplyConflict) as error:
+                    log.debug("%s: %s", self.region, error)  # not started yet, or gone
+                    continue
+                progress = _progress_line(log_tail) if log_tail else None
+                if progress is None:
+                    continue
+                shown = self._stage_progress.get(pod)
+                if shown is None or staging_percent(*shown) != staging_percent(*progress):
+                    self._stage_progress[pod] = progress
+                    self._notify([endpoint])

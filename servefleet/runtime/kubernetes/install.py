@@ -72,8 +72,9 @@ def _group(api_version: str) -> str:
 
 
 def role_rules(region: RegionName) -> list[Manifest]:
-    """The Role's rules: one per rendered kind, then the region's Lease (RBAC cannot
-    limit `create` to a name, so creating any Lease is granted, reading and
+    """The Role's rules: one per rendered kind, reading the pods that stage a model
+    and their logs (staging progress and failures), then the region's Lease (RBAC
+    cannot limit `create` to a name, so creating any Lease is granted, reading and
     updating only this one)."""
     return [
         *(
@@ -84,6 +85,8 @@ def role_rules(region: RegionName) -> list[Manifest]:
             }
             for api_version, kind in MANAGED_KINDS
         ),
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {
             "apiGroups": ["coordination.k8s.io"],

@@ -101,6 +101,11 @@ env, so credentials such as `HF_TOKEN` reach it too, and servefleet's names
 win) — never in an argv element and never through a shell: no rendered
 command is `sh -c`. `servefleet.stage` verifies, resumes and times out (its
 docstring; `SERVEFLEET_STAGE_TIMEOUT` in the version's env reaches it too).
+Its outcome goes to `/dev/termination-log` (`SERVEFLEET_STAGE_TERMINATION_LOG`;
+the log's tail if it dies before writing one), which the kubelet reports as the
+init container's termination message. The pods of such a version carry the label
+`servefleet.io/stages-model=true` (`STAGING_SELECTOR`): the runtime watches only
+those pods, for staging progress and failures (`cluster.py`).
 `model_path` without `model_source` renders nothing.
 
 Routing
@@ -163,6 +168,8 @@ __all__ = [
     "MANAGED_KINDS",
     "MANAGED_SELECTOR",
     "PROBE_PERIOD",
+    "STAGE_CONTAINER",
+    "STAGING_SELECTOR",
     "Manifest",
     "ObjectRef",
     "RegionSettings",
@@ -190,6 +197,11 @@ HANDOFF_MANAGER: Final = "servefleet-handoff"
 """The field manager of `replicas_handoff`: it only ever holds `spec.replicas`."""
 MANAGED_SELECTOR: Final = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 """Label selector for the watch caches: everything servefleet manages."""
+LABEL_STAGES_MODEL: Final = "servefleet.io/stages-model"
+STAGING_SELECTOR: Final = f"{MANAGED_SELECTOR},{LABEL_STAGES_MODEL}=true"
+"""Label selector of the pods whose init container stages a model."""
+STAGE_CONTAINER: Final = "stage-model"
+"""The init container that stages the model."""
 
 MANAGED_KINDS: Final[tuple[tuple[str, str], ...]] = (
     ("v1", "Service"),
@@ -226,9 +238,9 @@ _NGINX_CANARY_WEIGHT: Final = "nginx.ingress.kubernetes.io/canary-weight"
 _RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 
 _CONTAINER: Final = "inference"
-_STAGE_CONTAINER: Final = "stage-model"
 _STAGE_COMMAND: Final = ("python", "-m", "servefleet.stage")
 _MODEL_VOLUME: Final = "model"
+_TERMINATION_LOG: Final = "/dev/termination-log"
 _DEFAULT_MODEL_PATH: Final = "/models"
 _SERVICE_PORT: Final = 80
 _PORT_NAME: Final = "http"
@@ -504,9 +516,12 @@ def _deployment(
         "type": "RollingUpdate",
         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
     }
+    pod_labels = _labels(workload, role)
+    if workload.model_source:
+        pod_labels[LABEL_STAGES_MODEL] = "true"
     spec["template"] = {
         "metadata": {
-            "labels": _labels(workload, role),
+            "labels": pod_labels,
             "annotations": {"kubectl.kubernetes.io/default-container": _CONTAINER},
         },
         "spec": _pod(workload, settings, version),
@@ -568,14 +583,17 @@ def _pod(workload: Workload, settings: RegionSettings, version: Version) -> dict
             **version.env,
             "SERVEFLEET_MODEL_SOURCE": workload.model_source,
             "SERVEFLEET_MODEL_DIR": model_dir,
+            "SERVEFLEET_STAGE_TERMINATION_LOG": _TERMINATION_LOG,
         }
         pod["initContainers"] = [
             {
-                "name": _STAGE_CONTAINER,
+                "name": STAGE_CONTAINER,
                 "image": settings.stage_image,
                 "command": list(_STAGE_COMMAND),
                 "env": _env(stage_env),
                 "volumeMounts": [{"name": _MODEL_VOLUME, "mountPath": model_dir}],
+                "terminationMessagePath": _TERMINATION_LOG,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
             }
         ]
         volume: dict[str, Any] = {}
