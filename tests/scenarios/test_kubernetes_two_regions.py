@@ -417,10 +417,16 @@ async def test_an_endpoint_s_whole_life_in_two_kubernetes_regions(
                     assert status.routed
                 s3.release.set()
                 await converged(world, fleet)
-            for status in await fleet.store.list_region_status(endpoint="llm"):
-                assert status.staging == ModelStaging(
-                    bytes_done=len(data), bytes_total=len(data), complete=True
-                )
+            staged_in_full = ModelStaging(
+                bytes_done=len(data), bytes_total=len(data), complete=True
+            )
+
+            async def reported_staged() -> bool:
+                # The pod's last status may reach the report a pass after readiness.
+                statuses = await fleet.store.list_region_status(endpoint="llm")
+                return all(status.staging == staged_in_full for status in statuses)
+
+            await eventually(reported_staged, within=SETTLE)
 
             await service.apply(
                 manifest("llm", revised(current, model_source="file:///no/such/model"), REGIONS)
