@@ -4,6 +4,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.api_client import ApiClient
 
 from tests.kubeapi import KubeApiServer
 
@@ -15,3 +17,15 @@ FIXTURES = (Path(__file__).resolve().parents[2] / "../shared/kubernetes-fixtures
 async def kube() -> AsyncIterator[KubeApiServer]:
     async with KubeApiServer() as server:
         yield server
+
+
+@pytest.fixture
+async def api(kube: KubeApiServer, tmp_path: Path) -> AsyncIterator[ApiClient]:
+    """A kubernetes-asyncio client of `kube` (a module may override `kube`)."""
+    configuration = client.Configuration()
+    await config.load_kube_config(
+        config_file=str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
+        client_configuration=configuration,
+    )
+    async with ApiClient(configuration) as api_client:
+        yield api_client

@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -23,17 +21,6 @@ APPLY = "application/apply-patch+yaml"
 #: kubernetes-asyncio's stubs do not declare `_content_type` (the methods accept it).
 AS_APPLY: dict[str, Any] = {"_content_type": APPLY}
 AS_MERGE: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
-
-
-@pytest.fixture
-async def api(kube: KubeApiServer, tmp_path: Path) -> AsyncIterator[ApiClient]:
-    configuration = client.Configuration()
-    await config.load_kube_config(
-        config_file=str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
-        client_configuration=configuration,
-    )
-    async with ApiClient(configuration) as api_client:
-        yield api_client
 
 
 async def drain(stream: watch.Watch) -> list[dict[str, Any]]:

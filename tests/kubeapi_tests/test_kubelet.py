@@ -32,17 +32,6 @@ async def kube() -> AsyncIterator[KubeApiServer]:
         yield server
 
 
-@pytest.fixture
-async def api(kube: KubeApiServer, tmp_path: Path) -> AsyncIterator[ApiClient]:
-    configuration = client.Configuration()
-    await config.load_kube_config(
-        config_file=str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
-        client_configuration=configuration,
-    )
-    async with ApiClient(configuration) as api_client:
-        yield api_client
-
-
 def python(code: str, *args: str, **extra: Any) -> dict[str, Any]:
     """An init container `python -c code args...` (named by `name=`)."""
     return {

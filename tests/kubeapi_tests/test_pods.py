@@ -4,30 +4,17 @@ the test, as a kubelet would)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.kubeapi import KubeApiServer, matching
 
 NS = "llm"
-
-
-@pytest.fixture
-async def api(kube: KubeApiServer, tmp_path: Path) -> AsyncIterator[ApiClient]:
-    configuration = client.Configuration()
-    await config.load_kube_config(
-        config_file=str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
-        client_configuration=configuration,
-    )
-    async with ApiClient(configuration) as api_client:
-        yield api_client
 
 
 def status_of(error: pytest.ExceptionInfo[ApiException]) -> tuple[int, str, str]:

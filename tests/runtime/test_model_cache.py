@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,12 +30,6 @@ def model_spec(source: Path | str, *, command: list[str] | None = None, **env: s
         model_source=source.as_uri() if isinstance(source, Path) else source,
         env=env,
     )
-
-
-@pytest.fixture
-async def fleet(store_url: str, tmp_path: Path) -> AsyncIterator[Fleet]:
-    async with local_fleet(store_url, tmp_path) as started:
-        yield started
 
 
 def endpoint_cache(tmp_path: Path, endpoint: str = "llm") -> Path:
@@ -74,7 +67,7 @@ def leftover(directory: Path, outside: Path) -> Path:
 
 
 async def test_a_new_model_version_leaves_only_its_directory(
-    store_url: str, tmp_path: Path
+    sqlite_url: str, tmp_path: Path
 ) -> None:
     first, second = tmp_path / "models" / "llm" / "1", tmp_path / "models" / "llm" / "2"
     files = write_model(first)
@@ -84,7 +77,7 @@ async def test_a_new_model_version_leaves_only_its_directory(
     cache = endpoint_cache(tmp_path)
     leftover(cache, outside)
 
-    async with local_fleet(store_url, tmp_path) as fleet:
+    async with local_fleet(sqlite_url, tmp_path) as fleet:
         await fleet.service.deploy("llm", model_spec(first), ["r1"])
         await fleet.settled("llm", replicas=1)
         first_dir = await model_dir(fleet)
@@ -252,12 +245,12 @@ async def test_a_removed_endpoint_leaves_no_cache(fleet: Fleet, tmp_path: Path) 
 
 
 async def test_a_stopped_endpoint_keeps_its_model_across_restarts(
-    store_url: str, tmp_path: Path
+    sqlite_url: str, tmp_path: Path
 ) -> None:
     source = tmp_path / "models" / "llm" / "1"
     files = write_model(source)
     cache = endpoint_cache(tmp_path)
-    async with local_fleet(store_url, tmp_path) as fleet:
+    async with local_fleet(sqlite_url, tmp_path) as fleet:
         await fleet.service.deploy("llm", model_spec(source), ["r1"])
         await fleet.settled("llm", replicas=1)
         staged = await model_dir(fleet)
@@ -270,7 +263,7 @@ async def test_a_stopped_endpoint_keeps_its_model_across_restarts(
         await eventually(stopped, within=SETTLE)
 
     (cache / "left-by-a-crash").mkdir()
-    async with local_fleet(store_url, tmp_path) as fleet:
+    async with local_fleet(sqlite_url, tmp_path) as fleet:
         # The leftover going shows the new leader has collected this endpoint's cache.
         await cache_becomes(cache, {staged.name})
         assert contents(staged) == files

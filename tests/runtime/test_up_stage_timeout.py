@@ -20,7 +20,7 @@ from tests.waiting import eventually
 
 
 async def test_up_stage_timeout_bounds_staging(
-    store_url: str, tmp_path: Path, slow_s3: SlowS3
+    sqlite_url: str, tmp_path: Path, slow_s3: SlowS3
 ) -> None:
     """`servefleet up --stage-timeout` is the staging deadline of its local regions
     (an endpoint's own SERVEFLEET_STAGE_TIMEOUT would still win)."""
@@ -32,8 +32,8 @@ async def test_up_stage_timeout_bounds_staging(
         env={"AWS_ENDPOINT_URL": slow_s3.url},
     )
     args = ("--regions", "r1", "--port", "0", "--stage-timeout", "1")
-    async with up_process(store_url, *args, stderr=tmp_path / "up.log"):
-        store = await open_store(store_url)
+    async with up_process(sqlite_url, *args, stderr=tmp_path / "up.log"):
+        store = await open_store(sqlite_url)
         try:
             await EndpointService(store).deploy("llm", spec, ["r1"])
 
@@ -50,13 +50,13 @@ async def test_up_stage_timeout_bounds_staging(
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "nan"])
-async def test_up_refuses_a_stage_timeout_that_is_not_positive(store_url: str, value: str) -> None:
-    refused = await servefleet(store_url, "up", "--regions", "r1", "--stage-timeout", value)
+async def test_up_refuses_a_stage_timeout_that_is_not_positive(sqlite_url: str, value: str) -> None:
+    refused = await servefleet(sqlite_url, "up", "--regions", "r1", "--stage-timeout", value)
     assert refused.code == 1
     assert refused.stderr == (
         f"error: --stage-timeout: must be a number of seconds more than 0 (got {float(value):g})\n"
     )
-    store = await open_store(store_url)
+    store = await open_store(sqlite_url)
     try:
         assert await store.list_regions() == []  # refused before anything was written
     finally:
