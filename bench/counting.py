@@ -58,6 +58,9 @@ class CountingStore:
         self.calls["create_endpoint"] += 1
         return await self.inner.create_endpoint(endpoint)
 
+    def check_endpoint(self, endpoint: Endpoint) -> None:
+        self.inner.check_endpoint(endpoint)
+
     async def get_endpoint(self, name: str) -> Endpoint:
         self.calls["get_endpoint"] += 1
         return await self.inner.get_endpoint(name)

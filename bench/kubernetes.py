@@ -65,8 +65,9 @@ are the reconciler's and the servers', not the limit's."""
 DEFAULTS = ClusterSettings()
 CONTROLLER = ControllerSettings()
 LEASE = LeaseSettings()
-WATCHED_KINDS = 4
-"""One watch per kind: Service, Deployment, HorizontalPodAutoscaler, Ingress."""
+WATCHED_KINDS = 5
+"""One watch per kind: Service, Deployment, HorizontalPodAutoscaler, Ingress, and the
+pods that stage a model."""
 GOAL_SECONDS = 60.0
 GOAL_ENDPOINTS = 10_000
 CONSTANT_WITHIN = 0.05

@@ -38,7 +38,14 @@ from servefleet.store import (
     Store,
 )
 
-__all__ = ["ApplyOutcome", "EndpointService", "OperationRefused", "UnregisteredRegion", "utc_now"]
+__all__ = [
+    "ApplyOutcome",
+    "EndpointService",
+    "OperationRefused",
+    "RegionNotTargeted",
+    "UnregisteredRegion",
+    "utc_now",
+]
 
 _MAX_ATTEMPTS = 50
 
@@ -69,6 +76,24 @@ class UnregisteredRegion(InvalidInput):
 
     def named(self, field: str) -> UnregisteredRegion:
         return UnregisteredRegion(field, self.region, self.registered)
+
+
+class RegionNotTargeted(OperationRefused):
+    """A registered region named for a change of one region's part of an endpoint is
+    not one of the endpoint's targets. `field` and `named` as for `UnregisteredRegion`."""
+
+    def __init__(self, field: str, region: str, endpoint: str, targets: list[str]) -> None:
+        super().__init__(
+            f"{field}: region {region!r} is not a target of {endpoint!r} "
+            f"(targets: {', '.join(targets)})"
+        )
+        self.field = field
+        self.region = region
+        self.endpoint = endpoint
+        self.targets = targets
+
+    def named(self, field: str) -> RegionNotTargeted:
+        return RegionNotTargeted(field, self.region, self.endpoint, self.targets)
 
 
 class ApplyOutcome(StrEnum):
@@ -137,11 +162,17 @@ class EndpointService:
     async def _create(
         self, name: str, spec: EndpointSpec, regions: list[str] | None, *, stopped: bool
     ) -> Endpoint:
-        targets = await self._targets(regions, "target_regions")
+        endpoint = await self._new_record(name, spec, regions, stopped=stopped)
         await self._check_region_images(spec)
+        return await self._store.create_endpoint(endpoint)
+
+    async def _new_record(
+        self, name: str, spec: EndpointSpec, regions: list[str] | None, *, stopped: bool
+    ) -> Endpoint:
+        targets = await self._targets(regions, "target_regions")
         now = self._clock()
         try:
-            endpoint = Endpoint(
+            return Endpoint(
                 name=name,
                 spec=spec,
                 target_regions=targets,
@@ -151,48 +182,44 @@ class EndpointService:
             )
         except ValidationError as error:
             raise invalid_input(error) from None
-        return await self._store.create_endpoint(endpoint)
 
     async def check(self, manifest: EndpointManifest) -> None:
-        """Every rule that needs the store, so a batch can be checked before any write."""
+        """Every rule that needs the store, so a batch can be checked before any write:
+        the regions, and that the store can hold the record `apply` would write. (That
+        record is worked out from the one stored now; should another writer change it
+        in between, the store still refuses, at the write, a record it cannot hold.)"""
         if manifest.regions is not None:
             await self._targets(manifest.regions, "regions")
         await self._check_region_images(manifest.spec)
+        name = manifest.metadata.name
+        try:
+            current = await self._store.get_endpoint(name)
+        except EndpointNotFound:
+            if manifest.state == "deleted":
+                raise _deletion_is_not_applied() from None
+            stopped = manifest.state == "stopped"
+            record = await self._new_record(name, manifest.spec, manifest.regions, stopped=stopped)
+        else:
+            _refuse_if_deleted(current)
+            record = self._next_record(current, _declaration(manifest)(current))
+        self._store.check_endpoint(record)
 
     async def apply(self, manifest: EndpointManifest) -> Applied:
         """Create the endpoint, or make it match the declaration; nothing when it does."""
         await self.check(manifest)
-        stopped = manifest.state == "stopped"
-
-        def declare(current: Endpoint) -> Endpoint:
-            if manifest.state == "deleted":
-                raise _deletion_is_not_applied()
-            state = current.desired_state
-            if manifest.state is not None and stopped != (state is DesiredState.STOPPED):
-                state = DesiredState.STOPPED if stopped else DesiredState.DEPLOYING
-            return current.model_copy(
-                update={
-                    "spec": manifest.spec,
-                    "target_regions": manifest.regions or current.target_regions,
-                    "desired_state": state,
-                }
-            )
-
         name = manifest.metadata.name
         for _ in range(_MAX_ATTEMPTS):
             try:
                 current = await self._store.get_endpoint(name)
             except EndpointNotFound:
-                if manifest.state == "deleted":
-                    raise _deletion_is_not_applied() from None
                 try:
                     created = await self._create(
-                        name, manifest.spec, manifest.regions, stopped=stopped
+                        name, manifest.spec, manifest.regions, stopped=manifest.state == "stopped"
                     )
                 except EndpointExists:
                     continue
                 return Applied(created, ApplyOutcome.CREATED)
-            updated = await self._change(declare, current=current)
+            updated = await self._change(_declaration(manifest), current=current)
             if updated is None:
                 continue
             outcome = ApplyOutcome.UNCHANGED if updated == current else ApplyOutcome.CONFIGURED
@@ -216,15 +243,14 @@ class EndpointService:
 
     async def update_image(self, name: str, image: str, region: str | None = None) -> Endpoint:
         """Roll out `image` everywhere, or only in `region` (a per-region override)."""
+        if region is not None:
+            await self._targets([region], "region")
 
         def update(current: Endpoint) -> Endpoint:
             if region is None:
                 return _with_spec(current, revise_spec(current.spec, image=image))
             if region not in current.target_regions:
-                raise OperationRefused(
-                    f"region: {region!r} is not a target of {name!r} "
-                    f"(targets: {', '.join(current.target_regions)})"
-                )
+                raise RegionNotTargeted("region", region, name, current.target_regions)
             images = {**current.spec.region_images, region: image}
             return _with_spec(current, revise_spec(current.spec, region_images=images))
 
@@ -346,28 +372,33 @@ class EndpointService:
         self, change: Change, *, current: Endpoint, allow_deleted: bool = False
     ) -> Endpoint | None:
         """Write `change(current)`; None when another writer got there first."""
-        if current.desired_state is DesiredState.DELETED and not allow_deleted:
-            raise OperationRefused(f"endpoint {current.name!r} is being deleted")
+        if not allow_deleted:
+            _refuse_if_deleted(current)
         wanted = change(current)
         if wanted.intent() == current.intent():
             return current
         if wanted.spec.region_images != current.spec.region_images:
             await self._check_region_images(wanted.spec)
+        try:
+            return await self._store.update_endpoint(
+                self._next_record(current, wanted), expected_revision=current.revision
+            )
+        except RevisionConflict:
+            return None
+
+    def _next_record(self, current: Endpoint, wanted: Endpoint) -> Endpoint:
+        """`wanted` as the record that follows `current`: its next generation."""
         # A new generation is not running until the regions say so.
         state = wanted.desired_state
         if state is DesiredState.RUNNING:
             state = DesiredState.DEPLOYING
-        stored = wanted.model_copy(
+        return wanted.model_copy(
             update={
                 "generation": current.generation + 1,
                 "desired_state": state,
                 "updated_at": self._clock(),
             }
         )
-        try:
-            return await self._store.update_endpoint(stored, expected_revision=current.revision)
-        except RevisionConflict:
-            return None
 
     async def _targets(self, regions: Iterable[str] | None, field: str) -> list[str]:
         """`regions`, each one registered (`field` is what the caller calls them), or
@@ -395,6 +426,28 @@ class EndpointService:
                 raise UnregisteredRegion("spec.region_images", region, registered)
 
 
+def _declaration(manifest: EndpointManifest) -> Change:
+    """The change `apply` makes to an existing record: the manifest's spec, and its
+    regions and state where it names them."""
+    stopped = manifest.state == "stopped"
+
+    def declare(current: Endpoint) -> Endpoint:
+        if manifest.state == "deleted":
+            raise _deletion_is_not_applied()
+        state = current.desired_state
+        if manifest.state is not None and stopped != (state is DesiredState.STOPPED):
+            state = DesiredState.STOPPED if stopped else DesiredState.DEPLOYING
+        return current.model_copy(
+            update={
+                "spec": manifest.spec,
+                "target_regions": manifest.regions or current.target_regions,
+                "desired_state": state,
+            }
+        )
+
+    return declare
+
+
 def _with_spec(endpoint: Endpoint, spec: EndpointSpec) -> Endpoint:
     return endpoint.model_copy(update={"spec": spec})
 
@@ -406,6 +459,11 @@ def _with_state(state: DesiredState) -> Change:
         return current.model_copy(update={"desired_state": state})
 
     return change
+
+
+def _refuse_if_deleted(endpoint: Endpoint) -> None:
+    if endpoint.desired_state is DesiredState.DELETED:
+        raise OperationRefused(f"endpoint {endpoint.name!r} is being deleted")
 
 
 def _require_canary(endpoint: Endpoint, verb: str) -> CanarySpec:

@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from servefleet.plan import desired_workload
-from servefleet.service import ApplyOutcome, EndpointService, OperationRefused
+from servefleet.service import (
+    ApplyOutcome,
+    EndpointService,
+    OperationRefused,
+    RegionNotTargeted,
+    UnregisteredRegion,
+)
 from servefleet.spec import (
     DesiredState,
     Endpoint,
@@ -316,8 +322,15 @@ async def test_update_image_everywhere_and_in_one_region(
     assert regional.spec.image == IMAGE_2
     assert regional.generation == 3
 
-    with pytest.raises(OperationRefused, match=r"^region: 'r3' is not a target of 'llm'"):
+    # A registered region the endpoint does not target, and one not registered at all.
+    with pytest.raises(RegionNotTargeted) as untargeted:
         await service.update_image("llm", override, region="r3")
+    assert str(untargeted.value) == "region: region 'r3' is not a target of 'llm' (targets: r1, r2)"
+    with pytest.raises(UnregisteredRegion) as unregistered:
+        await service.update_image("llm", override, region="nope")
+    assert unregistered.value.problems == [
+        "region: region 'nope' is not registered (registered: r1, r2, r3)"
+    ]
     with pytest.raises(InvalidInput, match=r"^spec\.image: "):
         await service.update_image("llm", "Not An Image!")
 

@@ -24,7 +24,13 @@ from rich.console import Console
 from rich.table import Table
 
 from servefleet.cli.models import models_app
-from servefleet.service import Applied, EndpointService, OperationRefused, UnregisteredRegion
+from servefleet.service import (
+    Applied,
+    EndpointService,
+    OperationRefused,
+    RegionNotTargeted,
+    UnregisteredRegion,
+)
 from servefleet.spec import (
     Endpoint,
     EndpointManifest,
@@ -473,7 +479,14 @@ def update_image(
     timeout: TimeoutOption = 300.0,
 ) -> None:
     """Roll out a new image, everywhere or in one region."""
-    endpoint = _run(lambda service: service.update_image(name, image, region))
+
+    async def update(service: EndpointService) -> Endpoint:
+        try:
+            return await service.update_image(name, image, region)
+        except (UnregisteredRegion, RegionNotTargeted) as refused:
+            raise refused.named("--region") from None
+
+    endpoint = _run(update)
     _summary(endpoint, f"image set to {image}" + (f" in {region}" if region else ""))
     _wait_for([name], wait, timeout)
 

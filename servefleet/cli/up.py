@@ -255,11 +255,13 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
 
 def _check_local_settings(settings: LocalSettings) -> None:
     """A ValueError naming the `up` flag of a setting no local region can run with."""
-    if not 0 < settings.stage_timeout < math.inf:
-        raise ValueError(
-            "--stage-timeout: must be a number of seconds more than 0 "
-            f"(got {settings.stage_timeout:g})"
-        )
+    timeouts = {
+        "--startup-timeout": settings.startup_timeout,
+        "--stage-timeout": settings.stage_timeout,
+    }
+    for flag, seconds in timeouts.items():
+        if not 0 < seconds < math.inf:
+            raise ValueError(f"{flag}: must be a number of seconds more than 0 (got {seconds:g})")
 
 
 @asynccontextmanager

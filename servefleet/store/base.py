@@ -5,6 +5,9 @@ Every backend keeps the same promises, proven by one contract suite
 
 - Endpoint writes are compare-and-set on `revision`; a stale write raises
   `RevisionConflict` and changes nothing.
+- A record the backend cannot hold (DynamoDB: an item over 400 KB) is refused with
+  `InvalidInput` and changes nothing; `check_endpoint` applies the same rule
+  without writing, so a batch can be refused whole.
 - Every endpoint write (create, update, purge) appends one `Change` to a feed, in
   the same transaction on the SQL backends (DynamoDB: right after it, see
   `dynamodb.py`). Feed positions (`Change.seq`) are store-wide, strictly
@@ -135,6 +138,12 @@ class Store(Protocol):
     # Endpoints: the user's intent.
     async def create_endpoint(self, endpoint: Endpoint) -> Endpoint:
         """Store a new record at revision 1; `EndpointExists` if the name is taken."""
+        ...
+
+    def check_endpoint(self, endpoint: Endpoint) -> None:
+        """Refuse (`InvalidInput`) a record this store cannot hold, as writing it at its
+        next revision would, but without writing: so a batch of changes can be
+        checked whole before any of it is written."""
         ...
 
     async def get_endpoint(self, name: str) -> Endpoint: ...

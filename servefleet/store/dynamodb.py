@@ -49,7 +49,8 @@ endpoint, then region.
   provides. `purge_after` is the table's TTL attribute: abandoned leases are removed
   a day after they lapse.
 - **Item size**: a record larger than a DynamoDB item (400 KB) is refused with
-  `InvalidInput` before anything is written.
+  `InvalidInput` before anything is written; `check_endpoint` is the same refusal
+  without a write, for checking a whole `apply -f` first.
 - **Retries**: throttling (`ProvisionedThroughputExceededException`,
   `ThrottlingException`, ...), 5xx answers, transaction conflicts and connection
   errors are retried with jittered exponential backoff (50 ms doubling to 2 s,
@@ -485,6 +486,10 @@ class DynamoStore(PolledFeed):
                 ]
             )
         return item
+
+    def check_endpoint(self, endpoint: Endpoint) -> None:
+        # Every write stores the record with its revision set to the next one.
+        self._endpoint_item(endpoint.model_copy(update={"revision": endpoint.revision + 1}))
 
     async def create_endpoint(self, endpoint: Endpoint) -> Endpoint:
         stored = endpoint.model_copy(update={"revision": 1})

@@ -283,6 +283,42 @@ async def test_bad_input_is_one_line_naming_the_field_and_changes_nothing(cli: C
     assert (await cli("regions", "list", "-o", "json")).json() == regions_before
 
 
+async def test_update_image_in_a_region_it_cannot_use_names_the_flag(cli: Cli) -> None:
+    await prepare(cli.store_url, ["r1"])
+    await cli.ok("regions", "add", "r2")
+    before = await cli.endpoint()
+
+    unregistered, untargeted = await asyncio.gather(
+        cli("update-image", "llm", IMAGE_2, "--region", "nope"),
+        cli("update-image", "llm", IMAGE_2, "-r", "r2"),
+    )
+
+    assert (unregistered.code, unregistered.stdout, unregistered.stderr) == (
+        1,
+        "",
+        "error: --region: region 'nope' is not registered (registered: r1, r2)\n",
+    )
+    assert (untargeted.code, untargeted.stdout, untargeted.stderr) == (
+        1,
+        "",
+        "error: --region: region 'r2' is not a target of 'llm' (targets: r1)\n",
+    )
+    assert await cli.endpoint() == before
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan"])
+async def test_up_refuses_a_startup_timeout_that_is_not_positive(cli: Cli, value: str) -> None:
+    refused = await cli("up", "--regions", "r1", "--port", "0", "--startup-timeout", value)
+
+    assert (refused.code, refused.stderr) == (
+        1,
+        f"error: --startup-timeout: must be a number of seconds more than 0 "
+        f"(got {float(value):g})\n",
+    )
+    # Refused before the store was opened: `up` would have registered r1.
+    assert (await cli("regions", "list", "-o", "json")).json() == []
+
+
 # Racing writers.
 
 

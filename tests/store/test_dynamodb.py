@@ -1,18 +1,21 @@
 """What the DynamoDB store does beyond the contract suite, against moto in server mode:
 listings past DynamoDB's 1 MB page, racing conditional writers, throttling answered
-by a real HTTP proxy in front of moto, and records too large for one item."""
+by a real HTTP proxy in front of moto, and records too large for one item (refused
+when written, and by `check_endpoint` before anything is)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 from aiohttp import ClientSession, web
 
-from servefleet.spec import InvalidInput
+from servefleet.service import EndpointService
+from servefleet.spec import Endpoint, EndpointManifest, InvalidInput, Region, RegionKind
 from servefleet.store import (
     Change,
     RevisionConflict,
@@ -212,6 +215,71 @@ async def test_a_record_too_large_for_one_item_is_refused_before_any_write(store
         await store.create_endpoint(huge)
 
     assert [e.name for e in await store.list_endpoints()] == ["small"]
+    assert await store.feed_position() == position
+
+
+async def test_check_endpoint_refuses_as_the_write_would(store: Store) -> None:
+    """`check_endpoint` is the writes' own refusal without the write: a record of the
+    first size it refuses is refused by a create, and by an update (stored at the next
+    revision, here 10), in the same words."""
+
+    def padded(endpoint: Endpoint, padding: int) -> Endpoint:
+        return endpoint.model_copy(update={"spec": make_spec(env={"PADDING": "p" * padding})})
+
+    def refusal(endpoint: Endpoint) -> list[str] | None:
+        try:
+            store.check_endpoint(endpoint)
+        except InvalidInput as refused:
+            return refused.problems
+        return None
+
+    def smallest_refused(endpoint: Endpoint) -> Endpoint:
+        fits, refused = 0, 500_000
+        while refused - fits > 1:
+            middle = (fits + refused) // 2
+            if refusal(padded(endpoint, middle)) is None:
+                fits = middle
+            else:
+                refused = middle
+        return padded(endpoint, refused)
+
+    new = smallest_refused(make_endpoint("llm"))
+    with pytest.raises(InvalidInput) as created:
+        await store.create_endpoint(new)
+    assert created.value.problems == refusal(new)
+
+    stored = await store.create_endpoint(make_endpoint("llm"))
+    for _ in range(8):
+        stored = await store.update_endpoint(stored, expected_revision=stored.revision)
+    grown = smallest_refused(stored)
+    with pytest.raises(InvalidInput) as updated:
+        await store.update_endpoint(grown, expected_revision=9)
+    assert updated.value.problems == refusal(grown)
+
+    assert await store.get_endpoint("llm") == stored
+
+
+async def test_checking_an_apply_refuses_a_record_too_large_for_an_item(store: Store) -> None:
+    """`EndpointService.check`, which `apply -f` runs on every document before it
+    writes any, asks the store about the record each would write, new or grown."""
+    service = EndpointService(store)
+    await service.add_region(Region(name="r1", kind=RegionKind.LOCAL))
+    small = await service.deploy("small", make_spec())
+    position = await store.feed_position()
+    spec = make_spec(env={"PADDING": "p" * 410_000}).model_dump()
+
+    for name in ("small", "new"):
+        declared = EndpointManifest.model_validate({"metadata": {"name": name}, "spec": spec})
+        with pytest.raises(InvalidInput) as refused:
+            await service.check(declared)
+        (problem,) = refused.value.problems
+        assert re.fullmatch(
+            rf"spec: endpoint '{name}' takes 410,\d{{3}} bytes stored, more than a DynamoDB "
+            r"item holds \(409,600\); make env, args, labels or resources smaller",
+            problem,
+        ), problem
+
+    assert await store.list_endpoints() == [small]
     assert await store.feed_position() == position
 
 

@@ -1,12 +1,14 @@
 """The DynamoDB store through the `servefleet` command, as users run it, against moto in
 server mode: the CEO's check (1,500 endpoints of about 1 KB in one `apply -f`, all
-listed back) and the import from the reference design's table."""
+listed back), an `apply -f` refused whole for one record too large for an item, and
+the import from the reference design's table."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,30 @@ async def test_fifteen_hundred_endpoints_of_a_kilobyte_are_applied_and_listed(
     assert len(listed.stdout) > 1_500_000
     names = [document["metadata"]["name"] for document in listed.json()]
     assert names == [document["metadata"]["name"] for document in documents]
+
+
+async def test_an_apply_with_one_document_too_large_for_an_item_writes_none(
+    store_url: str, tmp_path: Path
+) -> None:
+    (await servefleet(store_url, "store", "init")).ok()
+    (await servefleet(store_url, "regions", "add", "us-east")).ok()
+    documents = [
+        {"metadata": {"name": name}, "spec": {"image": "ghcr.io/example/server:1.0", "env": env}}
+        for name, env in [("first", {}), ("second", {}), ("huge", {"PADDING": "p" * 410_000})]
+    ]
+    declarations = tmp_path / "endpoints.yaml"
+    declarations.write_text(yaml.safe_dump_all(documents))
+
+    refused = await servefleet(store_url, "apply", "-f", str(declarations))
+
+    assert (refused.code, refused.stdout) == (1, ""), refused
+    (line,) = refused.stderr.splitlines()
+    assert re.fullmatch(
+        r"error: spec: endpoint 'huge' takes 410,\d{3} bytes stored, more than a DynamoDB "
+        r"item holds \(409,600\); make env, args, labels or resources smaller",
+        line,
+    ), line
+    assert (await servefleet(store_url, "list", "-o", "json")).json() == []
 
 
 async def test_init_can_print_the_table_instead_of_creating_it(store_url: str) -> None:
