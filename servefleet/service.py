@@ -162,14 +162,15 @@ class EndpointService:
     async def _create(
         self, name: str, spec: EndpointSpec, regions: list[str] | None, *, stopped: bool
     ) -> Endpoint:
-        endpoint = await self._new_record(name, spec, regions, stopped=stopped)
-        await self._check_region_images(spec)
+        registered = await self._registered()
+        targets = _targets(registered, regions, "target_regions")
+        _check_region_images(registered, spec)
+        endpoint = self._new_record(name, spec, targets, stopped=stopped)
         return await self._store.create_endpoint(endpoint)
 
-    async def _new_record(
-        self, name: str, spec: EndpointSpec, regions: list[str] | None, *, stopped: bool
+    def _new_record(
+        self, name: str, spec: EndpointSpec, targets: list[str], *, stopped: bool
     ) -> Endpoint:
-        targets = await self._targets(regions, "target_regions")
         now = self._clock()
         try:
             return Endpoint(
@@ -188,25 +189,40 @@ class EndpointService:
         the regions, and that the store can hold the record `apply` would write. (That
         record is worked out from the one stored now; should another writer change it
         in between, the store still refuses, at the write, a record it cannot hold.)"""
+        await self._check(manifest, await self._registered())
+
+    async def _check(self, manifest: EndpointManifest, registered: list[str]) -> None:
         if manifest.regions is not None:
-            await self._targets(manifest.regions, "regions")
-        await self._check_region_images(manifest.spec)
+            _targets(registered, manifest.regions, "regions")
+        _check_region_images(registered, manifest.spec)
         name = manifest.metadata.name
         try:
             current = await self._store.get_endpoint(name)
         except EndpointNotFound:
             if manifest.state == "deleted":
                 raise _deletion_is_not_applied() from None
+            targets = _targets(registered, manifest.regions, "target_regions")
             stopped = manifest.state == "stopped"
-            record = await self._new_record(name, manifest.spec, manifest.regions, stopped=stopped)
+            record = self._new_record(name, manifest.spec, targets, stopped=stopped)
         else:
             _refuse_if_deleted(current)
             record = self._next_record(current, _declaration(manifest)(current))
         self._store.check_endpoint(record)
 
+    async def apply_all(self, manifests: list[EndpointManifest]) -> list[Applied]:
+        """`apply` each declaration, having checked them all first: one refused
+        declaration leaves the store as it was."""
+        registered = await self._registered()
+        for manifest in manifests:
+            await self._check(manifest, registered)
+        return [await self._apply_checked(manifest) for manifest in manifests]
+
     async def apply(self, manifest: EndpointManifest) -> Applied:
         """Create the endpoint, or make it match the declaration; nothing when it does."""
         await self.check(manifest)
+        return await self._apply_checked(manifest)
+
+    async def _apply_checked(self, manifest: EndpointManifest) -> Applied:
         name = manifest.metadata.name
         for _ in range(_MAX_ATTEMPTS):
             try:
@@ -244,7 +260,7 @@ class EndpointService:
     async def update_image(self, name: str, image: str, region: str | None = None) -> Endpoint:
         """Roll out `image` everywhere, or only in `region` (a per-region override)."""
         if region is not None:
-            await self._targets([region], "region")
+            _targets(await self._registered(), [region], "region")
 
         def update(current: Endpoint) -> Endpoint:
             if region is None:
@@ -378,7 +394,7 @@ class EndpointService:
         if wanted.intent() == current.intent():
             return current
         if wanted.spec.region_images != current.spec.region_images:
-            await self._check_region_images(wanted.spec)
+            _check_region_images(await self._registered(), wanted.spec)
         try:
             return await self._store.update_endpoint(
                 self._next_record(current, wanted), expected_revision=current.revision
@@ -400,30 +416,31 @@ class EndpointService:
             }
         )
 
-    async def _targets(self, regions: Iterable[str] | None, field: str) -> list[str]:
-        """`regions`, each one registered (`field` is what the caller calls them), or
-        every registered region when none are named."""
-        registered = [region.name for region in await self._store.list_regions()]
-        if regions is None:
-            if not registered:
-                raise OperationRefused(
-                    "target_regions: no region is registered; add one with "
-                    "`servefleet regions add NAME --kind local`"
-                )
-            return registered
-        targets = list(regions)
-        for region in targets:
-            if region not in registered:
-                raise UnregisteredRegion(field, region, registered)
-        return targets
+    async def _registered(self) -> list[str]:
+        return [region.name for region in await self._store.list_regions()]
 
-    async def _check_region_images(self, spec: EndpointSpec) -> None:
-        if not spec.region_images:
-            return
-        registered = [region.name for region in await self._store.list_regions()]
-        for region in spec.region_images:
-            if region not in registered:
-                raise UnregisteredRegion("spec.region_images", region, registered)
+
+def _targets(registered: list[str], regions: Iterable[str] | None, field: str) -> list[str]:
+    """`regions`, each one registered (`field` is what the caller calls them), or
+    every registered region when none are named."""
+    if regions is None:
+        if not registered:
+            raise OperationRefused(
+                "target_regions: no region is registered; add one with "
+                "`servefleet regions add NAME --kind local`"
+            )
+        return registered
+    targets = list(regions)
+    for region in targets:
+        if region not in registered:
+            raise UnregisteredRegion(field, region, registered)
+    return targets
+
+
+def _check_region_images(registered: list[str], spec: EndpointSpec) -> None:
+    for region in spec.region_images:
+        if region not in registered:
+            raise UnregisteredRegion("spec.region_images", region, registered)
 
 
 def _declaration(manifest: EndpointManifest) -> Change:

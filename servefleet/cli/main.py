@@ -25,7 +25,6 @@ from rich.table import Table
 
 from servefleet.cli.models import models_app
 from servefleet.service import (
-    Applied,
     EndpointService,
     OperationRefused,
     RegionNotTargeted,
@@ -344,13 +343,7 @@ def apply(
 ) -> None:
     """Create or update endpoints from declarations; unchanged ones are left alone."""
     manifests = _read_manifests(file)
-
-    async def apply_all(service: EndpointService) -> list[Applied]:
-        for manifest in manifests:
-            await service.check(manifest)
-        return [await service.apply(manifest) for manifest in manifests]
-
-    for applied in _run(apply_all):
+    for applied in _run(lambda service: service.apply_all(manifests)):
         out.print(f"endpoint/{applied.endpoint.name} {applied.outcome.value}", markup=False)
     _wait_for([manifest.metadata.name for manifest in manifests], wait, timeout)
 
