@@ -67,6 +67,21 @@ async def pods_of(core: client.CoreV1Api, app: str) -> list[Any]:
     return list((await core.list_namespaced_pod(NS, label_selector=f"app={app}")).items)
 
 
+async def first_init_status(core: client.CoreV1Api, app: str) -> Any:
+    """The first init container's status in the app's first pod, once there is one."""
+    pods = await pods_of(core, app)
+    statuses = pods[0].status.init_container_statuses if pods else None
+    return statuses[0] if statuses else None
+
+
+async def failed_once(core: client.CoreV1Api, app: str) -> None:
+    async def failed() -> bool:
+        status = await first_init_status(core, app)
+        return bool(status and status.last_state.terminated)
+
+    await eventually(failed, within=10)
+
+
 async def ready_replicas(apps: client.AppsV1Api, name: str, wanted: int) -> None:
     async def ready() -> bool:
         current = await apps.read_namespaced_deployment_status(name, NS)
@@ -190,12 +205,7 @@ async def test_servefleet_stage_runs_as_the_init_container(api: ApiClient, tmp_p
         "fetched": ["weights.bin"],
     }
 
-    async def bad_failed() -> bool:
-        pods = await pods_of(core, "bad")
-        statuses = pods[0].status.init_container_statuses if pods else None
-        return bool(statuses and statuses[0].last_state.terminated)
-
-    await eventually(bad_failed, within=10)
+    await failed_once(core, "bad")
     [bad] = await pods_of(core, "bad")
     assert bad.status.init_container_statuses[0].last_state.terminated.exit_code == 1
     previous = await raw_log(core, bad.metadata.name, container="stage-model", previous=True)
@@ -257,11 +267,9 @@ async def test_failing_init_container_crash_loops(kube: KubeApiServer, api: ApiC
     )
 
     async def crash_looping() -> bool:
-        pods = await pods_of(core, "llm")
-        statuses = pods[0].status.init_container_statuses if pods else None
-        if not statuses:
+        status = await first_init_status(core, "llm")
+        if status is None:
             return False
-        status = statuses[0]
         waiting = status.state.waiting
         return bool(
             status.restart_count >= 2
@@ -305,12 +313,7 @@ async def test_fallback_to_logs_on_error(api: ApiClient) -> None:
     init = python(code, terminationMessagePolicy="FallbackToLogsOnError")
     await apps.create_namespaced_deployment(NS, deployment("llm", init))
 
-    async def failed_once() -> bool:
-        pods = await pods_of(core, "llm")
-        statuses = pods[0].status.init_container_statuses if pods else None
-        return bool(statuses and statuses[0].last_state.terminated)
-
-    await eventually(failed_once, within=10)
+    await failed_once(core, "llm")
     [pod] = await pods_of(core, "llm")
     message = pod.status.init_container_statuses[0].last_state.terminated.message
     expected = "".join(f"{n:03d}" + "." * 36 + "\n" for n in range(20, 100))[-2048:]
