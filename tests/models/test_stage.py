@@ -30,7 +30,9 @@ async def test_an_interrupted_download_resumes_where_it_stopped(
         "--dir",
         str(target),
         "--timeout",
-        "2",
+        # Long enough for the process to start and reach the stall on a loaded machine
+        # (three test workers on two cores): it must be cut mid-file, not before.
+        "8",
         "--termination-log",
         str(outcome),
         env=env,
@@ -39,7 +41,7 @@ async def test_an_interrupted_download_resumes_where_it_stopped(
     assert cut.code == 1
     assert cut.last["event"] == "error"
     half = len(data) // 2
-    assert "timed out after 2s" in str(cut.last["message"])
+    assert "timed out after 8s" in str(cut.last["message"])
     assert f"({half} of {len(data)} bytes staged)" in str(cut.last["message"])
     assert {"event": "progress", "bytes_done": half, "bytes_total": len(data)} in cut.events
     assert "timed out" in cut.stderr
