@@ -48,8 +48,13 @@ class Result:
 
 
 async def servefleet(
-    store_url: str, *args: str, stdin: str | None = None, cwd: Path = REPO
+    store_url: str,
+    *args: str,
+    stdin: str | None = None,
+    cwd: Path = REPO,
+    within: float = TIMEOUT,
 ) -> Result:
+    """`servefleet *args` on `store_url`, killed after `within` seconds."""
     process = await asyncio.create_subprocess_exec(
         *COMMAND,
         *args,
@@ -60,7 +65,7 @@ async def servefleet(
         cwd=cwd,
     )
     try:
-        async with asyncio.timeout(TIMEOUT):
+        async with asyncio.timeout(within):
             stdout, stderr = await process.communicate(None if stdin is None else stdin.encode())
     except TimeoutError:
         process.kill()

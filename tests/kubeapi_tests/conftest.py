@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -19,13 +20,20 @@ async def kube() -> AsyncIterator[KubeApiServer]:
         yield server
 
 
-@pytest.fixture
-async def api(kube: KubeApiServer, tmp_path: Path) -> AsyncIterator[ApiClient]:
-    """A kubernetes-asyncio client of `kube` (a module may override `kube`)."""
+@asynccontextmanager
+async def client_of(kube: KubeApiServer, tmp_path: Path) -> AsyncIterator[ApiClient]:
+    """A kubernetes-asyncio client of `kube`, through a kubeconfig in `tmp_path`."""
     configuration = client.Configuration()
     await config.load_kube_config(
         config_file=str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
         client_configuration=configuration,
     )
     async with ApiClient(configuration) as api_client:
+        yield api_client
+
+
+@pytest.fixture
+async def api(kube: KubeApiServer, tmp_path: Path) -> AsyncIterator[ApiClient]:
+    """A client of `kube` (a module may override `kube`)."""
+    async with client_of(kube, tmp_path) as api_client:
         yield api_client

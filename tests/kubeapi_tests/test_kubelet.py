@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from tests.kubeapi import KubeApiServer, Kubelet
@@ -21,6 +21,7 @@ from tests.kubeapi.controller import HASH_LABEL, is_ready, plan_pods, template_h
 from tests.kubeapi.errors import ApiError
 from tests.kubeapi.kubelet import NODE_NAME, go_duration, rewrite
 from tests.kubeapi.podlog import LogLine, LogOptions, render
+from tests.kubeapi_tests.conftest import client_of
 from tests.waiting import eventually
 
 NS = "llm"
@@ -477,41 +478,35 @@ async def test_stop_and_deletion_kill_init_processes_and_remove_directories(
         volumeMounts=[{"name": "data", "mountPath": "/data"}],
     )
     seen: dict[str, tuple[int, Path]] = {}
-    async with KubeApiServer(kubelet=Kubelet()) as kube:
-        configuration = client.Configuration()
-        await config.load_kube_config(
-            config_file=str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
-            client_configuration=configuration,
-        )
-        async with ApiClient(configuration) as api:
-            apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    async with KubeApiServer(kubelet=Kubelet()) as kube, client_of(kube, tmp_path) as api:
+        apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+        for name in ("doomed", "kept"):
+            body = deployment(name, sleeper, volumes=[{"name": "data", "emptyDir": {}}])
+            await apps.create_namespaced_deployment(NS, body)
+
+        async def both_running() -> bool:
             for name in ("doomed", "kept"):
-                body = deployment(name, sleeper, volumes=[{"name": "data", "emptyDir": {}}])
-                await apps.create_namespaced_deployment(NS, body)
+                pods = await pods_of(core, name)
+                try:
+                    text = kube.pod_log(NS, pods[0].metadata.name, "stage-model")
+                except (IndexError, ApiError):  # no pod, or its container not started
+                    return False
+                if not text:
+                    return False
+                pid, directory = text.split()
+                seen[name] = (int(pid), Path(directory))
+            return True
 
-            async def both_running() -> bool:
-                for name in ("doomed", "kept"):
-                    pods = await pods_of(core, name)
-                    try:
-                        text = kube.pod_log(NS, pods[0].metadata.name, "stage-model")
-                    except (IndexError, ApiError):  # no pod, or its container not started
-                        return False
-                    if not text:
-                        return False
-                    pid, directory = text.split()
-                    seen[name] = (int(pid), Path(directory))
-                return True
+        await eventually(both_running, within=10)
+        assert all(alive(pid) and path.is_dir() for pid, path in seen.values())
+        await apps.delete_namespaced_deployment("doomed", NS)
 
-            await eventually(both_running, within=10)
-            assert all(alive(pid) and path.is_dir() for pid, path in seen.values())
-            await apps.delete_namespaced_deployment("doomed", NS)
+        async def doomed_gone() -> bool:
+            pid, path = seen["doomed"]
+            return not alive(pid) and not path.exists()
 
-            async def doomed_gone() -> bool:
-                pid, path = seen["doomed"]
-                return not alive(pid) and not path.exists()
-
-            await eventually(doomed_gone, within=10)
-            assert alive(seen["kept"][0])
+        await eventually(doomed_gone, within=10)
+        assert alive(seen["kept"][0])
     pid, path = seen["kept"]
     assert not alive(pid)
     assert not path.exists()
@@ -527,25 +522,21 @@ def alive(pid: int) -> bool:
 
 async def test_ready_delay_holds_readiness_back(tmp_path: Path) -> None:
     """Verify `ready_delay`: the Pod runs, not Ready, before it becomes Ready."""
-    async with KubeApiServer(kubelet=Kubelet(ready_delay=0.2)) as kube:
-        configuration = client.Configuration()
-        await config.load_kube_config(
-            config_file=str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
-            client_configuration=configuration,
+    async with (
+        KubeApiServer(kubelet=Kubelet(ready_delay=0.2)) as kube,
+        client_of(kube, tmp_path) as api,
+    ):
+        apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+        start = (await core.list_namespaced_pod(NS)).metadata.resource_version
+        await apps.create_namespaced_deployment(NS, deployment("llm", python("pass")))
+        await ready_replicas(apps, "llm", 1)
+        stream = watch.Watch().stream(
+            core.list_namespaced_pod, NS, resource_version=start, timeout_seconds=1
         )
-        async with ApiClient(configuration) as api:
-            apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-            start = (await core.list_namespaced_pod(NS)).metadata.resource_version
-            await apps.create_namespaced_deployment(NS, deployment("llm", python("pass")))
-            await ready_replicas(apps, "llm", 1)
-            stream = watch.Watch().stream(
-                core.list_namespaced_pod, NS, resource_version=start, timeout_seconds=1
-            )
-            async with stream:
-                seen = [
-                    (e["object"].status.phase, is_ready(e["object"].to_dict()))
-                    async for e in stream
-                ]
+        async with stream:
+            seen = [
+                (e["object"].status.phase, is_ready(e["object"].to_dict())) async for e in stream
+            ]
     assert ("Running", False) in seen
     assert seen[-1] == ("Running", True)
 

@@ -5,9 +5,7 @@ the import from the reference design's table."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,32 +16,10 @@ import yaml
 
 from servefleet.store import open_store
 from servefleet.store.dynamodb import cloudformation_definition, parse_url
-from tests.cli.test_cli import COMMAND, REPO, Result, servefleet
+from tests.cli.test_cli import servefleet
 from tests.store.moto import REGION, drop_table, fresh_table_url, session
 
 pytestmark = pytest.mark.timeout(600)
-
-
-async def _slow_servefleet(store_url: str, *args: str, within: float) -> Result:
-    """`servefleet` for commands that outlast the CLI tests' one-minute bound."""
-    process = await asyncio.create_subprocess_exec(
-        *COMMAND,
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "SERVEFLEET_STORE": store_url},
-        cwd=REPO,
-    )
-    try:
-        async with asyncio.timeout(within):
-            stdout, stderr = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return Result(args, process.returncode, stdout.decode(), stderr.decode())
 
 
 @pytest.fixture
@@ -74,8 +50,8 @@ async def test_fifteen_hundred_endpoints_of_a_kilobyte_are_applied_and_listed(
     declarations = tmp_path / "endpoints.yaml"
     declarations.write_text(yaml.safe_dump_all(documents))
 
-    applied = await _slow_servefleet(store_url, "apply", "-f", str(declarations), within=500)
-    listed = await _slow_servefleet(store_url, "list", "-o", "json", within=120)
+    applied = await servefleet(store_url, "apply", "-f", str(declarations), within=500)
+    listed = await servefleet(store_url, "list", "-o", "json", within=120)
 
     assert applied.ok().stdout.count(" created\n") == 1500
     assert len(listed.stdout) > 1_500_000
