@@ -261,7 +261,11 @@ async def local_fleet(
         controller=ControllerSettings(
             watchdog_threshold=watchdog_threshold, backoff_max=1.0, store_retry=0.2
         ),
-        lease=LeaseSettings(ttl=5, renew_interval=1, retry_interval=0.2),
+        # No test here hands leadership over (test_failover does, with processes): the
+        # TTL only has to outlast a renewal on a saturated machine. At 5 s a leader
+        # serving a thousand requests in this process, beside two other test workers,
+        # once missed its renew deadline and stood down mid-test.
+        lease=LeaseSettings(ttl=15, renew_interval=1, retry_interval=0.2),
         local=LOCAL,
     )
     started: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
