@@ -26,10 +26,14 @@ endpoint, then region.
   from position to change. A change is appended by one `UpdateItem` conditional on
   the position it read, so positions are dense, strictly increasing and visible in
   order. The append follows the endpoint write, shielded from cancellation. Not one
-  transaction with it: that would double the write cost and add transaction
-  conflicts under contention, and moto (which the tests run on) copies the whole
-  table for every transaction, so 1,500 creates would take minutes. Should a
-  process die between the two writes, the reconcilers find that write at their
+  transaction with it, although that would close the window between the two: it
+  would double the write cost (the feed item, ~15 KB, already bills 15 units an
+  append), turn every collision on the feed item into a cancelled transaction that
+  resends the record, and moto (which the tests and the benchmark run on) copies
+  the whole table, with every stream record it ever kept, for each transaction:
+  after 1,500 creates one transaction took 3 s against 9 ms for a `PutItem`.
+  Should a process die between the two writes, or DynamoDB stay unavailable
+  through every retry of the append, the reconcilers find that write at their
   periodic resync instead of through the feed.
   A watcher reads the one `feed` item per poll (`poll_interval`, default 100 ms, to
   keep propagation well under 250 ms like the SQL stores): one strongly consistent
@@ -51,6 +55,19 @@ endpoint, then region.
 - **Item size**: a record larger than a DynamoDB item (400 KB) is refused with
   `InvalidInput` before anything is written; `check_endpoint` is the same refusal
   without a write, for checking a whole `apply -f` first.
+- **Lost answers**: DynamoDB may apply a write and still answer 500, and a broken
+  connection leaves it unknown. The retry of a conditional write then fails its
+  condition on its own result; so after such an answer, a condition failure whose
+  item holds exactly what the write wrote (the failure returns it, no extra read)
+  is that write's success. Without this, an update read as a conflict: the service
+  re-read, found its change stored and wrote nothing, and the change never reached
+  the feed; a lease renewal read as lost and the leader stood down. The same rule
+  makes a create, an update, a feed append and a lease write succeed once, and a
+  purge or region delete that finds its item gone succeed. Transactions (purge,
+  status with a lease) send one `ClientRequestToken` on every retry, so DynamoDB
+  itself answers a retried, applied one as done for 10 minutes; moto ignores the
+  token, and there the purge's read-back decides. A status write run twice stores
+  the same report, so it needs no rule.
 - **Retries**: throttling (`ProvisionedThroughputExceededException`,
   `ThrottlingException`, ...), 5xx answers, transaction conflicts and connection
   errors are retried with jittered exponential backoff (50 ms doubling to 2 s,
@@ -150,19 +167,25 @@ class _Refused(StoreUnavailable):
 
 
 class _ConditionFailed(Exception):
-    """A condition expression did not hold; `item` is what was stored, if anything."""
+    """A condition expression did not hold; `item` is what was stored, if anything.
 
-    def __init__(self, item: dict[str, Any] | None) -> None:
+    `may_be_own_write`: an earlier attempt of the same call failed without saying
+    whether it was applied, so what broke the condition may be that attempt's write."""
+
+    def __init__(self, item: dict[str, Any] | None, *, may_be_own_write: bool) -> None:
         super().__init__("condition failed")
         self.item = item
+        self.may_be_own_write = may_be_own_write
 
 
 class _Cancelled(Exception):
-    """A transaction was refused; `codes` has one entry per action ("None" if it held)."""
+    """A transaction was refused; `codes` has one entry per action ("None" if it held).
+    `may_be_own_write` as for `_ConditionFailed`."""
 
-    def __init__(self, codes: list[str]) -> None:
+    def __init__(self, codes: list[str], *, may_be_own_write: bool) -> None:
         super().__init__(f"transaction cancelled: {codes}")
         self.codes = codes
+        self.may_be_own_write = may_be_own_write
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +362,10 @@ class _Client:
         """Run `operation`, retrying what is transient; conditions fail as `_ConditionFailed`
         or `_Cancelled`, everything else that persists as `StoreUnavailable`."""
         delay = _BACKOFF_INITIAL
+        # A 5xx answer or a broken connection does not say whether the write was
+        # applied (DynamoDB documents applied writes answered 500), so a condition
+        # failure on a later attempt may be this call's own earlier write.
+        may_be_own_write = False
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 answer: dict[str, Any] = await getattr(self.raw, operation)(**params)
@@ -346,7 +373,9 @@ class _Client:
             except ClientError as error:
                 code = str(error.response.get("Error", {}).get("Code", ""))
                 if code == "ConditionalCheckFailedException":
-                    raise _ConditionFailed(error.response.get("Item")) from None
+                    raise _ConditionFailed(
+                        error.response.get("Item"), may_be_own_write=may_be_own_write
+                    ) from None
                 if code == "ResourceNotFoundException":
                     raise TableMissing(self.location.table, self.location.region) from None
                 transient = code in _RETRYABLE
@@ -356,13 +385,15 @@ class _Client:
                         for reason in error.response.get("CancellationReasons", [])
                     ]
                     if not _RETRYABLE_CANCELLATIONS & set(codes):
-                        raise _Cancelled(codes) from None
+                        raise _Cancelled(codes, may_be_own_write=may_be_own_write) from None
                     transient = True
                 status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
                 if not transient and status < 500:
                     raise _Refused(code, f"DynamoDB refused {operation}: {error}") from error
+                may_be_own_write = may_be_own_write or status >= 500
                 problem: Exception = error
             except BotoCoreError as error:
+                may_be_own_write = True
                 problem = error
             if attempt == _ATTEMPTS:
                 raise StoreUnavailable(
@@ -493,15 +524,18 @@ class DynamoStore(PolledFeed):
 
     async def create_endpoint(self, endpoint: Endpoint) -> Endpoint:
         stored = endpoint.model_copy(update={"revision": 1})
+        item = self._endpoint_item(stored)
         try:
             await self._client.call(
                 "put_item",
                 TableName=self._table,
-                Item=self._endpoint_item(stored),
+                Item=item,
                 ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except _ConditionFailed:
-            raise EndpointExists(stored.name) from None
+        except _ConditionFailed as failed:
+            if not _is_own_write(failed, item):
+                raise EndpointExists(stored.name) from None
         await self._append_change(stored.name, 1, ChangeKind.PUT)
         return stored
 
@@ -533,17 +567,19 @@ class DynamoStore(PolledFeed):
 
     async def update_endpoint(self, endpoint: Endpoint, *, expected_revision: int) -> Endpoint:
         stored = endpoint.model_copy(update={"revision": expected_revision + 1})
+        item = self._endpoint_item(stored)
         try:
             await self._client.call(
                 "put_item",
                 TableName=self._table,
-                Item=self._endpoint_item(stored),
+                Item=item,
                 ConditionExpression="revision = :expected",
                 ExpressionAttributeValues={":expected": _number(expected_revision)},
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except _ConditionFailed as failed:
-            raise _conflict(stored.name, expected_revision, failed.item) from None
+            if not _is_own_write(failed, item):
+                raise _conflict(stored.name, expected_revision, failed.item) from None
         await self._append_change(stored.name, stored.revision, ChangeKind.PUT)
         return stored
 
@@ -569,11 +605,13 @@ class DynamoStore(PolledFeed):
                 ],
                 ClientRequestToken=str(uuid.uuid4()),
             )
-        except _Cancelled:
+        except _Cancelled as cancelled:
             answer = await self._client.call(
                 "get_item", TableName=self._table, Key=_key("endpoint", name), ConsistentRead=True
             )
-            raise _conflict(name, expected_revision, answer.get("Item")) from None
+            # Gone after an answer was lost: that attempt deleted it, statuses and all.
+            if not (cancelled.may_be_own_write and "Item" not in answer):
+                raise _conflict(name, expected_revision, answer.get("Item")) from None
         for key in after:
             await self._client.call("delete_item", TableName=self._table, Key=key)
         await self._append_change(name, expected_revision + 1, ChangeKind.PURGED)
@@ -670,8 +708,10 @@ class DynamoStore(PolledFeed):
                 Key=_key("region", name),
                 ConditionExpression="attribute_exists(pk)",
             )
-        except _ConditionFailed:
-            raise RegionNotFound(name) from None
+        except _ConditionFailed as failed:
+            # Missing after an answer was lost: that attempt deleted it.
+            if not failed.may_be_own_write:
+                raise RegionNotFound(name) from None
 
     # Change feed.
 
@@ -705,6 +745,7 @@ class DynamoStore(PolledFeed):
 
     async def _append(self, name: str, revision: int, kind: ChangeKind) -> None:
         """The append itself: compare-and-set on the feed's position."""
+        change = _string(_change_text(name, revision, kind))
         while True:
             seq = self._known_seq + 1
             names = {"#new": str(seq), "#old": str(seq - self.feed_retention)}
@@ -719,16 +760,18 @@ class DynamoStore(PolledFeed):
                     ExpressionAttributeValues={
                         ":seq": _number(seq),
                         ":previous": _number(seq - 1),
-                        ":change": _string(_change_text(name, revision, kind)),
+                        ":change": change,
                     },
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
             except _ConditionFailed as failed:
                 if failed.item is None:
                     raise TableMissing(self._table, self._client.location.region) from None
-                # Another writer appended first: retry after what it wrote.
                 self._known_seq = int(_plain(failed.item["seq"]))
-                continue
+                appended = failed.item.get("changes", {}).get("M", {}).get(str(seq))
+                if failed.may_be_own_write and appended == change:
+                    break  # an earlier attempt appended it; only its answer was lost
+                continue  # another writer appended first: retry after what it wrote
             self._known_seq = seq
             break
         self._wake_watchers()
@@ -772,23 +815,28 @@ class DynamoStore(PolledFeed):
                 ":token": current["token"],
                 ":expires": current["expires_at"],
             }
+        item = {
+            **_key("lease", name),
+            "holder": _string(holder),
+            "token": _number(token),
+            "expires_at": _number(expires_at),
+            TTL_ATTRIBUTE: _number(int(expires_at + _LEASE_PURGE_DELAY)),
+        }
         try:
             await self._client.call(
                 "put_item",
                 TableName=self._table,
-                Item={
-                    **_key("lease", name),
-                    "holder": _string(holder),
-                    "token": _number(token),
-                    "expires_at": _number(expires_at),
-                    TTL_ATTRIBUTE: _number(int(expires_at + _LEASE_PURGE_DELAY)),
-                },
+                Item=item,
                 ConditionExpression=condition,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 **({"ExpressionAttributeNames": {"#token": "token"}} if values else {}),
                 **({"ExpressionAttributeValues": values} if values else {}),
             )
-        except _ConditionFailed:
-            return None
+        except _ConditionFailed as failed:
+            # A renewal applied but answered 500 fails its condition when retried:
+            # still ours, and standing down for it would move leadership for nothing.
+            if not _is_own_write(failed, item):
+                return None
         return Lease(name, holder, token, _timestamp(expires_at))
 
     async def release_lease(self, lease: Lease) -> None:
@@ -806,6 +854,17 @@ class DynamoStore(PolledFeed):
                     ":token": _number(lease.token),
                 },
             )
+
+
+def _is_own_write(failed: _ConditionFailed, written: dict[str, Any]) -> bool:
+    """Whether the condition failed only because an earlier attempt of this very write
+    was applied: after a lost answer, the item holds exactly what it wrote (compared as
+    values, since DynamoDB normalises how numbers are written)."""
+    return (
+        failed.may_be_own_write
+        and failed.item is not None
+        and _plain({"M": failed.item}) == _plain({"M": written})
+    )
 
 
 def _conflict(name: str, expected: int, item: dict[str, Any] | None) -> RevisionConflict:

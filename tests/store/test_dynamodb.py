@@ -1,7 +1,8 @@
 """What the DynamoDB store does beyond the contract suite, against moto in server mode:
-listings past DynamoDB's 1 MB page, racing conditional writers, throttling answered
-by a real HTTP proxy in front of moto, and records too large for one item (refused
-when written, and by `check_endpoint` before anything is)."""
+listings past DynamoDB's 1 MB page, racing conditional writers, throttling and
+writes applied but answered 500 (by a real HTTP proxy in front of moto), and records
+too large for one item (refused when written, and by `check_endpoint` before
+anything is)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from servefleet.service import EndpointService
 from servefleet.spec import Endpoint, EndpointManifest, InvalidInput, Region, RegionKind
 from servefleet.store import (
     Change,
+    ChangeKind,
     RevisionConflict,
     Store,
     StoreError,
@@ -109,10 +111,20 @@ async def _take(store: Store, since: int, count: int) -> AsyncIterator[Change]:
             yield await anext(changes)
 
 
+def _error(status: int, code: str, message: str) -> web.Response:
+    """An error answer as DynamoDB writes it."""
+    body = {"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": message}
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/x-amz-json-1.0"
+    )
+
+
 @dataclass
-class ThrottlingProxy:
+class FaultProxy:
     """Forwards to moto, but answers the next `throttle` requests with DynamoDB's
-    throttling error, as an overloaded table does."""
+    throttling error, as an overloaded table does; and the next `lose_answers`
+    requests of operation `lose_answers_to` (e.g. "PutItem") with a 500 after moto
+    has applied them, as DynamoDB documents it may."""
 
     upstream: str
     throttle: int = 0
@@ -120,36 +132,37 @@ class ThrottlingProxy:
     status: int = 400
     throttled: int = 0
     forwarded: int = 0
+    lose_answers_to: str = ""
+    lose_answers: int = 0
 
     async def handle(self, request: web.Request) -> web.Response:
         if self.throttle > 0:
             self.throttle -= 1
             self.throttled += 1
-            body = {
-                "__type": f"com.amazonaws.dynamodb.v20120810#{self.error}",
-                "message": "Rate of requests exceeds the allowed throughput.",
-            }
-            return web.Response(
-                status=self.status,
-                text=json.dumps(body),
-                content_type="application/x-amz-json-1.0",
+            return _error(
+                self.status, self.error, "Rate of requests exceeds the allowed throughput."
             )
         self.forwarded += 1
+        operation = request.headers.get("X-Amz-Target", "").rpartition(".")[2]
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
         async with (
             ClientSession() as session,
             session.post(self.upstream, data=await request.read(), headers=headers) as answer,
         ):
-            return web.Response(
-                status=answer.status,
-                body=await answer.read(),
-                headers={"content-type": answer.headers.get("content-type", "")},
-            )
+            body = await answer.read()
+        if operation == self.lose_answers_to and answer.status == 200 and self.lose_answers > 0:
+            self.lose_answers -= 1
+            return _error(500, "InternalServerError", "Internal server error")
+        return web.Response(
+            status=answer.status,
+            body=body,
+            headers={"content-type": answer.headers.get("content-type", "")},
+        )
 
 
 @pytest.fixture
-async def proxy(moto_endpoint: str) -> AsyncIterator[tuple[ThrottlingProxy, str]]:
-    throttling = ThrottlingProxy(moto_endpoint)
+async def proxy(moto_endpoint: str) -> AsyncIterator[tuple[FaultProxy, str]]:
+    throttling = FaultProxy(moto_endpoint)
     app = web.Application()
     app.router.add_route("POST", "/", throttling.handle)
     runner = web.AppRunner(app)
@@ -170,7 +183,7 @@ async def proxy(moto_endpoint: str) -> AsyncIterator[tuple[ThrottlingProxy, str]
     ],
 )
 async def test_throttled_and_failed_requests_are_retried_until_they_pass(
-    table_url: str, proxy: tuple[ThrottlingProxy, str], error: str, status: int
+    table_url: str, proxy: tuple[FaultProxy, str], error: str, status: int
 ) -> None:
     throttling, proxy_url = proxy
     through_proxy = table_url.replace(parse_url(table_url).endpoint_url or "", proxy_url)
@@ -188,7 +201,7 @@ async def test_throttled_and_failed_requests_are_retried_until_they_pass(
 
 
 async def test_throttling_that_does_not_end_is_store_unavailable(
-    table_url: str, proxy: tuple[ThrottlingProxy, str]
+    table_url: str, proxy: tuple[FaultProxy, str]
 ) -> None:
     throttling, proxy_url = proxy
     through_proxy = table_url.replace(parse_url(table_url).endpoint_url or "", proxy_url)
@@ -204,6 +217,137 @@ async def test_throttling_that_does_not_end_is_store_unavailable(
         assert await store.feed_position() == 0
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def faulty(
+    table_url: str, proxy: tuple[FaultProxy, str]
+) -> AsyncIterator[tuple[FaultProxy, Store]]:
+    """The proxy, and a store that reaches moto only through it."""
+    fault, proxy_url = proxy
+    store = await open_store(table_url.replace(parse_url(table_url).endpoint_url or "", proxy_url))
+    yield fault, store
+    await store.close()
+
+
+async def test_a_scale_applied_but_answered_500_is_announced(
+    store: Store, faulty: tuple[FaultProxy, Store]
+) -> None:
+    """The retry of an update whose 500 hid its success finds the update stored: that
+    is success, so the change reaches the feed, and a reconciler watching elsewhere
+    hears of it at its next poll rather than at the resync minutes later."""
+    fault, through_proxy = faulty
+    service = EndpointService(through_proxy)
+    await service.add_region(Region(name="r1", kind=RegionKind.LOCAL))
+    await service.deploy("llm", make_spec(replicas=1))
+    position = await store.feed_position()
+    fault.lose_answers_to, fault.lose_answers = "PutItem", 1
+
+    scaled = await service.scale("llm", 4)
+
+    assert fault.lose_answers == 0
+    assert scaled.spec.replicas == 4
+    assert await store.get_endpoint("llm") == scaled
+    changes = [change async for change in _take(store, position, 1)]
+    assert [(c.name, c.revision) for c in changes] == [("llm", scaled.revision)]
+    assert await store.feed_position() == position + 1
+
+
+async def test_a_create_applied_but_answered_500_is_created_and_announced(
+    store: Store, faulty: tuple[FaultProxy, Store]
+) -> None:
+    fault, through_proxy = faulty
+    fault.lose_answers_to, fault.lose_answers = "PutItem", 1
+
+    created = await through_proxy.create_endpoint(make_endpoint("llm"))
+
+    assert fault.lose_answers == 0
+    assert await store.get_endpoint("llm") == created
+    changes = [change async for change in _take(store, 0, 1)]
+    assert [(c.name, c.revision, c.kind) for c in changes] == [("llm", 1, ChangeKind.PUT)]
+
+
+async def test_a_purge_applied_but_answered_500_is_done_and_announced(
+    store: Store, faulty: tuple[FaultProxy, Store]
+) -> None:
+    fault, through_proxy = faulty
+    created = await store.create_endpoint(make_endpoint("llm"))
+    await store.put_region_status(make_status("llm", "r1"))
+    position = await store.feed_position()
+    fault.lose_answers_to, fault.lose_answers = "TransactWriteItems", 1
+
+    await through_proxy.purge_endpoint("llm", expected_revision=created.revision)
+
+    assert fault.lose_answers == 0
+    assert await store.list_endpoints() == []
+    assert await store.list_region_status() == []
+    changes = [change async for change in _take(store, position, 1)]
+    assert [(c.name, c.kind) for c in changes] == [("llm", ChangeKind.PURGED)]
+
+
+async def test_a_feed_append_applied_but_answered_500_is_appended_once(
+    store: Store, faulty: tuple[FaultProxy, Store]
+) -> None:
+    fault, through_proxy = faulty
+    fault.lose_answers_to, fault.lose_answers = "UpdateItem", 1
+
+    await through_proxy.create_endpoint(make_endpoint("llm"))
+
+    assert fault.lose_answers == 0
+    assert await store.feed_position() == 1
+
+
+async def test_a_region_deleted_but_answered_500_is_deleted(
+    store: Store, faulty: tuple[FaultProxy, Store]
+) -> None:
+    fault, through_proxy = faulty
+    await store.put_region(Region(name="r1", kind=RegionKind.LOCAL))
+    fault.lose_answers_to, fault.lose_answers = "DeleteItem", 1
+
+    await through_proxy.delete_region("r1")
+
+    assert fault.lose_answers == 0
+    assert await store.list_regions() == []
+
+
+async def test_a_lease_taken_or_renewed_but_answered_500_is_held(
+    store: Store, faulty: tuple[FaultProxy, Store]
+) -> None:
+    """A lease write whose success was lost still holds the lease: read as lost, the
+    leader would stand down for nothing and leadership move to another host."""
+    fault, through_proxy = faulty
+    fault.lose_answers_to, fault.lose_answers = "PutItem", 1
+    taken = await through_proxy.acquire_lease("region-r1", "host-a", ttl=30)
+    fault.lose_answers = 1
+
+    renewed = await through_proxy.acquire_lease("region-r1", "host-a", ttl=30)
+
+    assert fault.lose_answers == 0
+    assert taken is not None
+    assert renewed is not None
+    assert (renewed.holder, renewed.token) == ("host-a", taken.token)
+    assert renewed.expires_at > taken.expires_at
+    assert await store.acquire_lease("region-r1", "host-b", ttl=30) is None
+
+
+async def test_after_a_500_a_write_that_was_not_applied_still_conflicts(
+    store: Store, faulty: tuple[FaultProxy, Store]
+) -> None:
+    """Only an item holding exactly what this write wrote counts as its success."""
+    fault, through_proxy = faulty
+    created = await store.create_endpoint(make_endpoint("llm", replicas=1))
+    await store.update_endpoint(
+        created.model_copy(update={"spec": make_spec(replicas=2)}), expected_revision=1
+    )
+    fault.error, fault.status, fault.throttle = "InternalServerError", 500, 1
+
+    with pytest.raises(RevisionConflict) as conflict:
+        await through_proxy.update_endpoint(
+            created.model_copy(update={"spec": make_spec(replicas=3)}), expected_revision=1
+        )
+
+    assert fault.throttled == 1
+    assert conflict.value.found == 2
 
 
 async def test_a_record_too_large_for_one_item_is_refused_before_any_write(store: Store) -> None:
