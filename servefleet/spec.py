@@ -292,6 +292,18 @@ def _env(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+def _pass_env(names: list[str]) -> list[str]:
+    _env(dict.fromkeys(names, ""))
+    for name in names:
+        if name.startswith("SERVEFLEET_"):
+            raise ValueError(
+                "servefleet's own variables never reach a replica (SERVEFLEET_STORE is the "
+                f"store's URL with its password); set what an endpoint needs in its env "
+                f"(got {_shown(name)})"
+            )
+    return names
+
+
 class EndpointSpec(_Model):
     """What to run: everything a user declares about an endpoint except its regions."""
 
@@ -469,6 +481,9 @@ class Region(_Model):
     model_volume_size_limit: Annotated[str, AfterValidator(_quantity)] | None = None
     pods_metrics: bool | None = None
     """Whether concurrency/rps autoscaling metrics are rendered (needs a metrics adapter)."""
+    pass_env: Annotated[list[str], AfterValidator(_pass_env)] | None = None
+    """Variables of `servefleet up`'s environment its local replicas and staging
+    children get besides the allowlist (`runtime.local.environment`)."""
 
     @model_validator(mode="after")
     def _kind_settings(self) -> Region:
@@ -481,6 +496,11 @@ class Region(_Model):
                     raise ValueError(
                         f"{name}: only kubernetes regions take this setting (got {_shown(value)})"
                     )
+        elif self.pass_env is not None:
+            raise ValueError(
+                "pass_env: only local regions take this setting; a kubernetes pod's "
+                f"environment is its spec's env (got {_shown(self.pass_env)})"
+            )
         return self
 
 

@@ -575,6 +575,7 @@ _endpoint_verb(
 @regions_app.command(
     "add",
     epilog="Examples: `servefleet regions add local-1 --kind local`, "
+    "`servefleet regions add gpu-box --kind local --pass-env HF_TOKEN`, "
     "`servefleet regions add eu-west --kind kubernetes --context eu-west --namespace llm`, "
     "`servefleet regions add eu-nginx --kind kubernetes --ingress-class nginx "
     "--canary-routing nginx --ingress-annotation nginx.ingress.kubernetes.io/proxy-body-size=8m`",
@@ -626,6 +627,13 @@ def regions_add(
             show_default=False,
         ),
     ] = None,
+    pass_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A variable of `servefleet up`'s environment that a local region's replicas "
+            "get besides PATH, HOME, locale, TMPDIR, Python's and CUDA's (repeat)."
+        ),
+    ] = None,
 ) -> None:
     """Register a region (or replace its settings: unnamed ones return to their defaults)."""
     try:
@@ -649,6 +657,7 @@ def regions_add(
                 "startup_timeout": startup_timeout,
                 "model_volume_size_limit": model_volume_size_limit,
                 "pods_metrics": pods_metrics,
+                "pass_env": pass_env,
             }
         )
     except ValidationError as error:

@@ -209,7 +209,7 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
         async def open_runtime(region: Region) -> AsyncIterator[Runtime]:
             opened: AbstractAsyncContextManager[Runtime]
             if region.kind is RegionKind.LOCAL:
-                opened = _local_runtime(region.name, routers[region.name], options)
+                opened = _local_runtime(region, routers[region.name], options)
             else:
                 opened = _cluster_runtime(region, in_cluster=region.name in options.in_cluster)
             async with opened as runtime:
@@ -265,8 +265,16 @@ def _check_local_settings(settings: LocalSettings) -> None:
 
 
 @asynccontextmanager
-async def _local_runtime(name: str, router: Router, options: UpOptions) -> AsyncIterator[Runtime]:
-    runtime = LocalRuntime(name, router, log_dir=options.log_dir, settings=options.local)
+async def _local_runtime(
+    region: Region, router: Router, options: UpOptions
+) -> AsyncIterator[Runtime]:
+    runtime = LocalRuntime(
+        region.name,
+        router,
+        log_dir=options.log_dir,
+        settings=options.local,
+        pass_env=region.pass_env or (),
+    )
     try:
         yield runtime
     finally:

@@ -96,12 +96,26 @@ def test_settings_are_stored_with_the_region_and_replaced_by_a_new_add(cli: InPr
             "context": None,
             "namespace": "llm",
             **STORED_SETTINGS,
+            "pass_env": None,
         }
     ]
 
     cli.ok("regions", "add", "eu", "--kind", "kubernetes", "--namespace", "llm")
     (listed,) = cli.regions()
     assert {key: listed[key] for key in STORED_SETTINGS} == UNSET
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_local_region_stores_the_variables_its_replicas_get_besides_the_allowlist(
+    cli: InProcess,
+) -> None:
+    cli.ok("regions", "add", "home", "--pass-env", "HF_TOKEN", "--pass-env", "HF_HOME")
+    (listed,) = cli.regions()
+    assert (listed["kind"], listed["pass_env"]) == ("local", ["HF_TOKEN", "HF_HOME"])
+
+    cli.ok("regions", "add", "home")
+    (listed,) = cli.regions()
+    assert listed["pass_env"] is None
 
 
 BAD_REGIONS: list[tuple[list[str], list[str]]] = [
@@ -116,10 +130,16 @@ BAD_REGIONS: list[tuple[list[str], list[str]]] = [
     (["--startup-timeout", "inf"], ["region.startup_timeout: ", "inf"]),
     (["--model-volume-size-limit", "lots"], ["region.model_volume_size_limit: ", "'lots'"]),
     (["--model-volume-size-limit", "-1Gi"], ["region.model_volume_size_limit: ", "'-1Gi'"]),
+    (["--pass-env", "HF_TOKEN"], ["region.pass_env: ", "only local regions", "HF_TOKEN"]),
 ]
 BAD_LOCAL_REGIONS: list[tuple[list[str], list[str]]] = [
     (["--ingress-class", "nginx"], ["region.ingress_class: ", "'nginx'"]),
     (["--no-pods-metrics"], ["region.pods_metrics: ", "False"]),
+    (["--pass-env", "HF TOKEN"], ["region.pass_env: ", "'HF TOKEN'"]),
+    (
+        ["--pass-env", "A", "--pass-env", "SERVEFLEET_STORE"],
+        ["region.pass_env: ", "'SERVEFLEET_STORE'"],
+    ),
 ]
 
 
@@ -155,6 +175,7 @@ def test_a_region_stored_before_the_settings_existed_still_loads(cli: InProcess)
             "context": None,
             "namespace": "llm",
             **UNSET,
+            "pass_env": None,
         }
     ]
     printed = cli.ok("install-manifests", "--region", "old", "--store-secret", "pg")

@@ -5,6 +5,7 @@ dies at once on SIGTERM (Python's default), so a test notices when a replica is
 stopped before its requests are answered. Routes:
 
 - `GET /health`: 200, or 503 while `--unhealthy-file` exists.
+- `GET /environ`: its whole environment, as a JSON object.
 - `GET /hold?arrived=DIR&release=FILE`: touches a new file in DIR on arrival, then
   answers only once FILE exists; lets a test keep requests in flight.
 - anything else: JSON describing the request and this process: version, pid, port,
@@ -53,6 +54,9 @@ def main() -> None:
                 self._send(
                     503 if unhealthy else 200, {"status": "unhealthy" if unhealthy else "ok"}
                 )
+                return
+            if url.path == "/environ":
+                self._send(200, dict(os.environ))
                 return
             if url.path == "/hold":
                 query = parse_qs(url.query)

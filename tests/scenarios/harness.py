@@ -356,14 +356,21 @@ def environ(pid: int) -> dict[str, str]:
     return {pair[0]: pair[1] for pair in pairs if len(pair) == 2}
 
 
+def _writes_under(pid: int, directory: Path) -> bool:
+    """Whether the standard output of `pid` is a file under `directory`."""
+    try:
+        output = Path(os.readlink(f"/proc/{pid}/fd/1"))
+    except OSError:
+        return False
+    return output.is_relative_to(directory)
+
+
 def demo_processes(store: str) -> set[int]:
-    """Every living demo server on this machine started for the store `store`,
-    whoever its parent is now: replicas inherit `SERVEFLEET_STORE`."""
-    return {
-        pid
-        for pid in _all_pids()
-        if _is_demo(pid) and environ(pid).get("SERVEFLEET_STORE") == store
-    }
+    """Every living demo server on this machine started for the SQLite store at the
+    path `store`, whoever its parent is now: a replica logs into the directory `up`
+    keeps beside its store (it does not inherit `SERVEFLEET_STORE`)."""
+    logs = Path(store).parent / "logs"
+    return {pid for pid in _all_pids() if _is_demo(pid) and _writes_under(pid, logs)}
 
 
 # `servefleet up` in its own process.

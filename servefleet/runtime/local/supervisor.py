@@ -60,9 +60,12 @@ handing over). So the directory of an endpoint that left the region while no
 leader ran stays until someone deletes it.
 
 Replicas run as `command + args` (an argv list, never a shell) with "{port}"
-replaced by a free port, which is also in `PORT`. Each has its own session and,
-on Linux, dies with the process that started it (PR_SET_PDEATHSIG), so no
-replica outlives a killed servefleet. Output goes to
+replaced by a free port, which is also in `PORT`. Neither a replica nor a staging
+child sees servefleet's whole environment (the store's URL, credentials): each
+gets an allowlist, the region's `pass_env` and its own variables
+(`environment.child_environment`). Each has its own session and, on Linux, dies
+with the process that started it (PR_SET_PDEATHSIG), so no replica outlives a
+killed servefleet. Output goes to
 `log_dir/<region>/<endpoint>/<role>-<n>.log`.
 """
 
@@ -82,7 +85,7 @@ import socket
 import sys
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -105,6 +108,7 @@ from servefleet.runtime.base import (
     RuntimeUnavailable,
     WorkloadUnsupported,
 )
+from servefleet.runtime.local.environment import child_environment
 from servefleet.runtime.local.gateway import Backend, RouteConflict, Router
 from servefleet.spec import ModelStaging
 
@@ -231,9 +235,12 @@ class LocalRuntime:
         log_dir: Path,
         model_cache_dir: Path | None = None,
         settings: LocalSettings = LocalSettings(),
+        pass_env: Sequence[str] = (),
     ) -> None:
-        """`model_cache_dir` defaults to `model-cache` beside `log_dir`."""
+        """`model_cache_dir` defaults to `model-cache` beside `log_dir`; `pass_env`
+        names variables of this process that every child gets (see `environment`)."""
         self.region = region
+        self._pass_env = tuple(pass_env)
         self._router = router
         router.leading = True
         self._log_dir = log_dir
@@ -606,11 +613,11 @@ class LocalRuntime:
         port = self._free_port()
         template = (version.command or []) + (version.args or [])
         argv = [part.replace("{port}", str(port)) for part in template]
-        env = {**os.environ, **version.env, "PORT": str(port)}
+        own = {**version.env, "PORT": str(port)}
         if staging is not None:
             argv = [part.replace("{model_dir}", str(staging.directory)) for part in argv]
-            env["SERVEFLEET_MODEL_DIR"] = str(staging.directory)
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", os.defpath)
+            own["SERVEFLEET_MODEL_DIR"] = str(staging.directory)
+        env = child_environment(os.environ, own, pass_env=self._pass_env)
         header = f"--- servefleet: starting {record.name}/{replica.name} on port {port}: {argv!r}\n"
         try:
             output = await asyncio.to_thread(_open_log, replica.log, header)
@@ -652,13 +659,15 @@ class LocalRuntime:
 
     async def _stage_once(self, record: _Endpoint, staging: _Staging) -> str:
         """One run of `python -m servefleet.stage`; why it failed, or ""."""
-        env = {
-            **os.environ,
+        own = {
             "SERVEFLEET_STAGE_TIMEOUT": f"{self._settings.stage_timeout:g}",
             **staging.env,
             "SERVEFLEET_MODEL_SOURCE": staging.source,
             "SERVEFLEET_MODEL_DIR": str(staging.directory),
         }
+        env = child_environment(
+            os.environ, own, pass_env=self._pass_env, model_source=staging.source
+        )
         try:
             limit = float(env["SERVEFLEET_STAGE_TIMEOUT"])
         except ValueError:
