@@ -81,6 +81,10 @@ class ControllerSettings:
     rate_limit: float = 20.0
     """Retries of failing endpoints per second, over all endpoints (burst 200)."""
     store_retry: float = 1.0
+    restart_initial: float = 1.0
+    """A region whose reconciler an error stopped stands for election again after
+    this long, doubling up to `restart_max` (`run_region`)."""
+    restart_max: float = 60.0
 
 
 @dataclass(frozen=True)

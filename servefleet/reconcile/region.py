@@ -6,10 +6,21 @@ processes), and a deposed leader lets go of what the new leader now manages.
 
 The region's lease is the store's (`region/<name>`) unless the caller passes
 another backend (for a Kubernetes region, a Lease in its namespace).
+
+Each region is supervised on its own. An error that escapes its reconciler or
+its election (a store failing in a way no retry mends: a missing table, a
+damaged row; or a bug) is logged with its traceback, the region steps down (its
+runtime closes, its lease is released), and after a backoff (`restart_initial`
+doubling to `restart_max`, from the start again once a run lasted `restart_max`)
+it stands for election again. Other regions, and the gateways, never notice.
+Only cancellation ends `run_region`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -19,6 +30,8 @@ from servefleet.runtime.base import Runtime
 from servefleet.store import Store
 
 __all__ = ["run_region"]
+
+log = logging.getLogger(__name__)
 
 RuntimeFactory = Callable[[], AbstractAsyncContextManager[Runtime]]
 
@@ -36,7 +49,8 @@ async def run_region(
     leases: LeaseBackend | None = None,
 ) -> None:
     """Reconcile `region` whenever this process holds its lease (kept by `leases`,
-    by default in the store), until cancelled."""
+    by default in the store), until cancelled; an error stops only this region for
+    a while (see the module doc)."""
     election = LeaderElection(leases or StoreLeases(store, f"region/{region}"), holder, lease)
 
     async def lead() -> None:
@@ -47,4 +61,27 @@ async def run_region(
             on_controller(controller)
             await controller.run()
 
-    await election.run(lead)
+    delay = settings.restart_initial
+    while True:
+        began = time.monotonic()
+        try:
+            await election.run(lead)
+            return
+        except Exception as error:
+            # The region's edge: whatever stopped it must not reach the other regions.
+            if time.monotonic() - began >= settings.restart_max:
+                delay = settings.restart_initial
+            log.error(
+                "region %s: stopped by %s; stepped down, standing for election again in %gs",
+                *(region, _described(error), delay),
+                exc_info=error,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, settings.restart_max)
+
+
+def _described(error: BaseException) -> str:
+    """The errors in `error`, task groups unwrapped, in a line."""
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(_described(inner) for inner in error.exceptions)
+    return f"{type(error).__name__}: {error}"

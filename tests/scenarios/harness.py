@@ -259,7 +259,11 @@ async def local_fleet(
         log_format="text",
         log_dir=tmp_path / "logs",
         controller=ControllerSettings(
-            watchdog_threshold=watchdog_threshold, backoff_max=1.0, store_retry=0.2
+            watchdog_threshold=watchdog_threshold,
+            backoff_max=1.0,
+            store_retry=0.2,
+            restart_initial=0.2,
+            restart_max=1.0,
         ),
         # No test here hands leadership over (test_failover does, with processes): the
         # TTL only has to outlast a renewal on a saturated machine. At 5 s a leader
