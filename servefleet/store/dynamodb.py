@@ -68,11 +68,11 @@ endpoint, then region.
   itself answers a retried, applied one as done for 10 minutes; moto ignores the
   token, and there the purge's read-back decides. A status write run twice stores
   the same report, so it needs no rule.
-- **Retries**: throttling (`ProvisionedThroughputExceededException`,
-  `ThrottlingException`, ...), 5xx answers, transaction conflicts and connection
-  errors are retried with jittered exponential backoff (50 ms doubling to 2 s,
-  8 attempts), then raise `StoreUnavailable`; botocore's own retries are off so the
-  two do not multiply.
+- **Retries** (`dynamodb_client.py`, with the error mapping): throttling
+  (`ProvisionedThroughputExceededException`, `ThrottlingException`, ...), 5xx
+  answers, transaction conflicts and connection errors are retried with jittered
+  exponential backoff (50 ms doubling to 2 s, 8 attempts), then raise
+  `StoreUnavailable`; botocore's own retries are off so the two do not multiply.
 
 Global tables: CAS holds within one region's replica, so every writer should use the
 same region in its URL; the other replicas serve as read copies and for failover.
@@ -81,18 +81,13 @@ same region in its URL; the other replicas serve as read copies and for failover
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
-from contextlib import AsyncExitStack, suppress
-from dataclasses import dataclass
+from contextlib import suppress
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
-
-from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
 from servefleet.spec import DesiredState, Endpoint, InvalidInput, Region, RegionStatus
 from servefleet.store.base import (
@@ -109,10 +104,19 @@ from servefleet.store.base import (
     StoreError,
     StoreUnavailable,
 )
+from servefleet.store.dynamodb_client import (
+    Cancelled,
+    Client,
+    ConditionFailed,
+    DynamoLocation,
+    Refused,
+    TableMissing,
+)
 
 __all__ = [
     "DynamoLocation",
     "DynamoStore",
+    "TableMissing",
     "cloudformation_definition",
     "parse_url",
     "scan_items",
@@ -126,74 +130,10 @@ _FEED_KEY = {"pk": {"S": "feed"}, "sk": {"S": "feed"}}
 _TABLE_NAME_CHARACTERS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 )
-_RETRYABLE = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "Throttling",
-        "RequestLimitExceeded",
-        "InternalServerError",
-        "ServiceUnavailable",
-        "TransactionConflictException",
-        "TransactionInProgressException",
-    }
-)
-_RETRYABLE_CANCELLATIONS = frozenset(
-    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
-)
-_ATTEMPTS = 8
 _TRANSACTION_ACTIONS = 100
 _TABLE_READY_SECONDS = 300
 _FEED_PAGE = 50
 """Changes a watcher asks for per read; behind by more, it reads again at once."""
-_BACKOFF_INITIAL = 0.05
-_BACKOFF_MAX = 2.0
-
-
-class TableMissing(StoreError):
-    def __init__(self, table: str, region: str) -> None:
-        super().__init__(
-            f"DynamoDB table {table!r} in {region} has no servefleet store: "
-            "run `servefleet store init`"
-        )
-
-
-class _Refused(StoreUnavailable):
-    """DynamoDB answered with an error that retrying will not change; `code` says which."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class _ConditionFailed(Exception):
-    """A condition expression did not hold; `item` is what was stored, if anything.
-
-    `may_be_own_write`: an earlier attempt of the same call failed without saying
-    whether it was applied, so what broke the condition may be that attempt's write."""
-
-    def __init__(self, item: dict[str, Any] | None, *, may_be_own_write: bool) -> None:
-        super().__init__("condition failed")
-        self.item = item
-        self.may_be_own_write = may_be_own_write
-
-
-class _Cancelled(Exception):
-    """A transaction was refused; `codes` has one entry per action ("None" if it held).
-    `may_be_own_write` as for `_ConditionFailed`."""
-
-    def __init__(self, codes: list[str], *, may_be_own_write: bool) -> None:
-        super().__init__(f"transaction cancelled: {codes}")
-        self.codes = codes
-        self.may_be_own_write = may_be_own_write
-
-
-@dataclass(frozen=True, slots=True)
-class DynamoLocation:
-    table: str
-    region: str
-    endpoint_url: str | None = None
-    poll_interval: float = 0.1
 
 
 def parse_url(url: str) -> DynamoLocation:
@@ -312,121 +252,13 @@ def _plain(value: dict[str, Any]) -> Any:
     return data
 
 
-@cache
-def _session() -> Any:
-    """One botocore session per process: it parses DynamoDB's service model (most of a
-    second) once, however many stores are opened."""
-    # Imported here: other stores' commands need not pay for loading it.
-    from aiobotocore.session import get_session  # type: ignore[import-untyped]
-
-    return get_session()
-
-
-class _Client:
-    """One aiobotocore client with the store's retries and error mapping."""
-
-    def __init__(self, client: Any, exits: AsyncExitStack, location: DynamoLocation) -> None:
-        self.raw = client
-        self._exits = exits
-        self.location = location
-
-    @classmethod
-    async def open(cls, location: DynamoLocation) -> _Client:
-        from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
-
-        config = AioConfig(
-            connect_timeout=5,
-            read_timeout=20,
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            max_pool_connections=20,
-        )
-        exits = AsyncExitStack()
-        try:
-            client = await exits.enter_async_context(
-                _session().create_client(
-                    "dynamodb",
-                    region_name=location.region,
-                    endpoint_url=location.endpoint_url,
-                    config=config,
-                )
-            )
-        except (BotoCoreError, ValueError) as error:
-            await exits.aclose()
-            raise StoreUnavailable(f"cannot open DynamoDB store: {error}") from error
-        return cls(client, exits, location)
-
-    async def close(self) -> None:
-        await self._exits.aclose()
-
-    async def call(self, operation: str, **params: Any) -> dict[str, Any]:
-        """Run `operation`, retrying what is transient; conditions fail as `_ConditionFailed`
-        or `_Cancelled`, everything else that persists as `StoreUnavailable`."""
-        delay = _BACKOFF_INITIAL
-        # A 5xx answer or a broken connection does not say whether the write was
-        # applied (DynamoDB documents applied writes answered 500), so a condition
-        # failure on a later attempt may be this call's own earlier write.
-        may_be_own_write = False
-        for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                answer: dict[str, Any] = await getattr(self.raw, operation)(**params)
-                return answer
-            except ClientError as error:
-                code = str(error.response.get("Error", {}).get("Code", ""))
-                if code == "ConditionalCheckFailedException":
-                    raise _ConditionFailed(
-                        error.response.get("Item"), may_be_own_write=may_be_own_write
-                    ) from None
-                if code == "ResourceNotFoundException":
-                    raise TableMissing(self.location.table, self.location.region) from None
-                transient = code in _RETRYABLE
-                if code == "TransactionCanceledException":
-                    codes = [
-                        str(reason.get("Code", "None"))
-                        for reason in error.response.get("CancellationReasons", [])
-                    ]
-                    if not _RETRYABLE_CANCELLATIONS & set(codes):
-                        raise _Cancelled(codes, may_be_own_write=may_be_own_write) from None
-                    transient = True
-                status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-                if not transient and status < 500:
-                    raise _Refused(code, f"DynamoDB refused {operation}: {error}") from error
-                may_be_own_write = may_be_own_write or status >= 500
-                problem: Exception = error
-            except BotoCoreError as error:
-                may_be_own_write = True
-                problem = error
-            if attempt == _ATTEMPTS:
-                raise StoreUnavailable(
-                    f"DynamoDB table {self.location.table!r} is unavailable after "
-                    f"{_ATTEMPTS} attempts: {problem}"
-                ) from problem
-            await asyncio.sleep(delay / 2 + random.uniform(0, delay / 2))
-            delay = min(delay * 2, _BACKOFF_MAX)
-        raise AssertionError("unreachable")
-
-    async def query_all(self, **params: Any) -> list[dict[str, Any]]:
-        """Every item a `Query` matches, page after page until `LastEvaluatedKey` is gone."""
-        items: list[dict[str, Any]] = []
-        start: dict[str, Any] | None = None
-        while True:
-            page = await self.call(
-                "query",
-                **params,
-                **({"ExclusiveStartKey": start} if start else {}),
-            )
-            items.extend(page.get("Items", []))
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                return items
-
-
 class DynamoStore(PolledFeed):
     """The `Store` on DynamoDB; see the module docstring for the layout and choices."""
 
     feed_retention = 256
     """Changes kept in the feed item (at most ~60 bytes each); a watcher further behind relists."""
 
-    def __init__(self, client: _Client) -> None:
+    def __init__(self, client: Client) -> None:
         self._client = client
         self._table = client.location.table
         self.poll_interval = client.location.poll_interval
@@ -436,7 +268,7 @@ class DynamoStore(PolledFeed):
     @classmethod
     async def open(cls, url: str, *, init: bool = False) -> DynamoStore:
         location = parse_url(url)
-        store = cls(await _Client.open(location))
+        store = cls(await Client.open(location))
         try:
             if init:
                 await store._create_table()
@@ -453,7 +285,7 @@ class DynamoStore(PolledFeed):
         definition = table_definition(self._table)
         try:
             await self._client.call("create_table", **definition)
-        except _Refused as refused:
+        except Refused as refused:
             if refused.code != "ResourceInUseException":
                 raise
         for _ in range(_TABLE_READY_SECONDS):
@@ -485,7 +317,7 @@ class DynamoStore(PolledFeed):
                 TableName=self._table,
                 TimeToLiveSpecification={"AttributeName": TTL_ATTRIBUTE, "Enabled": True},
             )
-        with suppress(_ConditionFailed):
+        with suppress(ConditionFailed):
             await self._client.call(
                 "put_item",
                 TableName=self._table,
@@ -533,7 +365,7 @@ class DynamoStore(PolledFeed):
                 ConditionExpression="attribute_not_exists(pk)",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except _ConditionFailed as failed:
+        except ConditionFailed as failed:
             if not _is_own_write(failed, item):
                 raise EndpointExists(stored.name) from None
         await self._append_change(stored.name, 1, ChangeKind.PUT)
@@ -577,7 +409,7 @@ class DynamoStore(PolledFeed):
                 ExpressionAttributeValues={":expected": _number(expected_revision)},
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except _ConditionFailed as failed:
+        except ConditionFailed as failed:
             if not _is_own_write(failed, item):
                 raise _conflict(stored.name, expected_revision, failed.item) from None
         await self._append_change(stored.name, stored.revision, ChangeKind.PUT)
@@ -605,7 +437,7 @@ class DynamoStore(PolledFeed):
                 ],
                 ClientRequestToken=str(uuid.uuid4()),
             )
-        except _Cancelled as cancelled:
+        except Cancelled as cancelled:
             answer = await self._client.call(
                 "get_item", TableName=self._table, Key=_key("endpoint", name), ConsistentRead=True
             )
@@ -647,7 +479,7 @@ class DynamoStore(PolledFeed):
                 TransactItems=[{"ConditionCheck": check}, {"Put": put}],
                 ClientRequestToken=str(uuid.uuid4()),
             )
-        except _Cancelled:
+        except Cancelled:
             raise LeaseLost(lease.name, lease.holder) from None
 
     async def _status_items(
@@ -708,7 +540,7 @@ class DynamoStore(PolledFeed):
                 Key=_key("region", name),
                 ConditionExpression="attribute_exists(pk)",
             )
-        except _ConditionFailed as failed:
+        except ConditionFailed as failed:
             # Missing after an answer was lost: that attempt deleted it.
             if not failed.may_be_own_write:
                 raise RegionNotFound(name) from None
@@ -764,7 +596,7 @@ class DynamoStore(PolledFeed):
                     },
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
-            except _ConditionFailed as failed:
+            except ConditionFailed as failed:
                 if failed.item is None:
                     raise TableMissing(self._table, self._client.location.region) from None
                 self._known_seq = int(_plain(failed.item["seq"]))
@@ -832,7 +664,7 @@ class DynamoStore(PolledFeed):
                 **({"ExpressionAttributeNames": {"#token": "token"}} if values else {}),
                 **({"ExpressionAttributeValues": values} if values else {}),
             )
-        except _ConditionFailed as failed:
+        except ConditionFailed as failed:
             # A renewal applied but answered 500 fails its condition when retried:
             # still ours, and standing down for it would move leadership for nothing.
             if not _is_own_write(failed, item):
@@ -840,7 +672,7 @@ class DynamoStore(PolledFeed):
         return Lease(name, holder, token, _timestamp(expires_at))
 
     async def release_lease(self, lease: Lease) -> None:
-        with suppress(_ConditionFailed):
+        with suppress(ConditionFailed):
             await self._client.call(
                 "update_item",
                 TableName=self._table,
@@ -856,7 +688,7 @@ class DynamoStore(PolledFeed):
             )
 
 
-def _is_own_write(failed: _ConditionFailed, written: dict[str, Any]) -> bool:
+def _is_own_write(failed: ConditionFailed, written: dict[str, Any]) -> bool:
     """Whether the condition failed only because an earlier attempt of this very write
     was applied: after a lost answer, the item holds exactly what it wrote (compared as
     values, since DynamoDB normalises how numbers are written)."""
@@ -874,7 +706,7 @@ def _conflict(name: str, expected: int, item: dict[str, Any] | None) -> Revision
 async def scan_items(table: str, *, region: str, endpoint_url: str | None) -> list[dict[str, Any]]:
     """Every item of another DynamoDB table (e.g. the reference design's), as plain
     Python values, page after page until `LastEvaluatedKey` is gone."""
-    client = await _Client.open(DynamoLocation(table, region, endpoint_url))
+    client = await Client.open(DynamoLocation(table, region, endpoint_url))
     try:
         items: list[dict[str, Any]] = []
         start: dict[str, Any] | None = None
