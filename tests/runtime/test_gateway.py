@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from ipaddress import IPv4Network, ip_network
 from pathlib import Path
 
 import aiohttp
@@ -20,13 +23,16 @@ from yarl import URL
 from servefleet.runtime.local.gateway import (
     Backend,
     Gateway,
+    GatewaySettings,
     Pick,
     Refusal,
     RouteConflict,
     Router,
     event_loop_factory,
 )
+from servefleet.runtime.local.routing import choose
 from servefleet.runtime.local.supervisor import LocalRuntime
+from tests.waiting import eventually
 
 
 def route(
@@ -144,18 +150,6 @@ def test_refusals_say_why() -> None:
     assert router.pick("/inference/empty") == Refusal(503, "endpoint 'empty' has no ready replica")
 
 
-def test_has_capacity_by_name_or_path() -> None:
-    router = Router("r1")
-    route(router, "up", "/inference/up", primary=[backend()])
-    route(router, "down", "/inference/down")
-    route(router, "off", "/inference/off", primary=[backend()], routed=False, reason="stopped")
-    assert router.has_capacity("up")
-    assert router.has_capacity("/inference/up/v1/models")
-    assert not router.has_capacity("down")
-    assert not router.has_capacity("off")
-    assert not router.has_capacity("/inference/unknown")
-
-
 def test_exclude_leaves_out_one_replica() -> None:
     router = Router("r1")
     first, second = backend("llm/primary-0"), backend("llm/primary-1")
@@ -183,8 +177,59 @@ def test_a_prefix_belongs_to_one_endpoint() -> None:
     route(router, "a", "/shared")
     with pytest.raises(RouteConflict, match="already routed to endpoint 'a'"):
         route(router, "b", "/shared")
-    assert router.has_capacity("a") is False
     assert isinstance(router.pick("/shared"), Refusal)
+
+
+def test_a_stalled_replica_is_not_chosen_until_it_answers() -> None:
+    router = Router("r1")
+    stalled, busy = backend("llm/primary-0"), backend("llm/primary-1")
+    busy.acquire()  # fewest requests in flight would choose the stalled one
+    route(router, primary=[stalled, busy])
+    stalled.stall()
+    assert {_picked(router).backend for _ in range(30)} == {busy}
+    route(router, primary=[stalled])
+    assert router.pick("/inference/llm") == Refusal(
+        503, "endpoint 'llm' has no ready replica that answers (1 stopped answering)"
+    )
+    stalled.answered()
+    assert _picked(router).backend is stalled
+
+
+def test_the_version_is_chosen_by_weight_across_regions_whatever_their_load() -> None:
+    """Verify that the canary's share over several regions is its weight: choosing
+    the version per region and then the least busy pick across regions gave an idle
+    canary far more (1 - 0.9 * 0.9 = 19 % here for a 10 % canary)."""
+    east, west = Router("east"), Router("west")
+    for router, held in ((east, 6), (west, 3)):
+        primary = backend(f"{router.region}/primary-0")
+        for _ in range(held):
+            primary.acquire()
+        route(router, primary=[primary], canary=[backend(f"{router.region}/canary-0")], weight=10)
+    picks = 20_000
+    versions: collections.Counter[str] = collections.Counter()
+    regions: collections.Counter[tuple[str, str]] = collections.Counter()
+    for _ in range(picks):
+        choice = choose([east, west], "/inference/llm")
+        assert not isinstance(choice, Refusal)
+        router, pick = choice
+        versions[pick.version] += 1
+        regions[router.region, pick.version] += 1
+    # Binomial(20000, 0.1): sigma is 42; allow 5 sigma.
+    assert abs(versions["canary"] - 2000) < 5 * 42
+    # Within the version, the least busy replica of any region.
+    assert regions["east", "primary"] == 0
+    assert regions["east", "canary"] > 0
+    assert regions["west", "canary"] > 0
+
+
+def test_the_version_falls_back_when_no_region_has_the_chosen_one() -> None:
+    east, west = Router("east"), Router("west")
+    route(east, primary=[backend("east/primary-0")], weight=50)
+    route(west, primary=[backend("west/primary-0")], weight=50)
+    for _ in range(50):
+        choice = choose([east, west], "/inference/llm")
+        assert not isinstance(choice, Refusal)
+        assert choice[1].version == "primary"
 
 
 async def test_backend_idle_waits_for_the_last_request() -> None:
@@ -217,6 +262,8 @@ def test_servefleet_up_runs_on_uvloop_where_it_is_installed() -> None:
 
 
 # Gateway: a real server in front of in-process upstreams.
+
+FAST = GatewaySettings(upstream_connect_timeout=1, shutdown_timeout=1)
 
 
 @pytest.fixture
@@ -257,12 +304,16 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+Start = Callable[..., Awaitable[str]]
+"""`gateways(routers, settings=FAST)`: start a gateway, return its base URL."""
+
+
 @pytest.fixture
-async def gateways() -> AsyncIterator[Callable[[list[Router]], Awaitable[str]]]:
+async def gateways() -> AsyncIterator[Start]:
     started: list[Gateway] = []
 
-    async def start(routers: list[Router]) -> str:
-        gateway = Gateway(routers, connect_timeout=1, shutdown_timeout=1)
+    async def start(routers: list[Router], settings: GatewaySettings = FAST) -> str:
+        gateway = Gateway(routers, settings)
         started.append(gateway)
         return await gateway.start("127.0.0.1", 0)
 
@@ -286,7 +337,7 @@ async def echo(request: web.Request) -> web.StreamResponse:
 
 async def test_proxy_passes_method_path_query_body_and_headers(
     serve: Callable[[Handler], Awaitable[str]],
-    gateways: Callable[[list[Router]], Awaitable[str]],
+    gateways: Start,
     client: aiohttp.ClientSession,
 ) -> None:
     router = Router("r1")
@@ -321,7 +372,7 @@ async def test_proxy_passes_method_path_query_body_and_headers(
 
 async def test_a_replicas_cookie_is_not_kept_for_other_requests(
     serve: Callable[[Handler], Awaitable[str]],
-    gateways: Callable[[list[Router]], Awaitable[str]],
+    gateways: Start,
 ) -> None:
     async def login(request: web.Request) -> web.StreamResponse:
         response = await echo(request)
@@ -348,9 +399,7 @@ async def test_a_replicas_cookie_is_not_kept_for_other_requests(
     assert "cookie" not in seen["headers"]
 
 
-async def test_unknown_path_is_404_json(
-    gateways: Callable[[list[Router]], Awaitable[str]], client: aiohttp.ClientSession
-) -> None:
+async def test_unknown_path_is_404_json(gateways: Start, client: aiohttp.ClientSession) -> None:
     url = await gateways([Router("r1")])
     async with client.get(f"{url}/inference/nothing/v1") as response:
         assert response.status == 404
@@ -361,7 +410,7 @@ async def test_unknown_path_is_404_json(
 
 async def test_response_streams_chunk_by_chunk(
     serve: Callable[[Handler], Awaitable[str]],
-    gateways: Callable[[list[Router]], Awaitable[str]],
+    gateways: Start,
     client: aiohttp.ClientSession,
 ) -> None:
     go_on = asyncio.Event()
@@ -389,7 +438,7 @@ async def test_response_streams_chunk_by_chunk(
 
 async def test_refused_connection_is_retried_on_another_replica(
     serve: Callable[[Handler], Awaitable[str]],
-    gateways: Callable[[list[Router]], Awaitable[str]],
+    gateways: Start,
     client: aiohttp.ClientSession,
     unused_port: int,
 ) -> None:
@@ -408,7 +457,7 @@ async def test_refused_connection_is_retried_on_another_replica(
 
 
 async def test_no_replica_to_retry_is_502_json(
-    gateways: Callable[[list[Router]], Awaitable[str]],
+    gateways: Start,
     client: aiohttp.ClientSession,
     unused_port: int,
 ) -> None:
@@ -424,7 +473,7 @@ async def test_no_replica_to_retry_is_502_json(
 
 async def test_client_disconnect_cancels_the_upstream_request(
     serve: Callable[[Handler], Awaitable[str]],
-    gateways: Callable[[list[Router]], Awaitable[str]],
+    gateways: Start,
     client: aiohttp.ClientSession,
 ) -> None:
     upstream_gone = asyncio.Event()
@@ -453,7 +502,7 @@ async def test_client_disconnect_cancels_the_upstream_request(
 
 async def test_global_gateway_sends_to_a_region_with_capacity(
     serve: Callable[[Handler], Awaitable[str]],
-    gateways: Callable[[list[Router]], Awaitable[str]],
+    gateways: Start,
     client: aiohttp.ClientSession,
 ) -> None:
     east, west = Router("east"), Router("west")
@@ -480,6 +529,62 @@ async def test_global_gateway_sends_to_a_region_with_capacity(
         assert message == "endpoint 'llm': traffic withdrawn by the health watchdog"
 
 
+async def test_global_gateway_gives_a_canary_its_weight_under_uneven_load(
+    serve: Callable[[Handler], Awaitable[str]], gateways: Start
+) -> None:
+    """Verify that through the global entry a 10 % canary gets 10 % of requests while
+    both regions' primaries hold requests in flight (6 in east, 3 in west): the idle
+    canary used to win the comparison across regions, 14-19 % instead of 10 %."""
+    release = asyncio.Event()
+
+    async def replica(request: web.Request) -> web.StreamResponse:
+        if request.path == "/hold":
+            await release.wait()
+        return web.json_response({})
+
+    upstream = await serve(replica)
+    east, west = Router("east"), Router("west")
+    primary = {name: Backend(f"{name}/primary-0", upstream) for name in ("east", "west")}
+    canary = {name: Backend(f"{name}/canary-0", upstream) for name in ("east", "west")}
+    url = await gateways([east, west])
+    held: list[asyncio.Task[None]] = []
+
+    async def hold(session: aiohttp.ClientSession) -> None:
+        async with session.get(f"{url}/inference/llm/hold") as response:
+            assert response.status == 200
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        # Held requests go to the only primary routed at the time.
+        for router, count in ((east, 6), (west, 3)):
+            busy = primary[router.region]
+            route(router, primary=[busy])
+            held += [asyncio.create_task(hold(session)) for _ in range(count)]
+
+            async def all_held(busy: Backend = busy, count: int = count) -> bool:
+                return busy.outstanding == count
+
+            await eventually(all_held)
+        for router in (east, west):
+            name = router.region
+            route(router, primary=[primary[name]], canary=[canary[name]], weight=10)
+
+        total, versions = 3000, collections.Counter[str]()
+        requests = iter(range(total))
+
+        async def send() -> None:
+            for _ in requests:
+                async with session.get(f"{url}/inference/llm/x") as response:
+                    assert response.status == 200
+                    versions[response.headers["x-servefleet-version"]] += 1
+
+        await asyncio.gather(*(send() for _ in range(4)))
+        release.set()
+        await asyncio.gather(*held)
+    # Binomial(3000, 0.1): sigma is 16.4; allow 5 sigma.
+    assert versions["primary"] + versions["canary"] == total
+    assert abs(versions["canary"] - 300) < 5 * 16.4
+
+
 def test_a_standby_router_says_another_process_serves_the_region() -> None:
     standby = Router("r1", leading=False)
 
@@ -501,3 +606,294 @@ async def test_a_router_leads_while_a_runtime_holds_it(tmp_path: Path) -> None:
     refusal = router.pick("/inference/llm")
     assert isinstance(refusal, Refusal)
     assert refusal.status == 503
+
+
+# Limits: no client and no replica holds the gateway forever.
+
+
+async def _closed_by_peer(reader: asyncio.StreamReader) -> bytes:
+    """Everything the gateway sends on a raw connection until it closes it."""
+    received = b""
+    try:
+        while chunk := await reader.read(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+async def test_a_client_too_slow_to_send_its_headers_is_disconnected(
+    serve: Callable[[Handler], Awaitable[str]], gateways: Start, client: aiohttp.ClientSession
+) -> None:
+    """Verify that slowloris connections (one header line at a time, never the end of
+    the head) are closed after `header_timeout`, while a normal client is served."""
+    router = Router("r1")
+    route(router, primary=[Backend("llm/primary-0", await serve(echo))])
+    url = URL(await gateways([router], GatewaySettings(header_timeout=0.5)))
+    assert url.port is not None
+
+    async def slowloris() -> bytes:
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(b"GET /inference/llm/x HTTP/1.1\r\nHost: gateway\r\n")
+        closed = asyncio.ensure_future(_closed_by_peer(reader))
+        try:
+            for line in range(1000):
+                if closed.done():
+                    break
+                writer.write(b"X-Line-%d: slow\r\n" % line)
+                await asyncio.wait({closed}, timeout=0.1)
+            return await closed
+        finally:
+            closed.cancel()
+            writer.close()
+
+    # Generous: the deadline is 0.5 s; only "closed at all" is asserted.
+    async with asyncio.timeout(20):
+        answers = await asyncio.gather(*(slowloris() for _ in range(50)))
+    assert all(not answer.startswith(b"HTTP/1.1 200") for answer in answers)
+    async with client.get(f"{url}/inference/llm/x") as response:
+        assert response.status == 200
+
+
+async def test_connections_past_the_cap_are_refused_not_held(
+    serve: Callable[[Handler], Awaitable[str]], gateways: Start
+) -> None:
+    """Verify that a connection past `max_connections` gets a 503 and is closed at
+    once, and that a slot freed by a closed connection serves again."""
+    router = Router("r1")
+    route(router, primary=[Backend("llm/primary-0", await serve(echo))])
+    url = URL(await gateways([router], GatewaySettings(max_connections=3, header_timeout=60)))
+    assert url.port is not None
+    idle = [await asyncio.open_connection(url.host, url.port) for _ in range(3)]
+    try:
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        async with asyncio.timeout(10):
+            refusal = await _closed_by_peer(reader)
+        writer.close()
+        head, _, body = refusal.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ")
+        assert json.loads(body) == {
+            "error": {
+                "code": 503,
+                "message": "the gateway holds its maximum of 3 connections; retry later",
+            }
+        }
+    finally:
+        for _, idle_writer in idle:
+            idle_writer.close()
+
+    async def served() -> bool:
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with (
+            aiohttp.ClientSession(connector=connector) as fresh,
+            fresh.get(f"{url}/inference/llm/x") as response,
+        ):
+            return response.status == 200
+
+    await eventually(served)
+
+
+async def test_a_client_that_stalls_its_body_gets_408(
+    serve: Callable[[Handler], Awaitable[str]], gateways: Start
+) -> None:
+    """Verify that a request body paused longer than `body_timeout` ends the request:
+    the client gets 408 (JSON) and the replica's slot is freed."""
+    replica = Backend("llm/primary-0", await serve(echo))
+    router = Router("r1")
+    route(router, primary=[replica])
+    url = URL(await gateways([router], GatewaySettings(body_timeout=0.5)))
+    assert url.port is not None
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(
+        b"POST /inference/llm/x HTTP/1.1\r\nHost: gateway\r\nContent-Length: 100\r\n\r\nten bytes."
+    )
+    try:
+        async with asyncio.timeout(10):
+            answer = await _closed_by_peer(reader)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body)["error"] == {
+        "code": 408,
+        "message": "the request body paused for more than 0.5s",
+    }
+    assert replica.outstanding == 0
+
+
+async def test_a_hung_replica_answers_504_and_is_avoided_until_it_answers(
+    serve: Callable[[Handler], Awaitable[str]], gateways: Start, client: aiohttp.ClientSession
+) -> None:
+    """Verify that a replica that accepts and never answers costs one request a 504
+    after `upstream_read_timeout`, then gets none (though the least busy) until it
+    answers again — here a health probe's success, `Backend.answered`."""
+    awake = asyncio.Event()
+
+    async def hangs_until_awake(request: web.Request) -> web.StreamResponse:
+        await awake.wait()
+        return await echo(request)
+
+    hung = Backend("llm/primary-0", await serve(hangs_until_awake))
+    busy = Backend("llm/primary-1", await serve(echo))
+    busy.acquire()  # the hung replica is always the least busy one
+    router = Router("r1")
+    route(router, primary=[hung, busy])
+    url = await gateways([router], GatewaySettings(upstream_read_timeout=0.5))
+    async with client.get(f"{url}/inference/llm/x") as response:
+        assert response.status == 504
+        assert await response.json() == {
+            "error": {
+                "code": 504,
+                "message": "replica llm/primary-0 sent nothing for 0.5s; "
+                "it gets no more requests until it answers",
+            }
+        }
+    assert hung.stalled
+    assert hung.outstanding == 0
+    for _ in range(5):
+        async with client.get(f"{url}/inference/llm/x") as response:
+            assert response.status == 200
+            assert response.headers["x-servefleet-replica"] == "llm/primary-1"
+    awake.set()
+    hung.answered()
+    async with client.get(f"{url}/inference/llm/x") as response:
+        assert response.status == 200
+        assert response.headers["x-servefleet-replica"] == "llm/primary-0"
+
+
+async def test_a_hung_asyncio_replica_that_never_reads_answers_504(
+    gateways: Start, client: aiohttp.ClientSession
+) -> None:
+    """A replica that accepts the connection and never reads nor writes a byte."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        router = Router("r1")
+        route(router, primary=[Backend("llm/primary-0", f"http://127.0.0.1:{port}")])
+        url = await gateways([router], GatewaySettings(upstream_read_timeout=0.5))
+        async with (
+            asyncio.timeout(10),
+            client.post(f"{url}/inference/llm/x", data=b"{}") as response,
+        ):
+            assert response.status == 504
+        async with client.get(f"{url}/inference/llm/x") as response:
+            assert response.status == 503
+            assert (await response.json())["error"]["message"] == (
+                "endpoint 'llm' has no ready replica that answers (1 stopped answering)"
+            )
+    finally:
+        for writer in connections:
+            writer.close()
+        server.close()
+
+
+async def test_events_further_apart_than_nothing_but_the_read_timeout_get_through(
+    serve: Callable[[Handler], Awaitable[str]], gateways: Start, client: aiohttp.ClientSession
+) -> None:
+    """Verify that the upstream read timeout bounds the gap between two chunks, not
+    the whole answer: an event stream longer than it, with shorter gaps, arrives."""
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for number in range(12):
+            await asyncio.sleep(0.25)
+            await response.write(b"data: %d\n\n" % number)
+        await response.write_eof()
+        return response
+
+    replica = Backend("llm/primary-0", await serve(events))
+    router = Router("r1")
+    route(router, primary=[replica])
+    url = await gateways([router], GatewaySettings(upstream_read_timeout=2))
+    async with client.get(f"{url}/inference/llm/stream") as response:
+        assert response.status == 200
+        assert await response.read() == b"".join(b"data: %d\n\n" % n for n in range(12))
+    assert not replica.stalled
+
+
+# Forwarding headers: what a replica learns about the client, and from whom.
+
+SPOOFED = {
+    "Host": "api.example.com",
+    "X-Forwarded-For": "6.6.6.6",
+    "Forwarded": "for=6.6.6.6",
+    "X-Real-IP": "6.6.6.6",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "public.example.com",
+    "X-Forwarded-Prefix": "/outer/",
+}
+
+
+async def _seen_by_replica(
+    serve: Callable[[Handler], Awaitable[str]],
+    gateways: Start,
+    client: aiohttp.ClientSession,
+    settings: GatewaySettings,
+    prefix: str = "/inference/llm",
+) -> dict[str, str]:
+    router = Router("r1")
+    route(router, prefix=prefix, primary=[Backend("llm/primary-0", await serve(echo))])
+    url = await gateways([router], settings)
+    path = prefix.rstrip("/") + "/v1/models"
+    async with client.get(f"{url}{path}", headers=SPOOFED) as response:
+        assert response.status == 200
+        headers: dict[str, str] = (await response.json())["headers"]
+    return headers
+
+
+@pytest.mark.parametrize(
+    "trusted",
+    [
+        pytest.param((), id="no-trusted-proxy"),
+        pytest.param((ip_network("10.0.0.0/8"),), id="another-network-trusted"),
+    ],
+)
+async def test_an_untrusted_clients_forwarding_headers_are_replaced(
+    serve: Callable[[Handler], Awaitable[str]],
+    gateways: Start,
+    client: aiohttp.ClientSession,
+    trusted: tuple[IPv4Network, ...],
+) -> None:
+    """Verify that forwarding headers from a client that is not a trusted proxy never
+    reach the replica (they could spoof its rate limits or audit) and that the
+    gateway writes its own, keeping the Host the client asked for."""
+    seen = await _seen_by_replica(serve, gateways, client, replace(FAST, trusted_proxies=trusted))
+    assert seen["host"] == "api.example.com"
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == "api.example.com"
+    assert seen["x-forwarded-prefix"] == "/inference/llm"
+    assert "forwarded" not in seen
+    assert "x-real-ip" not in seen
+
+
+async def test_a_trusted_proxys_forwarding_headers_are_kept_and_extended(
+    serve: Callable[[Handler], Awaitable[str]],
+    gateways: Start,
+    client: aiohttp.ClientSession,
+) -> None:
+    settings = replace(FAST, trusted_proxies=(ip_network("127.0.0.0/8"),))
+    seen = await _seen_by_replica(serve, gateways, client, settings)
+    assert seen["host"] == "api.example.com"
+    assert seen["x-forwarded-for"] == "6.6.6.6, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "https"
+    assert seen["x-forwarded-host"] == "public.example.com"
+    assert seen["x-forwarded-prefix"] == "/outer/inference/llm"
+    assert seen["forwarded"] == "for=6.6.6.6"
+    assert seen["x-real-ip"] == "6.6.6.6"
+
+
+async def test_a_root_route_strips_no_prefix_and_says_none(
+    serve: Callable[[Handler], Awaitable[str]],
+    gateways: Start,
+    client: aiohttp.ClientSession,
+) -> None:
+    seen = await _seen_by_replica(serve, gateways, client, FAST, prefix="/")
+    assert "x-forwarded-prefix" not in seen
+    assert seen["x-forwarded-for"] == "127.0.0.1"

@@ -24,7 +24,7 @@ import pytest
 
 from servefleet.plan import Observed, Workload, desired_workload, workload_hash
 from servefleet.runtime.base import ApplyConflict, Runtime, WorkloadUnsupported
-from servefleet.runtime.local.gateway import Gateway, Router
+from servefleet.runtime.local.gateway import Gateway, GatewaySettings, Pick, Refusal, Router
 from servefleet.runtime.local.supervisor import LocalRuntime, LocalSettings
 from servefleet.spec import DesiredState
 from tests.factories import make_endpoint
@@ -145,7 +145,7 @@ async def regions(
     async def start(name: str = "r1", settings: LocalSettings = SETTINGS) -> Region:
         router = Router(name)
         runtime = LocalRuntime(name, router, log_dir=tmp_path / "logs", settings=settings)
-        gateway = Gateway([router], shutdown_timeout=1)
+        gateway = Gateway([router], GatewaySettings(shutdown_timeout=1))
         started.append((runtime, gateway))
         return Region(name, router, runtime, await gateway.start("127.0.0.1", 0), client)
 
@@ -622,7 +622,7 @@ async def test_global_gateway_fails_over_between_regions(
         workload(region="west", command=replica("--unhealthy-file", str(flag)))
     )
     await east.ready(primary=1)
-    entry = Gateway([east.router, west.router], shutdown_timeout=1)
+    entry = Gateway([east.router, west.router], GatewaySettings(shutdown_timeout=1))
     url = await entry.start("127.0.0.1", 0)
     try:
         for _ in range(20):
@@ -644,6 +644,27 @@ async def test_global_gateway_fails_over_between_regions(
                 assert response.headers["x-servefleet-region"] == "west"
     finally:
         await entry.close()
+
+
+async def test_a_passing_health_probe_makes_a_stalled_replica_eligible_again(
+    region: Region,
+) -> None:
+    """The gateway stops choosing a replica that went silent past its upstream read
+    timeout; the supervisor's next passing probe is the answer that lifts that."""
+    await region.runtime.apply(workload(replicas=1))
+    await region.ready(primary=1)
+    pick = region.router.pick("/inference/llm/")
+    assert isinstance(pick, Pick)
+    pick.backend.stall()
+    assert isinstance(region.router.pick("/inference/llm/"), Refusal)
+
+    async def eligible() -> bool:
+        return not pick.backend.stalled
+
+    await until(eligible)
+    status, headers, _ = await region.get()
+    assert status == 200
+    assert headers["x-servefleet-replica"] == pick.backend.name
 
 
 async def test_close_leaves_no_child_process(tmp_path: Path) -> None:

@@ -1,39 +1,55 @@
-"""The local HTTP gateway: path → endpoint → weighted primary/canary → ready replica.
+"""The local HTTP gateway: an HTTP reverse proxy over one or more routing tables.
 
-Two parts, kept apart so routing is testable without a socket:
+One `Gateway` serves one region (one `Router`) or, as the global entry point, every
+local region at once; `routing.choose` decides where each request goes, and
+`forwarding` which headers cross. The proxy streams both ways: the request body is
+forwarded as it arrives and the answer is written chunk by chunk as the replica
+produces it, so server-sent events reach the client unbuffered; an answer that is
+complete when its headers arrive goes out in one write. Refusals are JSON that say
+why: `{"error": {"code": 503, "message": "endpoint 'llm': endpoint is stopped"}}`.
 
-- `Router` is one region's routing table. The supervisor that owns the region's
-  replicas is its only writer (`set_route`, `remove_route`); every request reads it
-  (`pick`). A pick is synchronous, so choosing a replica and counting the request
-  against it (`Backend.acquire`) happen without an `await` in between: a replica
-  removed from the table can never receive a request after its drain began.
-- `Gateway` is the aiohttp server in front of one Router (a region gateway) or
-  several (the global entry point, which sends each request to a region with a
-  ready replica for its path and fails over to another region when one has none).
-
-The proxy streams both ways: the request body is forwarded as it arrives and the
-answer is written chunk by chunk as the replica produces it, so server-sent events
-reach the client unbuffered; an answer that is complete when its headers arrive
-goes out in one write. Refusals are JSON that say why:
-`{"error": {"code": 503, "message": "endpoint 'llm': endpoint is stopped"}}`.
+Nothing waits forever (`GatewaySettings`): a client must send a request's head
+within `header_timeout` (aiohttp's keep-alive timer, armed from the moment a
+connection opens, does this) and may pause its body for at most `body_timeout`
+(408); at most `max_connections` are open at once (a connection past that gets a
+503 and is closed); a replica may stay silent for at most `upstream_read_timeout`
+(504), after which it is chosen no more until it answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Callable, Sequence
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from aiohttp.web_protocol import RequestHandler
 from yarl import URL
+
+from servefleet.runtime.local.forwarding import (
+    HOP_BY_HOP,
+    ProxyNetwork,
+    is_trusted,
+    upstream_headers,
+    without,
+)
+from servefleet.runtime.local.routing import (
+    Backend,
+    Pick,
+    Refusal,
+    RouteConflict,
+    Router,
+    choose,
+)
 
 __all__ = [
     "Backend",
     "Gateway",
+    "GatewaySettings",
     "Pick",
     "Refusal",
     "RouteConflict",
@@ -41,201 +57,38 @@ __all__ = [
     "event_loop_factory",
 ]
 
-Role = Literal["primary", "canary"]
-
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Not forwarded upstream on top of the hop-by-hop set: the client session writes
-# its own Host, and this server has already answered any `Expect: 100-continue`.
-_REQUEST_ONLY = _HOP_BY_HOP | {"host", "expect"}
+log = logging.getLogger(__name__)
 
 
-class Backend:
-    """One replica process as the gateway sees it, with its requests in flight.
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Limits and timeouts of one gateway (seconds unless said otherwise)."""
 
-    The supervisor makes one per started process and keeps it while the process
-    lives, so the count follows the replica across route updates; `idle()` is how
-    it waits for a retiring replica's last request before stopping the process.
-    """
-
-    __slots__ = ("_idle", "name", "outstanding", "url")
-
-    def __init__(self, name: str, url: str) -> None:
-        self.name = name
-        """Shown to clients in `x-servefleet-replica`, e.g. "llm/primary-0"."""
-        self.url = url
-        """Base URL without a trailing slash, e.g. "http://127.0.0.1:41234"."""
-        self.outstanding = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def acquire(self) -> None:
-        self.outstanding += 1
-        self._idle.clear()
-
-    def release(self) -> None:
-        self.outstanding -= 1
-        if self.outstanding == 0:
-            self._idle.set()
-
-    async def idle(self) -> None:
-        """Return once no request is in flight on this replica."""
-        await self._idle.wait()
-
-    def __repr__(self) -> str:
-        return f"Backend({self.name!r}, {self.url!r}, outstanding={self.outstanding})"
-
-
-@dataclass(frozen=True, slots=True)
-class Pick:
-    """Where one request goes."""
-
-    endpoint: str
-    version: Role
-    backend: Backend
-    path: str
-    """The request path with the route prefix taken off ("/v1/models", or "/")."""
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why a request cannot be served: 404 (no such endpoint) or 503 (none ready)."""
-
-    status: int
-    reason: str
-
-
-class RouteConflict(ValueError):
-    """Two endpoints asked for the same path prefix in one region."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    endpoint: str
-    prefix: str
-    routed: bool
-    reason: str
-    weight: int
-    primary: tuple[Backend, ...]
-    canary: tuple[Backend, ...]
-
-
-class Router:
-    """One region's routing table, read on every request and written on every change."""
-
-    def __init__(self, region: str, *, leading: bool = True) -> None:
-        self.region = region
-        self.leading = leading
-        """Whether a runtime of this process serves the region; a standby's gateway
-        has no routes and says so instead of answering 404."""
-        self._by_prefix: dict[str, _Route] = {}
-        self._by_endpoint: dict[str, _Route] = {}
-
-    def set_route(
-        self,
-        endpoint: str,
-        path_prefix: str,
-        *,
-        routed: bool,
-        reason: str,
-        weight: int,
-        primary: Sequence[Backend],
-        canary: Sequence[Backend],
-    ) -> None:
-        """Route `path_prefix` (and everything below it) to `endpoint`'s ready replicas,
-        replacing its earlier route. `weight` is the canary's percent (0-99); `reason`
-        is what an unrouted endpoint's 503 says."""
-        owner = self._by_prefix.get(path_prefix)
-        if owner is not None and owner.endpoint != endpoint:
-            raise RouteConflict(
-                f"path {path_prefix!r} is already routed to endpoint {owner.endpoint!r} "
-                f"in region {self.region!r}"
-            )
-        if not 0 <= weight <= 99:
-            raise ValueError(f"weight must be a percent from 0 to 99 (got {weight})")
-        route = _Route(endpoint, path_prefix, routed, reason, weight, tuple(primary), tuple(canary))
-        previous = self._by_endpoint.get(endpoint)
-        if previous is not None and previous.prefix != path_prefix:
-            del self._by_prefix[previous.prefix]
-        self._by_endpoint[endpoint] = route
-        self._by_prefix[path_prefix] = route
-
-    def remove_route(self, endpoint: str) -> None:
-        """Stop routing to `endpoint`; its path answers 404 from now on."""
-        route = self._by_endpoint.pop(endpoint, None)
-        if route is not None:
-            del self._by_prefix[route.prefix]
-
-    def has_capacity(self, endpoint_or_path: str) -> bool:
-        """Whether a request for this endpoint (by name) or path would find a ready replica."""
-        if endpoint_or_path.startswith("/"):
-            route = self._match(endpoint_or_path)
-        else:
-            route = self._by_endpoint.get(endpoint_or_path)
-        return route is not None and route.routed and bool(route.primary or route.canary)
-
-    def pick(self, path: str, *, exclude: Backend | None = None) -> Pick | Refusal:
-        """The replica for a request to `path`: the longest matching route, primary or
-        canary at random by weight (the other one when the chosen has no ready
-        replica), then the replica with the fewest requests in flight. `exclude`
-        leaves out a replica that just refused a connection."""
-        route = self._match(path)
-        if route is None and not self.leading:
-            return Refusal(
-                503,
-                f"region {self.region!r} is served by another servefleet process; "
-                "this one is standing by",
-            )
-        if route is None:
-            return Refusal(404, f"no endpoint serves the path {path!r}")
-        if not route.routed:
-            return Refusal(503, f"endpoint {route.endpoint!r}: {route.reason}")
-        primary, canary = route.primary, route.canary
-        if exclude is not None:
-            primary = tuple(backend for backend in primary if backend is not exclude)
-            canary = tuple(backend for backend in canary if backend is not exclude)
-        version: Role
-        if canary and (not primary or random.random() * 100 < route.weight):
-            version, backends = "canary", canary
-        elif primary:
-            version, backends = "primary", primary
-        else:
-            return Refusal(503, f"endpoint {route.endpoint!r} has no ready replica")
-        rest = path[len(route.prefix) :] if route.prefix != "/" else path
-        return Pick(route.endpoint, version, _least_busy(backends), rest or "/")
-
-    def _match(self, path: str) -> _Route | None:
-        # Try the path itself, then each parent at a "/" boundary, longest first:
-        # "/inference/llm/v1" matches "/inference/llm" but "/inference/llmx" does not.
-        candidate = path
-        while True:
-            route = self._by_prefix.get(candidate)
-            if route is not None:
-                return route
-            cut = candidate.rfind("/")
-            if cut <= 0:
-                return self._by_prefix.get("/")
-            candidate = candidate[:cut]
-
-
-def _least_busy(backends: tuple[Backend, ...]) -> Backend:
-    if len(backends) == 1:
-        return backends[0]
-    low = min(backend.outstanding for backend in backends)
-    tied = [backend for backend in backends if backend.outstanding == low]
-    return tied[0] if len(tied) == 1 else random.choice(tied)
+    header_timeout: float = 20.0
+    """How long a connection may take to send a complete request head, counted from
+    when it opens or its previous answer ends, so an idle keep-alive connection closes
+    after it too. A client that sends one header line at a time (slowloris) holds a
+    connection this long at most. Apache's default."""
+    body_timeout: float = 30.0
+    """The longest pause between two chunks of a request body; past it the client
+    gets 408 and the request to the replica is abandoned."""
+    max_connections: int = 1024
+    """Client connections held open at once. A connection past it gets a 503 and is
+    closed at once, so the gateway runs out of neither file descriptors nor memory
+    (each proxied request holds a second descriptor toward its replica)."""
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 600.0
+    """The longest a replica may stay silent: before its answer starts and between
+    two chunks of it (server-sent events may come any less than this apart). Ten
+    minutes, the OpenAI client's own default, because a completion that is not
+    streamed says nothing until it is done. A replica silent longer gets the client
+    a 504 and is chosen no more until it answers again (a request, a health probe)."""
+    shutdown_timeout: float = 10.0
+    """How long requests in flight may finish when the gateway closes."""
+    trusted_proxies: tuple[ProxyNetwork, ...] = ()
+    """Networks of the front proxies whose forwarding headers (`X-Forwarded-*`,
+    `Forwarded`, `X-Real-IP`) are believed and extended; from any other address they
+    are dropped (see `forwarding`). Empty: the gateway is the first hop."""
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -249,56 +102,104 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-def _forwarded(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
-    """`headers` without hop-by-hop fields, including any the Connection header names."""
-    # Copying whole and deleting the few present is cheaper than a Python loop
-    # over every field, and this runs twice per request.
-    kept = CIMultiDict(headers)
-    connection = headers.get("connection")
-    if connection:
-        drop = drop | {token.strip().lower() for token in connection.split(",")}
-    for name in drop:
-        if name in kept:
-            del kept[name]
-    return kept
-
-
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"code": status, "message": message}}, status=status)
 
 
-class Gateway:
-    """An HTTP reverse proxy over one or more Routers.
-
-    With several routers (the global entry point) each request goes to a region
-    with a ready replica for its path; among those, the one whose chosen replica
-    has the fewest requests in flight, ties taken in turn. When no region has one,
-    the answer is the first router's refusal that says 503 (else its 404).
-    """
+class _CappedServer(web.Server):
+    """aiohttp's low-level server, holding at most `max_connections` connections. A
+    connection past that is answered 503 as soon as it is accepted and closed, rather
+    than left waiting: its client learns at once to go elsewhere or retry."""
 
     def __init__(
         self,
-        routers: Sequence[Router],
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
         *,
-        connect_timeout: float = 5.0,
-        shutdown_timeout: float = 10.0,
+        max_connections: int,
+        **kwargs: Any,
     ) -> None:
+        super().__init__(handler, **kwargs)
+        self._max_connections = max_connections
+        self._open: set[RequestHandler] = set()
+        body = json.dumps(
+            {
+                "error": {
+                    "code": 503,
+                    "message": f"the gateway holds its maximum of {max_connections} "
+                    "connections; retry later",
+                }
+            }
+        ).encode()
+        self._refusal = (
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        if len(self._open) >= self._max_connections:
+            transport.write(self._refusal)
+            handler.force_close()  # closes the transport once the answer is out
+            return
+        self._open.add(handler)
+        super().connection_made(handler, transport)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        self._open.discard(handler)
+        super().connection_lost(handler, exc)
+
+
+class _ClientBody:
+    """A request's body as the client sends it, given up on once the client pauses
+    longer than `gap` seconds between two chunks; `stalled` then says so."""
+
+    def __init__(self, content: aiohttp.StreamReader, gap: float) -> None:
+        self._content = content
+        self._gap = gap
+        self.stalled = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                async with asyncio.timeout(self._gap):
+                    chunk = await self._content.readany()
+            except TimeoutError:
+                self.stalled = True
+                raise
+            if not chunk:
+                return
+            yield chunk
+
+
+class Gateway:
+    """An HTTP reverse proxy over one or more Routers (see `routing.choose`).
+
+    With several routers (the global entry point) a request may go to any region
+    with a ready replica for its path: the version is chosen by weight over all of
+    them, then that version's replica with the fewest requests in flight. When no
+    region has one, the answer is the first router's refusal that says 503 (else
+    its 404).
+    """
+
+    def __init__(self, routers: Sequence[Router], settings: GatewaySettings | None = None) -> None:
         if not routers:
             raise ValueError("a gateway needs at least one router")
         self._routers = tuple(routers)
-        self._connect_timeout = connect_timeout
-        self._shutdown_timeout = shutdown_timeout
-        self._turn = 0
+        self._settings = settings or GatewaySettings()
         self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on `host:port` (0: any free port) and return the base URL."""
         if self._runner is not None:
             raise RuntimeError("the gateway is already started")
+        settings = self._settings
         self._session = aiohttp.ClientSession(
             auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=settings.upstream_connect_timeout,
+                sock_read=settings.upstream_read_timeout,
+            ),
             connector=aiohttp.TCPConnector(limit=0),
             # Forward the client's headers as they are, adding none of our own.
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
@@ -306,16 +207,16 @@ class Gateway:
             # every later request through this shared session.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        # handler_cancellation: a client that goes away cancels its handler, and
-        # with it the request to the replica.
-        runner = web.AppRunner(
-            app,
-            access_log=None,
+        server = _CappedServer(
+            self._handle,
+            max_connections=settings.max_connections,
+            # A client that goes away cancels its handler, and with it the request
+            # to the replica.
             handler_cancellation=True,
-            shutdown_timeout=self._shutdown_timeout,
+            access_log=None,
+            keepalive_timeout=settings.header_timeout,
         )
+        runner = web.ServerRunner(server, shutdown_timeout=settings.shutdown_timeout)
         self._runner = runner
         try:
             await runner.setup()
@@ -336,105 +237,125 @@ class Gateway:
             await self._session.close()
             self._session = None
 
-    def _choose(self, path: str, exclude: Backend | None) -> tuple[Router, Pick] | Refusal:
-        if len(self._routers) == 1:
-            router = self._routers[0]
-            pick = router.pick(path, exclude=exclude)
-            return pick if isinstance(pick, Refusal) else (router, pick)
-        count = len(self._routers)
-        start = self._turn
-        self._turn = (start + 1) % count
-        best: tuple[Router, Pick] | None = None
-        for offset in range(count):
-            router = self._routers[(start + offset) % count]
-            if not router.has_capacity(path):
-                continue
-            pick = router.pick(path, exclude=exclude)
-            if isinstance(pick, Pick) and (
-                best is None or pick.backend.outstanding < best[1].backend.outstanding
-            ):
-                best = (router, pick)
-        if best is not None:
-            return best
-        refusals = [router.pick(path) for router in self._routers]
-        for refusal in refusals:
-            if isinstance(refusal, Refusal) and refusal.status == 503:
-                return refusal
-        first = refusals[0]
-        # Every router has a route with capacity only for `exclude`.
-        return first if isinstance(first, Refusal) else Refusal(503, "no ready replica left")
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.rel_url.raw_path
-        choice = self._choose(path, None)
+        choice = choose(self._routers, path)
         if isinstance(choice, Refusal):
             return _error(choice.status, choice.reason)
         router, pick = choice
+        body = _ClientBody(request.content, self._settings.body_timeout)
         pick.backend.acquire()
         try:
             try:
-                return await self._proxy(request, router, pick)
+                return await self._proxy(request, body, router, pick)
             except aiohttp.ClientConnectorError as error:
                 # Nothing reached the replica: one more try on another one.
                 failed = pick.backend
-                retry = self._choose(path, failed)
+                retry = choose(self._routers, path, exclude=failed)
                 if isinstance(retry, Refusal):
                     return _error(502, f"replica {failed.name} refused the connection: {error}")
                 pick.backend.release()
                 router, pick = retry
                 pick.backend.acquire()
                 try:
-                    return await self._proxy(request, router, pick)
+                    return await self._proxy(request, body, router, pick)
                 except aiohttp.ClientConnectorError as again:
                     return _error(
                         502, f"replicas {failed.name} and {pick.backend.name} refused: {again}"
                     )
         except (aiohttp.ClientError, TimeoutError) as error:
-            # Before any byte of the answer: the replica dropped the connection.
-            return _error(502, f"replica {pick.backend.name} failed: {error!r}")
+            # Before any byte of the answer.
+            if body.stalled:
+                return await self._body_too_slow(request)
+            return self._failure(pick.backend, error)
         finally:
             pick.backend.release()
 
-    async def _proxy(self, request: web.Request, router: Router, pick: Pick) -> web.StreamResponse:
+    async def _body_too_slow(self, request: web.BaseRequest) -> web.StreamResponse:
+        response = _error(
+            408, f"the request body paused for more than {self._settings.body_timeout:g}s"
+        )
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        # Close now: aiohttp would otherwise linger, reading the rest of the body for
+        # up to 10 s, from a client that has just shown it sends it too slowly.
+        request.protocol.force_close()
+        return response
+
+    def _failure(self, backend: Backend, error: Exception) -> web.Response:
+        if isinstance(error, aiohttp.SocketTimeoutError):
+            self._stall(backend)
+            return _error(
+                504,
+                f"replica {backend.name} sent nothing for "
+                f"{self._settings.upstream_read_timeout:g}s; it gets no more requests "
+                "until it answers",
+            )
+        return _error(502, f"replica {backend.name} failed: {error!r}")
+
+    def _stall(self, backend: Backend) -> None:
+        backend.stall()
+        log.warning(
+            "gateway: replica %s sent nothing for %gs; no more requests to it until it answers",
+            backend.name,
+            self._settings.upstream_read_timeout,
+        )
+
+    async def _proxy(
+        self, request: web.BaseRequest, body: _ClientBody, router: Router, pick: Pick
+    ) -> web.StreamResponse:
         assert self._session is not None
         query = request.rel_url.raw_query_string
         target = pick.backend.url + pick.path + ("?" + query if query else "")
+        peer = request.remote
+        headers = upstream_headers(
+            request.headers,
+            peer=peer,
+            scheme=request.scheme,
+            prefix=pick.prefix,
+            trusted=is_trusted(peer, self._settings.trusted_proxies),
+        )
         async with self._session.request(
             request.method,
             URL(target, encoded=True),
-            headers=_forwarded(request.headers, _REQUEST_ONLY),
-            data=request.content if request.body_exists else None,
+            headers=headers,
+            data=body.chunks() if request.body_exists else None,
             allow_redirects=False,
         ) as upstream:
-            headers = _forwarded(upstream.headers, _HOP_BY_HOP)
-            headers["x-servefleet-region"] = router.region
-            headers["x-servefleet-version"] = pick.version
-            headers["x-servefleet-replica"] = pick.backend.name
-            body = upstream.content
-            if body.is_eof():
+            pick.backend.answered()
+            answer_headers = without(upstream.headers, HOP_BY_HOP)
+            answer_headers["x-servefleet-region"] = router.region
+            answer_headers["x-servefleet-version"] = pick.version
+            answer_headers["x-servefleet-replica"] = pick.backend.name
+            content = upstream.content
+            if content.is_eof():
                 # The whole answer is already here (small JSON, an error, a short
                 # stream): headers and body leave in one write instead of one each.
                 return web.Response(
                     status=upstream.status,
                     reason=upstream.reason,
-                    headers=headers,
-                    body=body.read_nowait(),
+                    headers=answer_headers,
+                    body=content.read_nowait(),
                 )
             response = web.StreamResponse(
-                status=upstream.status, reason=upstream.reason, headers=headers
+                status=upstream.status, reason=upstream.reason, headers=answer_headers
             )
             await response.prepare(request)
             try:
                 while True:
-                    chunk = await body.readany()
-                    if body.at_eof():
+                    chunk = await content.readany()
+                    if content.at_eof():
                         # The last chunk and the end of the answer in one write.
                         await response.write_eof(chunk)
                         return response
                     await response.write(chunk)
-            except (aiohttp.ClientError, TimeoutError):
-                # The replica broke off mid-answer. The status is already sent, so
-                # the only honest signal left is to cut the client's connection.
+            except (aiohttp.ClientError, TimeoutError) as error:
+                # The replica broke off or went silent mid-answer. The status is
+                # already sent, so the only honest signal left is to cut the
+                # client's connection.
+                if isinstance(error, aiohttp.SocketTimeoutError):
+                    self._stall(pick.backend)
                 if request.transport is not None:
                     request.transport.abort()
                 return response

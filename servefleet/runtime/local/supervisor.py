@@ -763,6 +763,9 @@ class LocalRuntime:
                         replica.probe_error = error
                 elif not error:
                     failures = 0
+                    if replica.backend is not None:
+                        # It answers again: the gateway may choose it after a stall.
+                        replica.backend.answered()
                     if replica.phase is _Phase.UNREADY:
                         self._set_phase(record, replica, _Phase.READY)
                     elif now - replica.since >= settings.backoff_reset_after:

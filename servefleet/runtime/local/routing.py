@@ -1,0 +1,269 @@
+"""Routing tables and the choice of a replica: path → endpoint → version → replica.
+
+`Router` is one region's routing table. The supervisor that owns the region's
+replicas is its only writer (`set_route`, `remove_route`); every request reads it.
+`choose` picks for a request over one table (a region gateway) or several (the
+global entry point), in this order:
+
+1. the version, once, by the canary's weight — over every region together, so a
+   canary gets its declared share however the load is spread across regions (the
+   other version when the chosen one has no usable replica anywhere);
+2. then, among that version's replicas in every region, the one with the fewest
+   requests in flight, ties at random.
+
+Choosing the region first and the version inside it would not do: the canary,
+lightly loaded, would win the comparison across regions more often than its weight.
+
+A choice is synchronous, so choosing a replica and counting the request against it
+(`Backend.acquire`) happen without an `await` in between: a replica removed from
+the table can never receive a request after its drain began.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["Backend", "Pick", "Refusal", "RouteConflict", "Router", "choose"]
+
+Role = Literal["primary", "canary"]
+
+
+class Backend:
+    """One replica process as the gateway sees it, with its requests in flight.
+
+    The supervisor makes one per started process and keeps it while the process
+    lives, so the count follows the replica across route updates; `idle()` is how
+    it waits for a retiring replica's last request before stopping the process.
+    """
+
+    __slots__ = ("_idle", "name", "outstanding", "stalled", "url")
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        """Shown to clients in `x-servefleet-replica`, e.g. "llm/primary-0"."""
+        self.url = url
+        """Base URL without a trailing slash, e.g. "http://127.0.0.1:41234"."""
+        self.outstanding = 0
+        self.stalled = False
+        """A request to it went unanswered past the gateway's upstream read timeout;
+        it is not chosen again until it answers (`answered`)."""
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def acquire(self) -> None:
+        self.outstanding += 1
+        self._idle.clear()
+
+    def release(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding == 0:
+            self._idle.set()
+
+    def stall(self) -> None:
+        """Take the replica out of the choice until it answers again: fewest requests
+        in flight would otherwise send the next request straight back to it."""
+        self.stalled = True
+
+    def answered(self) -> None:
+        """The replica answered something (a request, a health probe): choose it again."""
+        self.stalled = False
+
+    async def idle(self) -> None:
+        """Return once no request is in flight on this replica."""
+        await self._idle.wait()
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r}, {self.url!r}, outstanding={self.outstanding})"
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """Where one request goes."""
+
+    endpoint: str
+    version: Role
+    backend: Backend
+    prefix: str
+    """The route prefix taken off the path ("/inference/llm"; "/" takes nothing off)."""
+    path: str
+    """The request path with the route prefix taken off ("/v1/models", or "/")."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request cannot be served: 404 (no such endpoint) or 503 (none ready)."""
+
+    status: int
+    reason: str
+
+
+class RouteConflict(ValueError):
+    """Two endpoints asked for the same path prefix in one region."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    endpoint: str
+    prefix: str
+    routed: bool
+    reason: str
+    weight: int
+    primary: tuple[Backend, ...]
+    canary: tuple[Backend, ...]
+
+
+class Router:
+    """One region's routing table, read on every request and written on every change."""
+
+    def __init__(self, region: str, *, leading: bool = True) -> None:
+        self.region = region
+        self.leading = leading
+        """Whether a runtime of this process serves the region; a standby's gateway
+        has no routes and says so instead of answering 404."""
+        self._by_prefix: dict[str, _Route] = {}
+        self._by_endpoint: dict[str, _Route] = {}
+
+    def set_route(
+        self,
+        endpoint: str,
+        path_prefix: str,
+        *,
+        routed: bool,
+        reason: str,
+        weight: int,
+        primary: Sequence[Backend],
+        canary: Sequence[Backend],
+    ) -> None:
+        """Route `path_prefix` (and everything below it) to `endpoint`'s ready replicas,
+        replacing its earlier route. `weight` is the canary's percent (0-99); `reason`
+        is what an unrouted endpoint's 503 says."""
+        owner = self._by_prefix.get(path_prefix)
+        if owner is not None and owner.endpoint != endpoint:
+            raise RouteConflict(
+                f"path {path_prefix!r} is already routed to endpoint {owner.endpoint!r} "
+                f"in region {self.region!r}"
+            )
+        if not 0 <= weight <= 99:
+            raise ValueError(f"weight must be a percent from 0 to 99 (got {weight})")
+        route = _Route(endpoint, path_prefix, routed, reason, weight, tuple(primary), tuple(canary))
+        previous = self._by_endpoint.get(endpoint)
+        if previous is not None and previous.prefix != path_prefix:
+            del self._by_prefix[previous.prefix]
+        self._by_endpoint[endpoint] = route
+        self._by_prefix[path_prefix] = route
+
+    def remove_route(self, endpoint: str) -> None:
+        """Stop routing to `endpoint`; its path answers 404 from now on."""
+        route = self._by_endpoint.pop(endpoint, None)
+        if route is not None:
+            del self._by_prefix[route.prefix]
+
+    def pick(self, path: str, *, exclude: Backend | None = None) -> Pick | Refusal:
+        """The replica for a request to `path` in this region alone (see `choose`)."""
+        choice = choose((self,), path, exclude=exclude)
+        return choice if isinstance(choice, Refusal) else choice[1]
+
+    def _offer(self, path: str) -> _Route | Refusal:
+        """The routed route for `path`, or why this region serves none."""
+        route = self._match(path)
+        if route is None and not self.leading:
+            return Refusal(
+                503,
+                f"region {self.region!r} is served by another servefleet process; "
+                "this one is standing by",
+            )
+        if route is None:
+            return Refusal(404, f"no endpoint serves the path {path!r}")
+        if not route.routed:
+            return Refusal(503, f"endpoint {route.endpoint!r}: {route.reason}")
+        return route
+
+    def _match(self, path: str) -> _Route | None:
+        # Try the path itself, then each parent at a "/" boundary, longest first:
+        # "/inference/llm/v1" matches "/inference/llm" but "/inference/llmx" does not.
+        candidate = path
+        while True:
+            route = self._by_prefix.get(candidate)
+            if route is not None:
+                return route
+            cut = candidate.rfind("/")
+            if cut <= 0:
+                return self._by_prefix.get("/")
+            candidate = candidate[:cut]
+
+
+_Candidate = tuple[Router, _Route, Backend]
+
+
+def choose(
+    routers: Sequence[Router], path: str, *, exclude: Backend | None = None
+) -> tuple[Router, Pick] | Refusal:
+    """Where a request to `path` goes among `routers` (in each, its longest matching
+    route): the version by weight over all of them, then that version's replica with
+    the fewest requests in flight in any of them. `exclude` leaves out a replica that
+    just refused a connection; stalled replicas are left out too.
+
+    With nowhere to go, the answer is the first refusal that says 503, else the first
+    one (a 404), in the order of `routers`."""
+    refusals: list[Refusal] = []
+    primary: list[_Candidate] = []
+    canary: list[_Candidate] = []
+    weights: list[int] = []
+    for router in routers:
+        offer = router._offer(path)
+        if isinstance(offer, Refusal):
+            refusals.append(offer)
+            continue
+        usable_primary = _usable(router, offer, offer.primary, exclude)
+        usable_canary = _usable(router, offer, offer.canary, exclude)
+        primary.extend(usable_primary)
+        if usable_canary:
+            canary.extend(usable_canary)
+            weights.append(offer.weight)
+        if not usable_primary and not usable_canary:
+            refusals.append(_no_replica(offer))
+    version: Role
+    # Regions share one spec, so their weights agree; while a change is reaching
+    # them one after another they may not, and their mean stands for all.
+    if canary and (not primary or random.random() * 100 * len(weights) < sum(weights)):
+        version, candidates = "canary", canary
+    elif primary:
+        version, candidates = "primary", primary
+    else:
+        return next((refusal for refusal in refusals if refusal.status == 503), refusals[0])
+    router, route, backend = _least_busy(candidates)
+    rest = path[len(route.prefix) :] if route.prefix != "/" else path
+    return router, Pick(route.endpoint, version, backend, route.prefix, rest or "/")
+
+
+def _usable(
+    router: Router, route: _Route, backends: tuple[Backend, ...], exclude: Backend | None
+) -> list[_Candidate]:
+    return [
+        (router, route, backend)
+        for backend in backends
+        if not backend.stalled and backend is not exclude
+    ]
+
+
+def _no_replica(route: _Route) -> Refusal:
+    stalled = sum(backend.stalled for backend in (*route.primary, *route.canary))
+    if stalled:
+        return Refusal(
+            503,
+            f"endpoint {route.endpoint!r} has no ready replica that answers "
+            f"({stalled} stopped answering)",
+        )
+    return Refusal(503, f"endpoint {route.endpoint!r} has no ready replica")
+
+
+def _least_busy(candidates: list[_Candidate]) -> _Candidate:
+    if len(candidates) == 1:
+        return candidates[0]
+    low = min(candidate[2].outstanding for candidate in candidates)
+    tied = [candidate for candidate in candidates if candidate[2].outstanding == low]
+    return tied[0] if len(tied) == 1 else random.choice(tied)
