@@ -44,6 +44,7 @@ from servefleet.store import Store, StoreError, open_store
 if TYPE_CHECKING:  # imported where used: the reconcilers load only for `up` and `reconcile`
     from servefleet.reconcile.controller import ControllerSettings
     from servefleet.reconcile.leader import LeaseSettings
+    from servefleet.runtime.local.gateway import GatewaySettings
 
 T = TypeVar("T")
 
@@ -771,6 +772,25 @@ def up(
     ] = 3600.0,
     resync_interval: ResyncIntervalOption = 300.0,
     lease_ttl: LeaseTtlOption = 15.0,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Address or network (CIDR) of a front proxy whose X-Forwarded-* and "
+            "Forwarded headers the gateways believe and extend (repeat); from any other "
+            "address they are dropped."
+        ),
+    ] = None,
+    upstream_read_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a replica may stay silent, before its answer and between two "
+            "chunks of it, before the client gets 504."
+        ),
+    ] = 600.0,
+    max_connections: Annotated[
+        int,
+        typer.Option(help="Client connections each gateway holds open at once; more get 503."),
+    ] = 1024,
 ) -> None:
     """Run a reconciler per region (and a gateway per local region), in the foreground."""
     from servefleet.cli.up import UpOptions, serve
@@ -793,6 +813,7 @@ def up(
         controller=controller,
         lease=lease,
         local=LocalSettings(startup_timeout=startup_timeout, stage_timeout=stage_timeout),
+        gateway=_gateway_settings(trusted_proxy or [], upstream_read_timeout, max_connections),
     )
     try:
         serve(options)
@@ -901,6 +922,35 @@ def install_manifests(
         _fail(*invalid_input(error).problems)
     manifests = install.install_manifests(registered, options)
     out.print(yaml.safe_dump_all(manifests, sort_keys=False).rstrip("\n"), markup=False)
+
+
+def _gateway_settings(
+    trusted_proxies: list[str], upstream_read_timeout: float, max_connections: int
+) -> GatewaySettings:
+    """The gateways' settings from `up`'s flags, or exit naming the flag that is wrong."""
+    import ipaddress
+    import math
+
+    from servefleet.runtime.local.gateway import GatewaySettings
+
+    networks = []
+    for proxy in trusted_proxies:
+        try:
+            networks.append(ipaddress.ip_network(proxy, strict=False))
+        except ValueError:
+            _fail(f"--trusted-proxy: not an IP address or network (got {proxy!r})")
+    if not 0 < upstream_read_timeout < math.inf:
+        _fail(
+            "--upstream-read-timeout: must be a number of seconds more than 0 "
+            f"(got {upstream_read_timeout:g})"
+        )
+    if max_connections < 1:
+        _fail(f"--max-connections: must be at least 1 (got {max_connections})")
+    return GatewaySettings(
+        trusted_proxies=tuple(networks),
+        upstream_read_timeout=upstream_read_timeout,
+        max_connections=max_connections,
+    )
 
 
 def _reconciler_settings(

@@ -32,7 +32,7 @@ from servefleet.runtime.base import Runtime
 from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
 from servefleet.runtime.kubernetes.install import region_settings
 from servefleet.runtime.kubernetes.lease import KubernetesLease
-from servefleet.runtime.local.gateway import Gateway, Router, event_loop_factory
+from servefleet.runtime.local.gateway import Gateway, GatewaySettings, Router, event_loop_factory
 from servefleet.runtime.local.supervisor import LocalRuntime, LocalSettings
 from servefleet.service import EndpointService, utc_now
 from servefleet.spec import EndpointManifest, EndpointSpec, Region, RegionKind
@@ -59,6 +59,9 @@ class UpOptions:
     local: LocalSettings
     in_cluster: frozenset[str] = frozenset()
     """Kubernetes regions reached with the pod's service account, not a kubeconfig."""
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    """Limits, timeouts and trusted proxies of every gateway (`up --max-connections`,
+    `--upstream-read-timeout`, `--trusted-proxy`)."""
 
 
 @dataclass
@@ -168,12 +171,12 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
         routers = {name: Router(name, leading=False) for name in local}
         urls: dict[str, str] = {}
         for name, router in routers.items():
-            gateway = Gateway([router])
+            gateway = Gateway([router], options.gateway)
             urls[name] = await gateway.start(options.host, 0)
             stack.push_async_callback(gateway.close)
         entry_url = ""
         if routers:
-            entry = Gateway(list(routers.values()))
+            entry = Gateway(list(routers.values()), options.gateway)
             entry_url = await entry.start(options.host, options.port)
             stack.push_async_callback(entry.close)
         running = Running(entry_url, urls)
