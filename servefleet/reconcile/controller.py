@@ -14,7 +14,9 @@ report changed (or the heartbeat is due), so a steady fleet costs nothing.
 
 A pass reuses the endpoint record it last read (or the listing read) unless the
 feed has since shown a newer revision of it: every write reaches the feed, so the
-store is read once per change rather than once per pass.
+store is read once per change rather than once per pass. A purged endpoint is
+forgotten (its record and feed revision) once its purge is seen: a name created
+again starts over at revision 1, and purged names do not pile up in memory.
 
 Nothing is removed from a region because a listing came back empty or failed:
 removal happens only for a record that says so (deleted, or no longer targeting
@@ -48,6 +50,7 @@ from servefleet.reconcile.queue import QueueShutDown, WorkQueue
 from servefleet.runtime.base import Runtime, RuntimeFailure, WorkloadUnsupported
 from servefleet.spec import DesiredState, Endpoint, RegionState, RegionStatus
 from servefleet.store import (
+    ChangeKind,
     EndpointNotFound,
     FeedCompacted,
     Lease,
@@ -120,6 +123,9 @@ class Controller:
         self._records: dict[str, Endpoint] = {}
         self._feed_revisions: dict[str, int] = {}
         """Per endpoint, a revision the feed showed that `_records` does not hold yet."""
+        self._listings: list[set[str]] = []
+        """One per listing under way: the names forgotten meanwhile, whose listed
+        record may be the one just purged."""
         self._heartbeat = timedelta(seconds=settings.heartbeat_interval)
         self._watchdog_threshold = timedelta(seconds=settings.watchdog_threshold)
         self.queue = WorkQueue(
@@ -160,8 +166,15 @@ class Controller:
                 await asyncio.sleep(self._settings.store_retry)
 
     async def _enqueue_everything(self) -> None:
-        endpoints = await self._retrying(lambda: self._store.list_endpoints(region=self._region))
-        listed = {endpoint.name: endpoint for endpoint in endpoints}
+        forgotten: set[str] = set()
+        self._listings.append(forgotten)
+        try:
+            endpoints = await self._retrying(
+                lambda: self._store.list_endpoints(region=self._region)
+            )
+        finally:
+            self._listings.remove(forgotten)
+        listed = {e.name: e for e in endpoints if e.name not in forgotten}
         for name, endpoint in listed.items():
             known = self._records.get(name)
             if known is not None and known.revision > endpoint.revision:
@@ -179,7 +192,9 @@ class Controller:
                 async for change in self._store.watch(position):
                     position = change.seq
                     known = self._records.get(change.name)
-                    if known is None or known.revision < change.revision:
+                    if change.kind is ChangeKind.PURGED:
+                        self._forget(change.name)
+                    elif known is None or known.revision < change.revision:
                         seen = self._feed_revisions.get(change.name, 0)
                         self._feed_revisions[change.name] = max(seen, change.revision)
                     self.queue.add(change.name)
@@ -303,8 +318,7 @@ class Controller:
         try:
             endpoint = await self._store.get_endpoint(name)
         except EndpointNotFound:
-            # The feed revision stays: a listing begun before the purge must not revive it.
-            self._records.pop(name, None)
+            self._forget(name)
             return None
         self._remember(endpoint)
         return endpoint
@@ -313,6 +327,20 @@ class Controller:
         self._records[endpoint.name] = endpoint
         if endpoint.revision >= self._feed_revisions.get(endpoint.name, 0):
             self._feed_revisions.pop(endpoint.name, None)
+
+    def _forget(self, name: str) -> None:
+        """Drop the record and feed revision of `name`, gone from the store: a record
+        created again under the name starts over at revision 1. A listing under way
+        may have read the purged record; it will not keep it."""
+        self._records.pop(name, None)
+        self._feed_revisions.pop(name, None)
+        for forgotten in self._listings:
+            forgotten.add(name)
+
+    def remembered(self) -> set[str]:
+        """The endpoints this controller keeps a record, a feed revision or a status
+        of: for people and tests to look at."""
+        return self._records.keys() | self._feed_revisions.keys() | self._statuses.keys()
 
     def _watch(
         self,
@@ -342,12 +370,16 @@ class Controller:
 
     async def _settle(self, endpoint: Endpoint, report: RegionStatus) -> None:
         """The fleet-wide consequences of this region's report: a deleted endpoint
-        purged once every region has removed it; `deploying` becoming `running`."""
+        purged once every region has removed it; `deploying` becoming `running`.
+        Each write passes `fence()` first, as runtime and status writes do, so a
+        deposed leader does neither (the store checks no lease token on these two:
+        their revision check is what it enforces)."""
         if endpoint.desired_state is DesiredState.DELETED:
             if report.state is not RegionState.DELETED:
                 return
             statuses = await self._store.list_region_status(endpoint=endpoint.name)
             if purgeable(endpoint, statuses):
+                self._fence()
                 try:
                     await self._store.purge_endpoint(
                         endpoint.name, expected_revision=endpoint.revision
@@ -355,7 +387,7 @@ class Controller:
                 except (RevisionConflict, EndpointNotFound):
                     return  # changed or purged meanwhile; the feed brings it back if needed
                 self._statuses.pop(endpoint.name, None)
-                self._records.pop(endpoint.name, None)
+                self._forget(endpoint.name)
                 log.info("%s: purged; every region has removed it", endpoint.name)
             return
         if not (
@@ -366,6 +398,7 @@ class Controller:
             return
         statuses = await self._store.list_region_status(endpoint=endpoint.name)
         if fleet_state(endpoint, statuses) is DesiredState.RUNNING:
+            self._fence()
             try:
                 running = await self._store.update_endpoint(
                     endpoint.model_copy(update={"desired_state": DesiredState.RUNNING}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -20,7 +21,7 @@ from servefleet.spec import (
     RegionKind,
     RegionState,
 )
-from servefleet.store import EndpointNotFound, Store
+from servefleet.store import EndpointNotFound, LeaseLost, Store
 from tests.factories import make_endpoint, make_spec
 from tests.reconcile.fakes import MemoryRuntime
 from tests.waiting import eventually
@@ -234,6 +235,103 @@ async def test_a_pass_reads_the_record_again_only_after_the_feed_shows_a_change(
         await service.scale("llm", 4)
         await eventually(lambda: _has(runtime, "llm", replicas=4))
         assert counting.endpoint_reads > reads
+
+
+async def test_a_purged_name_created_again_is_read_once_per_change(
+    store: Store, service: EndpointService
+) -> None:
+    counting = EndpointReadCounting(store)
+    runtime = MemoryRuntime()
+    async with running(cast(Store, counting), runtime) as controller:
+        await service.deploy("llm", make_spec(replicas=2), ["r1"])
+        await eventually(lambda: _fleet_running(store, "llm"))
+        await service.delete("llm")
+        await eventually(lambda: _purged(store, "llm"))
+
+        await service.deploy("llm", make_spec(replicas=3), ["r1"])
+        await eventually(lambda: _has(runtime, "llm", replicas=3))
+        await eventually(lambda: _fleet_running(store, "llm"))
+        await eventually(lambda: _idle(controller))
+        reads = counting.endpoint_reads
+        for _ in range(3):
+            await controller.reconcile("llm")
+        assert counting.endpoint_reads == reads
+
+
+async def test_purged_endpoints_are_forgotten(store: Store, service: EndpointService) -> None:
+    names = [f"gone-{n}" for n in range(5)]
+    async with running(store, MemoryRuntime()) as controller:
+        await service.deploy("kept", make_spec(), ["r1"])
+        for name in names:
+            await service.deploy(name, make_spec(), ["r1"])
+        for name in names:
+            await eventually(functools.partial(_fleet_running, store, name))
+            await service.delete(name)
+        for name in names:
+            await eventually(functools.partial(_purged, store, name))
+
+        async def only_kept() -> bool:
+            return controller.remembered() == {"kept"}
+
+        await eventually(only_kept)
+
+
+class Deposable:
+    """A leader's `fence()` that refuses once `deposed` is set."""
+
+    def __init__(self) -> None:
+        self.deposed = False
+
+    def __call__(self) -> None:
+        if self.deposed:
+            raise LeaseLost("region/r1", "test")
+
+
+async def _reported_by_r2_as_well(store: Store, name: str) -> None:
+    """Region r2 reports what r1 did (as its own reconciler would have)."""
+    (r1,) = await store.list_region_status(endpoint=name, region="r1")
+    await store.put_region_status(r1.model_copy(update={"region": "r2"}))
+
+
+async def test_a_deposed_leader_does_not_mark_an_endpoint_running(
+    store: Store, service: EndpointService
+) -> None:
+    fence = Deposable()
+    controller = Controller(store, MemoryRuntime(), "r1", FAST, clock=utc_now, fence=fence)
+    await service.deploy("llm", make_spec(), ["r1", "r2"])
+    await controller.reconcile("llm")
+    await _reported_by_r2_as_well(store, "llm")
+
+    fence.deposed = True
+    with pytest.raises(LeaseLost):
+        await controller.reconcile("llm")
+    assert (await store.get_endpoint("llm")).desired_state is DesiredState.DEPLOYING
+
+    fence.deposed = False
+    await controller.reconcile("llm")
+    assert (await store.get_endpoint("llm")).desired_state is DesiredState.RUNNING
+
+
+async def test_a_deposed_leader_does_not_purge(store: Store, service: EndpointService) -> None:
+    fence = Deposable()
+    runtime = MemoryRuntime()
+    await service.deploy("llm", make_spec(), ["r1", "r2"])
+    await Controller(store, runtime, "r1", FAST, clock=utc_now, fence=fence).reconcile("llm")
+    await service.delete("llm")
+    # A fresh controller (a restart) reads the deleted record, removes and reports it.
+    controller = Controller(store, runtime, "r1", FAST, clock=utc_now, fence=fence)
+    await controller.reconcile("llm")
+    assert runtime.removals == ["llm"]
+    await _reported_by_r2_as_well(store, "llm")
+
+    fence.deposed = True
+    with pytest.raises(LeaseLost):
+        await controller.reconcile("llm")
+    assert (await store.get_endpoint("llm")).desired_state is DesiredState.DELETED
+
+    fence.deposed = False
+    await controller.reconcile("llm")
+    assert await _purged(store, "llm")
 
 
 async def test_the_watchdog_unroutes_and_restores(store: Store, service: EndpointService) -> None:
