@@ -15,7 +15,7 @@ from kubernetes_asyncio import client
 from servefleet.plan import Workload, desired_workload, workload_hash
 from servefleet.reconcile.controller import Controller, ControllerSettings
 from servefleet.runtime.base import RuntimeUnavailable, WorkloadUnsupported
-from servefleet.runtime.kubernetes.cluster import ANNOTATION_OBJECTS, KubernetesRuntime
+from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
 from servefleet.runtime.kubernetes.render import (
     ANNOTATION_HASH,
     FIELD_MANAGER,
@@ -23,6 +23,7 @@ from servefleet.runtime.kubernetes.render import (
     LABEL_NAME,
     RegionSettings,
 )
+from servefleet.runtime.kubernetes.watches import ANNOTATION_OBJECTS
 from servefleet.service import EndpointService, utc_now
 from servefleet.spec import DesiredState, Region, RegionKind, RegionState, Resources
 from servefleet.store import EndpointNotFound, open_store
@@ -310,7 +311,7 @@ async def test_the_caches_keep_only_what_is_read(cluster: Cluster) -> None:
     runtime = cluster.runtime
     await runtime.apply(planned(replicas=2))
     served = await cluster.get("Deployment", "llm")
-    cached = runtime._caches["Deployment"].objects["llm"]
+    cached = runtime._watches.caches["Deployment"].objects["llm"]
     assert served is not None
     assert "template" in served["spec"]
     assert cached["spec"] == {"replicas": 2}

@@ -51,7 +51,8 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from servefleet.runtime.base import RuntimeUnavailable
-from servefleet.runtime.kubernetes.cluster import make_api_client, status_message
+from servefleet.runtime.kubernetes.api import make_api_client
+from servefleet.runtime.kubernetes.errors import status_message
 
 __all__ = ["HeldLease", "KubernetesLease", "lease_name"]
 

@@ -105,7 +105,7 @@ Its outcome goes to `/dev/termination-log` (`SERVEFLEET_STAGE_TERMINATION_LOG`;
 the log's tail if it dies before writing one), which the kubelet reports as the
 init container's termination message. The pods of such a version carry the label
 `servefleet.io/stages-model=true` (`STAGING_SELECTOR`): the runtime watches only
-those pods, for staging progress and failures (`cluster.py`).
+those pods, for staging progress and failures (`staging.py`).
 `model_path` without `model_source` renders nothing.
 
 Routing

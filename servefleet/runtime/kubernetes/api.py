@@ -1,0 +1,248 @@
+"""Every request the runtime sends to its API server, through one door.
+
+`ClusterApi` is the runtime's small client of one namespace: apply, delete, list
+a page, open a watch, read the tail of a pod's log. Each request but the watch
+streams passes a client-side token bucket (`ClusterSettings.rate`/`burst`), runs
+under `request_timeout`, and is retried on 429, 5xx, timeouts and connection
+errors with exponential backoff (honouring Retry-After, capped at `backoff_max`
+or 1 s, whichever is longer) before `RuntimeUnavailable`; what each answer means
+is decided in `errors.py`.
+
+`make_api_client` builds the kubernetes-asyncio client the runtime and the Lease
+election (`lease.py`) share the habits of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.api_client import ApiClient
+from yarl import URL
+
+from servefleet.ratelimit import TokenBucket
+from servefleet.runtime.base import RuntimeUnavailable
+from servefleet.runtime.kubernetes.errors import refusal, retry_after, status_message
+from servefleet.runtime.kubernetes.render import (
+    MANAGED_SELECTOR,
+    STAGE_CONTAINER,
+    STAGING_SELECTOR,
+    Manifest,
+    ObjectRef,
+)
+from servefleet.runtime.kubernetes.settings import ClusterSettings
+
+__all__ = ["KINDS", "PODS", "ClusterApi", "Kind", "make_api_client"]
+
+log = logging.getLogger(__name__)
+
+_APPLY: Final = "application/apply-patch+yaml"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind the runtime lists and watches, and the client API that serves it."""
+
+    kind: str
+    api: type[Any]
+    suffix: str
+    """`list_namespaced_<suffix>` and so on."""
+    selector: str = MANAGED_SELECTOR
+
+
+KINDS: Final[tuple[Kind, ...]] = (
+    Kind("Service", client.CoreV1Api, "service"),
+    Kind("Deployment", client.AppsV1Api, "deployment"),
+    Kind("HorizontalPodAutoscaler", client.AutoscalingV2Api, "horizontal_pod_autoscaler"),
+    Kind("Ingress", client.NetworkingV1Api, "ingress"),
+)
+"""The kinds servefleet applies."""
+PODS: Final = Kind("Pod", client.CoreV1Api, "pod", STAGING_SELECTOR)
+"""Not managed (nothing is applied to pods): watched for model staging only."""
+
+
+def make_api_client(configuration: client.Configuration) -> ApiClient:
+    """An `ApiClient` that reads the environment's proxy settings once, here.
+
+    kubernetes-asyncio's HTTP session trusts the environment, so aiohttp looks up
+    ~/.netrc and the proxy variables, each in a worker thread, on every request:
+    two thread hops per request, about a third of the runtime's CPU and of its
+    convergence time on a large fleet (bench/, Kubernetes convergence). The proxy
+    for the API server is resolved now instead and the session stops looking.
+    """
+    if not configuration.proxy:
+        with contextlib.suppress(LookupError):
+            proxy, auth = get_env_proxy_for_url(URL(configuration.host or ""))
+            configuration.proxy = str(proxy)
+            if auth is not None:
+                configuration.proxy_headers = {"Proxy-Authorization": auth.encode()}
+    api_client = ApiClient(configuration)
+    # No public switch: the session is built inside kubernetes-asyncio's REST client.
+    api_client.rest_client.pool_manager._trust_env = False
+    return api_client
+
+
+class ClusterApi:
+    """The requests of one region's runtime to its namespace (module docstring)."""
+
+    def __init__(
+        self, region: str, namespace: str, api_client: ApiClient, settings: ClusterSettings
+    ) -> None:
+        self.region = region
+        self.namespace = namespace
+        self._settings = settings
+        self._apis = {kind.kind: kind.api(api_client) for kind in (*KINDS, PODS)}
+        self._kinds = {kind.kind: kind for kind in (*KINDS, PODS)}
+        self._bucket = TokenBucket(settings.rate, settings.burst)
+
+    async def apply(self, ref: ObjectRef, body: Manifest, manager: str, *, force: bool) -> Manifest:
+        """Server-side apply `body` as field manager `manager`; the object as stored."""
+        patch = self._call(ref.kind, "patch_namespaced")
+        options: dict[str, Any] = {
+            "field_manager": manager,
+            "_content_type": _APPLY,
+            "_preload_content": False,
+        }
+        if force:
+            options["force"] = True
+        result = await self._request(
+            f"apply {ref.kind} {ref.name}",
+            lambda: patch(ref.name, ref.namespace, body, **options),
+        )
+        assert result is not None
+        return result
+
+    async def delete(self, ref: ObjectRef) -> None:
+        """Delete the object; one already gone is not an error."""
+        delete = self._call(ref.kind, "delete_namespaced")
+        await self._request(
+            f"delete {ref.kind} {ref.name}",
+            lambda: delete(
+                ref.name, ref.namespace, propagation_policy="Background", _preload_content=False
+            ),
+            missing_ok=True,
+        )
+
+    async def list_page(self, kind: Kind, continue_from: str | None) -> Manifest:
+        """One page (`list_page` objects) of `kind`'s list, after `continue_from`."""
+        listing = self._call(kind.kind, "list_namespaced")
+        options: dict[str, Any] = {
+            "label_selector": kind.selector,
+            "limit": self._settings.list_page,
+            "_preload_content": False,
+        }
+        if continue_from:
+            options["_continue"] = continue_from
+        page = await self._request(f"list {kind.kind}", lambda: listing(self.namespace, **options))
+        assert page is not None
+        return page
+
+    async def watch(self, kind: Kind, resource_version: str | None) -> aiohttp.ClientResponse:
+        """Open a watch of `kind` from `resource_version` (with BOOKMARKs): the raw
+        streaming response, neither rate limited nor retried (`watches.py` reopens it)."""
+        listing = self._call(kind.kind, "list_namespaced")
+        timeout = self._settings.watch_timeout
+        response: aiohttp.ClientResponse = await listing(
+            self.namespace,
+            label_selector=kind.selector,
+            watch=True,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            _preload_content=False,
+            _request_timeout=(self._settings.request_timeout, timeout + 30),
+        )
+        return response
+
+    async def stage_log_tail(self, pod: str) -> bytes | None:
+        """The last lines of the pod's staging init container's log; None if the pod
+        is gone."""
+        read_log = self._apis["Pod"].read_namespaced_pod_log
+        return await self._send(
+            f"read the log of pod {pod}",
+            lambda: read_log(
+                pod,
+                self.namespace,
+                container=STAGE_CONTAINER,
+                tail_lines=5,
+                _preload_content=False,
+            ),
+            missing_ok=True,
+        )
+
+    def _call(self, kind: str, verb: str) -> Callable[..., Awaitable[aiohttp.ClientResponse]]:
+        """The client method `<verb>_<suffix>` of `kind`, e.g. `patch_namespaced_service`."""
+        method: Callable[..., Awaitable[aiohttp.ClientResponse]] = getattr(
+            self._apis[kind], f"{verb}_{self._kinds[kind].suffix}"
+        )
+        return method
+
+    async def _request(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[aiohttp.ClientResponse]],
+        *,
+        missing_ok: bool = False,
+    ) -> Manifest | None:
+        """One API call (`_send`); its decoded body, or None for a 404 when `missing_ok`."""
+        raw = await self._send(what, call, missing_ok=missing_ok)
+        if raw is None:
+            return None
+        decoded = json.loads(raw) if raw.strip() else {}
+        return decoded if isinstance(decoded, dict) else {}
+
+    async def _send(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[aiohttp.ClientResponse]],
+        *,
+        missing_ok: bool = False,
+    ) -> bytes | None:
+        """One API call with the rate limit, retries and the error mapping; the
+        body, or None for a 404 when `missing_ok`."""
+        settings = self._settings
+        attempt = 0
+        while True:
+            wait_asked: float | None = None
+            await self._bucket.acquire()
+            try:
+                async with asyncio.timeout(settings.request_timeout):
+                    response = await call()
+                    try:
+                        raw = await response.read()
+                    finally:
+                        response.release()
+            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                failure = f"{what}: {type(error).__name__}: {error}".rstrip(": ")
+            else:
+                status = response.status
+                if 200 <= status < 300:
+                    return raw
+                message = status_message(raw, status)
+                if status == 404 and missing_ok:
+                    return None
+                refused = refusal(what, status, message)
+                if refused is not None:
+                    raise refused
+                failure = f"{what}: HTTP {status}: {message}"
+                wait_asked = retry_after(response.headers)
+            attempt += 1
+            if attempt > settings.retries:
+                raise RuntimeUnavailable(failure)
+            delay = min(
+                settings.backoff_max,
+                settings.backoff_initial * 2 ** (attempt - 1) * random.uniform(0.8, 1.2),
+            )
+            if wait_asked is not None:
+                delay = min(max(delay, wait_asked), max(settings.backoff_max, 1.0))
+            log.info("%s: %s (retry %d in %.2fs)", self.region, failure, attempt, delay)
+            await asyncio.sleep(delay)

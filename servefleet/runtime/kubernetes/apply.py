@@ -1,0 +1,169 @@
+"""Writing a region: `apply()` a workload and `remove()` an endpoint.
+
+apply() follows `render.steps`: it deletes only what the watch cache holds (a
+steady fleet sends no DELETE answered 404), server-side applies every rendered
+object (field manager `servefleet`, force) annotated with the list of objects the
+workload renders (`watches.ANNOTATION_OBJECTS`, read by `observe.py`), and hands
+`spec.replicas` over before the first apply that omits it
+(`render.replicas_handoff`). remove() deletes every cached object of the endpoint,
+routes first. Both then wait (bounded by `sync_timeout`) until the watches have
+delivered their own writes, so the observation that follows already shows them,
+and hold the endpoint's events meanwhile (`events.EndpointEvents.holding`).
+
+The runtime manages one namespace: a workload that names another one is refused
+with `WorkloadUnsupported`, since its objects would be invisible to the caches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Final
+
+from servefleet.plan import Workload
+from servefleet.runtime.base import WorkloadUnsupported
+from servefleet.runtime.kubernetes.api import ClusterApi
+from servefleet.runtime.kubernetes.events import EndpointEvents, Written
+from servefleet.runtime.kubernetes.render import (
+    FIELD_MANAGER,
+    HANDOFF_MANAGER,
+    Manifest,
+    ObjectRef,
+    RegionSettings,
+    all_objects,
+    namespace_of,
+    replicas_handoff,
+    steps,
+)
+from servefleet.runtime.kubernetes.watches import (
+    ANNOTATION_OBJECTS,
+    Watches,
+    at_least,
+    owns_replicas,
+    resource_version,
+)
+
+__all__ = ["Writer"]
+
+log = logging.getLogger(__name__)
+
+_REMOVAL_ORDER: Final = {"Ingress": 0, "HorizontalPodAutoscaler": 1, "Deployment": 2, "Service": 3}
+
+
+class Writer:
+    """apply() and remove() of one region's runtime (module docstring)."""
+
+    def __init__(
+        self,
+        region: str,
+        settings: RegionSettings,
+        api: ClusterApi,
+        watches: Watches,
+        events: EndpointEvents,
+        sync_timeout: float,
+    ) -> None:
+        self.region = region
+        self.settings = settings
+        self.namespace = settings.namespace
+        self._api = api
+        self._watches = watches
+        self._events = events
+        self._sync_timeout = sync_timeout
+
+    async def apply(self, workload: Workload) -> None:
+        namespace = namespace_of(workload, self.settings)
+        if namespace != self.namespace:
+            raise WorkloadUnsupported(
+                f"namespace: region {self.region} manages namespace {self.namespace!r} only "
+                f"(got {namespace!r})"
+            )
+        plan = steps(workload, self.settings)  # WorkloadUnsupported for an image-less spec
+        objects = _object_list(step.ref for step in plan if step.verb == "apply")
+        written: Written = []
+        with self._events.holding(workload.endpoint, written):
+            for step in plan:
+                if step.verb == "delete":
+                    if self._watches.cached(step.ref) is not None:
+                        await self._api.delete(step.ref)
+                        written.append((step.ref, None))
+                    continue
+                assert step.manifest is not None
+                # Copied only down to what changes: the rest is sent, never modified.
+                metadata = step.manifest["metadata"]
+                annotations = {**metadata["annotations"], ANNOTATION_OBJECTS: objects}
+                manifest = {**step.manifest, "metadata": {**metadata, "annotations": annotations}}
+                if step.ref.kind == "Deployment" and "replicas" not in manifest["spec"]:
+                    await self._hand_off_replicas(workload, step.ref)
+                result = await self._api.apply(step.ref, manifest, FIELD_MANAGER, force=True)
+                written.append((step.ref, resource_version(result)))
+            await self._synced(written)
+
+    async def remove(self, endpoint: str) -> None:
+        refs = sorted(
+            self._held_refs(endpoint),
+            key=lambda ref: (_REMOVAL_ORDER[ref.kind], not ref.name.endswith("-canary")),
+        )
+        written: Written = []
+        with self._events.holding(endpoint, written):
+            for ref in refs:
+                await self._api.delete(ref)
+                written.append((ref, None))
+            await self._synced(written)
+
+    async def _hand_off_replicas(self, workload: Workload, ref: ObjectRef) -> None:
+        live = self._watches.cached(ref)
+        if live is None or not _sole_replicas_owner(live):
+            return
+        replicas = int((live.get("spec") or {}).get("replicas", 1))
+        body = replicas_handoff(workload, self.settings, replicas)
+        await self._api.apply(ref, body, HANDOFF_MANAGER, force=False)
+        log.info("%s/%s: spec.replicas (%d) handed over", self.region, ref.name, replicas)
+
+    def _held_refs(self, endpoint: str) -> list[ObjectRef]:
+        known = {(ref.kind, ref.name): ref for ref in all_objects(endpoint, self.namespace)}
+        refs = []
+        for kind, obj in self._watches.held_objects(endpoint):
+            name = obj["metadata"]["name"]
+            refs.append(
+                known.get((kind, name))
+                or ObjectRef(obj.get("apiVersion", ""), kind, self.namespace, name)
+            )
+        return refs
+
+    async def _synced(self, written: Written) -> None:
+        """Wait (bounded) until the caches show these writes: each applied object at
+        least at its resourceVersion, each deleted one gone."""
+
+        def caught_up() -> bool:
+            for ref, version in written:
+                cached = self._watches.cached(ref)
+                if version is None:
+                    if cached is not None:
+                        return False
+                elif cached is None or not at_least(resource_version(cached), version):
+                    return False
+            return True
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._sync_timeout):
+                while not caught_up():
+                    await self._events.wait_for_change()
+                return
+        log.warning("%s: the watches did not show our writes within the sync timeout", self.region)
+
+
+def _object_list(refs: Iterable[ObjectRef]) -> str:
+    return ",".join(sorted(f"{ref.kind}/{ref.name}" for ref in refs))
+
+
+def _sole_replicas_owner(deployment: Manifest) -> bool:
+    """Whether servefleet alone manages the Deployment's `spec.replicas`."""
+    entries = (deployment.get("metadata") or {}).get("managedFields") or []
+    owners = {
+        (entry.get("manager"), entry.get("subresource") or "")
+        for entry in entries
+        if owns_replicas(entry)
+    }
+    return owners == {(FIELD_MANAGER, "")}

@@ -1,0 +1,102 @@
+"""`observe()`: what the region holds for an endpoint, read from the watch caches only.
+
+Whether the workload is in place is decided from the objects alone: every applied
+object carries, besides the workload hash (`servefleet.io/workload-hash`), the list
+of objects that workload renders (`servefleet.io/objects`, e.g.
+`Deployment/llm,Ingress/llm,Service/llm`). The endpoint reports the hash only when
+the cached objects of the endpoint are exactly that list and all carry the same
+hash and list: a missing object (a hand-deleted Service), an extra one (a canary
+left behind), or one applied for another workload all report "" — which matches no
+workload, so the reconciler applies again. This needs no memory of past applies and
+survives restarts and leader changes.
+"""
+
+from __future__ import annotations
+
+from servefleet.plan import Observed, VersionObservation
+from servefleet.runtime.kubernetes.render import ANNOTATION_HASH, Manifest
+from servefleet.runtime.kubernetes.staging import staging_of
+from servefleet.runtime.kubernetes.watches import ANNOTATION_OBJECTS, Watches
+
+__all__ = ["observe"]
+
+
+def observe(
+    endpoint: str, watches: Watches, staging_progress: dict[str, tuple[int, int]]
+) -> Observed | None:
+    """The endpoint as the caches show it; None when the region holds none of it.
+    `staging_progress`: (bytes done, bytes total) last read from each staging pod's log."""
+    held = watches.held_objects(endpoint)
+    if not held:
+        return None
+    deployments = {
+        obj["metadata"]["name"]: obj for obj in watches.caches["Deployment"].of(endpoint)
+    }
+    primary = deployments.get(endpoint)
+    canary = deployments.get(f"{endpoint}-canary")
+    staging, failure, staging_problem = staging_of(watches.pods.of(endpoint), staging_progress)
+    problems = (staging_problem, _problem(primary), _problem(canary))
+    problem = "; ".join(p for p in problems if p)
+    return Observed(
+        workload_hash=_hash_in_place(held),
+        primary=_version(primary),
+        canary=_version(canary),
+        routed=any(
+            obj["metadata"]["name"] == endpoint for obj in watches.caches["Ingress"].of(endpoint)
+        ),
+        problem=problem,
+        failure=failure,
+        staging=staging,
+    )
+
+
+def _hash_in_place(held: list[tuple[str, Manifest]]) -> str:
+    """The hash every object of the endpoint records, if the cached objects are
+    exactly the ones that workload renders; else "" (matches no workload)."""
+    recorded = {
+        (
+            (obj["metadata"].get("annotations") or {}).get(ANNOTATION_HASH, ""),
+            (obj["metadata"].get("annotations") or {}).get(ANNOTATION_OBJECTS, ""),
+        )
+        for _kind, obj in held
+    }
+    if len(recorded) != 1:
+        return ""
+    ((digest, objects),) = recorded
+    present = ",".join(sorted(f"{kind}/{obj['metadata']['name']}" for kind, obj in held))
+    return digest if digest and objects == present else ""
+
+
+def _version(deployment: Manifest | None) -> VersionObservation:
+    """Replicas of the Deployment's current template: during a rollout its status
+    counts the old pods too, so of `readyReplicas` only what exceeds the old pods
+    (`replicas - updatedReplicas`) is surely new — a new version whose pods never
+    get ready (a model that cannot be staged) must not look ready on the old ones."""
+    if deployment is None:
+        return VersionObservation()
+    status = deployment.get("status") or {}
+    current = status.get("observedGeneration") == deployment["metadata"].get("generation")
+    running = int(status.get("replicas") or 0)
+    old = running - int(status.get("updatedReplicas") or 0)
+    ready = int(status.get("readyReplicas") or 0)
+    new_ready = max(0, ready - old) if current else 0
+    return VersionObservation(ready=new_ready, running=running, outgoing_ready=ready - new_ready)
+
+
+def _problem(deployment: Manifest | None) -> str:
+    """A rollout that ran out of time, or replicas the controller cannot create."""
+    if deployment is None:
+        return ""
+    problems = []
+    for condition in (deployment.get("status") or {}).get("conditions") or []:
+        kind, state, reason = (
+            condition.get("type"),
+            condition.get("status"),
+            condition.get("reason"),
+        )
+        if (kind == "Progressing" and reason == "ProgressDeadlineExceeded") or (
+            kind == "ReplicaFailure" and state == "True"
+        ):
+            name = deployment["metadata"]["name"]
+            problems.append(f"{name}: {condition.get('message') or reason}")
+    return "; ".join(problems)

@@ -1,0 +1,37 @@
+"""`ClusterSettings`: how the Kubernetes runtime talks to one API server.
+
+Separate from `render.RegionSettings` (what the objects look like): these are the
+client's timings and limits, read by every part of the runtime (`api`, `watches`,
+`apply`, `staging`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ClusterSettings"]
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How the runtime talks to the API server (seconds unless said otherwise)."""
+
+    watch_timeout: int = 300
+    """`timeoutSeconds` of each watch request; the watch is opened again after it."""
+    request_timeout: float = 30.0
+    retries: int = 4
+    """Retries of a request answered 429/5xx or failing to connect, before
+    `RuntimeUnavailable`."""
+    backoff_initial: float = 0.2
+    backoff_max: float = 10.0
+    rate: float = 50.0
+    """Requests a second (token bucket; watch streams excepted)."""
+    burst: int = 100
+    sync_timeout: float = 10.0
+    """How long `apply` waits for the watches to show its own writes."""
+    list_page: int = 500
+    staging_poll_interval: float = 2.0
+    """Seconds between reads of staging init containers' logs (progress)."""
+    staging_log_reads: int = 10
+    """Logs read per poll at most, taking turns: bounds what many endpoints staging
+    at once cost the API server."""
