@@ -15,7 +15,8 @@ the discovery documents a client needs. The API semantics live in `engine.Engine
 watch streams) and the test controls: request counting, injected latency and
 failures, dropped watches, history compaction and Deployment readiness, faked
 (`mark_ready`, `auto_ready`) or from Pods that a simulated kubelet really runs
-(`kubelet=Kubelet()`: `kubelet.py`, `controller.py`).
+(`kubelet=Kubelet()`: `kubelet.py`, `controller.py`), and a stand-in for the HPA
+controller's replica bounds (`hpa_controller=True`: `autoscaler.py`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import yaml
 from aiohttp import web
 
 from . import errors, podlog
+from .autoscaler import AutoscalerController
 from .controller import DeploymentController, deployment_status
 from .engine import APPLY_YAML, Engine, WriteOptions, WriteResult
 from .errors import ApiError
@@ -178,7 +180,8 @@ class KubeApiServer:
     `default_watch_timeout` (for watches without `timeoutSeconds`), `auto_ready`
     (seconds after which every Deployment spec change is marked ready; None: never),
     `kubelet` (a `Kubelet`: Pods for Deployments, init containers really run, status
-    from them; exclusive with `auto_ready`).
+    from them; exclusive with `auto_ready`), `hpa_controller` (a stand-in for the HPA
+    controller that enforces only the replica bounds: `autoscaler.py`).
     """
 
     def __init__(
@@ -192,6 +195,7 @@ class KubeApiServer:
         default_watch_timeout: float = 1800.0,
         auto_ready: float | None = None,
         kubelet: Kubelet | None = None,
+        hpa_controller: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -206,6 +210,7 @@ class KubeApiServer:
         #: what the kubelet's containers wrote, by containerID (read by `pods/log`)
         self.logs = ContainerLogs()
         self._controller: DeploymentController | None = None
+        self._autoscaler = AutoscalerController(self.engine) if hpa_controller else None
         #: requests by (verb, "plural" or "plural/subresource"), e.g. ("patch", "deployments")
         self.requests: Counter[tuple[str, str]] = Counter()
         self.request_log: list[RequestInfo] = []
@@ -227,6 +232,8 @@ class KubeApiServer:
             self.kubelet.start(self.engine, self.logs)
             self._controller = DeploymentController(self.engine, self.kubelet.node_name)
             self._controller.start()
+        if self._autoscaler is not None:
+            self._autoscaler.start()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -246,6 +253,8 @@ class KubeApiServer:
         if self._controller is not None:
             await self._controller.stop()
             self._controller = None
+        if self._autoscaler is not None:
+            await self._autoscaler.stop()
         if self.kubelet is not None:
             await self.kubelet.stop()
         self.drop_watches()

@@ -19,6 +19,7 @@ from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
 from servefleet.runtime.kubernetes.render import (
     ANNOTATION_HASH,
     FIELD_MANAGER,
+    HANDOFF_MANAGER,
     LABEL_MANAGED_BY,
     LABEL_NAME,
     RegionSettings,
@@ -502,3 +503,104 @@ async def test_start_waits_for_the_lists_and_gives_up_after_its_timeout(
 async def _holds(runtime: KubernetesRuntime, name: str) -> bool:
     observed = await runtime.observe(name)
     return observed is not None and observed.routed
+
+
+# An autoscaled Deployment starts from the autoscaler's minimum (issue 15, part 1): an
+# HPA never scales a target up from 0, and below its minimum only on its next sync.
+
+BOUNDS = {"enabled": True, "min_replicas": 3, "max_replicas": 8, "metrics": []}
+HANDED_OVER = {HANDOFF_MANAGER}
+"""Who holds `spec.replicas` once servefleet has set the minimum and let go."""
+
+
+async def replicas_of(cluster: Cluster) -> tuple[int, set[str]]:
+    """The primary Deployment's `spec.replicas` and the managers that own it."""
+    deployment = await cluster.get("Deployment", "llm")
+    assert deployment is not None
+    return deployment["spec"]["replicas"], replicas_owners(deployment)
+
+
+async def test_an_autoscaled_deployment_is_created_at_the_minimum(cluster: Cluster) -> None:
+    await cluster.runtime.apply(planned(autoscaling=BOUNDS))
+    replicas, _owners = await replicas_of(cluster)
+    assert replicas == 3  # not the default 1 until the HPA's next sync
+
+    # The next apply lets go of the count (the HPA's from now on) and keeps it.
+    await cluster.runtime.apply(planned(autoscaling=BOUNDS, env={"MODE": "b"}))
+    assert await replicas_of(cluster) == (3, HANDED_OVER)
+
+
+async def test_start_after_stop_sets_the_minimum_before_the_autoscaler_returns(
+    cluster: Cluster,
+) -> None:
+    runtime = cluster.runtime
+    await runtime.apply(planned(autoscaling=BOUNDS))
+    await runtime.apply(planned(autoscaling=BOUNDS, state=DesiredState.STOPPED))
+    assert await cluster.get("HorizontalPodAutoscaler", "llm") is None
+    assert (await replicas_of(cluster))[0] == 0
+
+    started = planned(autoscaling=BOUNDS)
+    await runtime.apply(started)
+    assert await replicas_of(cluster) == (3, HANDED_OVER)  # not 0, where an HPA never scales
+    hpa = await cluster.get("HorizontalPodAutoscaler", "llm")
+    assert hpa is not None
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 8)
+    assert await observed_hash(cluster) == workload_hash(started)
+
+
+async def test_autoscaling_switched_on_below_the_minimum_starts_at_the_minimum(
+    cluster: Cluster,
+) -> None:
+    runtime = cluster.runtime
+    await runtime.apply(planned(replicas=1))
+    await runtime.apply(planned(replicas=1, autoscaling=BOUNDS))
+    assert await replicas_of(cluster) == (3, HANDED_OVER)
+
+    # Above the minimum, the count is kept as it was.
+    await runtime.apply(planned(replicas=5))
+    await runtime.apply(planned(replicas=5, autoscaling=BOUNDS))
+    assert await replicas_of(cluster) == (5, HANDED_OVER)
+
+
+async def test_an_autoscaler_s_count_is_never_overwritten(cluster: Cluster) -> None:
+    """Once the HPA exists, whatever it (or any other manager through `/scale`) sets
+    stands: through spec changes, a raised minimum, and the HPA deleted by hand and
+    re-created."""
+    runtime = cluster.runtime
+    await runtime.apply(planned(autoscaling=BOUNDS))
+    await runtime.apply(planned(autoscaling=BOUNDS, state=DesiredState.STOPPED))
+    await runtime.apply(planned(autoscaling=BOUNDS))
+    assert (await replicas_of(cluster))[0] == 3
+
+    await cluster.scale("llm", 6, manager="horizontal-pod-autoscaler")
+    await runtime.apply(planned(autoscaling=BOUNDS, env={"MODE": "b"}))
+    assert await replicas_of(cluster) == (6, {"horizontal-pod-autoscaler"})
+
+    # The HPA's own controller raises a count below a new minimum, not servefleet.
+    await cluster.scale("llm", 3, manager="horizontal-pod-autoscaler")
+    raised = {**BOUNDS, "min_replicas": 4}
+    await runtime.apply(planned(autoscaling=raised, env={"MODE": "b"}))
+    assert await replicas_of(cluster) == (3, {"horizontal-pod-autoscaler"})
+
+    await cluster.scale("llm", 5, manager="horizontal-pod-autoscaler")
+    await cluster.delete("HorizontalPodAutoscaler", "llm")
+    await runtime.apply(planned(autoscaling=raised, env={"MODE": "c"}))
+    assert await cluster.get("HorizontalPodAutoscaler", "llm") is not None
+    assert await replicas_of(cluster) == (5, {"horizontal-pod-autoscaler"})
+
+
+async def test_a_steady_autoscaled_fleet_costs_no_request(cluster: Cluster) -> None:
+    """The start decision is read from the watch cache: no GET, and no write once the
+    workload is in place."""
+    server = cluster.need_server()
+    runtime = cluster.runtime
+    await runtime.apply(planned(autoscaling=BOUNDS, state=DesiredState.STOPPED))
+    server.reset_counts()
+    await runtime.apply(planned(autoscaling=BOUNDS))
+    assert server.count("get") == 0
+    # hand-off, Deployment, HPA, Ingress (the Service is unchanged but re-applied)
+    assert server.count("patch") == 5
+    server.reset_counts()
+    await asyncio.sleep(1)
+    for verb in ("get", "list", "create", "update", "patch", "delete"):
+        assert server.count(verb) == 0, verb

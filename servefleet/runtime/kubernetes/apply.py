@@ -5,7 +5,9 @@ steady fleet sends no DELETE answered 404), server-side applies every rendered
 object (field manager `servefleet`, force) annotated with the list of objects the
 workload renders (`watches.ANNOTATION_OBJECTS`, read by `observe.py`), and hands
 `spec.replicas` over before the first apply that omits it
-(`render.replicas_handoff`). remove() deletes every cached object of the endpoint,
+(`render.replicas_handoff`) — at the HPA's minimum when the HPA is being (re)created
+for a Deployment at 0 or below it, since an HPA never scales up from 0 (render.py,
+*Replicas and the autoscaler*). remove() deletes every cached object of the endpoint,
 routes first. Both then wait (bounded by `sync_timeout`) until the watches have
 delivered their own writes, so the observation that follows already shows them,
 and hold the endpoint's events meanwhile (`events.EndpointEvents.holding`).
@@ -33,6 +35,7 @@ from servefleet.runtime.kubernetes.render import (
     ObjectRef,
     RegionSettings,
     all_objects,
+    min_replicas,
     namespace_of,
     replicas_handoff,
     steps,
@@ -81,6 +84,12 @@ class Writer:
             )
         plan = steps(workload, self.settings)  # WorkloadUnsupported for an image-less spec
         objects = _object_list(step.ref for step in plan if step.verb == "apply")
+        creates_autoscaler = any(
+            step.verb == "apply"
+            and step.ref.kind == "HorizontalPodAutoscaler"
+            and self._watches.cached(step.ref) is None
+            for step in plan
+        )
         written: Written = []
         with self._events.holding(workload.endpoint, written):
             for step in plan:
@@ -95,7 +104,9 @@ class Writer:
                 annotations = {**metadata["annotations"], ANNOTATION_OBJECTS: objects}
                 manifest = {**step.manifest, "metadata": {**metadata, "annotations": annotations}}
                 if step.ref.kind == "Deployment" and "replicas" not in manifest["spec"]:
-                    await self._hand_off_replicas(workload, step.ref)
+                    manifest = await self._hand_off_replicas(
+                        workload, step.ref, manifest, creates_autoscaler
+                    )
                 result = await self._api.apply(step.ref, manifest, FIELD_MANAGER, force=True)
                 written.append((step.ref, resource_version(result)))
             await self._synced(written)
@@ -112,14 +123,39 @@ class Writer:
                 written.append((ref, None))
             await self._synced(written)
 
-    async def _hand_off_replicas(self, workload: Workload, ref: ObjectRef) -> None:
+    async def _hand_off_replicas(
+        self, workload: Workload, ref: ObjectRef, manifest: Manifest, creates_autoscaler: bool
+    ) -> Manifest:
+        """Before applying the autoscaled Deployment `manifest` (without `replicas`):
+        make sure omitting the field neither drops the count to 1 nor leaves it where
+        the HPA about to be created would never scale it; the manifest to apply.
+
+        Decided from the cache alone (render's *Replicas and the autoscaler*): a new
+        Deployment is created at the HPA's minimum; one the HPA is (re)created for, at
+        0 or below the minimum, is set to the minimum by the hand-off manager, forced
+        (servefleet held the count until now); otherwise a count servefleet alone
+        holds is shared with the hand-off manager at its live value, so it stays."""
+        assert workload.autoscaling is not None
+        minimum = min_replicas(workload.autoscaling)
         live = self._watches.cached(ref)
-        if live is None or not _sole_replicas_owner(live):
-            return
+        if live is None:
+            return {**manifest, "spec": {"replicas": minimum, **manifest["spec"]}}
         replicas = int((live.get("spec") or {}).get("replicas", 1))
-        body = replicas_handoff(workload, self.settings, replicas)
-        await self._api.apply(ref, body, HANDOFF_MANAGER, force=False)
-        log.info("%s/%s: spec.replicas (%d) handed over", self.region, ref.name, replicas)
+        if creates_autoscaler and replicas < minimum:
+            body = replicas_handoff(workload, self.settings, minimum)
+            await self._api.apply(ref, body, HANDOFF_MANAGER, force=True)
+            log.info(
+                "%s/%s: spec.replicas %d -> %d (the autoscaler's minimum) and handed over",
+                self.region,
+                ref.name,
+                replicas,
+                minimum,
+            )
+        elif _sole_replicas_owner(live):
+            body = replicas_handoff(workload, self.settings, replicas)
+            await self._api.apply(ref, body, HANDOFF_MANAGER, force=False)
+            log.info("%s/%s: spec.replicas (%d) handed over", self.region, ref.name, replicas)
+        return manifest
 
     def _held_refs(self, endpoint: str) -> list[ObjectRef]:
         known = {(ref.kind, ref.name): ref for ref in all_objects(endpoint, self.namespace)}

@@ -15,7 +15,8 @@ look like is taken here, so all of it is testable without a cluster.
 - `steps(workload, settings)`: `render` and `absent` merged into one safe
   sequence (see *Order*).
 - `replicas_handoff(workload, settings, replicas)`: the one-field apply that
-  hands `spec.replicas` over to the autoscaler (see *Replicas*).
+  hands `spec.replicas` over to the autoscaler, and `min_replicas(autoscaling)`:
+  the count an autoscaled Deployment starts from (see *Replicas*).
 
 Objects
 -------
@@ -66,9 +67,19 @@ falls to 1 replica. So the cluster side must, before the first apply that omits
 servefleet alone, apply `replicas_handoff(workload, settings, live_replicas)` with
 the field manager `HANDOFF_MANAGER` (no force): two appliers of the same value
 share the field, so servefleet's next apply drops only its own claim and the
-count stays, until the HPA changes it through `/scale`. A Deployment created
-with autoscaling already on starts at 1 replica; the HPA raises it to
-`minReplicas` on its next sync. Turning autoscaling off renders `replicas` again:
+count stays, until the HPA changes it through `/scale`.
+
+An HPA never scales a target up from 0 (its condition `ScalingActive=False`,
+reason `ScalingDisabled`), and below `minReplicas` it raises the count only on its
+next sync. So whenever the cluster side (re)creates the HPA — start after a stop,
+autoscaling switched on, a region added — and the live count is 0 or below
+`min_replicas(autoscaling)`, the hand-off sets `min_replicas` instead of the live
+count, with `force` (servefleet's own claim on the field is what it takes over;
+with no HPA there is no HPA decision to override). A Deployment created with
+autoscaling on is created at `min_replicas`, not at the default 1: the cluster
+side adds the count to the apply that creates it, and the sole-owner hand-off
+above gives the field away at the next one. Once the HPA exists, servefleet never
+changes the count again. Turning autoscaling off renders `replicas` again:
 that apply conflicts with the HPA's (and the hand-off manager's) ownership, so
 servefleet applies with `force=true` — it is the authority on every field it
 renders, and forcing also restores fields edited by hand.
@@ -177,6 +188,7 @@ __all__ = [
     "absent",
     "all_objects",
     "endpoint_selector",
+    "min_replicas",
     "namespace_of",
     "render",
     "replicas_handoff",
@@ -451,6 +463,12 @@ def replicas_handoff(workload: Workload, settings: RegionSettings, replicas: int
     }
 
 
+def min_replicas(autoscaling: AutoscalingSpec) -> int:
+    """The HPA's `minReplicas`: the spec's, at least 1 (the API server refuses 0
+    unless the alpha HPAScaleToZero gate is on)."""
+    return max(1, autoscaling.min_replicas)
+
+
 # The objects.
 
 
@@ -683,7 +701,7 @@ def _autoscaler(
             "kind": "Deployment",
             "name": workload.endpoint,
         },
-        "minReplicas": max(1, autoscaling.min_replicas),
+        "minReplicas": min_replicas(autoscaling),
         "maxReplicas": autoscaling.max_replicas,
     }
     if metrics:
