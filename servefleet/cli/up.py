@@ -310,21 +310,25 @@ def _announce(
 
 
 def serve(options: UpOptions) -> None:
-    """Run until Ctrl-C or SIGTERM, then shut down cleanly."""
+    """Run until SIGINT (Ctrl-C) or SIGTERM, then shut down cleanly and exit 0.
+
+    Both signals get a handler of ours, whatever the process inherited: Python
+    installs its Ctrl-C handler only when SIGINT is not ignored at start, and it is
+    ignored in a script's background job, under `nohup` and under some supervisors,
+    where `kill -INT` would otherwise do nothing."""
     configure_logging(options.log_format)
 
     async def main() -> None:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(stop, task.cancel)
         try:
             await run(options)
         except asyncio.CancelledError:
             log.info("shutting down")
-
-    try:
-        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(main())
-    except KeyboardInterrupt:
         err.print("stopped", markup=False)
+
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(main())

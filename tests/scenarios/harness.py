@@ -410,12 +410,27 @@ class UpProcess:
         return demo_children(self.pid)
 
 
+# Runs the rest of its arguments as a program that starts with SIGINT ignored, as a
+# script's background job, `nohup` and some supervisors start their children.
+_SIGINT_IGNORED = (
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+)
+
+
 @asynccontextmanager
-async def up_process(store: str, *args: str, stderr: Path) -> AsyncIterator[UpProcess]:
+async def up_process(
+    store: str, *args: str, stderr: Path, sigint_ignored: bool = False
+) -> AsyncIterator[UpProcess]:
     """`servefleet up <args>` with `SERVEFLEET_STORE=<store>`, once it has printed
-    its announcement; killed on the way out if still running, with any replica left."""
+    its announcement; killed on the way out if still running, with any replica left.
+    With `sigint_ignored`, it inherits SIGINT as ignored."""
+    launcher = _SIGINT_IGNORED if sigint_ignored else ()
     with stderr.open("ab") as errors:
         process = await asyncio.create_subprocess_exec(
+            *launcher,
             *COMMAND,
             "up",
             *args,
