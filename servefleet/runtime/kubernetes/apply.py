@@ -133,8 +133,12 @@ class Writer:
         Decided from the cache alone (render's *Replicas and the autoscaler*): a new
         Deployment is created at the HPA's minimum; one the HPA is (re)created for, at
         0 or below the minimum, is set to the minimum by the hand-off manager, forced
-        (servefleet held the count until now); otherwise a count servefleet alone
-        holds is shared with the hand-off manager at its live value, so it stays."""
+        (the count it takes over is servefleet's own, from a fixed count or a stop,
+        and with no HPA yet there is no HPA decision to override); otherwise a count
+        servefleet alone holds is shared with the hand-off manager at its live value,
+        so it stays. A stale cache that missed a live HPA is the one way this could
+        override one; apply() waits for its own writes to reach the cache to keep
+        that window small."""
         assert workload.autoscaling is not None
         minimum = min_replicas(workload.autoscaling)
         live = self._watches.cached(ref)
