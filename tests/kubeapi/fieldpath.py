@@ -61,6 +61,26 @@ def path_string(path: Path) -> str:
     return "".join(element_string(element) for element in path)
 
 
+#: How PathElement.Compare ranks the kinds of element: field names, keys, values, indices.
+_KIND_RANK = {"f": 0, "k": 1, "v": 2, "i": 3}
+
+
+def iteration_order(path: Path) -> tuple[tuple[int, int, str | int], ...]:
+    """A sort key that lists paths the way Set.Iterate visits them: at each level the
+    members (paths ending there) before the paths that go deeper, each group sorted
+    by element. Keys and values compare by their canonical JSON, an approximation of
+    structured-merge-diff's value ordering."""
+    last = len(path) - 1
+    return tuple(
+        (
+            0 if depth == last else 1,
+            _KIND_RANK[kind],
+            int(text) if kind == "i" else text,
+        )
+        for depth, (kind, text) in enumerate(path)
+    )
+
+
 def has_prefix_in(path: Path, prefixes: FieldSet) -> bool:
     return any(path[:size] in prefixes for size in range(1, len(path) + 1))
 

@@ -11,6 +11,7 @@ server's.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -52,16 +53,30 @@ class ManagerEntry:
     def ident(self) -> tuple[str, str, str]:
         return (self.manager, self.operation, self.subresource)
 
+    def identifier(self) -> str:
+        """The manager's key in structured-merge-diff (BuildManagerIdentifier: the
+        entry's JSON without fields and time, and without apiVersion for appliers)."""
+        key: dict[str, str] = {"manager": self.manager, "operation": self.operation}
+        if self.operation == UPDATE and self.api_version:
+            key["apiVersion"] = self.api_version
+        if self.subresource:
+            key["subresource"] = self.subresource
+        return json.dumps(key, separators=(",", ":"))
+
     def describe(self) -> str:
-        """The manager the way conflict messages name it (printManager)."""
+        """The manager the way conflict messages name it (printManager). It prints a
+        time only for identifiers that carry one, and identifiers never do."""
         text = f'"{self.manager}"'
         if self.subresource:
             text += f' with subresource "{self.subresource}"'
         if self.operation == UPDATE:
             text += f" using {self.api_version}"
-            if self.time:
-                text += f" at {self.time}"
         return text
+
+    def encoding_order(self) -> tuple[str, str, str, str, str]:
+        """The sort key of sortEncodedManagedFields: operation ("Apply" first), the
+        time's whole second (none sorts as the epoch), manager, apiVersion, subresource."""
+        return (self.operation, self.time or "", self.manager, self.api_version, self.subresource)
 
     def encode(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -121,7 +136,9 @@ class ManagedFields:
         return mine == theirs
 
     def encode(self) -> list[dict[str, Any]]:
-        return [entry.encode() for entry in self.entries]
+        """The entries as the API shows them: sorted like encodeManagedFields does, so
+        that two edits within one second list their managers alphabetically."""
+        return [entry.encode() for entry in sorted(self.entries, key=ManagerEntry.encoding_order)]
 
     @staticmethod
     def decode(raw: Iterable[dict[str, Any]]) -> ManagedFields:
@@ -135,10 +152,18 @@ class Conflict:
 
 
 class ApplyConflict(Exception):
-    """An apply would change fields that other managers own."""
+    """An apply would change fields that other managers own.
+
+    The message lists managers sorted by identifier, each with its paths in field
+    set order (getConflictMessage). The real causes list the managers in Go map
+    iteration order, which differs from one request to the next; here they come in
+    the message's order.
+    """
 
     def __init__(self, conflicts: list[Conflict]) -> None:
-        self.conflicts = sorted(conflicts, key=lambda c: (c.entry.manager, fp.path_string(c.path)))
+        self.conflicts = sorted(
+            conflicts, key=lambda c: (c.entry.identifier(), fp.iteration_order(c.path))
+        )
         super().__init__(self.message())
 
     def message(self) -> str:
@@ -151,10 +176,10 @@ class ApplyConflict(Exception):
         lines: list[str] = []
         by_manager: dict[str, list[Conflict]] = {}
         for conflict in self.conflicts:
-            by_manager.setdefault(conflict.entry.describe(), []).append(conflict)
-        for described in sorted(by_manager, key=lambda d: by_manager[d][0].entry.manager):
-            lines.append(f"conflicts with {described}:")
-            lines.extend(f"- {fp.path_string(c.path)}" for c in by_manager[described])
+            by_manager.setdefault(conflict.entry.identifier(), []).append(conflict)
+        for conflicts in by_manager.values():
+            lines.append(f"conflicts with {conflicts[0].entry.describe()}:")
+            lines.extend(f"- {fp.path_string(c.path)}" for c in conflicts)
         return f"Apply failed with {len(self.conflicts)} conflicts: " + "\n".join(lines)
 
     def causes(self) -> list[dict[str, str]]:

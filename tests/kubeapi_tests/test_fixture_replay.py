@@ -21,7 +21,17 @@ Relaxed, with reasons: watch `timeoutSeconds` is capped at 2 s to keep the suite
 list-watch events were not recorded, so the replay performs them (re-apply with the
 event's values, a status patch, a delete); a list's and a bookmark's resourceVersion
 are only mapped (they are the server-wide revision, which the real cluster had moved
-on by writes outside the recording).
+on by writes outside the recording); an apply conflict's `details.causes` may list
+the managers in another order (the real server lists them in Go map iteration order,
+which changes from one request to the next; each manager's fields keep their order);
+the server's clock stands still during a replay, because managedFields entries are
+sorted by the second of their `time` before the manager name and the recorded edits
+all fell within one second, which a replay step crossing a second boundary would not
+reproduce.
+
+`pending/` holds recordings the test server did not answer when they were made;
+the ones it answers now are replayed from there by name (ANSWERED_PENDING) until
+planning moves them up beside the others.
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import aiohttp
 import pytest
 
-from tests.kubeapi import KubeApiServer
+from tests.kubeapi import KubeApiServer, engine
 
 from .conftest import FIXTURES
 
@@ -54,13 +64,22 @@ Json = dict[str, Any]
 Action = Callable[["Replayer", list[Json]], Awaitable[None]]
 
 
+#: Recordings in `pending/` that the test server now answers as the real one did.
+#: Planning should move each up beside the others (/work/shared is read-only here);
+#: then drop it from this list.
+ANSWERED_PENDING = ["drift"]
+
+
 def fixture_files() -> list[Any]:
     if not FIXTURES.is_dir():
         return [pytest.param(None, marks=pytest.mark.skip(reason=f"no fixtures at {FIXTURES}"))]
     files = sorted(FIXTURES.glob("*.json"))
     if not files:
         return [pytest.param(None, marks=pytest.mark.skip(reason=f"no *.json in {FIXTURES}"))]
-    return [pytest.param(path, id=path.stem) for path in files]
+    pending = [FIXTURES / "pending" / f"{name}.json" for name in ANSWERED_PENDING]
+    return [pytest.param(path, id=path.stem) for path in files] + [
+        pytest.param(path, id=f"pending/{path.stem}") for path in pending
+    ]
 
 
 def load(path: Path) -> Json:
@@ -263,6 +282,9 @@ class Replayer:
 
     def _compare_status(self, where: str, expected: Json, actual: Json) -> None:
         want, got = dict(expected), dict(actual)
+        if "causes" in (want.get("details") or {}) and isinstance(got.get("details"), dict):
+            want["details"] = _causes_by_manager(want["details"])
+            got["details"] = _causes_by_manager(got["details"])
         if want.get("reason") == "Expired":
             want["message"] = _GENERATED_IN_MESSAGES.sub("(N)", want["message"])
             got["message"] = _GENERATED_IN_MESSAGES.sub("(N)", str(got.get("message")))
@@ -299,6 +321,13 @@ class Replayer:
         assert got_spec == want_spec, f"{where}: spec differs:\n{json.dumps(got_spec, indent=1)}"
 
 
+def _causes_by_manager(details: Json) -> Json:
+    """`details` with its causes grouped by manager (a stable sort: each manager's
+    fields keep their order)."""
+    causes = sorted(details.get("causes") or [], key=lambda cause: str(cause.get("message")))
+    return {**details, "causes": causes}
+
+
 def _entries(metadata: Json) -> list[Json]:
     return [
         {key: value for key, value in entry.items() if key != "time"}
@@ -307,8 +336,10 @@ def _entries(metadata: Json) -> list[Json]:
 
 
 @pytest.mark.parametrize("fixture", fixture_files())
-async def test_replay(fixture: Path, kube: KubeApiServer) -> None:
+async def test_replay(fixture: Path, kube: KubeApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """Verify that the test server answers each recorded request as the real one did."""
+    second = engine.now_rfc3339()
+    monkeypatch.setattr(engine, "now_rfc3339", lambda: second)
     async with aiohttp.ClientSession() as session:
         replayer = Replayer(kube, session)
         if fixture.stem in CHAIN:
@@ -317,3 +348,13 @@ async def test_replay(fixture: Path, kube: KubeApiServer) -> None:
         await replayer.replay(fixture)
     recorded = load(fixture)["steps"]
     assert replayer.passed[-len(recorded) :] == [f"{fixture.stem}/{s['name']}" for s in recorded]
+
+
+def test_answered_pending_recordings_are_still_pending() -> None:
+    """Verify that each recording of ANSWERED_PENDING is still in `pending/`."""
+    if not FIXTURES.is_dir():
+        pytest.skip(f"no fixtures at {FIXTURES}")
+    for name in ANSWERED_PENDING:
+        assert (FIXTURES / "pending" / f"{name}.json").is_file(), (
+            f"pending/{name}.json is gone: if planning moved it up, drop it from ANSWERED_PENDING"
+        )
