@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.kubeapi import fieldpath as fp
 from tests.kubeapi import typed
-from tests.kubeapi.patches import json_patch, merge_patch, strategic_merge_patch
+from tests.kubeapi.patches import PatchError, json_patch, merge_patch, strategic_merge_patch
 from tests.kubeapi.quantity import QuantityError, parse_quantity
 from tests.kubeapi.schema import Schema
 from tests.kubeapi.selectors import (
@@ -212,9 +212,96 @@ def test_patches() -> None:
     )
     containers = patched["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["a", "b"]
-    assert [e["name"] for e in containers[0]["env"]] == ["X", "Y"]
+    # without $setElementOrder an item the patch adds goes before the live ones
+    assert [e["name"] for e in containers[0]["env"]] == ["Y", "X"]
     assert "replicas" not in patched["spec"]
     assert merge_patch({"a": {"b": 1, "c": 2}}, {"a": {"b": None}}) == {"a": {"c": 2}}
     assert json_patch({"a": [1, 2]}, [{"op": "add", "path": "/a/-", "value": 3}]) == {
         "a": [1, 2, 3]
     }
+
+
+def _named(*names: str, **extra: Any) -> list[dict[str, Any]]:
+    return [{"name": name, **extra} for name in names]
+
+
+def _containers_patch(order: list[str] | None, items: list[dict[str, Any]]) -> dict[str, Any]:
+    pod: dict[str, Any] = {"containers": items}
+    if order is not None:
+        pod["$setElementOrder/containers"] = _named(*order)
+    return {"spec": {"template": {"spec": pod}}}
+
+
+@pytest.mark.parametrize(
+    ("live", "patch", "expected"),
+    [
+        # the cases of apimachinery's strategicpatch tests, on containers
+        pytest.param(
+            ["1", "2"],
+            _containers_patch(["4", "1", "2", "3"], _named("4", "3", image="j")),
+            ["4", "1", "2", "3"],
+            id="order-names-new-and-live-items",
+        ),
+        pytest.param(
+            ["1", "3"],
+            _containers_patch(["1", "2"], _named("1", "2", image="j")),
+            ["1", "2", "3"],
+            id="live-item-not-in-order-goes-after",
+        ),
+        pytest.param(
+            ["3"],
+            _containers_patch(["2"], [*_named("2"), {"name": "1", "$patch": "delete"}]),
+            ["2", "3"],
+            id="delete-missing-item",
+        ),
+        pytest.param(
+            ["1", "2", "4"],
+            _containers_patch(["2", "3"], [*_named("3"), {"name": "1", "$patch": "delete"}]),
+            ["2", "4", "3"],
+            id="add-and-delete",
+        ),
+        pytest.param(
+            ["a", "b", "c"],
+            _containers_patch(None, _named("c", "a", image="j")),
+            ["b", "c", "a"],
+            id="patch-order-without-directive",
+        ),
+        pytest.param(
+            ["llm"],
+            _containers_patch(["llm"], _named("llm", image="registry.local/other:1")),
+            ["llm"],
+            id="kubectl-set-image",
+        ),
+    ],
+)
+def test_strategic_merge_patch_orders_lists_like_apimachinery(
+    live: list[str], patch: dict[str, Any], expected: list[str]
+) -> None:
+    patched = strategic_merge_patch(
+        _deployment(*(_container(name) for name in live)), patch, DEPLOYMENT
+    )
+    containers = patched["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == expected
+    assert all("$patch" not in c for c in containers)
+
+
+def test_strategic_merge_patch_orders_and_deletes_primitives() -> None:
+    live = _deployment()
+    live["metadata"]["finalizers"] = ["1", "2", "3", "4"]
+    patch = {
+        "metadata": {
+            "$setElementOrder/finalizers": ["1", "2"],
+            "$deleteFromPrimitiveList/finalizers": ["3"],
+        }
+    }
+    assert strategic_merge_patch(live, patch, DEPLOYMENT)["metadata"]["finalizers"] == [
+        "1",
+        "2",
+        "4",
+    ]
+
+
+def test_strategic_merge_patch_refuses_an_order_the_list_contradicts() -> None:
+    patch = _containers_patch(["a", "b"], _named("b", "a", image="j"))
+    with pytest.raises(PatchError, match=r"doesn't match \$setElementOrder list"):
+        strategic_merge_patch(_deployment(_container("a"), _container("b")), patch, DEPLOYMENT)
