@@ -79,8 +79,9 @@ class Embedder:
         return self._model is not None
 
     async def load(self) -> None:
-        self._model = await asyncio.to_thread(_load, self.model_dir)
-        self.dimensions = self._model.get_sentence_embedding_dimension() or 0
+        model = await asyncio.to_thread(_load, self.model_dir)
+        self.dimensions = model.get_sentence_embedding_dimension() or 0
+        self._model = model
 
     async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         """Unit-length embeddings of `texts`, and how many tokens they took."""
