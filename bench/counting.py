@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from servefleet.spec import DesiredState, Endpoint, Region, RegionStatus
+from servefleet.spec import ApiToken, DesiredState, Endpoint, Region, RegionStatus
 from servefleet.store import Change, Lease, Store
 
 FEED_POLL = "feed poll (SELECT changes after N)"
@@ -25,6 +25,8 @@ WRITES = frozenset(
         "put_region_status",
         "put_region",
         "delete_region",
+        "create_token",
+        "delete_token",
         "acquire_lease",
         "release_lease",
     }
@@ -104,6 +106,22 @@ class CountingStore:
     async def delete_region(self, name: str) -> None:
         self.calls["delete_region"] += 1
         await self.inner.delete_region(name)
+
+    async def create_token(self, token: ApiToken) -> None:
+        self.calls["create_token"] += 1
+        await self.inner.create_token(token)
+
+    async def get_token(self, name: str) -> ApiToken:
+        self.calls["get_token"] += 1
+        return await self.inner.get_token(name)
+
+    async def list_tokens(self) -> list[ApiToken]:
+        self.calls["list_tokens"] += 1
+        return await self.inner.list_tokens()
+
+    async def delete_token(self, name: str) -> None:
+        self.calls["delete_token"] += 1
+        await self.inner.delete_token(name)
 
     async def feed_position(self) -> int:
         self.calls["feed_position"] += 1

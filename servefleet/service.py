@@ -27,8 +27,10 @@ from servefleet.spec import (
     EndpointManifest,
     EndpointSpec,
     InvalidInput,
+    Problem,
     Region,
     RegionStatus,
+    declared_more_than_once,
     invalid_input,
 )
 from servefleet.store import (
@@ -66,8 +68,12 @@ class UnregisteredRegion(InvalidInput):
     def __init__(self, field: str, region: str, registered: list[str]) -> None:
         super().__init__(
             [
-                f"{field}: region {region!r} is not registered "
-                f"(registered: {', '.join(registered) or 'none'})"
+                Problem(
+                    field,
+                    f"region {region!r} is not registered "
+                    f"(registered: {', '.join(registered) or 'none'})",
+                    region,
+                )
             ]
         )
         self.field = field
@@ -133,8 +139,10 @@ class EndpointService:
     async def get(self, name: str) -> Endpoint:
         return await self._store.get_endpoint(name)
 
-    async def list_endpoints(self, *, region: str | None = None) -> list[Endpoint]:
-        return await self._store.list_endpoints(region=region)
+    async def list_endpoints(
+        self, *, region: str | None = None, desired_state: DesiredState | None = None
+    ) -> list[Endpoint]:
+        return await self._store.list_endpoints(region=region, desired_state=desired_state)
 
     async def status(self, name: str) -> tuple[Endpoint, list[RegionStatus]]:
         endpoint = await self._store.get_endpoint(name)
@@ -158,6 +166,22 @@ class EndpointService:
                 f"name: endpoint {name!r} already exists; change it with apply, scale, "
                 "update-image or canary, or delete it first"
             ) from None
+
+    async def create(self, manifest: EndpointManifest) -> Endpoint:
+        """`deploy` from a declaration: refused, like `deploy`, if the name is taken."""
+        if manifest.state == "deleted":
+            raise _deletion_is_not_applied()
+        try:
+            return await self.deploy(
+                manifest.metadata.name,
+                manifest.spec,
+                manifest.regions,
+                stopped=manifest.state == "stopped",
+            )
+        except UnregisteredRegion as unregistered:
+            if unregistered.field != "target_regions":
+                raise
+            raise unregistered.named("regions") from None  # the declaration's word for them
 
     async def _create(
         self, name: str, spec: EndpointSpec, regions: list[str] | None, *, stopped: bool
@@ -212,22 +236,34 @@ class EndpointService:
     async def apply_all(self, manifests: list[EndpointManifest]) -> list[Applied]:
         """`apply` each declaration, having checked them all first: one refused
         declaration leaves the store as it was."""
+        duplicates = declared_more_than_once(manifests)
+        if duplicates:
+            raise InvalidInput(duplicates)
         registered = await self._registered()
         for manifest in manifests:
             await self._check(manifest, registered)
         return [await self._apply_checked(manifest) for manifest in manifests]
 
-    async def apply(self, manifest: EndpointManifest) -> Applied:
-        """Create the endpoint, or make it match the declaration; nothing when it does."""
-        await self.check(manifest)
-        return await self._apply_checked(manifest)
+    async def apply(
+        self, manifest: EndpointManifest, *, expected_revision: int | None = None
+    ) -> Applied:
+        """Create the endpoint, or make it match the declaration; nothing when it does.
 
-    async def _apply_checked(self, manifest: EndpointManifest) -> Applied:
+        With `expected_revision`, only an existing record still at that revision is
+        changed (`RevisionConflict` otherwise), as with every other change."""
+        await self.check(manifest)
+        return await self._apply_checked(manifest, expected_revision)
+
+    async def _apply_checked(
+        self, manifest: EndpointManifest, expected_revision: int | None = None
+    ) -> Applied:
         name = manifest.metadata.name
         for _ in range(_MAX_ATTEMPTS):
             try:
-                current = await self._store.get_endpoint(name)
+                current = await self._current(name, expected_revision)
             except EndpointNotFound:
+                if expected_revision is not None:
+                    raise RevisionConflict(name, expected_revision, None) from None
                 try:
                     created = await self._create(
                         name, manifest.spec, manifest.regions, stopped=manifest.state == "stopped"
@@ -235,7 +271,9 @@ class EndpointService:
                 except EndpointExists:
                     continue
                 return Applied(created, ApplyOutcome.CREATED)
-            updated = await self._change(_declaration(manifest), current=current)
+            updated = await self._change(
+                _declaration(manifest), current=current, expected_revision=expected_revision
+            )
             if updated is None:
                 continue
             outcome = ApplyOutcome.UNCHANGED if updated == current else ApplyOutcome.CONFIGURED
@@ -244,7 +282,9 @@ class EndpointService:
 
     # Changing.
 
-    async def scale(self, name: str, replicas: int) -> Endpoint:
+    async def scale(
+        self, name: str, replicas: int, *, expected_revision: int | None = None
+    ) -> Endpoint:
         def scale(current: Endpoint) -> Endpoint:
             autoscaling = current.spec.autoscaling
             if autoscaling.enabled:
@@ -255,9 +295,16 @@ class EndpointService:
                 )
             return _with_spec(current, revise_spec(current.spec, replicas=replicas))
 
-        return await self._mutate(name, scale)
+        return await self._mutate(name, scale, expected_revision)
 
-    async def update_image(self, name: str, image: str, region: str | None = None) -> Endpoint:
+    async def update_image(
+        self,
+        name: str,
+        image: str,
+        region: str | None = None,
+        *,
+        expected_revision: int | None = None,
+    ) -> Endpoint:
         """Roll out `image` everywhere, or only in `region` (a per-region override)."""
         if region is not None:
             _targets(await self._registered(), [region], "region")
@@ -270,13 +317,13 @@ class EndpointService:
             images = {**current.spec.region_images, region: image}
             return _with_spec(current, revise_spec(current.spec, region_images=images))
 
-        return await self._mutate(name, update)
+        return await self._mutate(name, update, expected_revision)
 
-    async def stop(self, name: str) -> Endpoint:
-        return await self._mutate(name, _with_state(DesiredState.STOPPED))
+    async def stop(self, name: str, *, expected_revision: int | None = None) -> Endpoint:
+        return await self._mutate(name, _with_state(DesiredState.STOPPED), expected_revision)
 
-    async def start(self, name: str) -> Endpoint:
-        return await self._mutate(name, _with_state(DesiredState.DEPLOYING))
+    async def start(self, name: str, *, expected_revision: int | None = None) -> Endpoint:
+        return await self._mutate(name, _with_state(DesiredState.DEPLOYING), expected_revision)
 
     async def canary(
         self,
@@ -288,6 +335,7 @@ class EndpointService:
         command: list[str] | None = None,
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        expected_revision: int | None = None,
     ) -> Endpoint:
         """Add a canary version, or change the one there is.
 
@@ -320,9 +368,9 @@ class EndpointService:
                 canary["env"] = {**existing.env, **env}
             return _with_spec(current, revise_spec(current.spec, canary=canary))
 
-        return await self._mutate(name, set_canary)
+        return await self._mutate(name, set_canary, expected_revision)
 
-    async def promote(self, name: str) -> Endpoint:
+    async def promote(self, name: str, *, expected_revision: int | None = None) -> Endpoint:
         """Make the canary version the primary one and remove the canary."""
 
         def promote(current: Endpoint) -> Endpoint:
@@ -333,24 +381,24 @@ class EndpointService:
                     changes[field] = getattr(canary, field)
             return _with_spec(current, revise_spec(current.spec, **changes))
 
-        return await self._mutate(name, promote)
+        return await self._mutate(name, promote, expected_revision)
 
-    async def rollback(self, name: str) -> Endpoint:
+    async def rollback(self, name: str, *, expected_revision: int | None = None) -> Endpoint:
         """Remove the canary; all traffic goes back to the primary version."""
 
         def rollback(current: Endpoint) -> Endpoint:
             _require_canary(current, "roll back")
             return _with_spec(current, revise_spec(current.spec, canary=None))
 
-        return await self._mutate(name, rollback)
+        return await self._mutate(name, rollback, expected_revision)
 
-    async def delete(self, name: str) -> Endpoint:
+    async def delete(self, name: str, *, expected_revision: int | None = None) -> Endpoint:
         """Mark the endpoint deleted; it is purged once every region has removed it."""
 
         def delete(current: Endpoint) -> Endpoint:
             return current.model_copy(update={"desired_state": DesiredState.DELETED})
 
-        return await self._mutate(name, delete, allow_deleted=True)
+        return await self._mutate(name, delete, expected_revision, allow_deleted=True)
 
     # Regions.
 
@@ -359,6 +407,9 @@ class EndpointService:
 
     async def list_regions(self) -> list[Region]:
         return await self._store.list_regions()
+
+    async def get_region(self, name: str) -> Region:
+        return await self._store.get_region(name)
 
     async def remove_region(self, name: str) -> None:
         await self._store.get_region(name)
@@ -376,18 +427,45 @@ class EndpointService:
 
     # The machinery.
 
-    async def _mutate(self, name: str, change: Change, *, allow_deleted: bool = False) -> Endpoint:
+    async def _mutate(
+        self,
+        name: str,
+        change: Change,
+        expected_revision: int | None = None,
+        *,
+        allow_deleted: bool = False,
+    ) -> Endpoint:
+        """Apply `change` to the current record, again on top of another writer's
+        work after a conflict; with `expected_revision`, only to the record at that
+        revision (optimistic concurrency left to the caller: no retry)."""
         for _ in range(_MAX_ATTEMPTS):
-            current = await self._store.get_endpoint(name)
-            updated = await self._change(change, current=current, allow_deleted=allow_deleted)
+            current = await self._current(name, expected_revision)
+            updated = await self._change(
+                change,
+                current=current,
+                allow_deleted=allow_deleted,
+                expected_revision=expected_revision,
+            )
             if updated is not None:
                 return updated
         raise _busy(name)
 
+    async def _current(self, name: str, expected_revision: int | None) -> Endpoint:
+        current = await self._store.get_endpoint(name)
+        if expected_revision is not None and current.revision != expected_revision:
+            raise RevisionConflict(name, expected_revision, current.revision)
+        return current
+
     async def _change(
-        self, change: Change, *, current: Endpoint, allow_deleted: bool = False
+        self,
+        change: Change,
+        *,
+        current: Endpoint,
+        allow_deleted: bool = False,
+        expected_revision: int | None = None,
     ) -> Endpoint | None:
-        """Write `change(current)`; None when another writer got there first."""
+        """Write `change(current)`; None when another writer got there first, unless
+        the caller named the revision it read: it learns that revision is stale."""
         if not allow_deleted:
             _refuse_if_deleted(current)
         wanted = change(current)
@@ -400,6 +478,8 @@ class EndpointService:
                 self._next_record(current, wanted), expected_revision=current.revision
             )
         except RevisionConflict:
+            if expected_revision is not None:
+                raise
             return None
 
     def _next_record(self, current: Endpoint, wanted: Endpoint) -> Endpoint:

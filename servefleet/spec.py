@@ -12,10 +12,12 @@ of a command line: no field is ever joined into a shell string.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -30,6 +32,7 @@ from pydantic import (
 
 __all__ = [
     "MAX_NAME_LENGTH",
+    "ApiToken",
     "AutoscalingMetric",
     "AutoscalingSpec",
     "CanarySpec",
@@ -39,13 +42,17 @@ __all__ = [
     "EndpointSpec",
     "InvalidInput",
     "ModelStaging",
+    "Problem",
     "Region",
     "RegionKind",
     "RegionState",
     "RegionStatus",
     "Resources",
+    "Role",
+    "declared_more_than_once",
     "invalid_input",
     "parse_quantity",
+    "status_section",
 ]
 
 MAX_NAME_LENGTH = 45
@@ -556,12 +563,70 @@ class RegionStatus(_Model):
     """Copying `model_source` into the region before replicas start; None without one."""
 
 
-class InvalidInput(ValueError):
-    """User input broke one or more rules; each problem names its field."""
+_NO_VALUE = object()
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken rule: the field it is about ("" for the input as a whole), what is
+    wrong in words, and the value given when it is known."""
+
+    field: str
+    message: str
+    value: object = _NO_VALUE
+
+    @property
+    def has_value(self) -> bool:
+        return self.value is not _NO_VALUE
+
+    @classmethod
+    def of(cls, line: str, value: object = _NO_VALUE) -> Problem:
+        """A problem from its one-line form, `field: message`."""
+        named = _FIELD_IN_MESSAGE.match(line)
+        return cls(named[1], named[2], value) if named else cls("", line, value)
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class Role(StrEnum):
+    """What an API token may do. Each role includes the ones before it: a deployer
+    also reads, an admin also deploys."""
+
+    VIEWER = "viewer"
+    """Read endpoints, their status and the regions."""
+    DEPLOYER = "deployer"
+    """Every endpoint operation."""
+    ADMIN = "admin"
+    """Regions and tokens."""
+
+    def allows(self, needed: Role) -> bool:
+        order = list(Role)
+        return order.index(self) >= order.index(needed)
+
+
+class ApiToken(_Model):
+    """A stored API token: the secret itself is never kept, only `digest`, the
+    sha256 of `salt` and the secret (`servefleet.tokens` says why that suffices)."""
+
+    name: Rfc1123Label
+    role: Role
+    salt: str
+    digest: str
+    created_at: datetime
+
+
+class InvalidInput(ValueError):
+    """User input broke one or more rules; each problem names its field.
+
+    `problems` are the lines a user reads (`field: rule (got value)`); `details`
+    are the same problems as data, with the value where it is known.
+    """
+
+    def __init__(self, problems: Sequence[str | Problem]) -> None:
+        self.details = [p if isinstance(p, Problem) else Problem.of(p) for p in problems]
+        self.problems = [str(problem) for problem in self.details]
+        super().__init__("; ".join(self.problems))
 
 
 _PYDANTIC_PHRASES = (
@@ -574,10 +639,14 @@ _PYDANTIC_PHRASES = (
 _FIELD_IN_MESSAGE = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9_./-]*): (.*)$", re.DOTALL)
 
 
-def invalid_input(error: ValidationError, prefix: str = "") -> InvalidInput:
-    """Turn pydantic's report into one line per problem: `field: rule (got value)`."""
+def invalid_input(
+    error: ValidationError | Iterable[Mapping[str, Any]], prefix: str = ""
+) -> InvalidInput:
+    """Turn pydantic's report (a `ValidationError`, or its `errors()` as another layer
+    such as FastAPI passes them on) into one problem per error: `field: rule (got value)`."""
+    details = error.errors() if isinstance(error, ValidationError) else error
     problems = []
-    for detail in error.errors():
+    for detail in details:
         path = [str(part) for part in (prefix, *detail["loc"]) if part != ""]
         message = detail["msg"]
         for phrase, replacement in _PYDANTIC_PHRASES:
@@ -587,10 +656,13 @@ def invalid_input(error: ValidationError, prefix: str = "") -> InvalidInput:
         if named:
             path.append(named[1])
             message = named[2]
-        shows_value = "(got " in message or isinstance(detail["input"], dict)
+        given = detail.get("input")
+        # A whole object is the input of a rule about several of its fields: not "the value".
+        known = detail["type"] != "missing" and not isinstance(given, dict)
+        shows_value = "(got " in message or isinstance(given, dict)
         if not shows_value and detail["type"] not in ("missing", "extra_forbidden"):
-            message += f" (got {_shown(detail['input'])})"
-        problems.append(f"{'.'.join(path)}: {message}" if path else message)
+            message += f" (got {_shown(given)})"
+        problems.append(Problem(".".join(path), message, given if known else _NO_VALUE))
     return InvalidInput(problems)
 
 
@@ -649,3 +721,27 @@ class EndpointManifest(_Model):
     def document(self) -> dict[str, object]:
         """Plain data for YAML or JSON; unset optional fields are left out."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def status_section(endpoint: Endpoint, statuses: list[RegionStatus]) -> dict[str, object]:
+    """The `status` part of a declaration as `get` shows it: the desired state and one
+    report per target region (`pending` until the region has written one)."""
+    by_region = {status.region: status for status in statuses}
+    return {
+        "desiredState": endpoint.desired_state.value,
+        "regions": {
+            region: by_region[region].model_dump(mode="json", exclude={"endpoint", "region"})
+            if region in by_region
+            else {"state": "pending"}
+            for region in endpoint.target_regions
+        },
+    }
+
+
+def declared_more_than_once(manifests: Sequence[EndpointManifest]) -> list[str]:
+    """A problem for each endpoint name a batch of declarations holds more than once."""
+    names = [manifest.metadata.name for manifest in manifests]
+    return [
+        f"metadata.name: {name!r} is declared more than once"
+        for name in sorted({name for name in names if names.count(name) > 1})
+    ]

@@ -36,8 +36,9 @@ from servefleet.spec import (
     EndpointSpec,
     InvalidInput,
     Region,
-    RegionStatus,
+    declared_more_than_once,
     invalid_input,
+    status_section,
 )
 from servefleet.store import Store, StoreError, open_store
 
@@ -105,11 +106,16 @@ def _fail(*lines: str) -> NoReturn:
 
 def _run(operation: Callable[[EndpointService], Awaitable[T]], *, init: bool = False) -> T:
     """Open the store, run `operation` on it, close it; user errors end the command."""
+    return _run_on_store(lambda store: operation(EndpointService(store)), init=init)
+
+
+def _run_on_store(operation: Callable[[Store], Awaitable[T]], *, init: bool = False) -> T:
+    """`_run` for a command that needs the store itself (tokens, the API server)."""
 
     async def main() -> T:
         store: Store = await open_store(_state.store_url, init=init)
         try:
-            return await operation(EndpointService(store))
+            return await operation(store)
         finally:
             await store.close()
 
@@ -151,19 +157,6 @@ def _print_documents(documents: list[dict[str, Any]], output: str, *, many: bool
     else:
         text = yaml.safe_dump_all(documents, sort_keys=False) if documents else ""
         out.print(text.rstrip("\n"), markup=False)
-
-
-def _status_section(endpoint: Endpoint, statuses: list[RegionStatus]) -> dict[str, object]:
-    by_region = {status.region: status for status in statuses}
-    return {
-        "desiredState": endpoint.desired_state.value,
-        "regions": {
-            region: by_region[region].model_dump(mode="json", exclude={"endpoint", "region"})
-            if region in by_region
-            else {"state": "pending"}
-            for region in endpoint.target_regions
-        },
-    }
 
 
 def _summary(endpoint: Endpoint, verb: str) -> None:
@@ -319,9 +312,7 @@ def _read_manifests(files: list[str]) -> list[EndpointManifest]:
                 manifests.append(EndpointManifest.model_validate(document))
             except ValidationError as error:
                 problems.extend(f"{where}: {p}" for p in invalid_input(error).problems)
-    names = [manifest.metadata.name for manifest in manifests]
-    for name in sorted({name for name in names if names.count(name) > 1}):
-        problems.append(f"metadata.name: {name!r} is declared more than once")
+    problems.extend(declared_more_than_once(manifests))
     if problems:
         _fail(*problems)
     if not manifests:
@@ -362,7 +353,7 @@ def get(name: NameArgument, output: OutputOption = "yaml") -> None:
     """Print an endpoint's declaration and status, in a form `apply -f` accepts."""
     _check_output(output, ("yaml", "json"))
     endpoint, statuses = _run(lambda service: service.status(name))
-    manifest = EndpointManifest.of(endpoint, _status_section(endpoint, statuses))
+    manifest = EndpointManifest.of(endpoint, status_section(endpoint, statuses))
     _print_documents([manifest.document()], output, many=False)
 
 
@@ -414,7 +405,7 @@ def status(
     """Show how each region is doing with an endpoint."""
     _check_output(output, ("table", "yaml", "json"))
     endpoint, statuses = _run(lambda service: service.status(name))
-    section = _status_section(endpoint, statuses)
+    section = status_section(endpoint, statuses)
     if output != "table":
         _print_documents(
             [{"name": name, "generation": endpoint.generation, **section}], output, many=False
@@ -978,6 +969,8 @@ def run() -> None:
     app()
 
 
-# Last: the request verbs (invoke, health) register themselves on `app` with the helpers above.
-import servefleet.cli.requests  # noqa: E402, F401
-from servefleet.cli import importing  # noqa: E402, F401
+# Last: the request verbs (invoke, health), `import`, `serve` and `tokens` register
+# themselves on `app` with the helpers above.
+import servefleet.cli.requests  # noqa: E402
+import servefleet.cli.serve_api  # noqa: E402, F401
+from servefleet.cli import importing, tokens  # noqa: E402, F401

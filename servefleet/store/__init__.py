@@ -16,6 +16,8 @@ from servefleet.store.base import (
     Store,
     StoreError,
     StoreUnavailable,
+    TokenExists,
+    TokenNotFound,
 )
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "TokenExists",
+    "TokenNotFound",
     "open_store",
 ]
 

@@ -15,6 +15,7 @@ Every backend keeps the same promises, proven by one contract suite
   and can resume from the last position it delivered.
 - Region status is kept apart from the endpoint so a region's report never races
   a user's change of the spec, and never moves the feed.
+- API tokens are kept by name; a name is held by one token at a time.
 - Leases are exclusive until their TTL passes. Each change of holder increments
   the lease's `token`; a write made with a lease (`put_region_status(..., lease=)`)
   is refused with `LeaseLost` once the token is no longer current, which is the
@@ -32,7 +33,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from servefleet.spec import DesiredState, Endpoint, Region, RegionStatus
+from servefleet.spec import ApiToken, DesiredState, Endpoint, Region, RegionStatus
 
 __all__ = [
     "Change",
@@ -48,6 +49,8 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "TokenExists",
+    "TokenNotFound",
 ]
 
 
@@ -74,6 +77,18 @@ class EndpointExists(StoreError):
 class RegionNotFound(StoreError):
     def __init__(self, name: str) -> None:
         super().__init__(f"region {name!r} is not registered")
+        self.name = name
+
+
+class TokenExists(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"token {name!r} already exists; revoke it or choose another name")
+        self.name = name
+
+
+class TokenNotFound(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"token {name!r} not found")
         self.name = name
 
 
@@ -179,6 +194,23 @@ class Store(Protocol):
     async def list_regions(self) -> list[Region]: ...
 
     async def delete_region(self, name: str) -> None: ...
+
+    # API tokens: records holding only a hash of each secret.
+    async def create_token(self, token: ApiToken) -> None:
+        """Store a new token; `TokenExists` if the name is taken."""
+        ...
+
+    async def get_token(self, name: str) -> ApiToken:
+        """`TokenNotFound` if there is none by that name."""
+        ...
+
+    async def list_tokens(self) -> list[ApiToken]:
+        """Every token, by name."""
+        ...
+
+    async def delete_token(self, name: str) -> None:
+        """`TokenNotFound` if there is none by that name."""
+        ...
 
     # Change feed.
     async def feed_position(self) -> int:

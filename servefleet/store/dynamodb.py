@@ -13,6 +13,7 @@ listing is one `Query` that pages (`LastEvaluatedKey`) until it is exhausted:
 | `status`   | `endpoint#region`    | one region's report                       |
 | `region`   | name                 | a registered region                       |
 | `lease`    | name                 | holder, token, expires_at, purge_after    |
+| `token`    | name                 | an API token's record (a salted hash)     |
 | `feed`     | `feed`               | seq, changes: the last `feed_retention`   |
 
 `#` sorts before every character of a name, so statuses come back ordered by
@@ -89,7 +90,14 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from servefleet.spec import DesiredState, Endpoint, InvalidInput, Region, RegionStatus
+from servefleet.spec import (
+    ApiToken,
+    DesiredState,
+    Endpoint,
+    InvalidInput,
+    Region,
+    RegionStatus,
+)
 from servefleet.store.base import (
     Change,
     ChangeKind,
@@ -103,6 +111,8 @@ from servefleet.store.base import (
     RevisionConflict,
     StoreError,
     StoreUnavailable,
+    TokenExists,
+    TokenNotFound,
 )
 from servefleet.store.dynamodb_client import (
     Cancelled,
@@ -544,6 +554,52 @@ class DynamoStore(PolledFeed):
             # Missing after an answer was lost: that attempt deleted it.
             if not failed.may_be_own_write:
                 raise RegionNotFound(name) from None
+
+    # API tokens: items of their own kind, so no schema change came with them.
+
+    async def create_token(self, token: ApiToken) -> None:
+        item = {**_key("token", token.name), "record": _string(token.model_dump_json())}
+        try:
+            await self._client.call(
+                "put_item",
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ConditionFailed as failed:
+            if not _is_own_write(failed, item):
+                raise TokenExists(token.name) from None
+
+    async def get_token(self, name: str) -> ApiToken:
+        answer = await self._client.call(
+            "get_item", TableName=self._table, Key=_key("token", name), ConsistentRead=True
+        )
+        if "Item" not in answer:
+            raise TokenNotFound(name)
+        return ApiToken.model_validate_json(answer["Item"]["record"]["S"])
+
+    async def list_tokens(self) -> list[ApiToken]:
+        items = await self._client.query_all(
+            TableName=self._table,
+            KeyConditionExpression="pk = :kind",
+            ExpressionAttributeValues={":kind": _string("token")},
+            ConsistentRead=True,
+        )
+        return [ApiToken.model_validate_json(item["record"]["S"]) for item in items]
+
+    async def delete_token(self, name: str) -> None:
+        try:
+            await self._client.call(
+                "delete_item",
+                TableName=self._table,
+                Key=_key("token", name),
+                ConditionExpression="attribute_exists(pk)",
+            )
+        except ConditionFailed as failed:
+            # Missing after an answer was lost: that attempt deleted it.
+            if not failed.may_be_own_write:
+                raise TokenNotFound(name) from None
 
     # Change feed.
 

@@ -19,7 +19,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from servefleet.spec import DesiredState, Endpoint, Region, RegionStatus
+from servefleet.spec import ApiToken, DesiredState, Endpoint, Region, RegionStatus
 from servefleet.store.base import (
     Change,
     ChangeKind,
@@ -31,9 +31,13 @@ from servefleet.store.base import (
     PolledFeed,
     RegionNotFound,
     RevisionConflict,
+    TokenExists,
+    TokenNotFound,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: endpoints, statuses, regions, feed, leases. 2: api_tokens. `store init` runs
+every statement again (each is idempotent), which migrates an older schema."""
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS servefleet_schema (
         id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)""",
@@ -54,6 +58,7 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS leases (
         name TEXT PRIMARY KEY, holder TEXT NOT NULL, token BIGINT NOT NULL,
         expires_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS api_tokens (name TEXT PRIMARY KEY, record TEXT NOT NULL)",
     f"""INSERT INTO servefleet_schema (id, version) VALUES (1, {SCHEMA_VERSION})
         ON CONFLICT (id) DO UPDATE SET version = excluded.version""",
 ]
@@ -265,6 +270,31 @@ class SqlStore(PolledFeed):
         async with self._transaction() as session:
             if not await session.execute("DELETE FROM regions WHERE name = $1", name):
                 raise RegionNotFound(name)
+
+    # API tokens.
+
+    async def create_token(self, token: ApiToken) -> None:
+        inserted = await self._write(
+            "INSERT INTO api_tokens (name, record) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            token.name,
+            token.model_dump_json(),
+        )
+        if not inserted:
+            raise TokenExists(token.name)
+
+    async def get_token(self, name: str) -> ApiToken:
+        rows = await self._read("SELECT record FROM api_tokens WHERE name = $1", name)
+        if not rows:
+            raise TokenNotFound(name)
+        return ApiToken.model_validate_json(rows[0][0])
+
+    async def list_tokens(self) -> list[ApiToken]:
+        rows = await self._read("SELECT record FROM api_tokens ORDER BY name")
+        return [ApiToken.model_validate_json(row[0]) for row in rows]
+
+    async def delete_token(self, name: str) -> None:
+        if not await self._write("DELETE FROM api_tokens WHERE name = $1", name):
+            raise TokenNotFound(name)
 
     # Change feed.
 

@@ -1,0 +1,34 @@
+"""The app factory: one FastAPI app over one open store."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from servefleet.api import endpoints, regions, tokens
+from servefleet.api.errors import install_error_handlers
+from servefleet.store import Store
+
+__all__ = ["PUBLIC_PATHS", "create_app"]
+
+PUBLIC_PATHS = frozenset({"/openapi.json"})
+"""The only paths served without a token: the API's description, which holds no data."""
+
+
+def create_app(store: Store) -> FastAPI:
+    """The API over `store`, which the caller opens before and closes after serving."""
+    # The routes themselves, not the routers (`include_router`): so `app.routes` lists
+    # every route with the role it needs, which `tests/api/test_auth.py` walks.
+    routes = [*endpoints.router.routes, *regions.router.routes, *tokens.router.routes]
+    app = FastAPI(
+        routes=routes,
+        title="servefleet",
+        summary="Keep inference endpoints running in many regions from one declaration.",
+        version="1",
+        openapi_url="/openapi.json",
+        # The interactive pages load their scripts from a CDN; the document is enough.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.store = store
+    install_error_handlers(app)
+    return app

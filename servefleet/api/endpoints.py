@@ -1,0 +1,313 @@
+"""`/v1/endpoints` and `/v1/apply`: the service's endpoint operations over HTTP.
+
+Bodies are the documents `servefleet get -o json` prints and `apply -f` takes
+(`EndpointManifest`). Every answer about one endpoint carries its revision as
+`ETag`; every change takes `If-Match: <revision>` and is then made only to the
+record still at that revision (409 otherwise), without the service's retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Response, status
+from pydantic import BaseModel, ConfigDict
+
+from servefleet.api.auth import allow
+from servefleet.api.context import Endpoints
+from servefleet.api.errors import ERROR_RESPONSES
+from servefleet.service import Applied, ApplyOutcome, EndpointService
+from servefleet.spec import (
+    DesiredState,
+    Endpoint,
+    EndpointManifest,
+    EndpointName,
+    InvalidInput,
+    Problem,
+    RegionName,
+    Role,
+    status_section,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["endpoints"], responses=ERROR_RESPONSES)
+
+Name = Annotated[EndpointName, Path(description="The endpoint's name.")]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description="The revision the change is meant for (an ETag of an earlier read); "
+        "a record at another revision is left alone and the answer is 409.",
+    ),
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScaleRequest(_Body):
+    replicas: int
+
+
+class UpdateImageRequest(_Body):
+    image: str
+    region: str | None = None
+    """Only in this region (a per-region override); everywhere when left out."""
+
+
+class CanaryRequest(_Body):
+    """What to set of the canary; what is left out stays as it is."""
+
+    image: str | None = None
+    weight: int | None = None
+    replicas: int | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    env: dict[str, str] | None = None
+    """Added to, or overriding keys of, the canary's env; keys set before are kept."""
+
+
+class AppliedBody(BaseModel):
+    name: str
+    outcome: ApplyOutcome
+    generation: int
+    revision: int
+
+    @classmethod
+    def of(cls, applied: Applied) -> AppliedBody:
+        endpoint = applied.endpoint
+        return cls(
+            name=endpoint.name,
+            outcome=applied.outcome,
+            generation=endpoint.generation,
+            revision=endpoint.revision,
+        )
+
+
+def _revision(if_match: str | None) -> int | None:
+    """The revision an `If-Match` names (`"3"`, `3` or `W/"3"`); None without one or for `*`."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    text = if_match.strip().removeprefix("W/").strip('"')
+    if not text.isascii() or not text.isdigit():
+        raise InvalidInput(
+            [
+                Problem(
+                    "If-Match",
+                    f'must be a revision from an ETag, like "3" (got {if_match!r})',
+                    if_match,
+                )
+            ]
+        )
+    return int(text)
+
+
+def _with_etag(response: Response, endpoint: Endpoint) -> EndpointManifest:
+    response.headers["ETag"] = f'"{endpoint.revision}"'
+    return EndpointManifest.of(endpoint)
+
+
+@router.get(
+    "/endpoints",
+    dependencies=[allow(Role.VIEWER)],
+    response_model_exclude_none=True,
+    summary="List endpoints (as `servefleet list -o json`)",
+)
+async def list_endpoints(
+    endpoints: Endpoints,
+    state: Annotated[DesiredState | None, Query(description="Only in this state.")] = None,
+    region: Annotated[RegionName | None, Query(description="Only targeting this region.")] = None,
+) -> list[EndpointManifest]:
+    found = await endpoints.list_endpoints(region=region, desired_state=state)
+    return [EndpointManifest.of(endpoint) for endpoint in found]
+
+
+@router.post(
+    "/endpoints",
+    dependencies=[allow(Role.DEPLOYER)],
+    status_code=status.HTTP_201_CREATED,
+    summary="Create an endpoint (409 if the name is taken)",
+    response_model_exclude_none=True,
+)
+async def create_endpoint(
+    manifest: EndpointManifest, response: Response, endpoints: Endpoints
+) -> EndpointManifest:
+    created = await endpoints.create(manifest)
+    response.headers["Location"] = f"/v1/endpoints/{created.name}"
+    return _with_etag(response, created)
+
+
+@router.post(
+    "/apply",
+    dependencies=[allow(Role.DEPLOYER)],
+    summary="Apply declarations, all or none (as `servefleet apply -f`)",
+)
+async def apply_all(manifests: list[EndpointManifest], endpoints: Endpoints) -> list[AppliedBody]:
+    if not manifests:
+        raise InvalidInput(["no endpoint documents found"])
+    return [AppliedBody.of(applied) for applied in await endpoints.apply_all(manifests)]
+
+
+@router.get(
+    "/endpoints/{name}",
+    dependencies=[allow(Role.VIEWER)],
+    summary="An endpoint's declaration and status (as `servefleet get NAME -o json`)",
+    response_model_exclude_none=True,
+)
+async def get_endpoint(name: Name, response: Response, endpoints: Endpoints) -> EndpointManifest:
+    endpoint, statuses = await endpoints.status(name)
+    response.headers["ETag"] = f'"{endpoint.revision}"'
+    return EndpointManifest.of(endpoint, status_section(endpoint, statuses))
+
+
+@router.get(
+    "/endpoints/{name}/status",
+    dependencies=[allow(Role.VIEWER)],
+    summary="How each region is doing (as `servefleet status NAME -o json`)",
+)
+async def endpoint_status(name: Name, response: Response, endpoints: Endpoints) -> dict[str, Any]:
+    endpoint, statuses = await endpoints.status(name)
+    response.headers["ETag"] = f'"{endpoint.revision}"'
+    return {"name": name, "generation": endpoint.generation, **status_section(endpoint, statuses)}
+
+
+@router.put(
+    "/endpoints/{name}",
+    dependencies=[allow(Role.DEPLOYER)],
+    summary="Apply one declaration: create the endpoint or make it match",
+)
+async def apply_one(
+    name: Name,
+    manifest: EndpointManifest,
+    response: Response,
+    endpoints: Endpoints,
+    if_match: IfMatch = None,
+) -> AppliedBody:
+    if manifest.metadata.name != name:
+        raise InvalidInput(
+            [
+                Problem(
+                    "metadata.name",
+                    f"must be the name in the path, {name!r} (got {manifest.metadata.name!r})",
+                    manifest.metadata.name,
+                )
+            ]
+        )
+    applied = await endpoints.apply(manifest, expected_revision=_revision(if_match))
+    if applied.outcome is ApplyOutcome.CREATED:
+        response.status_code = status.HTTP_201_CREATED
+    response.headers["ETag"] = f'"{applied.endpoint.revision}"'
+    return AppliedBody.of(applied)
+
+
+@router.post(
+    "/endpoints/{name}/scale",
+    dependencies=[allow(Role.DEPLOYER)],
+    summary="Set the number of replicas",
+    response_model_exclude_none=True,
+)
+async def scale(
+    name: Name,
+    request: ScaleRequest,
+    response: Response,
+    endpoints: Endpoints,
+    if_match: IfMatch = None,
+) -> EndpointManifest:
+    revision = _revision(if_match)
+    scaled = await endpoints.scale(name, request.replicas, expected_revision=revision)
+    return _with_etag(response, scaled)
+
+
+@router.post(
+    "/endpoints/{name}/update-image",
+    dependencies=[allow(Role.DEPLOYER)],
+    summary="Roll out a new image, everywhere or in one region",
+    response_model_exclude_none=True,
+)
+async def update_image(
+    name: Name,
+    request: UpdateImageRequest,
+    response: Response,
+    endpoints: Endpoints,
+    if_match: IfMatch = None,
+) -> EndpointManifest:
+    updated = await endpoints.update_image(
+        name, request.image, request.region, expected_revision=_revision(if_match)
+    )
+    return _with_etag(response, updated)
+
+
+@router.post(
+    "/endpoints/{name}/canary",
+    dependencies=[allow(Role.DEPLOYER)],
+    summary="Add a canary version, or change the one there is",
+    response_model_exclude_none=True,
+)
+async def canary(
+    name: Name,
+    request: CanaryRequest,
+    response: Response,
+    endpoints: Endpoints,
+    if_match: IfMatch = None,
+) -> EndpointManifest:
+    changed = await endpoints.canary(
+        name,
+        image=request.image,
+        weight=request.weight,
+        replicas=request.replicas,
+        command=request.command,
+        args=request.args,
+        env=request.env,
+        expected_revision=_revision(if_match),
+    )
+    return _with_etag(response, changed)
+
+
+NameOnlyOperation = Callable[..., Awaitable[Endpoint]]
+
+
+def _name_only_verb(verb: str, call: NameOnlyOperation, summary: str) -> None:
+    """Register `POST /endpoints/{name}/<verb>`: `call(service, name)`, with If-Match."""
+
+    async def operation(
+        name: Name, response: Response, endpoints: Endpoints, if_match: IfMatch = None
+    ) -> EndpointManifest:
+        changed = await call(endpoints, name, expected_revision=_revision(if_match))
+        return _with_etag(response, changed)
+
+    operation.__name__ = verb
+    router.post(
+        f"/endpoints/{{name}}/{verb}",
+        dependencies=[allow(Role.DEPLOYER)],
+        summary=summary,
+        response_model_exclude_none=True,
+    )(operation)
+
+
+_name_only_verb(
+    "stop", EndpointService.stop, "Stop every replica and remove the route; the declaration stays"
+)
+_name_only_verb("start", EndpointService.start, "Run a stopped endpoint again")
+_name_only_verb(
+    "promote", EndpointService.promote, "Make the canary the primary version, remove the canary"
+)
+_name_only_verb(
+    "rollback", EndpointService.rollback, "Remove the canary; all traffic goes to the primary"
+)
+
+
+@router.delete(
+    "/endpoints/{name}",
+    dependencies=[allow(Role.DEPLOYER)],
+    summary="Delete from every region; the record is purged once all are clean",
+    response_model_exclude_none=True,
+)
+async def delete(
+    name: Name, response: Response, endpoints: Endpoints, if_match: IfMatch = None
+) -> EndpointManifest:
+    deleted = await endpoints.delete(name, expected_revision=_revision(if_match))
+    return _with_etag(response, deleted)

@@ -1,0 +1,42 @@
+"""Serving the API with uvicorn on the running event loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from servefleet.api.app import create_app
+from servefleet.store import Store
+
+__all__ = ["ServerSettings", "api_server"]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    """0 for any free port (tests)."""
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    access_log: bool = True
+
+
+def api_server(store: Store, settings: ServerSettings) -> uvicorn.Server:
+    """A uvicorn server of the API over `store`; `await server.serve()` runs it until
+    SIGINT/SIGTERM or `server.should_exit`. The store stays the caller's to close."""
+    config = uvicorn.Config(
+        create_app(store),
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+        access_log=settings.access_log,
+        # The store is opened and closed by the caller, around the server.
+        lifespan="off",
+        server_header=False,
+        # Only the socket's peer is believed; a front proxy's headers are not.
+        proxy_headers=False,
+    )
+    return uvicorn.Server(config)

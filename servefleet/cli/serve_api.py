@@ -1,0 +1,92 @@
+"""`servefleet serve`: the HTTP API over the configured store, in the foreground.
+
+Tokens travel in every request, so plain HTTP is allowed only on a loopback
+address unless TLS is configured or `--insecure` says a TLS-terminating proxy
+sits in front.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from servefleet.cli.main import _fail, _redacted, _run_on_store, _state, app, err
+from servefleet.store import Store
+
+__all__ = ["plain_http_refusal"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def plain_http_refusal(
+    host: str, certfile: Path | None, keyfile: Path | None, insecure: bool
+) -> str | None:
+    """Why `serve` must not start with these flags, or None."""
+    if (certfile is None) != (keyfile is None):
+        return "--ssl-certfile and --ssl-keyfile: give both (the certificate and its key)"
+    if certfile is None and not insecure and not _is_loopback(host):
+        return (
+            f"--host: {host} is not a loopback address, and without TLS every request's "
+            "token would cross the network in clear text; give --ssl-certfile and "
+            "--ssl-keyfile, or --insecure if a proxy in front terminates TLS"
+        )
+    return None
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "* `servefleet serve` (http://127.0.0.1:8000, this machine only)\n\n"
+    "* `servefleet serve --host 0.0.0.0 --ssl-certfile cert.pem --ssl-keyfile key.pem`"
+)
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="TLS certificate (PEM), with --ssl-keyfile.")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="The certificate's key (PEM).")] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            help="Serve plain HTTP on a non-loopback address (only behind a proxy that "
+            "terminates TLS)."
+        ),
+    ] = False,
+) -> None:
+    """Run the HTTP API (/v1, described at /openapi.json) against the store."""
+    from servefleet.api.server import ServerSettings, api_server
+
+    refusal = plain_http_refusal(host, ssl_certfile, ssl_keyfile, insecure)
+    if refusal:
+        _fail(refusal)
+    if not 0 <= port <= 65535:
+        _fail(f"--port: must be between 0 and 65535 (got {port})")
+    settings = ServerSettings(
+        host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile
+    )
+
+    async def run(store: Store) -> None:
+        if not await store.list_tokens():
+            err.print(
+                "no API tokens yet: every request will be refused until you create one "
+                "with `servefleet tokens create --name NAME --role admin`",
+                markup=False,
+            )
+        err.print(f"servefleet API on store {_redacted(_state.store_url)}", markup=False)
+        await api_server(store, settings).serve()
+
+    try:
+        _run_on_store(run)
+    except (OSError, ssl.SSLError) as error:
+        _fail(f"serve: {error}")

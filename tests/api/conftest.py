@@ -1,0 +1,154 @@
+"""One real API server per test module, on loopback, over a store of its own (a
+SQLite file, then a PostgreSQL schema), with a token of each role.
+
+Module-scoped, so the tests of a module share the server, the store and the event
+loop (`pytestmark = API_LOOP` in each module): each test uses names of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+
+from servefleet.api.server import ServerSettings, api_server
+from servefleet.service import EndpointService
+from servefleet.spec import Endpoint, EndpointManifest, Region, RegionKind, Role
+from servefleet.store import Store, open_store
+from servefleet.tokens import TokenService
+from tests.conftest import POSTGRES_URL, _drop_schema
+
+API_LOOP = pytest.mark.asyncio(loop_scope="module")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+
+    @property
+    def problem(self) -> dict[str, Any]:
+        """The one problem of an error answer."""
+        (problem,) = self.body["problems"]
+        return dict(problem)
+
+
+@dataclass
+class Api:
+    """The running API: its URL, its store (for arranging and checking) and tokens."""
+
+    url: str
+    app: FastAPI
+    store: Store
+    tokens: dict[Role, str]
+    revoked: str
+    session: aiohttp.ClientSession
+    regions: list[str] = field(default_factory=lambda: ["r1", "r2"])
+
+    @property
+    def service(self) -> EndpointService:
+        return EndpointService(self.store)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        role: Role | None = Role.ADMIN,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        data: str | None = None,
+    ) -> Answer:
+        """Send a request with the token of `role` (or `token`; none if both are None)."""
+        sent = dict(headers or {})
+        bearer = token if token is not None else (self.tokens[role] if role else None)
+        if bearer is not None:
+            sent["Authorization"] = f"Bearer {bearer}"
+        if data is not None:
+            sent["Content-Type"] = "application/json"
+        async with self.session.request(
+            method,
+            self.url + path,
+            json=body if data is None and body is not None else None,
+            data=data,
+            headers=sent,
+        ) as response:
+            text = await response.text()
+            return Answer(
+                response.status,
+                response.headers.copy(),
+                json.loads(text) if text else None,
+            )
+
+    async def snapshot(self) -> tuple[Any, ...]:
+        """Everything a request could change, to prove a refused one changed nothing."""
+        return (
+            await self.store.list_endpoints(),
+            await self.store.list_regions(),
+            await self.store.list_tokens(),
+            await self.store.feed_position(),
+        )
+
+    async def endpoint(self, name: str, **spec: Any) -> Endpoint:
+        """A new endpoint, made through the service."""
+        manifest = {"metadata": {"name": name}, "spec": {"image": "ghcr.io/org/server:1.0", **spec}}
+        return await self.service.create(EndpointManifest.model_validate(manifest))
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
+async def api_store_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('api') / 'store.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    url = f"{POSTGRES_URL}?schema={schema}"
+    await (await open_store(url, init=True)).close()
+    yield url
+    await _drop_schema(schema)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def api(api_store_url: str) -> AsyncIterator[Api]:
+    store = await open_store(api_store_url, init=True)
+    tokens = TokenService(store)
+    issued = {role: (await tokens.create(f"{role.value}-token", role.value))[1] for role in Role}
+    _, revoked = await tokens.create("revoked-token", "admin")
+    await tokens.revoke("revoked-token")
+    for region in ("r1", "r2"):
+        await store.put_region(Region(name=region, kind=RegionKind.LOCAL))
+    server = api_server(store, ServerSettings(port=0, access_log=False))
+    serving = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:  # noqa: ASYNC110 - uvicorn has a flag, not an event
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with aiohttp.ClientSession() as session:
+            yield Api(
+                url=f"http://127.0.0.1:{port}",
+                app=server.config.app,
+                store=store,
+                tokens=issued,
+                revoked=revoked,
+                session=session,
+            )
+    finally:
+        server.should_exit = True
+        await serving
+        await store.close()
