@@ -35,7 +35,9 @@ REPLICA = str(Path(__file__).with_name("replica.py"))
 SETTINGS = LocalSettings(
     startup_timeout=30,
     probe_interval=0.05,
-    probe_timeout=1,
+    # Generous: a test process whose event loop is starved for a second on a loaded
+    # machine would otherwise time out every probe at once and unroute every replica.
+    probe_timeout=5,
     restart_backoff_initial=0.1,
     restart_backoff_max=0.5,
     terminate_grace=2,
