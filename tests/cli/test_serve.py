@@ -1,0 +1,165 @@
+"""`servefleet serve` and `servefleet tokens` as users run them: real processes, a
+real SQLite file, requests over real HTTP (and HTTPS) on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from servefleet.store import open_store
+from servefleet.tokens import TokenService
+from tests.cli.test_cli import COMMAND, prepare, servefleet
+
+_LISTENING = re.compile(r"Uvicorn running on (https?://\S+)")
+
+
+@contextlib.asynccontextmanager
+async def serving(store_url: str, *args: str) -> AsyncIterator[str]:
+    """`servefleet serve --port 0 *args` until the block ends; yields its URL."""
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        "serve",
+        "--port",
+        "0",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "SERVEFLEET_STORE": store_url},
+    )
+    assert process.stderr is not None
+    try:
+        seen = []
+        async with asyncio.timeout(30):
+            while not (listening := _LISTENING.search("".join(seen))):
+                line = (await process.stderr.readline()).decode()
+                assert line, f"serve exited: {''.join(seen)}"
+                seen.append(line)
+        yield listening[1].replace("0.0.0.0", "127.0.0.1")
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        # uvicorn shuts down gracefully, then re-raises the signal it caught.
+        assert await process.wait() in (0, -signal.SIGTERM)
+
+
+async def viewer_token(store_url: str) -> str:
+    """A token made directly in the store (the CLI's way is tested above)."""
+    store = await open_store(store_url)
+    try:
+        return (await TokenService(store).create("ci", "viewer"))[1]
+    finally:
+        await store.close()
+
+
+async def get(url: str, token: str, context: ssl.SSLContext | None = None) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers={"Authorization": f"Bearer {token}"}, ssl=context) as answer,
+    ):
+        return answer.status
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (
+            ["--host", "0.0.0.0"],
+            "error: --host: 0.0.0.0 is not a loopback address, and without TLS every "
+            "request's token would cross the network in clear text; give --ssl-certfile and "
+            "--ssl-keyfile, or --insecure if a proxy in front terminates TLS\n",
+        ),
+        (
+            ["--host", "10.1.2.3", "--ssl-certfile", "cert.pem"],
+            "error: --ssl-certfile and --ssl-keyfile: give both (the certificate and its key)\n",
+        ),
+    ],
+)
+async def test_serve_refuses_plain_http_off_loopback(
+    sqlite_url: str, args: list[str], reason: str
+) -> None:
+    refused = await servefleet(sqlite_url, "serve", *args)
+
+    assert (refused.code, refused.stdout, refused.stderr) == (1, "", reason)
+
+
+async def test_tokens_work_on_a_running_server_until_revoked(sqlite_url: str) -> None:
+    created = await servefleet(sqlite_url, "tokens", "create", "--name", "ops", "--role", "admin")
+    assert created.code == 0
+    token = created.stdout.strip()
+    assert token.startswith("sf1.ops.")
+    assert "printed only this once" in created.stderr
+    taken = await servefleet(sqlite_url, "tokens", "create", "--name", "ops", "--role", "viewer")
+    assert (taken.code, taken.stderr) == (
+        1,
+        "error: token 'ops' already exists; revoke it or choose another name\n",
+    )
+    bad = await servefleet(sqlite_url, "tokens", "create", "--name", "x", "--role", "root")
+    assert (bad.code, bad.stderr) == (
+        1,
+        "error: role: must be 'viewer', 'deployer' or 'admin' (got 'root')\n",
+    )
+    listed = (await servefleet(sqlite_url, "tokens", "list", "-o", "json")).json()
+    assert [(item["name"], item["role"]) for item in listed] == [("ops", "admin")]
+    assert set(listed[0]) == {"name", "role", "created_at"}
+
+    async with serving(sqlite_url) as url:
+        assert await get(f"{url}/v1/regions", token) == 200
+        assert await get(f"{url}/v1/regions", "sf1.ops.wrong") == 401
+
+        revoked = await servefleet(sqlite_url, "tokens", "revoke", "ops")
+        assert revoked.ok().stdout == "token/ops revoked\n"
+
+        assert await get(f"{url}/v1/regions", token) == 401
+    again = await servefleet(sqlite_url, "tokens", "revoke", "ops")
+    assert (again.code, again.stderr) == (1, "error: token 'ops' not found\n")
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, and its key."""
+    certificate, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(certificate)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return certificate, key
+
+
+async def test_serve_on_a_public_address_with_tls(
+    sqlite_url: str, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    token = await viewer_token(sqlite_url)
+    trusted = ssl.create_default_context(cafile=str(cert))
+    tls = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+
+    async with serving(sqlite_url, "--host", "0.0.0.0", *tls) as url:
+        assert url.startswith("https://")
+        assert await get(f"{url}/v1/endpoints", token, trusted) == 200
+
+
+async def test_get_over_the_api_prints_what_the_cli_prints(sqlite_url: str) -> None:
+    await prepare(sqlite_url, ["r1", "r2"], replicas=2)
+    token = await viewer_token(sqlite_url)
+    printed = (await servefleet(sqlite_url, "get", "llm", "-o", "json")).json()
+
+    async with (
+        serving(sqlite_url) as url,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session,
+        session.get(f"{url}/v1/endpoints/llm") as answer,
+    ):
+        assert await answer.json() == printed
