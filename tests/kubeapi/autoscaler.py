@@ -24,22 +24,16 @@ Deployment change, like the other simulated controllers here.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .engine import Engine, WriteOptions, now_rfc3339
-from .errors import ApiError
+from .engine import WriteOptions, now_rfc3339
 from .resources import DEPLOYMENTS, HPAS
-from .selectors import FieldSelector, LabelSelector
-from .store import Event, Watcher
+from .store import Event
+from .watching import WatchingController
 
 MANAGER = "kube-controller-manager"
 SCALING_DISABLED = "scaling is disabled since the replica count of the target is zero"
-
-_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,47 +56,10 @@ def decide(current: int, minimum: int, maximum: int) -> Decision:
     return Decision(current)
 
 
-class AutoscalerController:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        self._watchers: list[Watcher] = []
-        self._task: asyncio.Task[None] | None = None
+class AutoscalerController(WatchingController):
+    watched = (HPAS, DEPLOYMENTS)
 
-    def start(self) -> None:
-        store = self.engine.store
-        for resource in (HPAS, DEPLOYMENTS):
-            watcher = Watcher(resource, None, LabelSelector(), FieldSelector(), self._queue)
-            store.watchers.add(watcher)
-            self._watchers.append(watcher)
-        for stored in store.items(HPAS, None):
-            self._queue.put_nowait(Event(0, "ADDED", stored.obj))
-        self._task = asyncio.create_task(self._run(), name="kubeapi autoscaler controller")
-
-    async def stop(self) -> None:
-        for watcher in self._watchers:
-            self.engine.store.watchers.discard(watcher)
-        self._watchers.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            events = [await self._queue.get()]
-            while not self._queue.empty():
-                events.append(self._queue.get_nowait())
-            keys = {key for event in events if event is not None for key in self._keys(event)}
-            for namespace, name in sorted(keys):
-                try:
-                    self.reconcile(namespace, name)
-                except ApiError as error:
-                    # the real controller retries; here the next event will
-                    _log.warning("hpa %s/%s: %s", namespace, name, error.message)
-
-    def _keys(self, event: Event) -> list[tuple[str, str]]:
+    def keys(self, event: Event) -> list[tuple[str, str]]:
         """The HPAs (namespace, name) an event concerns: itself, or those targeting
         the Deployment."""
         metadata = event.obj["metadata"]

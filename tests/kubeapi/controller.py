@@ -25,24 +25,19 @@ store, decides (`plan_pods`, pure) and writes.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from .engine import Engine, WriteOptions, now_rfc3339
-from .errors import ApiError
 from .resources import DEPLOYMENTS, PODS
-from .selectors import FieldSelector, LabelSelector
-from .store import Event, Watcher
+from .store import Event
+from .watching import WatchingController
 
 MANAGER = "kube-controller-manager"
 HASH_LABEL = "pod-template-hash"
 
-_log = logging.getLogger(__name__)
 
 #: k8s.io/apimachinery/pkg/util/rand's alphabet (no vowels, no look-alikes)
 _SAFE = "bcdfghjklmnpqrstvwxz2456789"
@@ -177,49 +172,14 @@ def _owner(pod: dict[str, Any]) -> str | None:
     return str(ref["name"])[: -len(pod_hash) - 1]
 
 
-class DeploymentController:
+class DeploymentController(WatchingController):
+    watched = (DEPLOYMENTS, PODS)
+
     def __init__(self, engine: Engine, node_name: str) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.node_name = node_name
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        self._watchers: list[Watcher] = []
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        store = self.engine.store
-        for resource in (DEPLOYMENTS, PODS):
-            watcher = Watcher(resource, None, LabelSelector(), FieldSelector(), self._queue)
-            store.watchers.add(watcher)
-            self._watchers.append(watcher)
-        for stored in store.items(DEPLOYMENTS, None):
-            self._queue.put_nowait(Event(0, "ADDED", stored.obj))
-        self._task = asyncio.create_task(self._run(), name="kubeapi deployment controller")
-
-    async def stop(self) -> None:
-        for watcher in self._watchers:
-            self.engine.store.watchers.discard(watcher)
-        self._watchers.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            events = [await self._queue.get()]
-            while not self._queue.empty():
-                events.append(self._queue.get_nowait())
-            keys = {key for event in events if event is not None for key in self._keys(event)}
-            for namespace, name in sorted(keys):
-                try:
-                    self.reconcile(namespace, name)
-                except ApiError as error:
-                    # a controller would retry; here the next event will
-                    _log.warning("deployment %s/%s: %s", namespace, name, error.message)
-
-    @staticmethod
-    def _keys(event: Event) -> list[tuple[str, str]]:
+    def keys(self, event: Event) -> list[tuple[str, str]]:
         metadata = event.obj["metadata"]
         namespace = str(metadata.get("namespace", ""))
         if event.obj.get("kind") == "Deployment":
