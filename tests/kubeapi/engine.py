@@ -513,6 +513,10 @@ class Engine:
                 candidate = patches.json_patch(current, patch)
             else:
                 raise errors.unsupported_media_type(content_type, PATCH_TYPES)
+        except patches.PatchFormatError as error:
+            raise errors.bad_request(str(error)) from error
+        except patches.StrategicPatchError as error:
+            raise errors.internal(str(error)) from error
         except patches.PatchError as error:
             raise ApiError(422, "Invalid", str(error)) from error
         if not isinstance(candidate, dict):

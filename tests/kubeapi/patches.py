@@ -9,10 +9,20 @@ from .typed import clone
 
 
 class PatchError(ValueError):
-    """A patch that cannot be applied (the API answers 422 or 400)."""
+    """A patch that cannot be applied (a JSON patch: the API answers 422)."""
+
+
+class StrategicPatchError(PatchError):
+    """A strategic merge patch that cannot be applied: the API passes the error on
+    unclassified (500; interpretStrategicMergePatchError's default)."""
+
+
+class PatchFormatError(StrategicPatchError):
+    """A malformed strategic merge patch directive: the API answers 400."""
 
 
 DELETE_FROM_PRIMITIVE_LIST = "$deleteFromPrimitiveList/"
+RETAIN_KEYS = "$retainKeys"
 SET_ELEMENT_ORDER = "$setElementOrder/"
 
 
@@ -39,7 +49,7 @@ def strategic_merge_patch(target: Any, patch: Any, node: TypeNode) -> Any:
     interleaved by mergeSortedSlice. A live item goes first only when it came before
     the next named item in the live list, so an item the patch adds goes before the
     live items it does not name unless `$setElementOrder` places it. `$retainKeys`
-    is accepted and ignored.
+    drops the live keys it does not list.
     """
     if not isinstance(patch, dict):
         return clone(patch)
@@ -48,10 +58,14 @@ def strategic_merge_patch(target: Any, patch: Any, node: TypeNode) -> Any:
         return {k: clone(v) for k, v in patch.items() if not k.startswith("$")}
     if directive == "delete":
         return None
+    if directive is not None:
+        raise StrategicPatchError(f"unknown patch type: {directive} in map: {patch}")
     out = clone(target) if isinstance(target, dict) else {}
+    if RETAIN_KEYS in patch:
+        _retain_keys(out, patch)
     ordered = _apply_element_orders(out, patch, node)
     for name, value in patch.items():
-        if name in ordered:
+        if name in ordered or name == RETAIN_KEYS:
             continue
         if name.startswith(DELETE_FROM_PRIMITIVE_LIST):
             field = name.removeprefix(DELETE_FROM_PRIMITIVE_LIST)
@@ -76,6 +90,24 @@ def strategic_merge_patch(target: Any, patch: Any, node: TypeNode) -> Any:
     return out
 
 
+def _retain_keys(out: dict[str, Any], patch: dict[str, Any]) -> None:
+    """applyRetainKeysDirective: every key the patch sets must be listed, and the live
+    keys that are not listed go."""
+    retained = patch[RETAIN_KEYS]
+    if not isinstance(retained, list):
+        raise PatchFormatError("invalid patch format of retainKeys")
+    for name, value in patch.items():
+        directive = name == RETAIN_KEYS or name.startswith(
+            (DELETE_FROM_PRIMITIVE_LIST, SET_ELEMENT_ORDER)
+        )
+        if value is None or directive:
+            continue
+        if name not in retained:
+            raise PatchFormatError("invalid patch format of retainKeys")
+    for name in [name for name in out if name not in retained]:
+        del out[name]
+
+
 def _apply_element_orders(out: dict[str, Any], patch: dict[str, Any], node: TypeNode) -> set[str]:
     """Merge each list that has a `$setElementOrder/<list>` into `out` in that order
     (mergePatchIntoOriginal); the names of the directives and lists it consumed."""
@@ -86,7 +118,7 @@ def _apply_element_orders(out: dict[str, Any], patch: dict[str, Any], node: Type
         consumed.add(name)
         field = name.removeprefix(SET_ELEMENT_ORDER)
         if not isinstance(order, list):
-            raise PatchError("invalid patch format of setElementOrder list")
+            raise PatchFormatError("invalid patch format of setElementOrder list")
         child = node.child(field) or ANY
         key = child.patch_merge_key
         live, listed = out.get(field), patch.get(field)
@@ -99,7 +131,7 @@ def _apply_element_orders(out: dict[str, Any], patch: dict[str, Any], node: Type
         else:
             continue
         if not isinstance(merged, list):
-            raise PatchError(f"{field} must be a list to be ordered by {name}")
+            raise StrategicPatchError(f"{field} must be a list to be ordered by {name}")
         live_items = live if isinstance(live, list) else []
         if key and isinstance(listed, list) and "merge" in child.patch_strategy.split(","):
             live_items = _live_slots_after_merge(live_items, listed, key)
@@ -152,7 +184,7 @@ def _check_order(listed: list[Any], order: list[Any], key: str) -> None:
             position += 1
         order_position += 1
     if position < len(items):
-        raise PatchError(
+        raise StrategicPatchError(
             f"The order in patch list:\n{listed}\n doesn't match $setElementOrder list:\n{order}\n"
         )
 
@@ -161,7 +193,7 @@ def _merge_key_of(item: Any, key: str) -> Any:
     if not key:
         return item
     if not isinstance(item, dict) or key not in item:
-        raise PatchError(f"map: {item} does not contain declared merge key: {key}")
+        raise StrategicPatchError(f"map: {item} does not contain declared merge key: {key}")
     return item[key]
 
 
@@ -223,7 +255,7 @@ def _patch_list(target: Any, patch: list[Any], node: TypeNode) -> list[Any]:
     items: list[dict[str, Any]] = []
     for item in patch:
         if not isinstance(item, dict):
-            raise PatchError("strategic merge patch list items must be maps")
+            raise StrategicPatchError(f"list element types are not identical: {patch}")
         directive = item.get("$patch")
         if directive == "delete":
             value = _merge_key_of(item, key)
@@ -231,9 +263,9 @@ def _patch_list(target: Any, patch: list[Any], node: TypeNode) -> list[Any]:
         elif directive == "replace":
             return [clone(i) for i in patch if not (isinstance(i, dict) and "$patch" in i)]
         elif directive == "merge":
-            raise PatchError("merging lists cannot yet be specified in the patch")
+            raise StrategicPatchError("merging lists cannot yet be specified in the patch")
         elif directive is not None:
-            raise PatchError(f"unknown patch type: {directive} in map: {item}")
+            raise StrategicPatchError(f"unknown patch type: {directive} in map: {item}")
         else:
             items.append(item)
     merged = list(live)

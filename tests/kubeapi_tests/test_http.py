@@ -159,6 +159,74 @@ async def test_writes_validate_and_decode(http: aiohttp.ClientSession) -> None:
     assert status == 422
 
 
+async def test_another_managers_merge_patch_takes_the_field_until_a_forced_apply(
+    http: aiohttp.ClientSession,
+) -> None:
+    env = [{"name": "MODE", "value": "a"}, {"name": "LEVEL", "value": "x"}]
+    applied = deployment()
+    applied["spec"]["template"]["spec"]["containers"][0]["env"] = env
+    apply_path = f"{DEPLOYMENTS}/llm?fieldManager=servefleet"
+    status, _, _ = await call(http, "PATCH", apply_path, applied, "application/apply-patch+yaml")
+    assert status == 201
+
+    edited = [{"name": "c", "image": "img:1", "env": [{**env[0], "value": "hacked"}, env[1]]}]
+    status, answer, _ = await call(
+        http,
+        "PATCH",
+        f"{DEPLOYMENTS}/llm?fieldManager=ops",
+        {"spec": {"template": {"spec": {"containers": edited}}}},
+        "application/merge-patch+json",
+    )
+    assert status == 200
+    entries = {e["manager"]: e for e in answer["metadata"]["managedFields"]}
+    assert [e["manager"] for e in answer["metadata"]["managedFields"]] == ["servefleet", "ops"]
+    item = entries["ops"]["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"]
+    assert item == {'k:{"name":"c"}': {"f:env": {'k:{"name":"MODE"}': {"f:value": {}}}}}
+
+    status, answer, _ = await call(
+        http, "PATCH", apply_path, applied, "application/apply-patch+yaml"
+    )
+    field = '.spec.template.spec.containers[name="c"].env[name="MODE"].value'
+    assert (status, answer["message"]) == (
+        409,
+        f'Apply failed with 1 conflict: conflict with "ops" using apps/v1: {field}',
+    )
+    assert answer["details"]["causes"] == [
+        {
+            "reason": "FieldManagerConflict",
+            "message": 'conflict with "ops" using apps/v1',
+            "field": field,
+        }
+    ]
+
+    status, answer, _ = await call(
+        http, "PATCH", f"{apply_path}&force=true", applied, "application/apply-patch+yaml"
+    )
+    assert status == 200
+    assert answer["spec"]["template"]["spec"]["containers"][0]["env"] == env
+    assert [e["manager"] for e in answer["metadata"]["managedFields"]] == ["servefleet"]
+
+
+async def test_strategic_merge_patch_errors_are_classified_as_the_api_server_does(
+    http: aiohttp.ClientSession,
+) -> None:
+    status, _, _ = await call(http, "POST", DEPLOYMENTS, deployment())
+    assert status == 201
+    path = f"{DEPLOYMENTS}/llm"
+    smp = "application/strategic-merge-patch+json"
+    bad_order = {"spec": {"template": {"spec": {"$setElementOrder/containers": "c"}}}}
+    status, answer, _ = await call(http, "PATCH", path, bad_order, smp)
+    assert (status, answer["reason"], answer["message"]) == (
+        400,
+        "BadRequest",
+        "invalid patch format of setElementOrder list",
+    )
+    keyless = {"spec": {"template": {"spec": {"containers": [{"image": "img:2"}]}}}}
+    status, answer, _ = await call(http, "PATCH", path, keyless, smp)
+    assert (status, answer.get("reason", "")) == (500, "")
+    assert "does not contain declared merge key: name" in answer["message"]
+
+
 async def test_delete_preconditions_and_collections(http: aiohttp.ClientSession) -> None:
     """Verify DELETE preconditions, the success Status, and deletecollection."""
     _, created, _ = await call(http, "POST", DEPLOYMENTS, deployment("a"))

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from tests.kubeapi import fieldpath as fp
 from tests.kubeapi import typed
-from tests.kubeapi.patches import PatchError, json_patch, merge_patch, strategic_merge_patch
+from tests.kubeapi.patches import (
+    PatchError,
+    PatchFormatError,
+    json_patch,
+    merge_patch,
+    strategic_merge_patch,
+)
 from tests.kubeapi.quantity import QuantityError, parse_quantity
 from tests.kubeapi.schema import Schema
 from tests.kubeapi.selectors import (
@@ -20,7 +26,16 @@ from tests.kubeapi.selectors import (
     parse_label_selector,
     selector_from_object,
 )
-from tests.kubeapi.ssa import STRIPPED, ApplyConflict, ManagedFields, Scope, apply, update
+from tests.kubeapi.ssa import (
+    STRIPPED,
+    ApplyConflict,
+    Conflict,
+    ManagedFields,
+    ManagerEntry,
+    Scope,
+    apply,
+    update,
+)
 
 DEPLOYMENT = Schema.load().definition("io.k8s.api.apps.v1.Deployment")
 MAIN = Scope(STRIPPED | {fp.make("status")})
@@ -182,6 +197,50 @@ def test_apply_conflicts_name_the_other_manager() -> None:
     assert [entry.manager for entry in after.entries] == ["me"]
 
 
+def test_managed_fields_are_listed_as_the_api_server_sorts_them() -> None:
+    def entry(manager: str, operation: str, time: str | None) -> ManagerEntry:
+        return ManagerEntry(manager, operation, "apps/v1", {fp.make("spec")}, time=time)
+
+    managed = ManagedFields(
+        [
+            entry("b-late", "Update", "2026-12-04T15:00:16Z"),
+            entry("a-late", "Update", "2026-12-04T15:00:16Z"),
+            entry("z-early", "Update", "2026-12-04T15:00:15Z"),
+            entry("scaler", "Update", None),
+            entry("applier", "Apply", "2026-12-04T15:00:17Z"),
+        ]
+    )
+    assert [raw["manager"] for raw in managed.encode()] == [
+        "applier",
+        "scaler",
+        "z-early",
+        "a-late",
+        "b-late",
+    ]
+
+
+def test_conflicts_with_several_managers_group_their_fields() -> None:
+    image = (*fp.make("spec", "template", "spec", "containers"), fp.key({"name": "llm"}))
+    later = ManagerEntry("kubectl-set", "Update", "apps/v1", set(), time="2026-12-04T15:00:15Z")
+    earlier = ManagerEntry("kubectl-edit", "Update", "apps/v1", set())
+    conflict = ApplyConflict(
+        [
+            Conflict(later, (*image, fp.field("image"))),
+            Conflict(
+                earlier, (*image, fp.field("env"), fp.key({"name": "MODE"}), fp.field("value"))
+            ),
+            Conflict(earlier, fp.make("spec", "replicas")),
+        ]
+    )
+    assert conflict.message() == (
+        'Apply failed with 3 conflicts: conflicts with "kubectl-edit" using apps/v1:\n'
+        "- .spec.replicas\n"
+        '- .spec.template.spec.containers[name="llm"].env[name="MODE"].value\n'
+        'conflicts with "kubectl-set" using apps/v1:\n'
+        '- .spec.template.spec.containers[name="llm"].image'
+    )
+
+
 def test_validate_reports_undeclared_fields_and_types() -> None:
     bad = _deployment(_container("a", imagePolicy="x"), replicas="two")
     messages = sorted(str(error) for error in typed.validate(bad, DEPLOYMENT))
@@ -305,3 +364,13 @@ def test_strategic_merge_patch_refuses_an_order_the_list_contradicts() -> None:
     patch = _containers_patch(["a", "b"], _named("b", "a", image="j"))
     with pytest.raises(PatchError, match=r"doesn't match \$setElementOrder list"):
         strategic_merge_patch(_deployment(_container("a"), _container("b")), patch, DEPLOYMENT)
+
+
+def test_retain_keys_drops_the_live_keys_it_does_not_list() -> None:
+    live = _deployment(strategy={"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}})
+    patch = {"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"}}}
+    patched = strategic_merge_patch(live, patch, DEPLOYMENT)
+    assert patched["spec"]["strategy"] == {"type": "Recreate"}
+    unlisted = {"spec": {"strategy": {"$retainKeys": ["type"], "rollingUpdate": {}}}}
+    with pytest.raises(PatchFormatError, match="invalid patch format of retainKeys"):
+        strategic_merge_patch(live, unlisted, DEPLOYMENT)
