@@ -25,6 +25,18 @@ async def _drop_schema(schema: str) -> None:
         await connection.close()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `slow` tests first, the longest first: the workers take tests in this
+    order, and a long test picked up last would keep one worker busy after the
+    others have finished."""
+
+    def expected_seconds(item: pytest.Item) -> float:
+        slow = item.get_closest_marker("slow")
+        return float(slow.kwargs["seconds"]) if slow is not None else 0.0
+
+    items.sort(key=expected_seconds, reverse=True)
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """moto's DynamoDB in server mode on a free loopback port, for the whole session."""

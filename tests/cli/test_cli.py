@@ -114,6 +114,7 @@ async def prepare(store_url: str, regions: list[str], **spec: Any) -> None:
 # The main job, verb by verb.
 
 
+@pytest.mark.slow(seconds=15)
 async def test_an_endpoint_s_whole_life_through_the_command_line(cli: Cli) -> None:
     assert (await cli.ok("store", "init")).startswith("store ready: ")
 
@@ -358,6 +359,7 @@ def _verbs(command: Any = None, prefix: tuple[str, ...] = ()) -> list[tuple[str,
     return [verb for name, sub in command.commands.items() for verb in _verbs(sub, (*prefix, name))]
 
 
+@pytest.mark.slow(seconds=23)
 async def test_every_verb_s_help_shows_an_example(tmp_path: Path) -> None:
     verbs = _verbs()
     assert {" ".join(verb) for verb in verbs} >= {

@@ -90,6 +90,7 @@ async def server(model_dir: Path, tmp_path: Path) -> AsyncIterator[str]:
             await process.wait()
 
 
+@pytest.mark.slow(seconds=14)
 async def test_the_server_embeds_with_the_real_model(server: str) -> None:
     async with aiohttp.ClientSession() as client:
 
@@ -138,6 +139,7 @@ def test_the_server_refuses_a_missing_model_dir(tmp_path: Path) -> None:
     assert f"--model-dir: not a directory (got {str(missing)!r})" in result.stderr
 
 
+@pytest.mark.slow(seconds=19)
 async def test_upload_deploy_invoke_serves_real_embeddings(
     model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1067,6 +1067,7 @@ def test_render_is_deterministic(workload: Workload, region: RegionSettings) -> 
     assert steps(workload, region) == steps(again, region)
 
 
+@pytest.mark.slow(seconds=21)
 @PROPERTIES
 @given(workload=workloads(), region=region_settings)
 def test_rendered_objects_are_valid_kubernetes_objects(

@@ -16,6 +16,7 @@ from servefleet.models.store import open_model_store
 from tests.models.conftest import SlowS3, contents, run_stage, slow_model
 
 
+@pytest.mark.slow(seconds=10)
 async def test_an_interrupted_download_resumes_where_it_stopped(
     slow_s3: SlowS3, tmp_path: Path
 ) -> None:

@@ -263,6 +263,7 @@ def revised(base: EndpointSpec, **changes: Any) -> EndpointSpec:
     return EndpointSpec.model_validate(base.model_dump() | changes)
 
 
+@pytest.mark.slow(seconds=11)
 async def test_an_endpoint_s_whole_life_in_two_kubernetes_regions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

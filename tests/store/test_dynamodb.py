@@ -49,6 +49,7 @@ async def store(table_url: str) -> AsyncIterator[Store]:
     await opened.close()
 
 
+@pytest.mark.slow(seconds=15)
 async def test_listings_page_past_one_megabyte(store: Store) -> None:
     """1,500 reports of about 1 KB are well over DynamoDB's 1 MB page: every one comes back."""
     message = "x" * 1000

@@ -29,6 +29,7 @@ async def store_url(moto_endpoint: str) -> AsyncIterator[str]:
     await drop_table(url)
 
 
+@pytest.mark.slow(seconds=80)
 async def test_fifteen_hundred_endpoints_of_a_kilobyte_are_applied_and_listed(
     store_url: str, tmp_path: Path
 ) -> None:
@@ -151,6 +152,7 @@ def _reference_item(name: str, **fields: Any) -> dict[str, Any]:
     return {key: _typed(value) for key, value in item.items()}
 
 
+@pytest.mark.slow(seconds=13)
 async def test_import_from_the_reference_table_reports_every_item(
     store_url: str, moto_endpoint: str
 ) -> None:
