@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from servefleet.api import endpoints, regions, tokens
+from servefleet.api import endpoints, regions, tokens, watch
 from servefleet.api.errors import install_error_handlers
 from servefleet.store import Store
 
@@ -14,11 +14,17 @@ PUBLIC_PATHS = frozenset({"/openapi.json"})
 """The only paths served without a token: the API's description, which holds no data."""
 
 
-def create_app(store: Store) -> FastAPI:
-    """The API over `store`, which the caller opens before and closes after serving."""
+def create_app(store: Store, *, watch_status_interval: float = 1.0) -> FastAPI:
+    """The API over `store`, which the caller opens before and closes after serving.
+    `watch_status_interval`: seconds between a watch stream's looks at the statuses."""
     # The routes themselves, not the routers (`include_router`): so `app.routes` lists
     # every route with the role it needs, which `tests/api/test_auth.py` walks.
-    routes = [*endpoints.router.routes, *regions.router.routes, *tokens.router.routes]
+    routes = [
+        *endpoints.router.routes,
+        *regions.router.routes,
+        *tokens.router.routes,
+        *watch.router.routes,
+    ]
     app = FastAPI(
         routes=routes,
         title="servefleet",
@@ -30,5 +36,6 @@ def create_app(store: Store) -> FastAPI:
         redoc_url=None,
     )
     app.state.store = store
+    app.state.status_interval = watch_status_interval
     install_error_handlers(app)
     return app

@@ -21,13 +21,15 @@ class ServerSettings:
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     access_log: bool = True
+    watch_status_interval: float = 1.0
+    """Seconds between a watch stream's looks at the region statuses."""
 
 
 def api_server(store: Store, settings: ServerSettings) -> uvicorn.Server:
     """A uvicorn server of the API over `store`; `await server.serve()` runs it until
     SIGINT/SIGTERM or `server.should_exit`. The store stays the caller's to close."""
     config = uvicorn.Config(
-        create_app(store),
+        create_app(store, watch_status_interval=settings.watch_status_interval),
         host=settings.host,
         port=settings.port,
         ssl_certfile=settings.ssl_certfile,
@@ -36,6 +38,8 @@ def api_server(store: Store, settings: ServerSettings) -> uvicorn.Server:
         # The store is opened and closed by the caller, around the server.
         lifespan="off",
         server_header=False,
+        # Watch streams never end by themselves: on shutdown they get this long.
+        timeout_graceful_shutdown=5,
         # Only the socket's peer is believed; a front proxy's headers are not.
         proxy_headers=False,
     )

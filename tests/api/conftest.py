@@ -8,6 +8,7 @@ loop (`pytestmark = API_LOOP` in each module): each test uses names of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -90,6 +91,18 @@ class Api:
                 json.loads(text) if text else None,
             )
 
+    @contextlib.asynccontextmanager
+    async def watch(
+        self, *, role: Role = Role.VIEWER, last_event_id: str | None = None
+    ) -> AsyncIterator[EventStream]:
+        headers = {"Authorization": f"Bearer {self.tokens[role]}"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        async with self.session.get(f"{self.url}/v1/watch", headers=headers) as response:
+            assert response.status == 200, await response.text()
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            yield EventStream(response)
+
     async def snapshot(self) -> tuple[Any, ...]:
         """Everything a request could change, to prove a refused one changed nothing."""
         return (
@@ -132,23 +145,70 @@ async def api(api_store_url: str) -> AsyncIterator[Api]:
     await tokens.revoke("revoked-token")
     for region in ("r1", "r2"):
         await store.put_region(Region(name=region, kind=RegionKind.LOCAL))
-    server = api_server(store, ServerSettings(port=0, access_log=False))
+    async with running_api(store) as (url, app), aiohttp.ClientSession() as session:
+        yield Api(url=url, app=app, store=store, tokens=issued, revoked=revoked, session=session)
+    await store.close()
+
+
+@contextlib.asynccontextmanager
+async def running_api(store: Store) -> AsyncIterator[tuple[str, FastAPI]]:
+    """The API over `store` on a free loopback port, until the block ends."""
+    settings = ServerSettings(port=0, access_log=False, watch_status_interval=0.05)
+    server = api_server(store, settings)
     serving = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(10):
             while not server.started:  # noqa: ASYNC110 - uvicorn has a flag, not an event
                 await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
-        async with aiohttp.ClientSession() as session:
-            yield Api(
-                url=f"http://127.0.0.1:{port}",
-                app=server.config.app,
-                store=store,
-                tokens=issued,
-                revoked=revoked,
-                session=session,
-            )
+        yield f"http://127.0.0.1:{port}", server.config.app
     finally:
         server.should_exit = True
         await serving
-        await store.close()
+
+
+@dataclass(frozen=True)
+class Event:
+    event: str
+    id: str | None
+    data: Any
+
+
+class EventStream:
+    """The events of an open `text/event-stream` answer, one at a time."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+
+    async def next(self, within: float = 5) -> Event | None:
+        """The next event; None when the stream ends."""
+        fields: dict[str, str] = {}
+        async with asyncio.timeout(within):
+            while True:
+                line = (await self.response.content.readline()).decode()
+                if not line:
+                    return None
+                line = line.rstrip("\n")
+                if not line:
+                    if fields:
+                        return Event(
+                            fields.get("event", "message"),
+                            fields.get("id"),
+                            json.loads(fields["data"]) if "data" in fields else None,
+                        )
+                    continue
+                if line.startswith(":"):
+                    continue  # a keep-alive comment
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+
+    async def until(self, wanted: Any, within: float = 5) -> list[Event]:
+        """Events up to and including the first for which `wanted(event)` holds."""
+        seen: list[Event] = []
+        async with asyncio.timeout(within):
+            while True:
+                event = await self.next(within)
+                assert event is not None, f"the stream ended after {seen}"
+                seen.append(event)
+                if wanted(event):
+                    return seen

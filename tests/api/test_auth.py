@@ -54,6 +54,8 @@ class Case:
     role: Role
     arrange: Callable[[Api, str], Awaitable[None]] = _nothing
     body: Callable[[str], Any] = lambda name: None
+    streams: bool = False
+    """The answer never ends (server-sent events): success is its start."""
 
 
 ROUTES: dict[tuple[str, str], Case] = {
@@ -84,6 +86,7 @@ ROUTES: dict[tuple[str, str], Case] = {
     ("GET", "/v1/tokens"): Case(Role.ADMIN),
     ("POST", "/v1/tokens"): Case(Role.ADMIN, body=lambda name: {"name": name, "role": "viewer"}),
     ("DELETE", "/v1/tokens/{name}"): Case(Role.ADMIN, _token),
+    ("GET", "/v1/watch"): Case(Role.VIEWER, _endpoint, streams=True),
 }
 
 
@@ -123,6 +126,10 @@ async def test_each_route_needs_a_live_token_of_its_role(
             )
     assert await api.snapshot() == before
 
+    if case.streams:
+        async with api.watch(role=case.role) as stream:
+            assert await stream.next() is not None
+        return
     allowed = await api.call(method, path, body, role=case.role)
 
     assert 200 <= allowed.status < 300, allowed.body
