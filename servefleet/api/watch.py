@@ -133,6 +133,8 @@ async def watch_events(
                 return
             if isinstance(item, Change):
                 position = item.seq
+                if item.kind is ChangeKind.PURGED:  # its statuses went with it
+                    seen = {key: status for key, status in seen.items() if key[0] != item.name}
                 event = await _change_event(store, item)
                 if event is not None:
                     yield event
