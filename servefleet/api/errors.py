@@ -17,6 +17,7 @@ Each refusal happens before anything is written, so none leaves a change behind.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -87,11 +88,14 @@ _STATUS_KIND: dict[int, ErrorKind] = {
 
 
 def _value(value: object) -> Any:
-    """The value as JSON can carry it; its repr when it cannot be (e.g. bytes)."""
+    """The value as JSON can carry it; its repr when it cannot be (bytes, or a number
+    too large for a float, which JSON has no word for: 1e400 arrives as inf)."""
     try:
-        return jsonable_encoder(value)
+        encoded = jsonable_encoder(value)
+        json.dumps(encoded, allow_nan=False)
     except (TypeError, ValueError):
         return repr(value)
+    return encoded
 
 
 def error_response(

@@ -505,3 +505,23 @@ async def test_the_openapi_document_describes_the_documents(api: Api) -> None:
     ]
     assert operations
     assert all(operation["security"] == [{"HTTPBearer": []}] for operation in operations)
+
+
+async def test_a_number_json_cannot_carry_back_is_shown_as_text(api: Api) -> None:
+    """1e400 parses as infinity, which a JSON answer cannot hold: the value is its repr."""
+    before = await api.snapshot()
+
+    answer = await api.call(
+        "POST",
+        "/v1/endpoints",
+        data=f'{{"metadata": {{"name": "{unique("inf")}"}}, '
+        '"spec": {"image": "ghcr.io/org/server:1.0", "replicas": 1e400}}',
+    )
+
+    assert answer.status == 422
+    assert answer.problem == {
+        "field": "spec.replicas",
+        "message": "must be a finite number (got inf)",
+        "value": "inf",
+    }
+    assert await api.snapshot() == before
