@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from servefleet.api import endpoints, regions, tokens, watch
 from servefleet.api.errors import install_error_handlers
+from servefleet.api.limits import BodyLimit
 from servefleet.store import Store
 
 __all__ = ["PUBLIC_PATHS", "create_app"]
@@ -14,9 +15,19 @@ PUBLIC_PATHS = frozenset({"/openapi.json"})
 """The only paths served without a token: the API's description, which holds no data."""
 
 
-def create_app(store: Store, *, watch_status_interval: float = 1.0) -> FastAPI:
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""Room for `apply` of thousands of declarations; DynamoDB holds 400 KB a record."""
+
+
+def create_app(
+    store: Store,
+    *,
+    watch_status_interval: float = 1.0,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
     """The API over `store`, which the caller opens before and closes after serving.
-    `watch_status_interval`: seconds between a watch stream's looks at the statuses."""
+    `watch_status_interval`: seconds between a watch stream's looks at the statuses;
+    `max_body_bytes`: larger request bodies are answered 413."""
     # The routes themselves, not the routers (`include_router`): so `app.routes` lists
     # every route with the role it needs, which `tests/api/test_auth.py` walks.
     routes = [
@@ -38,4 +49,5 @@ def create_app(store: Store, *, watch_status_interval: float = 1.0) -> FastAPI:
     app.state.store = store
     app.state.status_interval = watch_status_interval
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app

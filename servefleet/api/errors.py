@@ -11,6 +11,7 @@ picks the status and lays the problems out as data:
 | `TokenExists`, `OperationRefused` (no canary, ...)            |           |
 | any other `StoreError` (the store is unreachable, ...)        | 503       |
 | no token, or one not live / a role too small (`auth.py`)      | 401 / 403 |
+| a body over the server's limit (`limits.py`)                  | 413       |
 
 Each refusal happens before anything is written, so none leaves a change behind.
 """
@@ -41,12 +42,19 @@ from servefleet.store import (
     TokenNotFound,
 )
 
-__all__ = ["ERROR_RESPONSES", "ErrorBody", "install_error_handlers"]
+__all__ = ["ERROR_RESPONSES", "ErrorBody", "error_response", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
 
 ErrorKind = Literal[
-    "invalid", "not_found", "conflict", "unauthorized", "forbidden", "unavailable", "http"
+    "invalid",
+    "not_found",
+    "conflict",
+    "too_large",
+    "unauthorized",
+    "forbidden",
+    "unavailable",
+    "http",
 ]
 
 
@@ -72,6 +80,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (403, "The token's role does not allow this"),
         (404, "No such endpoint, region or token"),
         (409, "A stale If-Match, a name that exists, or a rule about the current state"),
+        (413, "The request body is larger than the server takes"),
         (422, "A field breaks a rule: its path, the value and the rule"),
         (503, "The store cannot be reached"),
     )
@@ -82,6 +91,7 @@ _STATUS_KIND: dict[int, ErrorKind] = {
     403: "forbidden",
     404: "not_found",
     409: "conflict",
+    413: "too_large",
     422: "invalid",
     503: "unavailable",
 }

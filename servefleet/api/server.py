@@ -7,7 +7,7 @@ from pathlib import Path
 
 import uvicorn
 
-from servefleet.api.app import create_app
+from servefleet.api.app import MAX_BODY_BYTES, create_app
 from servefleet.store import Store
 
 __all__ = ["ServerSettings", "api_server"]
@@ -23,13 +23,18 @@ class ServerSettings:
     access_log: bool = True
     watch_status_interval: float = 1.0
     """Seconds between a watch stream's looks at the region statuses."""
+    max_body_bytes: int = MAX_BODY_BYTES
 
 
 def api_server(store: Store, settings: ServerSettings) -> uvicorn.Server:
     """A uvicorn server of the API over `store`; `await server.serve()` runs it until
     SIGINT/SIGTERM or `server.should_exit`. The store stays the caller's to close."""
     config = uvicorn.Config(
-        create_app(store, watch_status_interval=settings.watch_status_interval),
+        create_app(
+            store,
+            watch_status_interval=settings.watch_status_interval,
+            max_body_bytes=settings.max_body_bytes,
+        ),
         host=settings.host,
         port=settings.port,
         ssl_certfile=settings.ssl_certfile,

@@ -151,10 +151,13 @@ async def api(api_store_url: str) -> AsyncIterator[Api]:
 
 
 @contextlib.asynccontextmanager
-async def running_api(store: Store) -> AsyncIterator[tuple[str, FastAPI]]:
-    """The API over `store` on a free loopback port, until the block ends."""
-    settings = ServerSettings(port=0, access_log=False, watch_status_interval=0.05)
-    server = api_server(store, settings)
+async def running_api(store: Store, **settings: Any) -> AsyncIterator[tuple[str, FastAPI]]:
+    """The API over `store` on a free loopback port, until the block ends; `settings`
+    override `ServerSettings`."""
+    server_settings = ServerSettings(
+        **{"port": 0, "access_log": False, "watch_status_interval": 0.05, **settings}
+    )
+    server = api_server(store, server_settings)
     serving = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(10):
