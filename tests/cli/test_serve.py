@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+from typer.testing import CliRunner, Result
 
+from servefleet.cli.main import app
 from servefleet.store import open_store
 from servefleet.tokens import TokenService
 from tests.cli.test_cli import COMMAND, prepare, servefleet
@@ -70,6 +73,14 @@ async def get(url: str, token: str, context: ssl.SSLContext | None = None) -> in
         return answer.status
 
 
+@pytest.fixture
+def cli(tmp_path: Path) -> Callable[..., Result]:
+    """`servefleet --store <a SQLite file> ...` in-process: no server, so no process."""
+    runner = CliRunner()
+    store = ["--store", f"sqlite:///{tmp_path / 'store.db'}"]
+    return lambda *args: runner.invoke(app, [*store, *args], catch_exceptions=False)
+
+
 @pytest.mark.parametrize(
     ("args", "reason"),
     [
@@ -85,44 +96,55 @@ async def get(url: str, token: str, context: ssl.SSLContext | None = None) -> in
         ),
     ],
 )
-async def test_serve_refuses_plain_http_off_loopback(
-    sqlite_url: str, args: list[str], reason: str
+def test_serve_refuses_plain_http_off_loopback(
+    cli: Callable[..., Result], args: list[str], reason: str
 ) -> None:
-    refused = await servefleet(sqlite_url, "serve", *args)
+    refused = cli("serve", *args)
 
-    assert (refused.code, refused.stdout, refused.stderr) == (1, "", reason)
+    assert (refused.exit_code, refused.stdout, refused.stderr) == (1, "", reason)
 
 
-async def test_tokens_work_on_a_running_server_until_revoked(sqlite_url: str) -> None:
-    created = await servefleet(sqlite_url, "tokens", "create", "--name", "ops", "--role", "admin")
-    assert created.code == 0
-    token = created.stdout.strip()
-    assert token.startswith("sf1.ops.")
+def test_tokens_are_made_listed_and_revoked(cli: Callable[..., Result]) -> None:
+    created = cli("tokens", "create", "--name", "ops", "--role", "admin")
+    assert created.exit_code == 0
+    assert created.stdout.startswith("sf1.ops.")
     assert "printed only this once" in created.stderr
-    taken = await servefleet(sqlite_url, "tokens", "create", "--name", "ops", "--role", "viewer")
-    assert (taken.code, taken.stderr) == (
+    taken = cli("tokens", "create", "--name", "ops", "--role", "viewer")
+    assert (taken.exit_code, taken.stderr) == (
         1,
         "error: token 'ops' already exists; revoke it or choose another name\n",
     )
-    bad = await servefleet(sqlite_url, "tokens", "create", "--name", "x", "--role", "root")
-    assert (bad.code, bad.stderr) == (
+    bad = cli("tokens", "create", "--name", "x", "--role", "root")
+    assert (bad.exit_code, bad.stderr) == (
         1,
         "error: role: must be 'viewer', 'deployer' or 'admin' (got 'root')\n",
     )
-    listed = (await servefleet(sqlite_url, "tokens", "list", "-o", "json")).json()
+    listed = json.loads(cli("tokens", "list", "-o", "json").stdout)
     assert [(item["name"], item["role"]) for item in listed] == [("ops", "admin")]
     assert set(listed[0]) == {"name", "role", "created_at"}
+    assert cli("tokens", "list").stdout.split()[:5] == ["NAME", "ROLE", "CREATED", "ops", "admin"]
 
-    async with serving(sqlite_url) as url:
-        assert await get(f"{url}/v1/regions", token) == 200
-        assert await get(f"{url}/v1/regions", "sf1.ops.wrong") == 401
+    revoked = cli("tokens", "revoke", "ops")
+    assert (revoked.exit_code, revoked.stdout) == (0, "token/ops revoked\n")
 
-        revoked = await servefleet(sqlite_url, "tokens", "revoke", "ops")
-        assert revoked.ok().stdout == "token/ops revoked\n"
+    again = cli("tokens", "revoke", "ops")
+    assert (again.exit_code, again.stderr) == (1, "error: token 'ops' not found\n")
+    assert json.loads(cli("tokens", "list", "-o", "json").stdout) == []
 
-        assert await get(f"{url}/v1/regions", token) == 401
-    again = await servefleet(sqlite_url, "tokens", "revoke", "ops")
-    assert (again.code, again.stderr) == (1, "error: token 'ops' not found\n")
+
+async def test_a_token_works_on_a_running_server_until_revoked(sqlite_url: str) -> None:
+    store = await open_store(sqlite_url)
+    try:
+        _, token = await TokenService(store).create("ops", "admin")
+        async with serving(sqlite_url) as url:
+            assert await get(f"{url}/v1/regions", token) == 200
+            assert await get(f"{url}/v1/regions", "sf1.ops.wrong") == 401
+
+            await TokenService(store).revoke("ops")
+
+            assert await get(f"{url}/v1/regions", token) == 401
+    finally:
+        await store.close()
 
 
 @pytest.fixture
