@@ -7,8 +7,11 @@ sits in front.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import signal
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +21,21 @@ from servefleet.cli.main import _fail, _redacted, _run_on_store, _state, app, er
 from servefleet.store import Store
 
 __all__ = ["plain_http_refusal"]
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_end_the_server() -> Iterator[None]:
+    """uvicorn stops gracefully on SIGINT or SIGTERM and then sends the signal again,
+    to the handler that was there before it: this one lets it go, so `serve` closes
+    the store and exits 0 instead of dying by the signal."""
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _is_loopback(host: str) -> bool:
@@ -84,7 +102,8 @@ def serve(
                 markup=False,
             )
         err.print(f"servefleet API on store {_redacted(_state.store_url)}", markup=False)
-        await api_server(store, settings).serve()
+        with _signals_end_the_server():
+            await api_server(store, settings).serve()
 
     try:
         _run_on_store(run)
