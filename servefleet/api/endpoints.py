@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from servefleet.api.auth import allow
 from servefleet.api.context import Endpoints
@@ -86,6 +86,18 @@ class AppliedBody(BaseModel):
             generation=endpoint.generation,
             revision=endpoint.revision,
         )
+
+
+class StatusDocument(BaseModel):
+    """What `servefleet status NAME -o json` prints: per target region, its report
+    (`RegionStatus` without the names) or `{"state": "pending"}` before the first."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str
+    generation: int
+    desired_state: DesiredState = Field(alias="desiredState")
+    regions: dict[str, dict[str, Any]]
 
 
 def _revision(if_match: str | None) -> int | None:
@@ -169,10 +181,13 @@ async def get_endpoint(name: Name, response: Response, endpoints: Endpoints) -> 
     dependencies=[allow(Role.VIEWER)],
     summary="How each region is doing (as `servefleet status NAME -o json`)",
 )
-async def endpoint_status(name: Name, response: Response, endpoints: Endpoints) -> dict[str, Any]:
+async def endpoint_status(name: Name, response: Response, endpoints: Endpoints) -> StatusDocument:
     endpoint, statuses = await endpoints.status(name)
     response.headers["ETag"] = f'"{endpoint.revision}"'
-    return {"name": name, "generation": endpoint.generation, **status_section(endpoint, statuses)}
+    section = status_section(endpoint, statuses)
+    return StatusDocument.model_validate(
+        {"name": name, "generation": endpoint.generation, **section}
+    )
 
 
 @router.put(
