@@ -118,8 +118,12 @@ def _revision(if_match: str | None) -> int | None:
     return int(text)
 
 
-def _with_etag(response: Response, endpoint: Endpoint) -> EndpointManifest:
+def _tag(response: Response, endpoint: Endpoint) -> None:
     response.headers["ETag"] = f'"{endpoint.revision}"'
+
+
+def _with_etag(response: Response, endpoint: Endpoint) -> EndpointManifest:
+    _tag(response, endpoint)
     return EndpointManifest.of(endpoint)
 
 
@@ -172,7 +176,7 @@ async def apply_all(manifests: list[EndpointManifest], endpoints: Endpoints) -> 
 )
 async def get_endpoint(name: Name, response: Response, endpoints: Endpoints) -> EndpointManifest:
     endpoint, statuses = await endpoints.status(name)
-    response.headers["ETag"] = f'"{endpoint.revision}"'
+    _tag(response, endpoint)
     return EndpointManifest.of(endpoint, status_section(endpoint, statuses))
 
 
@@ -183,7 +187,7 @@ async def get_endpoint(name: Name, response: Response, endpoints: Endpoints) -> 
 )
 async def endpoint_status(name: Name, response: Response, endpoints: Endpoints) -> StatusDocument:
     endpoint, statuses = await endpoints.status(name)
-    response.headers["ETag"] = f'"{endpoint.revision}"'
+    _tag(response, endpoint)
     section = status_section(endpoint, statuses)
     return StatusDocument.model_validate(
         {"name": name, "generation": endpoint.generation, **section}
@@ -215,7 +219,7 @@ async def apply_one(
     applied = await endpoints.apply(manifest, expected_revision=_revision(if_match))
     if applied.outcome is ApplyOutcome.CREATED:
         response.status_code = status.HTTP_201_CREATED
-    response.headers["ETag"] = f'"{applied.endpoint.revision}"'
+    _tag(response, applied.endpoint)
     return AppliedBody.of(applied)
 
 
