@@ -264,6 +264,19 @@ async def test_put_creates_then_configures(api: Api) -> None:
         ),
         pytest.param(
             "POST",
+            "/v1/apply",
+            [declaration("{name}"), declaration("{existing}", gpu_count=2)],
+            {},
+            422,
+            {
+                "field": "1.spec.gpu_count",
+                "message": "2 accelerators requested but accelerator is 'none' "
+                "(set accelerator to 'nvidia' or 'neuron')",
+            },
+            id="422-apply-names-the-document-by-index",
+        ),
+        pytest.param(
+            "POST",
             "/v1/endpoints/{existing}/scale",
             {"replicas": 2000},
             {},
@@ -466,6 +479,8 @@ async def test_refusals_name_the_field_and_store_nothing(
             return value.format(**names) if "{" in value and "}" in value else value
         if isinstance(value, dict):
             return {key: fill(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [fill(item) for item in value]
         return value
 
     before = await api.snapshot()
