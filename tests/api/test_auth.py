@@ -100,7 +100,9 @@ async def test_every_route_is_listed(api: Api) -> None:
     assert served == set(ROUTES)
 
 
-@pytest.mark.parametrize(("method", "template"), list(ROUTES), ids=" ".join)
+@pytest.mark.parametrize(
+    ("method", "template"), [pytest.param(*route, id=" ".join(route)) for route in ROUTES]
+)
 async def test_each_route_needs_a_live_token_of_its_role(
     api: Api, method: str, template: str
 ) -> None:
