@@ -29,6 +29,7 @@ from servefleet.spec import (
     InvalidInput,
     Problem,
     Region,
+    RegionKind,
     RegionStatus,
     declared_more_than_once,
     invalid_input,
@@ -186,9 +187,11 @@ class EndpointService:
     async def _create(
         self, name: str, spec: EndpointSpec, regions: list[str] | None, *, stopped: bool
     ) -> Endpoint:
-        registered = await self._registered()
+        known = await self._store.list_regions()
+        registered = _names(known)
         targets = _targets(registered, regions, "target_regions")
         _check_region_images(registered, spec)
+        _check_scale_to_zero(known, spec, targets)
         endpoint = self._new_record(name, spec, targets, stopped=stopped)
         return await self._store.create_endpoint(endpoint)
 
@@ -213,9 +216,10 @@ class EndpointService:
         the regions, and that the store can hold the record `apply` would write. (That
         record is worked out from the one stored now; should another writer change it
         in between, the store still refuses, at the write, a record it cannot hold.)"""
-        await self._check(manifest, await self._registered())
+        await self._check(manifest, await self._store.list_regions())
 
-    async def _check(self, manifest: EndpointManifest, registered: list[str]) -> None:
+    async def _check(self, manifest: EndpointManifest, known: list[Region]) -> None:
+        registered = _names(known)
         if manifest.regions is not None:
             _targets(registered, manifest.regions, "regions")
         _check_region_images(registered, manifest.spec)
@@ -231,6 +235,7 @@ class EndpointService:
         else:
             _refuse_if_deleted(current)
             record = self._next_record(current, _declaration(manifest)(current))
+        _check_scale_to_zero(known, record.spec, record.target_regions)
         self._store.check_endpoint(record)
 
     async def apply_all(self, manifests: list[EndpointManifest]) -> list[Applied]:
@@ -239,9 +244,9 @@ class EndpointService:
         duplicates = declared_more_than_once(manifests)
         if duplicates:
             raise InvalidInput(duplicates)
-        registered = await self._registered()
+        known = await self._store.list_regions()
         for manifest in manifests:
-            await self._check(manifest, registered)
+            await self._check(manifest, known)
         return [await self._apply_checked(manifest) for manifest in manifests]
 
     async def apply(
@@ -473,6 +478,13 @@ class EndpointService:
             return current
         if wanted.spec.region_images != current.spec.region_images:
             _check_region_images(await self._registered(), wanted.spec)
+        if (wanted.spec.autoscaling, wanted.target_regions) != (
+            current.spec.autoscaling,
+            current.target_regions,
+        ):
+            _check_scale_to_zero(
+                await self._store.list_regions(), wanted.spec, wanted.target_regions
+            )
         try:
             return await self._store.update_endpoint(
                 self._next_record(current, wanted), expected_revision=current.revision
@@ -497,7 +509,11 @@ class EndpointService:
         )
 
     async def _registered(self) -> list[str]:
-        return [region.name for region in await self._store.list_regions()]
+        return _names(await self._store.list_regions())
+
+
+def _names(regions: list[Region]) -> list[str]:
+    return [region.name for region in regions]
 
 
 def _targets(registered: list[str], regions: Iterable[str] | None, field: str) -> list[str]:
@@ -521,6 +537,30 @@ def _check_region_images(registered: list[str], spec: EndpointSpec) -> None:
     for region in spec.region_images:
         if region not in registered:
             raise UnregisteredRegion("spec.region_images", region, registered)
+
+
+def _check_scale_to_zero(known: list[Region], spec: EndpointSpec, targets: list[str]) -> None:
+    """Refuse `min_replicas: 0` for a kubernetes region rather than have it quietly
+    keep a replica: its autoscaler is a HorizontalPodAutoscaler, and the API server
+    refuses `minReplicas: 0` unless an alpha feature gate is on. Checked whatever
+    `enabled` says, like the spec's own autoscaling rules, so switching autoscaling
+    on later meets no surprise."""
+    if spec.autoscaling.min_replicas > 0:
+        return
+    kubernetes = {region.name for region in known if region.kind is RegionKind.KUBERNETES}
+    for region in targets:
+        if region in kubernetes:
+            raise InvalidInput(
+                [
+                    Problem(
+                        "spec.autoscaling.min_replicas",
+                        f"region {region!r} (kubernetes) cannot scale to zero: its "
+                        "HorizontalPodAutoscaler keeps at least 1 replica; set min_replicas "
+                        f"to 1 or more, or leave {region!r} out of the regions (got 0)",
+                        0,
+                    )
+                ]
+            )
 
 
 def _declaration(manifest: EndpointManifest) -> Change:

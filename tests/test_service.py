@@ -208,6 +208,48 @@ async def test_apply_refuses_an_unregistered_region_and_changes_nothing(
     assert await store.get_endpoint("llm") == before
 
 
+SCALES_TO_ZERO: dict[str, Any] = {
+    "image": IMAGE_1,
+    "autoscaling": {
+        "enabled": True,
+        "min_replicas": 0,
+        "metrics": [{"type": "concurrency", "target": 4}],
+    },
+}
+NO_ZERO_IN_EU = (
+    "spec.autoscaling.min_replicas: region 'eu' (kubernetes) cannot scale to zero: its "
+    "HorizontalPodAutoscaler keeps at least 1 replica; set min_replicas to 1 or more, or "
+    "leave 'eu' out of the regions (got 0)"
+)
+
+
+async def test_scale_to_zero_is_refused_for_a_kubernetes_region_and_changes_nothing(
+    store: Store, service: EndpointService
+) -> None:
+    await register(store, "r1")
+    await store.put_region(Region(name="eu", kind=RegionKind.KUBERNETES))
+    to_zero = make_spec(**SCALES_TO_ZERO)
+
+    with pytest.raises(InvalidInput) as deployed:
+        await service.deploy("llm", to_zero)  # every registered region, eu among them
+    assert deployed.value.problems == [NO_ZERO_IN_EU]
+    assert deployed.value.details[0].value == 0
+    with pytest.raises(EndpointNotFound):
+        await store.get_endpoint("llm")
+
+    local = await service.deploy("llm", to_zero, ["r1"])  # a local region can
+    with pytest.raises(InvalidInput) as moved:
+        await service.apply(manifest(regions=["r1", "eu"], spec=SCALES_TO_ZERO))
+    assert moved.value.problems == [NO_ZERO_IN_EU]
+    assert await store.get_endpoint("llm") == local
+
+    both = await service.deploy("both", make_spec(image=IMAGE_1), ["r1", "eu"])
+    with pytest.raises(InvalidInput) as lowered:
+        await service.apply_all([manifest("both", spec=SCALES_TO_ZERO)])
+    assert lowered.value.problems == [NO_ZERO_IN_EU]
+    assert await store.get_endpoint("both") == both
+
+
 async def test_concurrent_applies_of_one_new_declaration_create_it_once(
     store: Store, store_url: str
 ) -> None:

@@ -241,11 +241,27 @@ def autoscalings(draw: st.DrawFn) -> Document:
     elif bounds == "both":
         low, high = sorted((draw(st.integers(0, 1000)), draw(st.integers(1, 1000))))
         autoscaling["min_replicas"], autoscaling["max_replicas"] = low, high
+    types = []
     if draw(st.booleans()):
         types = draw(
             st.lists(st.sampled_from(["cpu", "memory", "concurrency", "rps"]), unique=True)
         )
+    # Scaling to zero needs a metric measured on the requests.
+    if autoscaling.get("min_replicas") == 0 and not {"concurrency", "rps"} & set(types):
+        types.append(draw(st.sampled_from(["concurrency", "rps"])))
+    if types or draw(st.booleans()):
         autoscaling["metrics"] = [{"type": kind, "target": draw(metric_targets)} for kind in types]
+    for window, most in (("scale_to_zero_after", 86_400), ("scale_down_window", 3600)):
+        if draw(st.booleans()):
+            autoscaling[window] = draw(st.integers(1, most))
+    # The panic window is at most the stable one (60 s and 6 s unless given).
+    stable = draw(st.none() | st.integers(1, 3600))
+    if stable is not None:
+        autoscaling["scale_up_window"] = stable
+    if draw(st.booleans()) or (stable or 60) < 6:
+        autoscaling["panic_window"] = draw(st.integers(1, stable or 60))
+    if draw(st.booleans()):
+        autoscaling["panic_threshold"] = draw(st.floats(1.1, 10) | st.sampled_from([1.1, 2, 10]))
     return autoscaling
 
 
@@ -362,6 +378,17 @@ def _in_canary(field: str, bad: st.SearchStrategy[Any]) -> Breaker:
         canary[field] = draw(bad)
         document["spec"]["canary"] = canary
         return f"spec.canary.{field}"
+
+    return breaker
+
+
+def _in_autoscaling(field: str, bad: st.SearchStrategy[Any]) -> Breaker:
+    def breaker(draw: st.DrawFn, document: Document) -> str:
+        document["spec"]["autoscaling"] = {
+            **(document["spec"].get("autoscaling") or {}),
+            field: draw(bad),
+        }
+        return f"spec.autoscaling.{field}"
 
     return breaker
 
@@ -532,6 +559,26 @@ def _break_metric_types(draw: st.DrawFn, document: Document) -> str:
     return "spec.autoscaling.metrics"
 
 
+def _break_scale_to_zero_without_a_request_metric(draw: st.DrawFn, document: Document) -> str:
+    types = draw(st.lists(st.sampled_from(["cpu", "memory"]), unique=True))
+    document["spec"]["autoscaling"] = {
+        **(document["spec"].get("autoscaling") or {}),
+        "min_replicas": 0,
+        "metrics": [{"type": kind, "target": 50} for kind in types],
+    }
+    return "spec.autoscaling.min_replicas"
+
+
+def _break_panic_window(draw: st.DrawFn, document: Document) -> str:
+    stable = draw(st.integers(1, 3599))
+    document["spec"]["autoscaling"] = {
+        **(document["spec"].get("autoscaling") or {}),
+        "scale_up_window": stable,
+        "panic_window": draw(st.integers(stable + 1, 3600)),
+    }
+    return "spec.autoscaling.panic_window"
+
+
 def _break_gpu_without_accelerator(draw: st.DrawFn, document: Document) -> str:
     document["spec"]["accelerator"] = draw(st.sampled_from(["none", None]))
     if document["spec"]["accelerator"] is None:
@@ -611,6 +658,22 @@ BREAKERS: dict[str, Breaker] = {
     "autoscaling.bounds": _break_autoscaling_bounds,
     "autoscaling.target": _break_metric_target,
     "autoscaling.types": _break_metric_types,
+    "autoscaling.scale_to_zero": _break_scale_to_zero_without_a_request_metric,
+    **{
+        f"autoscaling.{window}": _in_autoscaling(
+            window, st.integers(max_value=0) | st.sampled_from([-1.5, 0.5, "soon"])
+        )
+        for window in (
+            "scale_to_zero_after",
+            "scale_up_window",
+            "scale_down_window",
+            "panic_window",
+        )
+    },
+    "autoscaling.panic_over_stable": _break_panic_window,
+    "autoscaling.panic_threshold": _in_autoscaling(
+        "panic_threshold", st.floats(max_value=1.09) | st.floats(min_value=10.01)
+    ),
     "requests_over_limits": _break_requests_over_limits,
     "quantity": _break_quantity,
     "labels": _break_labels("labels"),
@@ -707,6 +770,26 @@ KNOWN_CASES = [
         "spec.autoscaling.metrics.0.target",
         {"autoscaling": {"metrics": [{"type": "cpu", "target": float("inf")}]}},
     ),
+    # Scaling to zero: nothing measured on running replicas could start one again.
+    _example("spec.autoscaling.min_replicas", {"autoscaling": {"min_replicas": 0}}),
+    _example(
+        "spec.autoscaling.min_replicas",
+        {
+            "autoscaling": {
+                "enabled": True,
+                "min_replicas": 0,
+                "metrics": [{"type": "cpu", "target": 60}, {"type": "memory", "target": 70}],
+            }
+        },
+    ),
+    _example("spec.autoscaling.scale_to_zero_after", {"autoscaling": {"scale_to_zero_after": 0}}),
+    _example("spec.autoscaling.scale_up_window", {"autoscaling": {"scale_up_window": -60}}),
+    _example("spec.autoscaling.scale_down_window", {"autoscaling": {"scale_down_window": 0}}),
+    _example("spec.autoscaling.panic_window", {"autoscaling": {"panic_window": 0}}),
+    # The default stable window is 60 s, so a longer panic window is no burst.
+    _example("spec.autoscaling.panic_window", {"autoscaling": {"panic_window": 61}}),
+    _example("spec.autoscaling.panic_window", {"autoscaling": {"scale_up_window": 5}}),
+    _example("spec.autoscaling.panic_threshold", {"autoscaling": {"panic_threshold": 1.0}}),
     # Resource names with '-' or '/' were left out of the path.
     _example(
         "spec.resources.requests.ephemeral-storage",
@@ -843,20 +926,36 @@ def test_apply_refuses_known_broken_fields_and_stores_nothing(
     check_refused_by_apply(new_cli(), path, 1, [document], fmt)
 
 
-def _unregistered_region_image(document: Document, region: str) -> str:
+def _unregistered_region_image(cli: Cli, document: Document, region: str) -> str:
     document["spec"]["region_images"] = {region: "ghcr.io/example/server:2.0"}
     return f"spec.region_images: region {region!r} is not registered"
 
 
-def _deleted_state(document: Document, region: str) -> str:
+def _deleted_state(cli: Cli, document: Document, region: str) -> str:
     document["state"] = "deleted"
     return "state: 'deleted' is reported by get, not applied"
 
 
+def _scale_to_zero_in_a_kubernetes_region(cli: Cli, document: Document, region: str) -> str:
+    cli.ok("regions", "add", region, "--kind", "kubernetes")
+    document["regions"] = [*document.get("regions", REGIONS), region]
+    document["spec"]["autoscaling"] = {
+        **(document["spec"].get("autoscaling") or {}),
+        "min_replicas": 0,
+        "metrics": [{"type": "concurrency", "target": 4}],
+    }
+    return (
+        f"spec.autoscaling.min_replicas: region {region!r} (kubernetes) cannot scale to zero: "
+        "its HorizontalPodAutoscaler keeps at least 1 replica"
+    )
+
+
 # Rules that need the store: checked by the service, still before anything is written.
-SERVICE_RULES = {
+# Each may register what it needs (`region` is not registered yet).
+SERVICE_RULES: dict[str, Callable[[Cli, Document, str], str]] = {
     "region_images": _unregistered_region_image,
     "deleted_state": _deleted_state,
+    "scale_to_zero_in_kubernetes": _scale_to_zero_in_a_kubernetes_region,
 }
 
 
@@ -866,8 +965,8 @@ SERVICE_RULES = {
 def test_apply_refuses_what_the_store_rules_out_and_stores_nothing(
     new_cli: Callable[[], Cli], rule: str, document: Document, region: str
 ) -> None:
-    problem = SERVICE_RULES[rule](document, region)
     cli = new_cli()
+    problem = SERVICE_RULES[rule](cli, document, region)
 
     result = cli("apply", "-f", "-", stdin=dump([document], "yaml"))
 

@@ -265,6 +265,16 @@ BAD_INPUTS: list[tuple[list[str], str | None, list[str]]] = [
         MULTI_DOCUMENT_UNKNOWN_REGION_SECOND,
         ["error: regions: region 'nowhere' is not registered (registered: r1)"],
     ),
+    (
+        ["apply", "-f", "-"],
+        f"metadata: {{name: idle}}\nspec: {{image: {IMAGE_1}, autoscaling: {{min_replicas: 0}}}}\n",
+        ["document 1 (idle): spec.autoscaling.min_replicas: 0 needs a concurrency or rps metric"],
+    ),
+    (
+        ["apply", "-f", "-"],
+        f"metadata: {{name: calm}}\nspec: {{image: {IMAGE_1}, autoscaling: {{panic_window: 0}}}}\n",
+        ["document 1 (calm): spec.autoscaling.panic_window: ", "(got 0)"],
+    ),
     (["list", "-o", "xml"], None, ["--output: ", "'xml'"]),
     (["get", "llm", "-o", "xml"], None, ["--output: ", "'xml'"]),
     (["status", "llm", "-o", "xml"], None, ["--output: ", "'xml'"]),

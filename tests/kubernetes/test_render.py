@@ -785,6 +785,27 @@ def test_concurrency_and_rps_are_pods_metrics_for_a_metrics_adapter() -> None:
     assert [metric["type"] for metric in without["spec"]["metrics"]] == ["Resource"]
 
 
+def test_the_local_autoscaler_s_pace_changes_nothing_but_the_hash() -> None:
+    """The HPA paces itself; the windows are for the local runtime's autoscaler."""
+    paced = {
+        **AUTOSCALING["autoscaling"],
+        "scale_to_zero_after": 900,
+        "scale_up_window": 120,
+        "scale_down_window": 600,
+        "panic_window": 10,
+        "panic_threshold": 3.5,
+    }
+    default, changed = planned(**AUTOSCALING), planned(autoscaling=paced)
+
+    def unhashed(workload: Workload) -> list[Manifest]:
+        rendered = json.dumps(render(workload, ALB))
+        return list(json.loads(rendered.replace(workload_hash(workload), "<hash>")))
+
+    assert unhashed(changed) == unhashed(default)
+    for manifest in render(changed, ALB):
+        validate(manifest)
+
+
 def test_an_hpa_left_without_metrics_uses_the_kubernetes_default() -> None:
     only_pods = planned(
         autoscaling={"enabled": True, "metrics": [{"type": "rps", "target": 0.0001}]}
@@ -1023,16 +1044,18 @@ def workloads(draw: st.DrawFn) -> Workload:
         }
     if draw(st.booleans()):
         low = draw(st.integers(0, 3))
+        kinds = draw(
+            st.lists(st.sampled_from(["cpu", "memory", "concurrency", "rps"]), unique=True)
+        )
+        if low == 0 and not {"concurrency", "rps"} & set(kinds):
+            kinds.append("concurrency")  # the spec's rule for scaling to zero
         spec["autoscaling"] = {
             "enabled": True,
             "min_replicas": low,
             "max_replicas": draw(st.integers(max(1, low), 10)),
-            "metrics": [
-                {"type": kind, "target": draw(st.floats(0.001, 500))}
-                for kind in draw(
-                    st.lists(st.sampled_from(["cpu", "memory", "concurrency", "rps"]), unique=True)
-                )
-            ],
+            "metrics": [{"type": kind, "target": draw(st.floats(0.001, 500))} for kind in kinds],
+            "scale_to_zero_after": draw(st.integers(1, 900)),
+            "scale_down_window": draw(st.integers(1, 600)),
         }
     return planned(
         draw(st.from_regex(r"[a-z]([-a-z0-9]{0,43}[a-z0-9])?", fullmatch=True)),
