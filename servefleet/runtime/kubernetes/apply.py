@@ -3,7 +3,8 @@
 apply() follows `render.steps`: it deletes only what the watch cache holds (a
 steady fleet sends no DELETE answered 404), server-side applies every rendered
 object (field manager `servefleet`, force) annotated with the list of objects the
-workload renders (`watches.ANNOTATION_OBJECTS`, read by `observe.py`), and hands
+workload renders (`watches.ANNOTATION_OBJECTS`, read by `observe.py`) and the digest
+of the fields it sets (`drift.ANNOTATION_FIELDS`, read by the watch caches), and hands
 `spec.replicas` over before the first apply that omits it
 (`render.replicas_handoff`) — at the HPA's minimum when the HPA is being (re)created
 for a Deployment at 0 or below it, since an HPA never scales up from 0 (render.py,
@@ -11,6 +12,10 @@ for a Deployment at 0 or below it, since an HPA never scales up from 0 (render.p
 routes first. Both then wait (bounded by `sync_timeout`) until the watches have
 delivered their own writes, so the observation that follows already shows them,
 and hold the endpoint's events meanwhile (`events.EndpointEvents.holding`).
+
+An apply that finds an object's fields drifted (a hand edit) is its repair: it
+logs and records which of servefleet's fields which managers had changed
+(`drift.DriftRepairs`, reported by observe()).
 
 The runtime manages one namespace: a workload that names another one is refused
 with `WorkloadUnsupported`, since its objects would be invisible to the caches.
@@ -27,6 +32,12 @@ from typing import Final
 from servefleet.plan import Workload
 from servefleet.runtime.base import WorkloadUnsupported
 from servefleet.runtime.kubernetes.api import ClusterApi
+from servefleet.runtime.kubernetes.drift import (
+    ANNOTATION_FIELDS,
+    DriftRepairs,
+    fields_digest,
+    rendered_paths,
+)
 from servefleet.runtime.kubernetes.events import EndpointEvents, Written
 from servefleet.runtime.kubernetes.render import (
     FIELD_MANAGER,
@@ -65,6 +76,7 @@ class Writer:
         api: ClusterApi,
         watches: Watches,
         events: EndpointEvents,
+        repairs: DriftRepairs,
         sync_timeout: float,
     ) -> None:
         self.region = region
@@ -73,6 +85,7 @@ class Writer:
         self._api = api
         self._watches = watches
         self._events = events
+        self._repairs = repairs
         self._sync_timeout = sync_timeout
 
     async def apply(self, workload: Workload) -> None:
@@ -107,6 +120,8 @@ class Writer:
                     manifest = await self._hand_off_replicas(
                         workload, step.ref, manifest, creates_autoscaler
                     )
+                manifest["metadata"]["annotations"][ANNOTATION_FIELDS] = fields_digest(manifest)
+                self._note_repair(workload.endpoint, step.ref, manifest)
                 result = await self._api.apply(step.ref, manifest, FIELD_MANAGER, force=True)
                 written.append((step.ref, resource_version(result)))
             await self._synced(written)
@@ -160,6 +175,23 @@ class Writer:
             await self._api.apply(ref, body, HANDOFF_MANAGER, force=False)
             log.info("%s/%s: spec.replicas (%d) handed over", self.region, ref.name, replicas)
         return manifest
+
+    def _note_repair(self, endpoint: str, ref: ObjectRef, manifest: Manifest) -> None:
+        """If the cached object drifted, this apply repairs it: say which of the
+        fields servefleet sets, changed by whom."""
+        drift = (self._watches.cached(ref) or {}).get("drift")
+        if drift is None:
+            return
+        ours = rendered_paths(manifest)
+        changes = tuple((path, manager) for path, manager in drift if path in ours)
+        self._repairs.record(endpoint, f"{ref.kind}/{ref.name}", changes)
+        log.info(
+            "%s/%s: repairing drift: %s",
+            self.region,
+            ref.name,
+            ", ".join(f"{path} (changed by {manager})" for path, manager in changes)
+            or f"{ref.kind} fields servefleet sets",
+        )
 
     def _held_refs(self, endpoint: str) -> list[ObjectRef]:
         known = {(ref.kind, ref.name): ref for ref in all_objects(endpoint, self.namespace)}

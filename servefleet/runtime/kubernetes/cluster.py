@@ -9,13 +9,15 @@ part per concern, each in its own module:
     watches.py    the list + watch caches of the namespace (`Watches`)
     events.py     which endpoints `events()` yields, our own writes held back
     observe.py    `observe()`, from the caches only
+    drift.py      whether servefleet's fields were changed by others; repair pacing
     apply.py      `apply()` and `remove()`, and the `spec.replicas` hand-off
     staging.py    model staging: the staging pods' entries and log progress
     render.py     workload -> manifests (pure)
     settings.py   `ClusterSettings`: the client's timings and limits
 
 A converged region costs the open watches and nothing else: observe() reads the
-caches, and apply() writes only when the reconciler found the hash drifted.
+caches, and apply() writes only when the reconciler found the hash drifted or
+the caches found servefleet's fields changed by someone else.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from servefleet.plan import Observed, Workload
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.api import KINDS, PODS, ClusterApi, make_api_client
 from servefleet.runtime.kubernetes.apply import Writer
+from servefleet.runtime.kubernetes.drift import DriftRepairs
 from servefleet.runtime.kubernetes.events import EndpointEvents
 from servefleet.runtime.kubernetes.observe import observe
 from servefleet.runtime.kubernetes.render import RegionSettings
@@ -76,8 +79,17 @@ class KubernetesRuntime:
             pods=Cache(PODS, pod_entry, stage_unchanged),
         )
         self._staging = StagingProgress(region, api, cluster, self._events, self._watches.pods)
+        self._repairs = DriftRepairs(
+            cluster.drift, lambda endpoint: self._events.notify([endpoint])
+        )
         self._writer = Writer(
-            region, settings, api, self._watches, self._events, cluster.sync_timeout
+            region,
+            settings,
+            api,
+            self._watches,
+            self._events,
+            self._repairs,
+            cluster.sync_timeout,
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -179,7 +191,7 @@ class KubernetesRuntime:
     # The Runtime protocol.
 
     async def observe(self, endpoint: str) -> Observed | None:
-        return observe(endpoint, self._watches, self._staging.by_pod)
+        return observe(endpoint, self._watches, self._staging.by_pod, self._repairs)
 
     async def held(self) -> set[str]:
         return self._watches.held_endpoints()

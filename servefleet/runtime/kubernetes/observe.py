@@ -9,11 +9,18 @@ hash and list: a missing object (a hand-deleted Service), an extra one (a canary
 left behind), or one applied for another workload all report "" — which matches no
 workload, so the reconciler applies again. This needs no memory of past applies and
 survives restarts and leader changes.
+
+An object whose fields servefleet set were changed by someone else (the cache's
+`drift` mark, `drift.py`) reports "" as well, so the reconciler re-applies — unless
+its repairs are in a fight and the next must wait (`drift.DriftRepairs`; the
+endpoint is looked at again when it may). Recent repairs are part of the problem
+the region reports.
 """
 
 from __future__ import annotations
 
 from servefleet.plan import Observed, VersionObservation
+from servefleet.runtime.kubernetes.drift import DriftRepairs
 from servefleet.runtime.kubernetes.render import ANNOTATION_HASH, Manifest
 from servefleet.runtime.kubernetes.staging import staging_of
 from servefleet.runtime.kubernetes.watches import ANNOTATION_OBJECTS, Watches
@@ -22,23 +29,32 @@ __all__ = ["observe"]
 
 
 def observe(
-    endpoint: str, watches: Watches, staging_progress: dict[str, tuple[int, int]]
+    endpoint: str,
+    watches: Watches,
+    staging_progress: dict[str, tuple[int, int]],
+    repairs: DriftRepairs,
 ) -> Observed | None:
     """The endpoint as the caches show it; None when the region holds none of it.
     `staging_progress`: (bytes done, bytes total) last read from each staging pod's log."""
     held = watches.held_objects(endpoint)
     if not held:
         return None
+    keys = [f"{kind}/{obj['metadata']['name']}" for kind, obj in held]
+    repair = any(
+        repairs.wait(endpoint, key) == 0
+        for key, (_kind, obj) in zip(keys, held, strict=True)
+        if "drift" in obj
+    )
     deployments = {
         obj["metadata"]["name"]: obj for obj in watches.caches["Deployment"].of(endpoint)
     }
     primary = deployments.get(endpoint)
     canary = deployments.get(f"{endpoint}-canary")
     staging, failure, staging_problem = staging_of(watches.pods.of(endpoint), staging_progress)
-    problems = (staging_problem, _problem(primary), _problem(canary))
+    problems = (staging_problem, _problem(primary), _problem(canary), repairs.report(keys))
     problem = "; ".join(p for p in problems if p)
     return Observed(
-        workload_hash=_hash_in_place(held),
+        workload_hash="" if repair else _hash_in_place(held),
         primary=_version(primary),
         canary=_version(canary),
         routed=any(

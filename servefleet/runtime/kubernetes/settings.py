@@ -7,7 +7,9 @@ client's timings and limits, read by every part of the runtime (`api`, `watches`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from servefleet.runtime.kubernetes.drift import DriftSettings
 
 __all__ = ["ClusterSettings"]
 
@@ -35,3 +37,5 @@ class ClusterSettings:
     staging_log_reads: int = 10
     """Logs read per poll at most, taking turns: bounds what many endpoints staging
     at once cost the API server."""
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    """How repairs of hand-edited objects are paced."""

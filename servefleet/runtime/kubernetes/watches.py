@@ -15,7 +15,9 @@ A cache keeps only the fields read (`managed_entry`): name, labels, the two
 servefleet annotations, resourceVersion; for Deployments also generation, status,
 `spec.replicas` and which managers own it (managedFields). managedFields and the
 spec are most of an object's size (about 1.6 GB for 10,000 endpoints in 3 regions,
-bench/: Kubernetes convergence).
+bench/: Kubernetes convergence). Whether servefleet's own fields drifted is decided
+from the whole object as it arrives (`drift.drift_of`); an entry keeps the answer,
+`drift`, only when they did.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import aiohttp
 
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.api import ClusterApi, Kind
+from servefleet.runtime.kubernetes.drift import ANNOTATION_OBJECTS, drift_of
 from servefleet.runtime.kubernetes.errors import WatchExpired, WatchFailed, status_message
 from servefleet.runtime.kubernetes.events import EndpointEvents
 from servefleet.runtime.kubernetes.render import ANNOTATION_HASH, LABEL_NAME, Manifest, ObjectRef
@@ -48,9 +51,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ANNOTATION_OBJECTS: Final = "servefleet.io/objects"
-"""On every applied object: the objects its workload renders, `Kind/name,...` sorted."""
 
 Entry = Callable[[str, Manifest], Manifest]
 """What a cache keeps of an object of a kind (list items name no kind of their own)."""
@@ -112,7 +112,8 @@ _CACHED_DEPLOYMENT_STATUS: Final = (
 def managed_entry(kind: str, obj: Manifest) -> Manifest:
     """What a cache keeps of an object servefleet manages: only what observe(),
     apply() and remove() read. Of a Deployment's spec and managedFields only
-    `spec.replicas` and which managers own it are read (the replicas hand-off)."""
+    `spec.replicas` and which managers own it are read (the replicas hand-off); of
+    every object's fields, only whether servefleet's drifted and who changed them."""
     metadata = obj.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     kept: Manifest = {key: metadata[key] for key in _CACHED_METADATA if key in metadata}
@@ -120,6 +121,9 @@ def managed_entry(kind: str, obj: Manifest) -> Manifest:
         key: annotations[key] for key in _CACHED_ANNOTATIONS if key in annotations
     }
     entry: Manifest = {"apiVersion": obj.get("apiVersion", ""), "kind": kind, "metadata": kept}
+    drift = drift_of({**obj, "kind": kind})
+    if drift is not None:
+        entry["drift"] = drift
     if kind == "Deployment":
         kept["managedFields"] = [
             {

@@ -1,0 +1,378 @@
+"""Drift: a field servefleet applied, changed by someone else, and its repair.
+
+Deciding needs no memory and no request. apply() records on every object the
+digest of the fields it sets (`ANNOTATION_FIELDS`, `fields_digest`). The watch
+cache computes, from each live object it receives, the digest of exactly the fields
+servefleet's own `managedFields` entry still holds (`live_digest`) and keeps only
+whether the two differ, with who holds what servefleet lost (`drift_of`). When
+another manager changes one of servefleet's fields (`kubectl set image`, a merge
+patch, a forced apply) the API server moves the field to that manager, so the live
+projection loses it and the digests differ; a write of the same value shares the
+field and changes nothing. Fields servefleet does not set (an HPA's
+`spec.replicas`, another tool's annotation, status, server defaults) are outside
+both digests, so they never look drifted. Both sides are compared in one canonical
+form: identity fields and the digest annotation left out, zero values dropped (the
+API server omits empty fields) and quantities compared by value (it rewrites
+"0.5" as "500m").
+
+A repair is a forced re-apply, decided by the reconciler from `observe()` (the
+endpoint reports no workload hash). A fight — another controller setting the
+field back again and again — is paced by `DriftRepairs`: after `fight_repairs`
+repairs in a row, each next one waits twice as long as the last, and the region's
+status says who keeps changing what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+from servefleet.runtime.kubernetes.render import FIELD_MANAGER, HANDOFF_MANAGER, Manifest
+
+__all__ = [
+    "ANNOTATION_FIELDS",
+    "Change",
+    "DriftRepairs",
+    "DriftSettings",
+    "drift_of",
+    "fields_digest",
+    "live_digest",
+    "rendered_paths",
+]
+
+ANNOTATION_FIELDS: Final = "servefleet.io/fields"
+"""On every applied object: the digest of the fields servefleet set on it."""
+ANNOTATION_OBJECTS: Final = "servefleet.io/objects"  # re-exported by watches.py
+"""On every applied object: the objects its workload renders, `Kind/name,...` sorted."""
+
+Change = tuple[str, str]
+"""A field servefleet set that another manager holds now: (path, manager)."""
+
+_IDENTITY: Final = ("name", "namespace")
+_QUANTITY_KEYS: Final = frozenset({"requests", "limits"})
+_QUANTITY_FIELDS: Final = frozenset({"sizeLimit", "averageValue"})
+_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE]?)$")
+_SUFFIXES: Final = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    **{f"{prefix}i": Decimal(2 ** (10 * power)) for power, prefix in enumerate("KMGTPE", 1)},
+}
+
+
+def fields_digest(manifest: Manifest) -> str:
+    """The digest of the fields `manifest` sets, as apply() sends it."""
+    metadata = {k: v for k, v in manifest["metadata"].items() if k not in _IDENTITY}
+    spec = {k: v for k, v in manifest.items() if k not in ("apiVersion", "kind", "metadata")}
+    return _digest(manifest, {"metadata": metadata, **spec})
+
+
+def live_digest(obj: Manifest) -> str | None:
+    """The digest of the fields servefleet's `managedFields` entry holds on the live
+    object; None if it holds none."""
+    owned = _servefleet_fields(obj)
+    if owned is None:
+        return None
+    projected = _project(obj, owned)
+    projected.pop("apiVersion", None)
+    projected.pop("kind", None)
+    metadata = projected.get("metadata")
+    if isinstance(metadata, dict):
+        for key in _IDENTITY:
+            metadata.pop(key, None)
+    return _digest(obj, projected)
+
+
+def drift_of(obj: Manifest) -> tuple[Change, ...] | None:
+    """None if the live object still holds every field servefleet set on it, as
+    servefleet set it (or records no digest to compare: applied by an older
+    version, it gets one at its next apply); else the fields other managers hold
+    that servefleet does not, with their managers — servefleet's lost fields among
+    them (`rendered_paths` tells which are)."""
+    recorded = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_FIELDS)
+    if not recorded or live_digest(obj) == recorded:
+        return None
+    ours = set(_leaf_paths(obj, _servefleet_fields(obj) or {}))
+    changes: list[Change] = []
+    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
+        manager = str(entry.get("manager") or "")
+        if manager in (FIELD_MANAGER, HANDOFF_MANAGER) or entry.get("subresource") == "status":
+            continue
+        for path in _leaf_paths(obj, entry.get("fieldsV1") or {}):
+            if path not in ours and not path.startswith("status"):
+                changes.append((path, manager))
+    return tuple(changes)
+
+
+def rendered_paths(manifest: Manifest) -> set[str]:
+    """Every path `manifest` sets, leaves and the maps and lists above them, in the
+    form `drift_of` names fields."""
+    paths: set[str] = set()
+
+    def walk(value: Any, path: str) -> None:
+        if path:
+            paths.add(path)
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(child, _join(path, key))
+        elif isinstance(value, list):
+            for index, child in enumerate(value):
+                walk(child, f"{path}[{index}]")
+
+    walk(manifest, "")
+    return paths
+
+
+def _digest(obj: Manifest, fields: dict[str, Any]) -> str:
+    """The canonical digest of `fields` of `obj`. The Deployment an HPA scales
+    leaves out `spec.replicas`: servefleet sets it only to create the Deployment at
+    the HPA's minimum, and from then on it is the HPA's."""
+    metadata = obj.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    autoscaled = f"HorizontalPodAutoscaler/{metadata.get('name')}" in str(
+        annotations.get(ANNOTATION_OBJECTS, "")
+    ).split(",")
+    canonical = _canonical(fields, "")
+    if not isinstance(canonical, dict):
+        canonical = {}
+    kept_annotations = (canonical.get("metadata") or {}).get("annotations")
+    if isinstance(kept_annotations, dict):
+        kept_annotations.pop(ANNOTATION_FIELDS, None)
+    if obj.get("kind") == "Deployment" and autoscaled:
+        (canonical.get("spec") or {}).pop("replicas", None)
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _canonical(value: Any, key: str, in_quantities: bool = False) -> Any:
+    """`value` with its zero values dropped and its quantities as numbers."""
+    if isinstance(value, dict):
+        kept = {}
+        for child_key, child in value.items():
+            canonical = _canonical(child, child_key, key in _QUANTITY_KEYS)
+            if canonical not in (None, False, 0, "", {}, []):
+                kept[child_key] = canonical
+        return kept
+    if isinstance(value, list):
+        return [_canonical(item, key) for item in value]
+    if isinstance(value, str) and (in_quantities or key in _QUANTITY_FIELDS):
+        return _quantity(value)
+    return value
+
+
+def _quantity(raw: str) -> str:
+    match = _QUANTITY.match(raw.strip())
+    if match is None:
+        return raw
+    number, suffix = match.groups()
+    try:
+        if suffix[:1] in ("e", "E"):
+            value = Decimal(number + suffix)
+        else:
+            value = Decimal(number) * _SUFFIXES[suffix]
+    except InvalidOperation:
+        return raw
+    return format(value.normalize(), "f")
+
+
+def _servefleet_fields(obj: Manifest) -> dict[str, Any] | None:
+    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
+        if (
+            entry.get("manager") == FIELD_MANAGER
+            and entry.get("operation") == "Apply"
+            and not entry.get("subresource")
+        ):
+            fields = entry.get("fieldsV1")
+            return fields if isinstance(fields, dict) else {}
+    return None
+
+
+def _project(value: Any, fields: dict[str, Any]) -> Any:
+    """What of `value` the fieldsV1 set `fields` names."""
+    if not fields:
+        return value
+    if isinstance(value, dict):
+        return {
+            key[2:]: _project(value[key[2:]], child)
+            for key, child in fields.items()
+            if key.startswith("f:") and key[2:] in value
+        }
+    if isinstance(value, list):
+        kept = []
+        for index, item in enumerate(value):
+            child = _element(item, index, fields)
+            if child is not None:
+                kept.append(_project(item, child))
+        return kept
+    return value
+
+
+def _element(item: Any, index: int, fields: dict[str, Any]) -> dict[str, Any] | None:
+    """The fieldsV1 set of list element `item` at `index`, if `fields` names it."""
+    for key, child in fields.items():
+        if key == f"i:{index}":
+            return dict(child)
+        if key.startswith(("k:", "v:")):
+            named = json.loads(key[2:])
+            if key.startswith("v:") and item == named:
+                return dict(child)
+            if (
+                key.startswith("k:")
+                and isinstance(item, dict)
+                and all(item.get(k) == v for k, v in named.items())
+            ):
+                return dict(child)
+    return None
+
+
+def _leaf_paths(value: Any, fields: dict[str, Any], path: str = "") -> Iterable[str]:
+    """The paths of the leaves of fieldsV1 set `fields` on `value` (list elements by
+    their index in `value`)."""
+    named = [key for key in fields if key != "."]
+    if not named:
+        if path:
+            yield path
+        return
+    if isinstance(value, dict):
+        for key in named:
+            if key.startswith("f:"):
+                yield from _leaf_paths(value.get(key[2:]), fields[key], _join(path, key[2:]))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            child = _element(item, index, fields)
+            if child is not None:
+                yield from _leaf_paths(item, child, f"{path}[{index}]")
+
+
+def _join(path: str, key: str) -> str:
+    name = f"[{key}]" if "." in key or "/" in key else key
+    if not path:
+        return name
+    return f"{path}{name}" if name.startswith("[") else f"{path}.{name}"
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """How repairs of one object are paced (seconds)."""
+
+    fight_repairs: int = 3
+    """Repairs in a row after which the object is in a fight: each next repair
+    waits, and the status says so."""
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    """At most `window`: a repair further apart is not in a row."""
+    window: float = 60.0
+    """Repairs further apart than this are not in a row; a repair is reported this
+    long."""
+
+
+@dataclass
+class _Repairs:
+    """One object's repairs in a row (each within `window` of the last)."""
+
+    count: int
+    last: float
+    changes: tuple[Change, ...]
+    timer: asyncio.TimerHandle | None = None
+
+
+class DriftRepairs:
+    """The recent repairs of one region's objects, by `Kind/name`: when the next
+    may happen, and what the region's status says about them. Holds only objects
+    repaired within the last `window` (plus their backoff)."""
+
+    def __init__(
+        self,
+        settings: DriftSettings,
+        wake: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._wake = wake
+        """Makes the reconciler look at an endpoint again."""
+        self._clock = clock
+        self._objects: dict[str, _Repairs] = {}
+
+    def record(self, endpoint: str, key: str, changes: tuple[Change, ...]) -> None:
+        """A repair of object `key` of `endpoint` is being applied."""
+        now = self._clock()
+        repairs = self._objects.get(key)
+        if repairs is None or now - repairs.last > self._settings.window:
+            repairs = self._objects[key] = _Repairs(0, now, ())
+        repairs.count += 1
+        repairs.last = now
+        repairs.changes = changes or repairs.changes
+        # The report ends with the window: look again then, to clear it.
+        self._schedule(endpoint, key, repairs, self._settings.window)
+
+    def wait(self, endpoint: str, key: str) -> float:
+        """Seconds until object `key` may be repaired again (0: now). If it must wait,
+        `endpoint` is looked at again when it may."""
+        repairs = self._objects.get(key)
+        if repairs is None:
+            return 0.0
+        remaining = repairs.last + self._backoff(repairs) - self._clock()
+        if remaining <= 0:
+            return 0.0
+        self._schedule(endpoint, key, repairs, remaining)
+        return remaining
+
+    def report(self, keys: Iterable[str]) -> str:
+        """What the status says about the recent repairs of these objects."""
+        notes = []
+        for key in keys:
+            repairs = self._objects.get(key)
+            if repairs is None:
+                continue
+            fields = ", ".join(sorted({path for path, _ in repairs.changes})) or "its fields"
+            managers = ", ".join(sorted({manager for _, manager in repairs.changes}))
+            if repairs.count >= self._settings.fight_repairs:
+                notes.append(
+                    f"drift: {fields} keeps being changed by manager {managers or 'unknown'} "
+                    f"({key}: {repairs.count} repairs in a row, the next after "
+                    f"{self._backoff(repairs):g}s)"
+                )
+            else:
+                by = f" (changed by manager {managers})" if managers else ""
+                notes.append(f"drift repaired: {key} {fields}{by}")
+        return "; ".join(notes)
+
+    def _backoff(self, repairs: _Repairs) -> float:
+        """How long after the last repair the next may be: none until the fight
+        starts, then doubling."""
+        beyond = repairs.count - self._settings.fight_repairs
+        if beyond < 0:
+            return 0.0
+        return min(self._settings.backoff_initial * 2.0**beyond, self._settings.backoff_max)
+
+    def _schedule(self, endpoint: str, key: str, repairs: _Repairs, delay: float) -> None:
+        if repairs.timer is not None:
+            repairs.timer.cancel()
+        repairs.timer = asyncio.get_running_loop().call_later(
+            delay, self._look_again, endpoint, key
+        )
+
+    def _look_again(self, endpoint: str, key: str) -> None:
+        repairs = self._objects.get(key)
+        if repairs is not None:
+            repairs.timer = None
+            remaining = repairs.last + self._settings.window - self._clock()
+            if remaining <= 0:
+                del self._objects[key]
+            else:  # look again when the report ends, to clear it
+                self._schedule(endpoint, key, repairs, remaining)
+        self._wake(endpoint)

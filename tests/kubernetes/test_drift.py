@@ -1,0 +1,172 @@
+"""Drift (`runtime/kubernetes/drift.py`): what the API server makes of an apply is
+never mistaken for a hand edit, and repairs are paced.
+
+The runtime tests run on the test API server, or on a real cluster when
+SERVEFLEET_TEST_KUBECONFIG is set (conftest.py); the scenario tests
+(`tests/scenarios/test_kubernetes_drift.py`) make the edits and check the repairs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from servefleet.plan import workload_hash
+from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
+from servefleet.runtime.kubernetes.drift import (
+    DriftRepairs,
+    DriftSettings,
+    drift_of,
+    fields_digest,
+)
+from servefleet.runtime.kubernetes.render import FIELD_MANAGER, RegionSettings
+from tests.kubernetes.conftest import FAST, api_client, api_target, read_object
+from tests.kubernetes.test_cluster import planned
+
+WORKLOADS: list[dict[str, Any]] = [
+    {
+        "replicas": 2,
+        "command": ["serve", "--port", "{port}"],
+        "args": ["--verbose"],
+        "env": {"MODE": "a"},
+        # Rewritten by the API server ("0.5" is served as "500m").
+        "resources": {"requests": {"cpu": "0.5", "memory": "1Gi"}, "limits": {"cpu": "2000m"}},
+        "node_selector": {"pool": "gpu"},
+        "labels": {"team": "ml"},
+    },
+    {
+        "replicas": 1,
+        "accelerator": "nvidia",
+        "gpu_count": 1,
+        "model_source": "s3://bucket/model",
+        "canary": {"weight": 10, "image": "ghcr.io/example/server:2.0"},
+    },
+    {
+        "replicas": 0,  # omitted by the server as a zero value would be elsewhere
+        "autoscaling": {
+            "enabled": True,
+            "min_replicas": 2,
+            "max_replicas": 5,
+            "metrics": [{"type": "cpu", "target": 70}, {"type": "rps", "target": 2.5}],
+        },
+    },
+]
+
+
+@pytest.mark.parametrize("routing", ["alb", "nginx"])
+async def test_a_fresh_apply_never_looks_drifted(
+    tmp_path: Path, routing: Literal["alb", "nginx"]
+) -> None:
+    """Server defaults, rewritten quantities and omitted zero values are not drift:
+    after each apply, no object is marked and the workload reports its hash."""
+    async with api_target(tmp_path, bookmark_interval=0.5) as target:
+        settings = RegionSettings(
+            namespace=target.namespace,
+            canary_routing=routing,
+            model_volume_size_limit="0.5Gi",
+        )
+        api = await api_client(target.kubeconfig)
+        runtime = await KubernetesRuntime.from_kubeconfig(
+            "r1", settings, target.kubeconfig, cluster=FAST
+        )
+        try:
+            async with runtime:
+                for fields in WORKLOADS:
+                    workload = planned(**fields)
+                    await runtime.apply(workload)
+                    observed = await runtime.observe("llm")
+                    assert observed is not None
+                    assert observed.workload_hash == workload_hash(workload), fields
+                    assert observed.problem == ""
+                    for kind, cached in runtime._watches.held_objects("llm"):
+                        assert "drift" not in cached, (kind, cached["drift"])
+                        served = await read_object(
+                            api, kind, target.namespace, cached["metadata"]["name"]
+                        )
+                        assert served is not None
+                        assert drift_of(served) is None, (kind, served)
+        finally:
+            await api.close()
+
+
+def _live(manifest: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """`manifest` as the API server might serve it, with servefleet's fieldsV1."""
+    metadata = manifest["metadata"]
+    entry = {"manager": FIELD_MANAGER, "operation": "Apply", "fieldsV1": fields}
+    return {**manifest, "metadata": {**metadata, "managedFields": [entry]}}
+
+
+def test_the_digest_compares_values_not_spellings() -> None:
+    applied: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "annotations": {"a": "1"}},
+        "spec": {"limits": {"cpu": "0.5"}, "readOnly": False},
+    }
+    fields = {
+        "f:metadata": {"f:annotations": {"f:a": {}, "f:servefleet.io/fields": {}}},
+        "f:spec": {"f:limits": {"f:cpu": {}}, "f:readOnly": {}},
+    }
+    digest = fields_digest(applied)
+    served = _live(applied, fields)
+    served["metadata"]["annotations"] = {"a": "1", "servefleet.io/fields": digest}
+    served["spec"] = {"limits": {"cpu": "500m"}, "uid": "defaulted"}
+    assert drift_of(served) is None
+
+    served["spec"] = {"limits": {"cpu": "1"}}
+    assert drift_of(served) == ()  # changed, yet no other manager claims it
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_repairs_in_a_row_back_off_and_are_reported_as_a_fight() -> None:
+    clock = _Clock()
+    woken: list[str] = []
+    settings = DriftSettings(fight_repairs=3, backoff_initial=1.0, backoff_max=4.0, window=60)
+    repairs = DriftRepairs(settings, woken.append, clock)
+    key, change = "Deployment/llm", ("spec.template.spec.containers[0].image", "rogue")
+
+    repairs.record("llm", key, (change,))
+    assert repairs.wait("llm", key) == 0
+    assert repairs.report([key]) == (
+        "drift repaired: Deployment/llm spec.template.spec.containers[0].image "
+        "(changed by manager rogue)"
+    )
+    repairs.record("llm", key, (change,))
+    repairs.record("llm", key, (change,))
+    assert repairs.wait("llm", key) == 1.0
+    assert repairs.report([key]).startswith(
+        "drift: spec.template.spec.containers[0].image keeps being changed by manager rogue"
+    )
+    for expected in (2.0, 4.0, 4.0):  # doubling, up to the maximum
+        clock.now += repairs.wait("llm", key)
+        repairs.record("llm", key, (change,))
+        assert repairs.wait("llm", key) == expected
+
+    # A repair long after the last starts a new row.
+    clock.now += 61
+    repairs.record("llm", key, (change,))
+    assert repairs.wait("llm", key) == 0
+    assert repairs.report([key]).startswith("drift repaired:")
+
+
+async def test_a_waiting_repair_and_the_end_of_a_report_wake_the_endpoint() -> None:
+    woken = asyncio.Queue[str]()
+    settings = DriftSettings(fight_repairs=1, backoff_initial=0.05, backoff_max=0.05, window=0.3)
+    repairs = DriftRepairs(settings, woken.put_nowait)
+    repairs.record("llm", "Service/llm", ())
+    assert repairs.wait("llm", "Service/llm") > 0
+    async with asyncio.timeout(10):
+        assert await woken.get() == "llm"  # the repair may happen now
+        assert repairs.report(["Service/llm"]) != ""
+        assert await woken.get() == "llm"  # the report has ended
+    assert repairs.report(["Service/llm"]) == ""
