@@ -106,7 +106,7 @@ def test_the_digest_compares_values_not_spellings() -> None:
         "metadata": {"name": "p", "annotations": {"a": "1"}},
         "spec": {"limits": {"cpu": "0.5"}, "readOnly": False},
     }
-    fields = {
+    fields: dict[str, Any] = {
         "f:metadata": {"f:annotations": {"f:a": {}, "f:servefleet.io/fields": {}}},
         "f:spec": {"f:limits": {"f:cpu": {}}, "f:readOnly": {}},
     }
