@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from servefleet.api import endpoints, regions, tokens, watch
+from servefleet.api import endpoints, monitoring, regions, tokens, watch
 from servefleet.api.errors import install_error_handlers
 from servefleet.api.limits import BodyLimit
+from servefleet.metrics import Metrics
 from servefleet.store import Store
 
 __all__ = ["PUBLIC_PATHS", "create_app"]
 
-PUBLIC_PATHS = frozenset({"/openapi.json"})
-"""The only paths served without a token: the API's description, which holds no data."""
+PUBLIC_PATHS = frozenset({"/openapi.json"}) | monitoring.MONITORING_PATHS
+"""The only paths served without a token: the API's description and the monitoring
+routes (`monitoring`), none of which holds a record."""
 
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -24,10 +26,12 @@ def create_app(
     *,
     watch_status_interval: float = 1.0,
     max_body_bytes: int = MAX_BODY_BYTES,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     """The API over `store`, which the caller opens before and closes after serving.
     `watch_status_interval`: seconds between a watch stream's looks at the statuses;
-    `max_body_bytes`: larger request bodies are answered 413."""
+    `max_body_bytes`: larger request bodies are answered 413; `metrics`: what
+    `/metrics` shows (by default families of the app's own)."""
     # The routes themselves, not the routers (`include_router`): so `app.routes` lists
     # every route with the role it needs, which `tests/api/test_auth.py` walks.
     routes = [
@@ -35,6 +39,7 @@ def create_app(
         *regions.router.routes,
         *tokens.router.routes,
         *watch.router.routes,
+        *monitoring.router.routes,
     ]
     app = FastAPI(
         routes=routes,
@@ -48,6 +53,7 @@ def create_app(
     )
     app.state.store = store
     app.state.status_interval = watch_status_interval
+    app.state.metrics = metrics or Metrics()
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app

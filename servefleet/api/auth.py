@@ -1,5 +1,8 @@
-"""Bearer tokens and roles: every route but the OpenAPI document names the role it
-needs with `allow(role)`; `tests/api/test_auth.py` fails for a route that does not.
+"""Bearer tokens and roles: every route names the role it needs with `allow(role)`;
+`tests/api/test_auth.py` fails for a route that does not. The exceptions are
+`PUBLIC_PATHS` (`app.py`): the OpenAPI document, and `/metrics`, `/healthz` and
+`/readyz` (`monitoring.py`), because Prometheus scrapers and kubelet probes send no
+token and none of the three answers holds a record.
 
 401 for no token or one that is not live (malformed, unknown or revoked: the
 answer is the same, so it tells a guesser nothing); 403 for a live token whose role

@@ -24,6 +24,9 @@ class ServerSettings:
     watch_status_interval: float = 1.0
     """Seconds between a watch stream's looks at the region statuses."""
     max_body_bytes: int = MAX_BODY_BYTES
+    uvicorn_logging: bool = True
+    """uvicorn's own log handlers and format; False hands its records to the root
+    logger, as `serve --log-format json` does."""
 
 
 def api_server(store: Store, settings: ServerSettings) -> uvicorn.Server:
@@ -40,6 +43,7 @@ def api_server(store: Store, settings: ServerSettings) -> uvicorn.Server:
         ssl_certfile=settings.ssl_certfile,
         ssl_keyfile=settings.ssl_keyfile,
         access_log=settings.access_log,
+        log_config=uvicorn.config.LOGGING_CONFIG if settings.uvicorn_logging else None,
         # The store is opened and closed by the caller, around the server.
         lifespan="off",
         server_header=False,

@@ -728,6 +728,21 @@ ResyncIntervalOption = Annotated[
     float, typer.Option(help="Seconds between full resyncs (the safety net).")
 ]
 LeaseTtlOption = Annotated[float, typer.Option(help="Seconds a region's leadership lasts.")]
+MetricsHostOption = Annotated[
+    str, typer.Option(help="Address of the /metrics, /healthz and /readyz listener.")
+]
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Serve /metrics (Prometheus), /healthz and /readyz on this port, without a "
+        "token (0: any free port, shown at start). Off when not given."
+    ),
+]
+
+
+def _check_metrics_port(port: int | None) -> None:
+    if port is not None and not 0 <= port <= 65535:
+        _fail(f"--metrics-port: must be between 0 and 65535 (got {port})")
 
 
 @app.command(
@@ -782,12 +797,15 @@ def up(
         int,
         typer.Option(help="Client connections each gateway holds open at once; more get 503."),
     ] = 1024,
+    metrics_host: MetricsHostOption = "127.0.0.1",
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Run a reconciler per region (and a gateway per local region), in the foreground."""
     from servefleet.cli.up import UpOptions, serve
     from servefleet.runtime.local.supervisor import LocalSettings
 
     _check_output(log_format, ("text", "json"), flag="--log-format")
+    _check_metrics_port(metrics_port)
     names = [name.strip() for name in regions.split(",") if name.strip()]
     if not names:
         _fail(f"--regions: give at least one region name (got {regions!r})")
@@ -805,6 +823,8 @@ def up(
         lease=lease,
         local=LocalSettings(startup_timeout=startup_timeout, stage_timeout=stage_timeout),
         gateway=_gateway_settings(trusted_proxy or [], upstream_read_timeout, max_connections),
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
     try:
         serve(options)
@@ -833,6 +853,8 @@ def reconcile(
     watchdog_threshold: WatchdogThresholdOption = 300.0,
     resync_interval: ResyncIntervalOption = 300.0,
     lease_ttl: LeaseTtlOption = 15.0,
+    metrics_host: MetricsHostOption = "127.0.0.1",
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Run the reconcilers of kubernetes regions, without gateways, in the foreground."""
     from servefleet.cli.reconcile import cluster_regions, in_cluster_regions
@@ -840,6 +862,7 @@ def reconcile(
     from servefleet.runtime.local.supervisor import LocalSettings
 
     _check_output(log_format, ("text", "json"), flag="--log-format")
+    _check_metrics_port(metrics_port)
     try:
         regions = cluster_regions(_run(lambda service: service.list_regions()), region)
         in_cluster_names = in_cluster_regions(
@@ -861,6 +884,8 @@ def reconcile(
         lease=lease,
         local=LocalSettings(),
         in_cluster=in_cluster_names,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
     try:
         serve(options)

@@ -17,7 +17,17 @@ from typing import Annotated
 
 import typer
 
-from servefleet.cli.main import _fail, _redacted, _run_on_store, _state, app, err
+from servefleet.cli.logs import configure_logging
+from servefleet.cli.main import (
+    LogFormatOption,
+    _check_output,
+    _fail,
+    _redacted,
+    _run_on_store,
+    _state,
+    app,
+    err,
+)
 from servefleet.store import Store
 
 __all__ = ["plain_http_refusal"]
@@ -81,17 +91,26 @@ def serve(
             "terminates TLS)."
         ),
     ] = False,
+    log_format: LogFormatOption = "text",
 ) -> None:
-    """Run the HTTP API (/v1, described at /openapi.json) against the store."""
+    """Run the HTTP API (/v1, described at /openapi.json) against the store; /metrics,
+    /healthz and /readyz answer without a token."""
     from servefleet.api.server import ServerSettings, api_server
 
+    _check_output(log_format, ("text", "json"), flag="--log-format")
     refusal = plain_http_refusal(host, ssl_certfile, ssl_keyfile, insecure)
     if refusal:
         _fail(refusal)
     if not 0 <= port <= 65535:
         _fail(f"--port: must be between 0 and 65535 (got {port})")
+    if log_format == "json":
+        configure_logging(log_format)
     settings = ServerSettings(
-        host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile
+        host=host,
+        port=port,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        uvicorn_logging=log_format == "text",
     )
 
     async def run(store: Store) -> None:

@@ -4,13 +4,15 @@ The composition root of the local product: the store, one gateway and one
 leader-elected reconciler per local region, a global entry point in front of all
 regions, and with `--demo` a demo endpoint deployed to every region. Ctrl-C (or
 SIGTERM) cancels the reconcilers, whose runtimes stop every replica on the way out.
+
+One `Metrics` per process, shared by its gateways and reconcilers, is what the
+monitoring listener (`--metrics-port`, `cli/monitoring.py`) exposes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import math
 import os
@@ -23,8 +25,11 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from servefleet.cli.logs import configure_logging
 from servefleet.cli.main import err, out
+from servefleet.cli.monitoring import MonitoringServer
 from servefleet.cli.requests import record_gateways
+from servefleet.metrics import Metrics
 from servefleet.reconcile.controller import ControllerSettings
 from servefleet.reconcile.leader import LeaseSettings
 from servefleet.reconcile.region import run_region
@@ -62,6 +67,10 @@ class UpOptions:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     """Limits, timeouts and trusted proxies of every gateway (`up --max-connections`,
     `--upstream-read-timeout`, `--trusted-proxy`)."""
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    """Where `/metrics`, `/healthz` and `/readyz` are served (0: any free port);
+    None: not served."""
 
 
 @dataclass
@@ -73,31 +82,8 @@ class Running:
     gateway_url: str
     region_urls: dict[str, str]
     runtimes: dict[str, Runtime] = field(default_factory=dict)
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
-        )
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    metrics_url: str = ""
+    """The monitoring listener's base URL; empty when it is off."""
 
 
 def demo_manifest(regions: list[str]) -> EndpointManifest:
@@ -159,6 +145,7 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
     and every region's reconciler is on its way."""
     _check_local_settings(options.local)
     store = await open_store(options.store_url)
+    metrics = Metrics()
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     async with AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
@@ -171,15 +158,19 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
         routers = {name: Router(name, leading=False) for name in local}
         urls: dict[str, str] = {}
         for name, router in routers.items():
-            gateway = Gateway([router], options.gateway)
+            gateway = Gateway([router], options.gateway, metrics=metrics)
             urls[name] = await gateway.start(options.host, 0)
             stack.push_async_callback(gateway.close)
         entry_url = ""
         if routers:
-            entry = Gateway(list(routers.values()), options.gateway)
+            entry = Gateway(list(routers.values()), options.gateway, metrics=metrics)
             entry_url = await entry.start(options.host, options.port)
             stack.push_async_callback(entry.close)
         running = Running(entry_url, urls)
+        if options.metrics_port is not None:
+            monitoring = MonitoringServer(metrics, store, [region.name for region in regions])
+            running.metrics_url = await monitoring.start(options.metrics_host, options.metrics_port)
+            stack.push_async_callback(monitoring.close)
 
         publishing = asyncio.Lock()
         published: set[Path] = set()
@@ -236,7 +227,7 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
                 leases[region.name] = await _cluster_lease(region, in_cluster=in_cluster)
                 stack.push_async_callback(leases[region.name].close)
 
-        _announce(entry_url, urls, regions, options)
+        _announce(running, regions, options)
         async with asyncio.TaskGroup() as tasks:
             for region in regions:
                 tasks.create_task(
@@ -249,6 +240,7 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
                         lease=options.lease,
                         clock=utc_now,
                         leases=leases.get(region.name),
+                        metrics=metrics,
                     ),
                     name=f"region-{region.name}",
                 )
@@ -284,9 +276,8 @@ async def _local_runtime(
         await runtime.close()
 
 
-def _announce(
-    entry_url: str, urls: dict[str, str], regions: list[Region], options: UpOptions
-) -> None:
+def _announce(running: Running, regions: list[Region], options: UpOptions) -> None:
+    entry_url, urls = running.gateway_url, running.region_urls
     out.print(f"servefleet is up: store {options.store_url}", markup=False)
     if entry_url:
         out.print(f"  gateway (all local regions): {entry_url}", markup=False)
@@ -298,6 +289,8 @@ def _announce(
         out.print(f"  region {region.name}: {where}", markup=False)
     if urls:
         out.print(f"  replica logs: {options.log_dir}", markup=False)
+    if running.metrics_url:
+        out.print(f"  metrics: {running.metrics_url}/metrics (and /healthz, /readyz)", markup=False)
     if options.demo:
         out.print("try:", markup=False)
         out.print(

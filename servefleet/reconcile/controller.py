@@ -12,6 +12,12 @@ A pass writes to the runtime only when the desired workload's hash differs from
 the one recorded on what is running, and writes region status only when the
 report changed (or the heartbeat is due), so a steady fleet costs nothing.
 
+Every pass is measured (`servefleet.metrics`): its duration and outcome, the delay
+from the record's write to its workload applied, watchdog unroutes and routes, and
+the ready/desired replicas reported; an endpoint removed from the region loses its
+series. Log lines about one endpoint carry `endpoint`, `region` and, where known,
+`generation` as fields (`extra`), for `--log-format json`.
+
 A pass reuses the endpoint record it last read (or the listing read) unless the
 feed has since shown a newer revision of it: every write reaches the feed, so the
 store is read once per change rather than once per pass. A purged endpoint is
@@ -28,12 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from servefleet.metrics import Metrics
 from servefleet.plan import (
     Observed,
     WatchdogDecision,
@@ -102,6 +110,14 @@ class TemporaryError(Exception):
 OUTCOMES = ("success", "requeue", "retry", "error")
 
 
+def log_fields(region: str, endpoint: str, generation: int | None = None) -> dict[str, object]:
+    """The structured fields of a log line about one endpoint in one region."""
+    fields: dict[str, object] = {"region": region, "endpoint": endpoint}
+    if generation is not None:
+        fields["generation"] = generation
+    return fields
+
+
 class Controller:
     def __init__(
         self,
@@ -112,6 +128,7 @@ class Controller:
         *,
         clock: Clock,
         fence: Fence = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._runtime = runtime
@@ -134,11 +151,27 @@ class Controller:
             rate=settings.rate_limit,
         )
         self.outcomes: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
+        self._metrics = metrics or Metrics()
+        self._pass_duration = self._metrics.reconcile_duration.labels(region)
+        self._outcome_counters = {
+            outcome: self._metrics.reconcile_outcomes.labels(region, outcome)
+            for outcome in OUTCOMES
+        }
+        self._unrouted: set[str] = set()
+        """Endpoints whose route this reconciler withdrew (watchdog), to count each
+        withdrawal and restoration once."""
         self.runtime_writes = 0
         self.status_writes = 0
 
     async def run(self) -> None:
         """Reconcile until cancelled; `LeaseLost` ends it early."""
+        self._metrics.track_region(self._region, self.queue.__len__)
+        try:
+            await self._run()
+        finally:
+            self._metrics.untrack_region(self._region)
+
+    async def _run(self) -> None:
         position = await self._retrying(self._store.feed_position)
         statuses = await self._retrying(lambda: self._store.list_region_status(region=self._region))
         self._statuses = {status.endpoint: status for status in statuses}
@@ -223,28 +256,40 @@ class Controller:
                 name = await self.queue.get()
             except QueueShutDown:
                 return
+            started = time.perf_counter()
+            outcome = "error"
             try:
                 result = await self.reconcile(name)
             except (LeaseLost, asyncio.CancelledError):
                 raise
             except (TemporaryError, StoreError, RuntimeFailure) as error:
                 delay = self.queue.add_rate_limited(name)
-                self.outcomes["retry"] += 1
-                log.warning("%s/%s: %s (retry in %.1fs)", self._region, name, error, delay)
+                outcome = "retry"
+                log.warning(
+                    "%s/%s: %s (retry in %.1fs)",
+                    *(self._region, name, error, delay),
+                    extra=log_fields(self._region, name),
+                )
             except Exception:
                 # A bug met by one endpoint must not stop the region: back off that key.
                 delay = self.queue.add_rate_limited(name)
-                self.outcomes["error"] += 1
-                log.exception("%s/%s: reconcile failed (retry in %.1fs)", self._region, name, delay)
+                log.exception(
+                    "%s/%s: reconcile failed (retry in %.1fs)",
+                    *(self._region, name, delay),
+                    extra=log_fields(self._region, name),
+                )
             else:
                 self.queue.forget(name)
                 if result.requeue_after is not None:
-                    self.outcomes["requeue"] += 1
+                    outcome = "requeue"
                     self.queue.add_after(name, result.requeue_after)
                 else:
-                    self.outcomes["success"] += 1
+                    outcome = "success"
             finally:
                 self.queue.done(name)
+            self.outcomes[outcome] += 1
+            self._outcome_counters[outcome].inc()
+            self._pass_duration.observe(time.perf_counter() - started)
 
     async def reconcile(self, name: str) -> Result:
         """One level-triggered pass over endpoint `name` in this region."""
@@ -258,8 +303,10 @@ class Controller:
                     "%s/%s: running here but unknown to the store; left in place",
                     self._region,
                     name,
+                    extra=log_fields(self._region, name),
                 )
             self._statuses.pop(name, None)
+            self._forget_series(name)
             return Result()
 
         workload = desired_workload(endpoint, self._region)
@@ -271,7 +318,7 @@ class Controller:
             if decision.unrouted:
                 workload = workload.model_copy(update={"routed": False})
             try:
-                observed = await self._converge(workload, observed)
+                observed = await self._converge(endpoint, workload, observed)
             except WorkloadUnsupported as unsupported:
                 error = str(unsupported)
             except RuntimeFailure as failure:
@@ -280,11 +327,12 @@ class Controller:
             after = self._watch(previous, observed, workload, now)
             if after.unrouted == decision.unrouted:
                 decision = after
+            self._count_watchdog(name, decision)
         elif observed is not None:
             self._fence()
             await self._runtime.remove(name)
             self.runtime_writes += 1
-            log.info("%s/%s: removed", self._region, name)
+            log.info("%s/%s: removed", self._region, name, extra=log_fields(self._region, name))
             observed = await self._runtime.observe(name)
         elif previous is None:
             return Result()  # never held here, nothing to report
@@ -303,6 +351,11 @@ class Controller:
             await self._store.put_region_status(report, lease=self._fence())
             self._statuses[name] = report
             self.status_writes += 1
+        if workload is None:
+            self._forget_series(name)
+        else:
+            self._metrics.replicas_ready.labels(name, self._region).set(report.replicas_ready)
+            self._metrics.replicas_desired.labels(name, self._region).set(report.replicas_desired)
         await self._settle(endpoint, report)
         if transient:
             raise TemporaryError(error)
@@ -342,6 +395,19 @@ class Controller:
         of: for people and tests to look at."""
         return self._records.keys() | self._feed_revisions.keys() | self._statuses.keys()
 
+    def _count_watchdog(self, name: str, decision: WatchdogDecision) -> None:
+        if decision.unrouted and name not in self._unrouted:
+            self._unrouted.add(name)
+            self._metrics.watchdog_events.labels(self._region, "unroute").inc()
+        elif not decision.unrouted and name in self._unrouted:
+            self._unrouted.discard(name)
+            self._metrics.watchdog_events.labels(self._region, "route").inc()
+
+    def _forget_series(self, name: str) -> None:
+        """The endpoint is no longer this region's: drop its metric series."""
+        self._unrouted.discard(name)
+        self._metrics.remove_endpoint(name, self._region)
+
     def _watch(
         self,
         previous: RegionStatus | None,
@@ -357,14 +423,22 @@ class Controller:
             threshold=self._watchdog_threshold,
         )
 
-    async def _converge(self, workload: Workload, observed: Observed | None) -> Observed | None:
+    async def _converge(
+        self, endpoint: Endpoint, workload: Workload, observed: Observed | None
+    ) -> Observed | None:
         if observed is not None and observed.workload_hash == workload_hash(workload):
             return observed
         self._fence()
         await self._runtime.apply(workload)
         self.runtime_writes += 1
+        # From the write that asked for this workload to the runtime holding it; a
+        # negative span (hosts' clocks apart) is no delay at all.
+        delay = (self._clock() - endpoint.updated_at).total_seconds()
+        self._metrics.propagation_delay.labels(self._region).observe(max(delay, 0.0))
         log.info(
-            "%s/%s: applied generation %d", self._region, workload.endpoint, workload.generation
+            "%s/%s: applied generation %d",
+            *(self._region, workload.endpoint, workload.generation),
+            extra=log_fields(self._region, workload.endpoint, workload.generation),
         )
         return await self._runtime.observe(workload.endpoint)
 
@@ -388,7 +462,11 @@ class Controller:
                     return  # changed or purged meanwhile; the feed brings it back if needed
                 self._statuses.pop(endpoint.name, None)
                 self._forget(endpoint.name)
-                log.info("%s: purged; every region has removed it", endpoint.name)
+                log.info(
+                    "%s: purged; every region has removed it",
+                    endpoint.name,
+                    extra=log_fields(self._region, endpoint.name, endpoint.generation),
+                )
             return
         if not (
             endpoint.desired_state is DesiredState.DEPLOYING

@@ -119,7 +119,11 @@ class LeaderElection:
         settings: LeaseSettings,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        on_leading: Callable[[bool], None] = lambda _leading: None,
     ) -> None:
+        """`on_leading(leading)` hears every answer of the election: True when this
+        process takes the lease, False when a round finds another holder and when
+        it stops leading (metrics and readiness follow it)."""
         if not backend.name or not holder:
             raise ValueError("leader election needs a lease name and a holder id")
         self._backend = backend
@@ -127,6 +131,7 @@ class LeaderElection:
         self._holder = holder
         self._settings = settings
         self._monotonic = monotonic
+        self._on_leading = on_leading
         self._held: object | None = None
         self._valid_until = 0.0
         self.is_leader = False
@@ -145,6 +150,7 @@ class LeaderElection:
             await self._acquire()
             log.info("%s: %s is the leader", self._name, self._holder)
             self.is_leader = True
+            self._on_leading(True)
             try:
                 async with asyncio.TaskGroup() as tasks:
                     keeper = tasks.create_task(self._keep())
@@ -155,6 +161,7 @@ class LeaderElection:
                 log.warning("%s: %s lost the lease; standing by", self._name, self._holder)
             finally:
                 self.is_leader = False
+                self._on_leading(False)
                 await asyncio.shield(self._release())
 
     async def _try(self, within: float) -> bool:
@@ -175,6 +182,7 @@ class LeaderElection:
             try:
                 if await self._try(within=self._settings.deadline):
                     return
+                self._on_leading(False)
             except UNREACHABLE as error:
                 log.warning("%s: cannot reach the lease: %s", self._name, error or "timed out")
             await asyncio.sleep(self._settings.retry_interval)

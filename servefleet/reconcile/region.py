@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
+from servefleet.metrics import Metrics
 from servefleet.reconcile.controller import Clock, Controller, ControllerSettings
 from servefleet.reconcile.leader import LeaderElection, LeaseBackend, LeaseSettings, StoreLeases
 from servefleet.runtime.base import Runtime
@@ -47,16 +48,29 @@ async def run_region(
     clock: Clock,
     on_controller: Callable[[Controller], None] = lambda _controller: None,
     leases: LeaseBackend | None = None,
+    metrics: Metrics | None = None,
 ) -> None:
     """Reconcile `region` whenever this process holds its lease (kept by `leases`,
     by default in the store), until cancelled; an error stops only this region for
     a while (see the module doc)."""
-    election = LeaderElection(leases or StoreLeases(store, f"region/{region}"), holder, lease)
+    metrics = metrics or Metrics()
+    election = LeaderElection(
+        leases or StoreLeases(store, f"region/{region}"),
+        holder,
+        lease,
+        on_leading=lambda leading: metrics.set_leader(region, leading),
+    )
 
     async def lead() -> None:
         async with open_runtime() as runtime:
             controller = Controller(
-                store, runtime, region, settings, clock=clock, fence=election.fence
+                store,
+                runtime,
+                region,
+                settings,
+                clock=clock,
+                fence=election.fence,
+                metrics=metrics,
             )
             on_controller(controller)
             await controller.run()

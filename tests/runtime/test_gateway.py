@@ -85,7 +85,7 @@ def test_prefix_matches_the_path_and_below_and_strips_it(path: str, expected: st
 def test_prefix_never_matches_a_longer_name_or_a_parent(path: str) -> None:
     router = Router("r1")
     route(router, primary=[backend()])
-    assert router.pick(path) == Refusal(404, f"no endpoint serves the path {path!r}")
+    assert router.pick(path) == Refusal(404, f"no endpoint serves the path {path!r}", "r1")
 
 
 def test_longest_prefix_wins_and_root_catches_the_rest() -> None:
@@ -145,9 +145,11 @@ def test_refusals_say_why() -> None:
     route(router, "stopped", "/inference/stopped", routed=False, reason="endpoint is stopped")
     route(router, "empty", "/inference/empty")
     assert router.pick("/inference/stopped/v1") == Refusal(
-        503, "endpoint 'stopped': endpoint is stopped"
+        503, "endpoint 'stopped': endpoint is stopped", "r1", "stopped"
     )
-    assert router.pick("/inference/empty") == Refusal(503, "endpoint 'empty' has no ready replica")
+    assert router.pick("/inference/empty") == Refusal(
+        503, "endpoint 'empty' has no ready replica", "r1", "empty"
+    )
 
 
 def test_exclude_leaves_out_one_replica() -> None:
@@ -157,7 +159,7 @@ def test_exclude_leaves_out_one_replica() -> None:
     assert {_picked(router, exclude=first).backend for _ in range(30)} == {second}
     route(router, primary=[first])
     assert router.pick("/inference/llm", exclude=first) == Refusal(
-        503, "endpoint 'llm' has no ready replica"
+        503, "endpoint 'llm' has no ready replica", "r1", "llm"
     )
 
 
@@ -168,7 +170,7 @@ def test_set_route_replaces_and_moves_the_prefix_remove_route_forgets() -> None:
     assert isinstance(router.pick("/old"), Refusal)
     assert isinstance(router.pick("/new"), Pick)
     router.remove_route("llm")
-    assert router.pick("/new") == Refusal(404, "no endpoint serves the path '/new'")
+    assert router.pick("/new") == Refusal(404, "no endpoint serves the path '/new'", "r1")
     router.remove_route("llm")  # removing what is not there is not an error
 
 
@@ -189,7 +191,10 @@ def test_a_stalled_replica_is_not_chosen_until_it_answers() -> None:
     assert {_picked(router).backend for _ in range(30)} == {busy}
     route(router, primary=[stalled])
     assert router.pick("/inference/llm") == Refusal(
-        503, "endpoint 'llm' has no ready replica that answers (1 stopped answering)"
+        503,
+        "endpoint 'llm' has no ready replica that answers (1 stopped answering)",
+        "r1",
+        "llm",
     )
     stalled.answered()
     assert _picked(router).backend is stalled

@@ -164,6 +164,11 @@ class Fleet:
     def gateway_url(self) -> str:
         return self.running.gateway_url
 
+    @property
+    def metrics_url(self) -> str:
+        """The base URL of `/metrics`, `/healthz` and `/readyz`."""
+        return self.running.metrics_url
+
     def region_url(self, region: str = "r1") -> str:
         return self.running.region_urls[region]
 
@@ -248,7 +253,8 @@ async def local_fleet(
     *,
     watchdog_threshold: float = 300.0,
 ) -> AsyncIterator[Fleet]:
-    """`servefleet up --regions <regions> --port 0` in this process, with short timings.
+    """`servefleet up --regions <regions> --port 0 --metrics-port 0` in this process,
+    with short timings.
 
     On the way out it is cancelled as Ctrl-C does, and (when the body succeeded)
     checks that no replica process of this test is left."""
@@ -273,6 +279,7 @@ async def local_fleet(
         # once missed its renew deadline and stood down mid-test.
         lease=LeaseSettings(ttl=15, renew_interval=1, retry_interval=0.2),
         local=LOCAL,
+        metrics_port=0,
     )
     started: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run(options, started.set_result), name="servefleet-up")

@@ -6,7 +6,8 @@ streams passes a client-side token bucket (`ClusterSettings.rate`/`burst`), runs
 under `request_timeout`, and is retried on 429, 5xx, timeouts and connection
 errors with exponential backoff (honouring Retry-After, capped at `backoff_max`
 or 1 s, whichever is longer) before `RuntimeUnavailable`; what each answer means
-is decided in `errors.py`.
+is decided in `errors.py`. Every attempt, and every watch opened, is counted in
+`servefleet_runtime_api_requests` by verb and status ("error": no answer came).
 
 `make_api_client` builds the kubernetes-asyncio client the runtime and the Lease
 election (`lease.py`) share the habits of.
@@ -29,6 +30,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.api_client import ApiClient
 from yarl import URL
 
+from servefleet.metrics import Metrics
 from servefleet.ratelimit import TokenBucket
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.errors import refusal, retry_after, status_message
@@ -95,9 +97,16 @@ class ClusterApi:
     """The requests of one region's runtime to its namespace (module docstring)."""
 
     def __init__(
-        self, region: str, namespace: str, api_client: ApiClient, settings: ClusterSettings
+        self,
+        region: str,
+        namespace: str,
+        api_client: ApiClient,
+        settings: ClusterSettings,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self.region = region
+        self._requests = (metrics or Metrics()).runtime_api_requests
         self.namespace = namespace
         self._settings = settings
         self._apis = {kind.kind: kind.api(api_client) for kind in (*KINDS, PODS)}
@@ -115,6 +124,7 @@ class ClusterApi:
         if force:
             options["force"] = True
         result = await self._request(
+            "apply",
             f"apply {ref.kind} {ref.name}",
             lambda: patch(ref.name, ref.namespace, body, **options),
         )
@@ -125,6 +135,7 @@ class ClusterApi:
         """Delete the object; one already gone is not an error."""
         delete = self._call(ref.kind, "delete_namespaced")
         await self._request(
+            "delete",
             f"delete {ref.kind} {ref.name}",
             lambda: delete(
                 ref.name, ref.namespace, propagation_policy="Background", _preload_content=False
@@ -142,7 +153,9 @@ class ClusterApi:
         }
         if continue_from:
             options["_continue"] = continue_from
-        page = await self._request(f"list {kind.kind}", lambda: listing(self.namespace, **options))
+        page = await self._request(
+            "list", f"list {kind.kind}", lambda: listing(self.namespace, **options)
+        )
         assert page is not None
         return page
 
@@ -151,16 +164,21 @@ class ClusterApi:
         streaming response, neither rate limited nor retried (`watches.py` reopens it)."""
         listing = self._call(kind.kind, "list_namespaced")
         timeout = self._settings.watch_timeout
-        response: aiohttp.ClientResponse = await listing(
-            self.namespace,
-            label_selector=kind.selector,
-            watch=True,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=timeout,
-            _preload_content=False,
-            _request_timeout=(self._settings.request_timeout, timeout + 30),
-        )
+        status = "error"
+        try:
+            response: aiohttp.ClientResponse = await listing(
+                self.namespace,
+                label_selector=kind.selector,
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout,
+                _preload_content=False,
+                _request_timeout=(self._settings.request_timeout, timeout + 30),
+            )
+            status = str(response.status)
+        finally:
+            self._requests.labels(self.region, "watch", status).inc()
         return response
 
     async def stage_log_tail(self, pod: str) -> bytes | None:
@@ -168,6 +186,7 @@ class ClusterApi:
         is gone."""
         read_log = self._apis["Pod"].read_namespaced_pod_log
         return await self._send(
+            "log",
             f"read the log of pod {pod}",
             lambda: read_log(
                 pod,
@@ -188,13 +207,14 @@ class ClusterApi:
 
     async def _request(
         self,
+        verb: str,
         what: str,
         call: Callable[[], Awaitable[aiohttp.ClientResponse]],
         *,
         missing_ok: bool = False,
     ) -> Manifest | None:
         """One API call (`_send`); its decoded body, or None for a 404 when `missing_ok`."""
-        raw = await self._send(what, call, missing_ok=missing_ok)
+        raw = await self._send(verb, what, call, missing_ok=missing_ok)
         if raw is None:
             return None
         decoded = json.loads(raw) if raw.strip() else {}
@@ -202,6 +222,7 @@ class ClusterApi:
 
     async def _send(
         self,
+        verb: str,
         what: str,
         call: Callable[[], Awaitable[aiohttp.ClientResponse]],
         *,
@@ -222,9 +243,11 @@ class ClusterApi:
                     finally:
                         response.release()
             except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                self._requests.labels(self.region, verb, "error").inc()
                 failure = f"{what}: {type(error).__name__}: {error}".rstrip(": ")
             else:
                 status = response.status
+                self._requests.labels(self.region, verb, str(status)).inc()
                 if 200 <= status < 300:
                     return raw
                 message = status_message(raw, status)

@@ -14,6 +14,11 @@ connection opens, does this) and may pause its body for at most `body_timeout`
 (408); at most `max_connections` are open at once (a connection past that gets a
 503 and is closed); a replica may stay silent for at most `upstream_read_timeout`
 (504), after which it is chosen no more until it answers again.
+
+Each request is counted once (`servefleet.metrics`): by endpoint, the region and
+version first chosen for it, and status class; a refusal under the region that
+refused and the endpoint whose route matched, if any (never its path). A client
+that goes away before its answer counts as 4xx (nginx's 499).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +36,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from yarl import URL
 
+from servefleet.metrics import NO_ENDPOINT, NO_VERSION, Metrics, status_class
 from servefleet.runtime.local.forwarding import (
     HOP_BY_HOP,
     ProxyNetwork,
@@ -180,11 +187,18 @@ class Gateway:
     its 404).
     """
 
-    def __init__(self, routers: Sequence[Router], settings: GatewaySettings | None = None) -> None:
+    def __init__(
+        self,
+        routers: Sequence[Router],
+        settings: GatewaySettings | None = None,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         if not routers:
             raise ValueError("a gateway needs at least one router")
         self._routers = tuple(routers)
         self._settings = settings or GatewaySettings()
+        self._metrics = metrics or Metrics()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.ServerRunner | None = None
 
@@ -238,11 +252,34 @@ class Gateway:
             self._session = None
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        path = request.rel_url.raw_path
-        choice = choose(self._routers, path)
+        started = time.perf_counter()
+        choice = choose(self._routers, request.rel_url.raw_path)
         if isinstance(choice, Refusal):
+            series = self._metrics.gateway_series(
+                choice.endpoint or NO_ENDPOINT, choice.region, NO_VERSION
+            )
+            series.requests[status_class(choice.status)].inc()
+            series.latency.observe(time.perf_counter() - started)
             return _error(choice.status, choice.reason)
         router, pick = choice
+        series = self._metrics.gateway_series(pick.endpoint, router.region, pick.version)
+        series.in_flight.inc()
+        status = 499
+        try:
+            response = await self._forward(request, router, pick)
+            status = response.status
+            return response
+        finally:
+            series.in_flight.dec()
+            series.requests[status_class(status)].inc()
+            series.latency.observe(time.perf_counter() - started)
+
+    async def _forward(
+        self, request: web.BaseRequest, router: Router, pick: Pick
+    ) -> web.StreamResponse:
+        """Proxy the request to `pick`, or to one other replica if `pick` refuses the
+        connection; the answer, or the gateway's own for a failure."""
+        path = request.rel_url.raw_path
         body = _ClientBody(request.content, self._settings.body_timeout)
         pick.backend.acquire()
         try:

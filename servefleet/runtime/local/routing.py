@@ -99,6 +99,10 @@ class Refusal:
 
     status: int
     reason: str
+    region: str
+    """The region whose table refused (the gateway's metrics count it there)."""
+    endpoint: str | None = None
+    """The endpoint whose route matched, if one did."""
 
 
 class RouteConflict(ValueError):
@@ -175,11 +179,14 @@ class Router:
                 503,
                 f"region {self.region!r} is served by another servefleet process; "
                 "this one is standing by",
+                self.region,
             )
         if route is None:
-            return Refusal(404, f"no endpoint serves the path {path!r}")
+            return Refusal(404, f"no endpoint serves the path {path!r}", self.region)
         if not route.routed:
-            return Refusal(503, f"endpoint {route.endpoint!r}: {route.reason}")
+            return Refusal(
+                503, f"endpoint {route.endpoint!r}: {route.reason}", self.region, route.endpoint
+            )
         return route
 
     def _match(self, path: str) -> _Route | None:
@@ -225,7 +232,7 @@ def choose(
             canary.extend(usable_canary)
             weights.append(offer.weight)
         if not usable_primary and not usable_canary:
-            refusals.append(_no_replica(offer))
+            refusals.append(_no_replica(router, offer))
     version: Role
     # Regions share one spec, so their weights agree; while a change is reaching
     # them one after another they may not, and their mean stands for all.
@@ -250,15 +257,19 @@ def _usable(
     ]
 
 
-def _no_replica(route: _Route) -> Refusal:
+def _no_replica(router: Router, route: _Route) -> Refusal:
     stalled = sum(backend.stalled for backend in (*route.primary, *route.canary))
     if stalled:
         return Refusal(
             503,
             f"endpoint {route.endpoint!r} has no ready replica that answers "
             f"({stalled} stopped answering)",
+            router.region,
+            route.endpoint,
         )
-    return Refusal(503, f"endpoint {route.endpoint!r} has no ready replica")
+    return Refusal(
+        503, f"endpoint {route.endpoint!r} has no ready replica", router.region, route.endpoint
+    )
 
 
 def _least_busy(candidates: list[_Candidate]) -> _Candidate:

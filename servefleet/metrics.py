@@ -1,0 +1,219 @@
+"""The Prometheus metric families of one servefleet process, on one registry.
+
+`Metrics()` makes the families on a registry of its own, never prometheus_client's
+global default: a process makes one in its composition root (`up`, `reconcile`,
+`serve`) and hands it to what it runs, and every test fleet or app makes its own,
+so nothing a test counts leaks into another. No I/O happens here; exposition is the
+caller's (`prometheus_client.generate_latest(metrics.registry)`).
+
+Labels are bounded by the fleet's declarations: endpoint x region x version
+(primary/canary), outcome, verb, status class. Nothing taken from a request (its
+path, headers, a user's input) becomes a label: a request the gateway cannot route
+is counted under the fixed endpoint `NO_ENDPOINT`. When an endpoint leaves a region,
+`remove_endpoint` drops its series there, so removed endpoints do not pile up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "NO_ENDPOINT",
+    "NO_REGION",
+    "NO_VERSION",
+    "RECONCILE_OUTCOMES",
+    "WATCHDOG_ACTIONS",
+    "GatewaySeries",
+    "Metrics",
+    "status_class",
+]
+
+RECONCILE_OUTCOMES = ("success", "requeue", "retry", "error")
+WATCHDOG_ACTIONS = ("unroute", "route")
+NO_ENDPOINT = "(none)"
+"""The endpoint label of a gateway request no endpoint's route matched."""
+NO_REGION = "(none)"
+NO_VERSION = "(none)"
+
+_STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+# Seconds. A pass is milliseconds when nothing changed and seconds when it waits on
+# an API server; propagation includes the reconciler noticing the change and a
+# runtime starting nothing yet (apply returns once the objects are written).
+_PASS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_PROPAGATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Inference answers range from a health check's milliseconds to a long completion.
+_REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 600)
+
+
+def status_class(status: int) -> str:
+    """The gateway's status label, five values at most: "2xx" for 200..299 and so on."""
+    return _STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySeries:
+    """The label children of one endpoint x region x version, bound once so a
+    request costs a dictionary lookup, not a label resolution per family."""
+
+    requests: dict[str, Counter]
+    """By status class."""
+    latency: Histogram
+    in_flight: Gauge
+
+
+class _QueueDepths(Collector):
+    """Work-queue depth per region, read from the queues when scraped rather than
+    kept up to date on every add and get."""
+
+    def __init__(self) -> None:
+        self.depths: dict[str, Callable[[], int]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "servefleet_workqueue_depth",
+            "Endpoints waiting in a region's work queue (not counting those being reconciled).",
+            labels=["region"],
+        )
+        for region, depth in sorted(self.depths.items()):
+            family.add_metric([region], depth())
+        yield family
+
+
+class Metrics:
+    """Every metric family servefleet exposes, on `registry` (a new one by default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        on = self.registry
+        self.reconcile_duration = Histogram(
+            "servefleet_reconcile_duration_seconds",
+            "How long one reconcile pass of an endpoint took.",
+            ["region"],
+            buckets=_PASS_BUCKETS,
+            registry=on,
+        )
+        self.reconcile_outcomes = Counter(
+            "servefleet_reconcile",
+            "Reconcile passes by how they ended: success, requeue (a recheck is due), "
+            "retry (a temporary failure, backed off) or error (an unexpected one).",
+            ["region", "outcome"],
+            registry=on,
+        )
+        self.propagation_delay = Histogram(
+            "servefleet_propagation_delay_seconds",
+            "From an endpoint record's write in the store to its workload applied in a region.",
+            ["region"],
+            buckets=_PROPAGATION_BUCKETS,
+            registry=on,
+        )
+        self.runtime_api_requests = Counter(
+            "servefleet_runtime_api_requests",
+            "Requests to a region's Kubernetes API server by verb and HTTP status "
+            '("error" when no answer came).',
+            ["region", "verb", "status"],
+            registry=on,
+        )
+        self.watchdog_events = Counter(
+            "servefleet_watchdog_events",
+            "Routes withdrawn (unroute) from endpoints without a ready replica past the "
+            "watchdog threshold, and given back (route) once one was ready.",
+            ["region", "action"],
+            registry=on,
+        )
+        self.leader = Gauge(
+            "servefleet_leader",
+            "1 while this process leads the region's reconciler, 0 while it stands by.",
+            ["region"],
+            registry=on,
+        )
+        self.replicas_ready = Gauge(
+            "servefleet_endpoint_replicas_ready",
+            "Ready primary replicas of an endpoint in a region, as last reported.",
+            ["endpoint", "region"],
+            registry=on,
+        )
+        self.replicas_desired = Gauge(
+            "servefleet_endpoint_replicas_desired",
+            "Primary replicas an endpoint should have in a region.",
+            ["endpoint", "region"],
+            registry=on,
+        )
+        self.gateway_requests = Counter(
+            "servefleet_gateway_requests",
+            "Requests answered by the gateways, by endpoint, region and version served, "
+            "and status class.",
+            ["endpoint", "region", "version", "status_class"],
+            registry=on,
+        )
+        self.gateway_latency = Histogram(
+            "servefleet_gateway_request_duration_seconds",
+            "From a request's arrival at the gateway to the end of its answer.",
+            ["endpoint", "region", "version"],
+            buckets=_REQUEST_BUCKETS,
+            registry=on,
+        )
+        self.gateway_in_flight = Gauge(
+            "servefleet_gateway_requests_in_flight",
+            "Requests the gateways are serving now.",
+            ["endpoint", "region", "version"],
+            registry=on,
+        )
+        self._queue_depths = _QueueDepths()
+        on.register(self._queue_depths)
+        self._gateway_series: dict[tuple[str, str, str], GatewaySeries] = {}
+        self.leadership: dict[str, bool] = {}
+        """Per region, whether this process leads it, once the first election round
+        has said (what `/readyz` waits for)."""
+
+    def track_region(self, region: str, queue_depth: Callable[[], int]) -> None:
+        """Start a region's reconciler series: its queue's depth, and each outcome and
+        watchdog action at zero (so a rate over them exists before the first one)."""
+        self._queue_depths.depths[region] = queue_depth
+        for outcome in RECONCILE_OUTCOMES:
+            self.reconcile_outcomes.labels(region, outcome)
+        for action in WATCHDOG_ACTIONS:
+            self.watchdog_events.labels(region, action)
+
+    def untrack_region(self, region: str) -> None:
+        """The region's reconciler stopped: its queue is gone."""
+        self._queue_depths.depths.pop(region, None)
+
+    def set_leader(self, region: str, leading: bool) -> None:
+        self.leader.labels(region).set(1 if leading else 0)
+        self.leadership[region] = leading
+
+    def gateway_series(self, endpoint: str, region: str, version: str) -> GatewaySeries:
+        key = (endpoint, region, version)
+        series = self._gateway_series.get(key)
+        if series is None:
+            series = GatewaySeries(
+                requests={
+                    status: self.gateway_requests.labels(endpoint, region, version, status)
+                    for status in _STATUS_CLASSES
+                },
+                latency=self.gateway_latency.labels(endpoint, region, version),
+                in_flight=self.gateway_in_flight.labels(endpoint, region, version),
+            )
+            self._gateway_series[key] = series
+        return series
+
+    def remove_endpoint(self, endpoint: str, region: str) -> None:
+        """Drop every series of `endpoint` in `region` (it was removed there)."""
+        labels = {"endpoint": endpoint, "region": region}
+        for family in (
+            self.replicas_ready,
+            self.replicas_desired,
+            self.gateway_requests,
+            self.gateway_latency,
+            self.gateway_in_flight,
+        ):
+            family.remove_by_labels(labels)
+        for key in [key for key in self._gateway_series if key[:2] == (endpoint, region)]:
+            del self._gateway_series[key]
