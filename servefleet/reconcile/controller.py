@@ -195,7 +195,11 @@ class Controller:
             try:
                 return await call()
             except StoreUnavailable as error:
-                log.warning("region %s: store unavailable, retrying: %s", self._region, error)
+                log.warning(
+                    "region %s: store unavailable, retrying: %s",
+                    *(self._region, error),
+                    extra={"region": self._region},
+                )
                 await asyncio.sleep(self._settings.store_retry)
 
     async def _enqueue_everything(self) -> None:
@@ -232,11 +236,19 @@ class Controller:
                         self._feed_revisions[change.name] = max(seen, change.revision)
                     self.queue.add(change.name)
             except FeedCompacted:
-                log.warning("region %s: fell behind the change feed; listing again", self._region)
+                log.warning(
+                    "region %s: fell behind the change feed; listing again",
+                    self._region,
+                    extra={"region": self._region},
+                )
                 position = await self._retrying(self._store.feed_position)
                 await self._enqueue_everything()
             except StoreUnavailable as error:
-                log.warning("region %s: change feed interrupted: %s", self._region, error)
+                log.warning(
+                    "region %s: change feed interrupted: %s",
+                    *(self._region, error),
+                    extra={"region": self._region},
+                )
                 await asyncio.sleep(self._settings.store_retry)
 
     async def _follow_runtime(self) -> None:

@@ -89,6 +89,7 @@ async def run_region(
                 "region %s: stopped by %s; stepped down, standing for election again in %gs",
                 *(region, _described(error), delay),
                 exc_info=error,
+                extra={"region": region},
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, settings.restart_max)

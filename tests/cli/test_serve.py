@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner, Result
 
 from servefleet.cli.main import app
@@ -184,3 +185,40 @@ async def test_get_over_the_api_prints_what_the_cli_prints(sqlite_url: str) -> N
         session.get(f"{url}/v1/endpoints/llm") as answer,
     ):
         assert await answer.json() == printed
+
+
+async def test_serve_logs_json_lines_and_answers_monitoring_without_a_token(
+    sqlite_url: str,
+) -> None:
+    """Verify `serve --log-format json`: uvicorn's lines are JSON objects, and
+    /metrics (Prometheus text that parses), /healthz and /readyz need no token."""
+    process = await asyncio.create_subprocess_exec(
+        *(*COMMAND, "serve", "--port", "0", "--log-format", "json"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "SERVEFLEET_STORE": sqlite_url},
+    )
+    assert process.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                line = (await process.stderr.readline()).decode()
+                assert line, "serve exited"
+                if line.startswith("{"):
+                    entry = json.loads(line)
+                    assert entry["level"] in {"info", "warning"}
+                    if listening := _LISTENING.search(entry["message"]):
+                        break
+        url = listening[1]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/metrics") as scraped:
+                assert scraped.status == 200
+                families = {f.name for f in text_string_to_metric_families(await scraped.text())}
+            assert "servefleet_gateway_requests" in families
+            for probe in ("healthz", "readyz"):
+                async with session.get(f"{url}/{probe}") as answer:
+                    assert answer.status == 200, probe
+    finally:
+        process.terminate()
+        assert await process.wait() == 0
