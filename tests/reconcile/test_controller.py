@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pytest
 
+from servefleet.metrics import Metrics
 from servefleet.plan import desired_workload
 from servefleet.reconcile.controller import Controller, ControllerSettings
 from servefleet.service import EndpointService, utc_now
@@ -33,9 +34,14 @@ FAST = ControllerSettings(
 
 @asynccontextmanager
 async def running(
-    store: Store, runtime: MemoryRuntime, settings: ControllerSettings = FAST, region: str = "r1"
+    store: Store,
+    runtime: MemoryRuntime,
+    settings: ControllerSettings = FAST,
+    region: str = "r1",
+    *,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Controller]:
-    controller = Controller(store, runtime, region, settings, clock=utc_now)
+    controller = Controller(store, runtime, region, settings, clock=utc_now, metrics=metrics)
     task = asyncio.create_task(controller.run())
     try:
         yield controller
@@ -136,14 +142,25 @@ async def test_an_endpoint_moved_off_a_region_is_removed_there(
     store: Store, service: EndpointService
 ) -> None:
     runtime = MemoryRuntime()
-    async with running(store, runtime):
+    metrics = Metrics()
+    placed = {"endpoint": "llm", "region": "r1"}
+    async with running(store, runtime, metrics=metrics):
         await service.deploy("llm", make_spec(), ["r1"])
         await eventually(lambda: _has(runtime, "llm", replicas=2))
+
+        async def reported() -> bool:
+            # Set just after the status is written: the store may show it first.
+            return _sample(metrics, "servefleet_endpoint_replicas_desired", **placed) == 2
+
+        await eventually(reported)
         moved = EndpointManifest.of(await service.get("llm")).model_copy(update={"regions": ["r2"]})
         await service.apply(moved)
         await eventually(lambda: _state_is(store, "llm", RegionState.DELETED))
 
     assert "llm" not in runtime.held_workloads
+    # Its series in the region went with it.
+    assert _sample(metrics, "servefleet_endpoint_replicas_desired", **placed) is None
+    assert _sample(metrics, "servefleet_endpoint_replicas_ready", **placed) is None
 
 
 async def test_what_the_store_does_not_know_is_never_removed(store: Store) -> None:
@@ -337,17 +354,27 @@ async def test_a_deposed_leader_does_not_purge(store: Store, service: EndpointSe
 async def test_the_watchdog_unroutes_and_restores(store: Store, service: EndpointService) -> None:
     runtime = MemoryRuntime(ready={"llm": 0})
     settings = ControllerSettings(workers=2, resync_interval=3600, watchdog_threshold=0.3)
-    async with running(store, runtime, settings):
+    metrics = Metrics()
+    events = "servefleet_watchdog_events_total"
+    async with running(store, runtime, settings, metrics=metrics):
         await service.deploy("llm", make_spec(), ["r1"])
         await eventually(lambda: _has(runtime, "llm", replicas=2, routed=True))
         await eventually(lambda: _has(runtime, "llm", replicas=2, routed=False))
         # The pass writes the status just after the runtime: wait for it, not only the runtime.
         await eventually(lambda: _message_has(store, "llm", "traffic withdrawn"))
+        assert _sample(metrics, events, region="r1", action="unroute") == 1
+        assert _sample(metrics, events, region="r1", action="route") == 0
 
         runtime.ready["llm"] = 2
         runtime.announce("llm")
         await eventually(lambda: _has(runtime, "llm", replicas=2, routed=True))
         await eventually(lambda: _state_is(store, "llm", RegionState.READY))
+        assert _sample(metrics, events, region="r1", action="unroute") == 1
+        assert _sample(metrics, events, region="r1", action="route") == 1
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
 
 
 # Checks for `eventually`.
