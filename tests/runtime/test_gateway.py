@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from servefleet.metrics import NO_VERSION, Metrics
 from servefleet.runtime.local.gateway import (
     Backend,
     Gateway,
@@ -902,3 +903,65 @@ async def test_a_root_route_strips_no_prefix_and_says_none(
     seen = await _seen_by_replica(serve, gateways, client, FAST, prefix="/")
     assert "x-forwarded-prefix" not in seen
     assert seen["x-forwarded-for"] == "127.0.0.1"
+
+
+async def test_requests_are_counted_by_endpoint_region_version_and_status_class(
+    serve: Callable[[Handler], Awaitable[str]], client: aiohttp.ClientSession
+) -> None:
+    """Verify the gateway's series: each answer under the version that served it,
+    a refusal under its endpoint, and a request in flight while it is."""
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.json_response({})
+
+    primary_url, canary_url, slow_url = await serve(echo), await serve(echo), await serve(slow)
+    router = Router("r1")
+    route(
+        router,
+        primary=[Backend("llm/primary-0", primary_url)],
+        canary=[Backend("llm/canary-0", canary_url)],
+        weight=50,
+    )
+    route(router, "stopped", "/inference/stopped", routed=False, reason="endpoint is stopped")
+    route(router, "slow", "/inference/slow", primary=[Backend("slow/primary-0", slow_url)])
+    metrics = Metrics()
+    gateway = Gateway([router], FAST, metrics=metrics)
+    url = await gateway.start("127.0.0.1", 0)
+    try:
+        served: collections.Counter[str] = collections.Counter()
+        for _ in range(20):
+            async with client.get(f"{url}/inference/llm/v1/models") as response:
+                assert response.status == 200
+                served[response.headers["x-servefleet-version"]] += 1
+        async with client.get(f"{url}/inference/stopped/v1") as refused:
+            assert refused.status == 503
+        waiting = asyncio.create_task(client.get(f"{url}/inference/slow"))
+        in_flight = {"endpoint": "slow", "region": "r1", "version": "primary"}
+
+        async def counted_in_flight() -> bool:
+            sample = "servefleet_gateway_requests_in_flight"
+            return metrics.registry.get_sample_value(sample, in_flight) == 1
+
+        await eventually(counted_in_flight)
+        release.set()
+        (await waiting).release()
+    finally:
+        await gateway.close()
+
+    def requests(endpoint: str, version: str, status_class: str) -> float | None:
+        labels = {"endpoint": endpoint, "region": "r1", "version": version}
+        return metrics.registry.get_sample_value(
+            "servefleet_gateway_requests_total", labels | {"status_class": status_class}
+        )
+
+    assert set(served) == {"primary", "canary"}  # 2**-19 to fail by chance
+    for version in ("primary", "canary"):
+        assert requests("llm", version, "2xx") == served[version]
+        assert requests("llm", version, "5xx") == 0
+    assert requests("stopped", NO_VERSION, "5xx") == 1
+    assert requests("slow", "primary", "2xx") == 1
+    assert (
+        metrics.registry.get_sample_value("servefleet_gateway_requests_in_flight", in_flight) == 0
+    )
