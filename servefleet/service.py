@@ -408,6 +408,22 @@ class EndpointService:
     # Regions.
 
     async def add_region(self, region: Region) -> None:
+        """Register `region`, or change how it is registered."""
+        if region.kind is RegionKind.KUBERNETES:
+            # The rule `_check_scale_to_zero` applies to endpoints, seen from the region.
+            to_zero = [
+                endpoint.name
+                for endpoint in await self._store.list_endpoints(region=region.name)
+                if endpoint.spec.autoscaling.min_replicas == 0
+                and endpoint.desired_state is not DesiredState.DELETED
+            ]
+            if to_zero:
+                raise OperationRefused(
+                    f"kind: {', '.join(to_zero)} scale to zero in {region.name!r} "
+                    "(autoscaling.min_replicas 0), which a kubernetes region cannot: its "
+                    "HorizontalPodAutoscaler keeps at least 1 replica; raise their "
+                    "min_replicas or move them first"
+                )
         await self._store.put_region(region)
 
     async def list_regions(self) -> list[Region]:

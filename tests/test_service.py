@@ -250,6 +250,26 @@ async def test_scale_to_zero_is_refused_for_a_kubernetes_region_and_changes_noth
     assert await store.get_endpoint("both") == both
 
 
+async def test_a_region_holding_an_endpoint_at_zero_cannot_become_kubernetes(
+    store: Store, service: EndpointService
+) -> None:
+    await register(store, "eu")
+    await service.deploy("llm", make_spec(**SCALES_TO_ZERO))
+    await service.deploy("deleted", make_spec(**SCALES_TO_ZERO))
+    await service.delete("deleted")
+
+    with pytest.raises(OperationRefused) as refused:
+        await service.add_region(Region(name="eu", kind=RegionKind.KUBERNETES))
+
+    assert str(refused.value) == (
+        "kind: llm scale to zero in 'eu' (autoscaling.min_replicas 0), which a kubernetes "
+        "region cannot: its HorizontalPodAutoscaler keeps at least 1 replica; raise their "
+        "min_replicas or move them first"
+    )
+    assert (await store.get_region("eu")).kind is RegionKind.LOCAL
+    await service.add_region(Region(name="us", kind=RegionKind.KUBERNETES))  # holds none
+
+
 async def test_concurrent_applies_of_one_new_declaration_create_it_once(
     store: Store, store_url: str
 ) -> None:
