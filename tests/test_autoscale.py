@@ -262,6 +262,8 @@ def test_the_count_stays_within_the_bounds(
 def test_more_load_never_asks_for_fewer_replicas(
     spec: AutoscalingSpec, data: st.DataObject, current: int
 ) -> None:
+    """The same trace with more load in some seconds, the count running held fixed:
+    no second's decision is lower."""
     trace = data.draw(traces(), label="trace")
     extra = data.draw(
         st.lists(
@@ -276,8 +278,8 @@ def test_more_load_never_asks_for_fewer_replicas(
     less_load = run(spec, trace, current=current, follow=False)
     more_load = run(spec, more, current=current, follow=False)
 
-    for second_, (low, high) in enumerate(zip(less_load, more_load, strict=True), start=1):
-        assert high.replicas >= low.replicas, (second_, low, high)
+    for t, (low, high) in enumerate(zip(less_load, more_load, strict=True), start=1):
+        assert high.replicas >= low.replicas, (t, low, high)
 
 
 @PROPERTIES
