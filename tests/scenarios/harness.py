@@ -407,6 +407,11 @@ class UpProcess:
     def region_url(self, region: str) -> str:
         return self._url(rf"region {re.escape(region)}: (\S+)")
 
+    @property
+    def metrics_url(self) -> str:
+        """The base URL of `/metrics`, `/healthz` and `/readyz` (with `--metrics-port`)."""
+        return self._url(r"metrics: (\S+)/metrics")
+
     def _url(self, pattern: str) -> str:
         for line in self.announcement:
             match = re.search(pattern, line)

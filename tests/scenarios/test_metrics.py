@@ -3,6 +3,9 @@ over HTTP after a small scenario and parsed with prometheus_client's own parser.
 
 from __future__ import annotations
 
+import json
+import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from servefleet.metrics import NO_ENDPOINT, NO_VERSION
-from tests.scenarios.harness import SETTLE, demo_spec, local_fleet, manifest
+from tests.scenarios.harness import SETTLE, demo_spec, local_fleet, manifest, up_process
 from tests.waiting import eventually
 
 ENDPOINT = "metered"
@@ -142,3 +145,34 @@ async def test_healthz_and_readyz_of_up(sqlite_url: str, tmp_path: Path) -> None
                 "store": "ok",
                 "regions": {"r1": "leader"},
             }
+
+
+async def test_up_serves_monitoring_on_the_metrics_port_and_logs_json(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Verify `servefleet up --metrics-port 0 --log-format json` as a process: the
+    banner names the listener, which is ready once the region has its leader, and
+    every log line is a JSON object."""
+    log = tmp_path / "up.log"
+    args = ("--regions", "r1", "--port", "0", "--metrics-port", "0", "--log-format", "json")
+    async with up_process(sqlite_url, *args, stderr=log) as up:
+        base = up.metrics_url
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", base)
+        async with aiohttp.ClientSession() as client:
+
+            async def ready() -> bool:
+                async with client.get(f"{base}/readyz") as answer:
+                    return answer.status == 200
+
+            await eventually(ready, within=SETTLE)
+            metrics = await scrape(client, base)
+        assert metrics.value("servefleet_leader", region="r1") == 1
+        up.process.send_signal(signal.SIGTERM)
+        assert await up.process.wait() == 0
+
+    lines = log.read_text().splitlines()
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(entries) >= 2, lines  # the region registered, its leader elected
+    assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
+    # The rest is the CLI's own word to the person at the terminal.
+    assert [line for line in lines if not line.startswith("{")] == ["stopped"]
