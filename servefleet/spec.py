@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -33,6 +34,7 @@ from pydantic import (
 __all__ = [
     "MAX_NAME_LENGTH",
     "REQUEST_METRICS",
+    "STORED",
     "ApiToken",
     "AutoscalingMetric",
     "AutoscalingSpec",
@@ -55,6 +57,11 @@ __all__ = [
     "parse_quantity",
     "status_section",
 ]
+
+STORED = {"stored": True}
+"""The validation context of a record read back from a store: a rule added for input
+after the record was written (scale to zero needing a request metric) must not make
+it unreadable, or one old record would stop every listing that holds it."""
 
 MAX_NAME_LENGTH = 45
 """Endpoint names leave room for "-canary" and prefixes within 63-character labels."""
@@ -304,7 +311,7 @@ class AutoscalingSpec(_Model):
     (Knative's panic threshold, 200 %, with its bounds of 110 % to 1,000 %)."""
 
     @model_validator(mode="after")
-    def _consistent(self) -> AutoscalingSpec:
+    def _consistent(self, info: ValidationInfo) -> AutoscalingSpec:
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"min_replicas: {self.min_replicas} must not exceed max_replicas "
@@ -313,7 +320,8 @@ class AutoscalingSpec(_Model):
         kinds = [metric.type for metric in self.metrics]
         if len(kinds) != len(set(kinds)):
             raise ValueError(f"metrics: each type may appear once (got {kinds})")
-        if self.min_replicas == 0 and not set(kinds) & set(REQUEST_METRICS):
+        stored = info.context == STORED
+        if self.min_replicas == 0 and not set(kinds) & set(REQUEST_METRICS) and not stored:
             raise ValueError(
                 "min_replicas: 0 needs a concurrency or rps metric: cpu and memory are "
                 "measured on running replicas, so nothing would start one again "

@@ -91,6 +91,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from servefleet.spec import (
+    STORED,
     ApiToken,
     DesiredState,
     Endpoint,
@@ -387,7 +388,7 @@ class DynamoStore(PolledFeed):
         )
         if "Item" not in answer:
             raise EndpointNotFound(name)
-        return Endpoint.model_validate_json(answer["Item"]["record"]["S"])
+        return Endpoint.model_validate_json(answer["Item"]["record"]["S"], context=STORED)
 
     async def list_endpoints(
         self, *, region: str | None = None, desired_state: DesiredState | None = None
@@ -402,7 +403,9 @@ class DynamoStore(PolledFeed):
             params["FilterExpression"] = "desired_state = :state"
             params["ExpressionAttributeValues"][":state"] = _string(desired_state.value)
         items = await self._client.query_all(**params)
-        endpoints = [Endpoint.model_validate_json(item["record"]["S"]) for item in items]
+        endpoints = [
+            Endpoint.model_validate_json(item["record"]["S"], context=STORED) for item in items
+        ]
         if region is not None:
             endpoints = [endpoint for endpoint in endpoints if region in endpoint.target_regions]
         return endpoints

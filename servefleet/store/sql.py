@@ -19,7 +19,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from servefleet.spec import ApiToken, DesiredState, Endpoint, Region, RegionStatus
+from servefleet.spec import STORED, ApiToken, DesiredState, Endpoint, Region, RegionStatus
 from servefleet.store.base import (
     Change,
     ChangeKind,
@@ -159,7 +159,7 @@ class SqlStore(PolledFeed):
         rows = await self._read("SELECT record FROM endpoints WHERE name = $1", name)
         if not rows:
             raise EndpointNotFound(name)
-        return Endpoint.model_validate_json(rows[0][0])
+        return Endpoint.model_validate_json(rows[0][0], context=STORED)
 
     async def list_endpoints(
         self, *, region: str | None = None, desired_state: DesiredState | None = None
@@ -171,7 +171,7 @@ class SqlStore(PolledFeed):
                 "SELECT record FROM endpoints WHERE desired_state = $1 ORDER BY name",
                 desired_state.value,
             )
-        endpoints = [Endpoint.model_validate_json(row[0]) for row in rows]
+        endpoints = [Endpoint.model_validate_json(row[0], context=STORED) for row in rows]
         if region is not None:
             endpoints = [endpoint for endpoint in endpoints if region in endpoint.target_regions]
         return endpoints

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from servefleet.spec import DesiredState, Region, RegionKind, RegionState
+from servefleet.spec import STORED, DesiredState, Endpoint, Region, RegionKind, RegionState
 from servefleet.store import (
     Change,
     ChangeKind,
@@ -337,3 +337,21 @@ async def test_a_cancelled_write_leaves_no_transaction_open(store: Store, store_
                 assert await other.acquire_lease(f"region/x{attempt}", "b", ttl=30) is not None
     finally:
         await other.close()
+
+
+async def test_a_record_written_before_a_newer_input_rule_still_reads_back(store: Store) -> None:
+    """`min_replicas: 0` with only a cpu metric was accepted before scale to zero
+    needed a request metric; such a record must not stop every listing that holds it."""
+    written = make_endpoint("legacy").model_dump(mode="json")
+    written["spec"]["autoscaling"] = {
+        "enabled": True,
+        "min_replicas": 0,
+        "max_replicas": 4,
+        "metrics": [{"type": "cpu", "target": 70}],
+    }
+    with pytest.raises(ValueError, match="min_replicas: 0 needs a concurrency or rps metric"):
+        Endpoint.model_validate(written)
+    await store.create_endpoint(Endpoint.model_validate(written, context=STORED))
+
+    assert (await store.get_endpoint("legacy")).spec.autoscaling.min_replicas == 0
+    assert [endpoint.name for endpoint in await store.list_endpoints()] == ["legacy"]
