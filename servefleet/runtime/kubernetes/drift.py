@@ -25,6 +25,7 @@ status says who keeps changing what.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import re
@@ -78,7 +79,7 @@ def fields_digest(manifest: Manifest) -> str:
     """The digest of the fields `manifest` sets, as apply() sends it."""
     metadata = {k: v for k, v in manifest["metadata"].items() if k not in _IDENTITY}
     spec = {k: v for k, v in manifest.items() if k not in ("apiVersion", "kind", "metadata")}
-    return _digest(manifest, {"metadata": metadata, **spec})
+    return _digest(manifest, _canonical({"metadata": metadata, **spec}, ""))
 
 
 def live_digest(obj: Manifest) -> str | None:
@@ -87,7 +88,7 @@ def live_digest(obj: Manifest) -> str | None:
     owned = _servefleet_fields(obj)
     if owned is None:
         return None
-    projected = _project(obj, owned)
+    projected = _project(obj, owned, "")
     projected.pop("apiVersion", None)
     projected.pop("kind", None)
     metadata = projected.get("metadata")
@@ -137,8 +138,8 @@ def rendered_paths(manifest: Manifest) -> set[str]:
     return paths
 
 
-def _digest(obj: Manifest, fields: dict[str, Any]) -> str:
-    """The canonical digest of `fields` of `obj`. The Deployment an HPA scales
+def _digest(obj: Manifest, canonical: dict[str, Any]) -> str:
+    """The digest of `canonical`, fields of `obj` in canonical form. The Deployment an HPA scales
     leaves out `spec.replicas`: servefleet sets it only to create the Deployment at
     the HPA's minimum, and from then on it is the HPA's."""
     metadata = obj.get("metadata") or {}
@@ -146,9 +147,6 @@ def _digest(obj: Manifest, fields: dict[str, Any]) -> str:
     autoscaled = f"HorizontalPodAutoscaler/{metadata.get('name')}" in str(
         annotations.get(ANNOTATION_OBJECTS, "")
     ).split(",")
-    canonical = _canonical(fields, "")
-    if not isinstance(canonical, dict):
-        canonical = {}
     kept_annotations = (canonical.get("metadata") or {}).get("annotations")
     if isinstance(kept_annotations, dict):
         kept_annotations.pop(ANNOTATION_FIELDS, None)
@@ -158,13 +156,18 @@ def _digest(obj: Manifest, fields: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+_ZERO: Final[tuple[Any, ...]] = (None, False, 0, "", {}, [])
+"""Values the API server omits (Go's omitempty), so neither side counts them."""
+
+
 def _canonical(value: Any, key: str, in_quantities: bool = False) -> Any:
-    """`value` with its zero values dropped and its quantities as numbers."""
+    """`value` (of field `key`) with its zero values dropped and its quantities as
+    numbers."""
     if isinstance(value, dict):
         kept = {}
         for child_key, child in value.items():
             canonical = _canonical(child, child_key, key in _QUANTITY_KEYS)
-            if canonical not in (None, False, 0, "", {}, []):
+            if canonical not in _ZERO:
                 kept[child_key] = canonical
         return kept
     if isinstance(value, list):
@@ -201,42 +204,55 @@ def _servefleet_fields(obj: Manifest) -> dict[str, Any] | None:
     return None
 
 
-def _project(value: Any, fields: dict[str, Any]) -> Any:
-    """What of `value` the fieldsV1 set `fields` names."""
+def _project(value: Any, fields: dict[str, Any], key: str, in_quantities: bool = False) -> Any:
+    """What of `value` (of field `key`) the fieldsV1 set `fields` names, in the
+    canonical form of `_canonical` (one pass: this runs on every watch event)."""
     if not fields:
-        return value
+        return _canonical(value, key, in_quantities)
     if isinstance(value, dict):
-        return {
-            key[2:]: _project(value[key[2:]], child)
-            for key, child in fields.items()
-            if key.startswith("f:") and key[2:] in value
-        }
+        kept = {}
+        for field_key, child in fields.items():
+            name = field_key[2:]
+            if field_key[:2] == "f:" and name in value:
+                projected = _project(value[name], child, name, key in _QUANTITY_KEYS)
+                if projected not in _ZERO:
+                    kept[name] = projected
+        return kept
     if isinstance(value, list):
-        kept = []
+        kept_items = []
         for index, item in enumerate(value):
             child = _element(item, index, fields)
             if child is not None:
-                kept.append(_project(item, child))
-        return kept
-    return value
+                kept_items.append(_project(item, child, key))
+        return kept_items
+    return _canonical(value, key, in_quantities)
 
 
 def _element(item: Any, index: int, fields: dict[str, Any]) -> dict[str, Any] | None:
     """The fieldsV1 set of list element `item` at `index`, if `fields` names it."""
     for key, child in fields.items():
-        if key == f"i:{index}":
-            return dict(child)
-        if key.startswith(("k:", "v:")):
-            named = json.loads(key[2:])
-            if key.startswith("v:") and item == named:
-                return dict(child)
+        kind = key[:2]
+        if kind == "k:":
+            named = _member_key(key)
             if (
-                key.startswith("k:")
+                isinstance(named, dict)
                 and isinstance(item, dict)
                 and all(item.get(k) == v for k, v in named.items())
             ):
                 return dict(child)
+        elif kind == "v:":
+            if item == _member_key(key):
+                return dict(child)
+        elif key == f"i:{index}":
+            return dict(child)
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _member_key(key: str) -> Any:
+    """The JSON of a `k:`/`v:` member of a fieldsV1 set; the same few keys recur
+    on every object, so parsing each once is worth keeping."""
+    return json.loads(key[2:])
 
 
 def _leaf_paths(value: Any, fields: dict[str, Any], path: str = "") -> Iterable[str]:
