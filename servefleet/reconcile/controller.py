@@ -329,8 +329,15 @@ class Controller:
             decision = self._watch(previous, observed, workload, now)
             if decision.unrouted:
                 workload = workload.model_copy(update={"routed": False})
+            # Only the first apply of a generation the region has not reported is a
+            # write reaching the runtime; a re-apply (a replica lost, a restart) is not.
+            written = (
+                endpoint.updated_at
+                if previous is None or previous.observed_generation < endpoint.generation
+                else None
+            )
             try:
-                observed = await self._converge(endpoint, workload, observed)
+                observed = await self._converge(workload, observed, written=written)
             except WorkloadUnsupported as unsupported:
                 error = str(unsupported)
             except RuntimeFailure as failure:
@@ -436,17 +443,19 @@ class Controller:
         )
 
     async def _converge(
-        self, endpoint: Endpoint, workload: Workload, observed: Observed | None
+        self, workload: Workload, observed: Observed | None, *, written: datetime | None
     ) -> Observed | None:
+        """Apply `workload` unless it is in place; `written`: when the record asking
+        for it was written, to measure its propagation from (None: not measured)."""
         if observed is not None and observed.workload_hash == workload_hash(workload):
             return observed
         self._fence()
         await self._runtime.apply(workload)
         self.runtime_writes += 1
-        # From the write that asked for this workload to the runtime holding it; a
-        # negative span (hosts' clocks apart) is no delay at all.
-        delay = (self._clock() - endpoint.updated_at).total_seconds()
-        self._metrics.propagation_delay.labels(self._region).observe(max(delay, 0.0))
+        if written is not None:
+            # A negative span (hosts' clocks apart) is no delay at all.
+            delay = (self._clock() - written).total_seconds()
+            self._metrics.propagation_delay.labels(self._region).observe(max(delay, 0.0))
         log.info(
             "%s/%s: applied generation %d",
             *(self._region, workload.endpoint, workload.generation),

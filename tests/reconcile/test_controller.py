@@ -79,6 +79,32 @@ async def test_a_store_write_reaches_the_runtime_without_a_resync(
     assert (status.replicas_ready, status.replicas_desired) == (5, 5)
 
 
+async def test_propagation_is_measured_once_per_generation_not_for_a_reapply(
+    store: Store, service: EndpointService
+) -> None:
+    runtime = MemoryRuntime()
+    metrics = Metrics()
+    measured = "servefleet_propagation_delay_seconds_count"
+    async with running(store, runtime, metrics=metrics):
+        await service.deploy("llm", make_spec(replicas=2), ["r1"])
+        await eventually(lambda: _state_is(store, "llm", RegionState.READY))
+        assert _sample(metrics, measured, region="r1") == 1
+        await service.scale("llm", 3)
+        await eventually(lambda: _has(runtime, "llm", replicas=3))
+        await eventually(lambda: _generation_reported(store, "llm"))
+        assert _sample(metrics, measured, region="r1") == 2
+
+        # The workload is lost (a restart): applied again, but no write asked for it.
+        applies = len(runtime.applies)
+        del runtime.held_workloads["llm"]
+        runtime.announce("llm")
+        await eventually(lambda: _applied(runtime, applies + 1))
+        assert _sample(metrics, measured, region="r1") == 2
+    total = _sample(metrics, "servefleet_propagation_delay_seconds_sum", region="r1")
+    assert total is not None
+    assert total >= 0
+
+
 async def test_a_converged_endpoint_costs_no_writes(store: Store, service: EndpointService) -> None:
     runtime = MemoryRuntime()
     async with running(store, runtime) as controller:
@@ -385,6 +411,16 @@ async def _has(runtime: MemoryRuntime, name: str, *, replicas: int, routed: bool
     return (
         workload is not None and workload.primary.replicas == replicas and workload.routed == routed
     )
+
+
+async def _generation_reported(store: Store, name: str) -> bool:
+    generation = (await store.get_endpoint(name)).generation
+    statuses = await store.list_region_status(endpoint=name)
+    return bool(statuses) and statuses[0].observed_generation == generation
+
+
+async def _applied(runtime: MemoryRuntime, times: int) -> bool:
+    return len(runtime.applies) >= times
 
 
 async def _state_is(store: Store, name: str, state: RegionState) -> bool:
