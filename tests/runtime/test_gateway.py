@@ -311,15 +311,17 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 Start = Callable[..., Awaitable[str]]
-"""`gateways(routers, settings=FAST)`: start a gateway, return its base URL."""
+"""`gateways(routers, settings=FAST, metrics=None)`: start a gateway, return its base URL."""
 
 
 @pytest.fixture
 async def gateways() -> AsyncIterator[Start]:
     started: list[Gateway] = []
 
-    async def start(routers: list[Router], settings: GatewaySettings = FAST) -> str:
-        gateway = Gateway(routers, settings)
+    async def start(
+        routers: list[Router], settings: GatewaySettings = FAST, metrics: Metrics | None = None
+    ) -> str:
+        gateway = Gateway(routers, settings, metrics=metrics)
         started.append(gateway)
         return await gateway.start("127.0.0.1", 0)
 
@@ -498,12 +500,19 @@ async def test_client_disconnect_cancels_the_upstream_request(
     replica = Backend("llm/primary-0", await serve(endless))
     router = Router("r1")
     route(router, primary=[replica])
-    url = await gateways([router])
+    metrics = Metrics()
+    url = await gateways([router], metrics=metrics)
     response = await client.get(f"{url}/inference/llm/endless")
     assert await response.content.readline() == b"tick\n"
     response.close()  # drops the connection
     await asyncio.wait_for(upstream_gone.wait(), 5)
     await asyncio.wait_for(replica.idle(), 5)
+
+    async def counted_as_client_gone() -> bool:
+        labels = {"endpoint": "llm", "region": "r1", "version": "primary", "status_class": "4xx"}
+        return metrics.registry.get_sample_value("servefleet_gateway_requests_total", labels) == 1
+
+    await eventually(counted_as_client_gone)
 
 
 async def test_global_gateway_sends_to_a_region_with_capacity(

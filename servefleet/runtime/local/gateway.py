@@ -109,6 +109,10 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
+_CLIENT_GONE = 499
+"""The status counted for a request whose client went away first (nginx's)."""
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"code": status, "message": message}}, status=status)
 
@@ -264,11 +268,14 @@ class Gateway:
         router, pick = choice
         series = self._metrics.gateway_series(pick.endpoint, router.region, pick.version)
         series.in_flight.inc()
-        status = 499
+        status = 500  # what aiohttp answers for an exception escaping the handler
         try:
             response = await self._forward(request, router, pick)
             status = response.status
             return response
+        except asyncio.CancelledError:
+            status = _CLIENT_GONE
+            raise
         finally:
             series.in_flight.dec()
             series.requests[status_class(status)].inc()
