@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from kubernetes_asyncio import client
 
 from servefleet.plan import workload_hash
+from servefleet.runtime.kubernetes import apply
 from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
 from servefleet.runtime.kubernetes.drift import (
     DriftRepairs,
@@ -23,8 +25,9 @@ from servefleet.runtime.kubernetes.drift import (
     fields_digest,
 )
 from servefleet.runtime.kubernetes.render import FIELD_MANAGER, RegionSettings
-from tests.kubernetes.conftest import FAST, api_client, api_target, read_object
-from tests.kubernetes.test_cluster import planned
+from tests.kubernetes.conftest import AS_MERGE, FAST, Cluster, api_client, api_target, read_object
+from tests.kubernetes.test_cluster import observed_hash, planned
+from tests.waiting import eventually
 
 WORKLOADS: list[dict[str, Any]] = [
     {
@@ -58,7 +61,7 @@ WORKLOADS: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("routing", ["alb", "nginx"])
 async def test_a_fresh_apply_never_looks_drifted(
-    tmp_path: Path, routing: Literal["alb", "nginx"]
+    tmp_path: Path, routing: Literal["alb", "nginx"], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Server defaults, rewritten quantities and omitted zero values are not drift:
     after each apply, no object is marked and the workload reports its hash."""
@@ -90,6 +93,42 @@ async def test_a_fresh_apply_never_looks_drifted(
                         assert drift_of(served) is None, (kind, served)
         finally:
             await api.close()
+    assert "mutating webhook" not in caplog.text  # what was sent is what was served
+
+
+async def test_fields_the_server_changes_while_applying_are_judged_as_served(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rewrite of servefleet's fields during its own apply (a mutating webhook)
+    is not drift, or every event of the object would repair it; a hand edit after
+    it still is. Simulated by recording a digest the server will not match."""
+    runtime = cluster.runtime
+
+    def rewritten(manifest: dict[str, Any]) -> str:
+        digest = fields_digest(manifest)
+        return "0" * 16 if manifest["kind"] == "Deployment" else digest
+
+    monkeypatch.setattr(apply, "fields_digest", rewritten)
+    workload = planned(replicas=2)
+    await runtime.apply(workload)
+    assert "Deployment (a mutating webhook?)" in caplog.text
+    await cluster.scale("llm", 2, "kubectl-scale")  # an event of the object, no change
+    observed = await runtime.observe("llm")
+    assert observed is not None
+    assert observed.workload_hash == workload_hash(workload)
+
+    deployment = await cluster.get("Deployment", "llm")
+    assert deployment is not None
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    body = {"spec": {"template": {"spec": {"containers": [{**container, "image": "x:1"}]}}}}
+    await client.AppsV1Api(cluster.api).patch_namespaced_deployment(
+        "llm", cluster.namespace, body, field_manager="kubectl-set", **AS_MERGE
+    )
+
+    async def drifted() -> bool:
+        return await observed_hash(cluster) == ""
+
+    await eventually(drifted, within=10)
 
 
 def _live(manifest: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
@@ -117,7 +156,9 @@ def test_the_digest_compares_values_not_spellings() -> None:
     assert drift_of(served) is None
 
     served["spec"] = {"limits": {"cpu": "1"}}
-    assert drift_of(served) == ()  # changed, yet no other manager claims it
+    drift = drift_of(served)
+    assert drift is not None
+    assert drift.changes == ()  # changed, yet no other manager claims it
 
 
 class _Clock:

@@ -36,6 +36,7 @@ from servefleet.runtime.kubernetes.drift import (
     ANNOTATION_FIELDS,
     DriftRepairs,
     fields_digest,
+    live_digest,
     rendered_paths,
 )
 from servefleet.runtime.kubernetes.events import EndpointEvents, Written
@@ -109,6 +110,7 @@ class Writer:
                 if step.verb == "delete":
                     if self._watches.cached(step.ref) is not None:
                         await self._api.delete(step.ref)
+                        self._repairs.forget(_key(step.ref))
                         written.append((step.ref, None))
                     continue
                 assert step.manifest is not None
@@ -120,9 +122,19 @@ class Writer:
                     manifest = await self._hand_off_replicas(
                         workload, step.ref, manifest, creates_autoscaler
                     )
-                manifest["metadata"]["annotations"][ANNOTATION_FIELDS] = fields_digest(manifest)
+                digest = manifest["metadata"]["annotations"][ANNOTATION_FIELDS] = fields_digest(
+                    manifest
+                )
                 self._note_repair(workload.endpoint, step.ref, manifest)
                 result = await self._api.apply(step.ref, manifest, FIELD_MANAGER, force=True)
+                if not self._repairs.applied(_key(step.ref), digest, live_digest(result)):
+                    log.warning(
+                        "%s/%s: the API server changed fields servefleet set while applying "
+                        "%s (a mutating webhook?); its drift is judged against what it served",
+                        self.region,
+                        step.ref.name,
+                        step.ref.kind,
+                    )
                 written.append((step.ref, resource_version(result)))
             await self._synced(written)
 
@@ -135,6 +147,7 @@ class Writer:
         with self._events.holding(endpoint, written):
             for ref in refs:
                 await self._api.delete(ref)
+                self._repairs.forget(_key(ref))
                 written.append((ref, None))
             await self._synced(written)
 
@@ -180,11 +193,11 @@ class Writer:
         """If the cached object drifted, this apply repairs it: say which of the
         fields servefleet sets, changed by whom."""
         drift = (self._watches.cached(ref) or {}).get("drift")
-        if drift is None:
+        if drift is None or not self._repairs.drifted(_key(ref), drift):
             return
         ours = rendered_paths(manifest)
-        changes = tuple((path, manager) for path, manager in drift if path in ours)
-        self._repairs.record(endpoint, f"{ref.kind}/{ref.name}", changes)
+        changes = tuple((path, manager) for path, manager in drift.changes if path in ours)
+        self._repairs.record(endpoint, _key(ref), changes)
         log.info(
             "%s/%s: repairing drift: %s",
             self.region,
@@ -224,6 +237,11 @@ class Writer:
                     await self._events.wait_for_change()
                 return
         log.warning("%s: the watches did not show our writes within the sync timeout", self.region)
+
+
+def _key(ref: ObjectRef) -> str:
+    """How `DriftRepairs` names an object."""
+    return f"{ref.kind}/{ref.name}"
 
 
 def _object_list(refs: Iterable[ObjectRef]) -> str:

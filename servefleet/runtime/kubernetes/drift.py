@@ -13,7 +13,9 @@ field and changes nothing. Fields servefleet does not set (an HPA's
 both digests, so they never look drifted. Both sides are compared in one canonical
 form: identity fields and the digest annotation left out, zero values dropped (the
 API server omits empty fields) and quantities compared by value (it rewrites
-"0.5" as "500m").
+"0.5" as "500m"). Should the API server still serve servefleet's fields other
+than as sent (a mutating admission webhook), apply() notices from its answer and
+the object is judged against what was served (`DriftRepairs.applied`).
 
 A repair is a forced re-apply, decided by the reconciler from `observe()` (the
 endpoint reports no workload hash). A fight — another controller setting the
@@ -40,6 +42,7 @@ from servefleet.runtime.kubernetes.render import FIELD_MANAGER, HANDOFF_MANAGER,
 __all__ = [
     "ANNOTATION_FIELDS",
     "Change",
+    "Drift",
     "DriftRepairs",
     "DriftSettings",
     "drift_of",
@@ -55,6 +58,18 @@ ANNOTATION_OBJECTS: Final = "servefleet.io/objects"  # re-exported by watches.py
 
 Change = tuple[str, str]
 """A field servefleet set that another manager holds now: (path, manager)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """What a cache entry keeps of an object whose fields differ from the digest
+    servefleet recorded on it."""
+
+    live: str
+    """The digest of servefleet's fields as the object holds them now."""
+    changes: tuple[Change, ...]
+    """The fields other managers hold that servefleet does not, with their managers."""
+
 
 _IDENTITY: Final = ("name", "namespace")
 _QUANTITY_KEYS: Final = frozenset({"requests", "limits"})
@@ -98,14 +113,15 @@ def live_digest(obj: Manifest) -> str | None:
     return _digest(obj, projected)
 
 
-def drift_of(obj: Manifest) -> tuple[Change, ...] | None:
+def drift_of(obj: Manifest) -> Drift | None:
     """None if the live object still holds every field servefleet set on it, as
     servefleet set it (or records no digest to compare: applied by an older
     version, it gets one at its next apply); else the fields other managers hold
     that servefleet does not, with their managers — servefleet's lost fields among
     them (`rendered_paths` tells which are)."""
     recorded = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_FIELDS)
-    if not recorded or live_digest(obj) == recorded:
+    live = live_digest(obj)
+    if not recorded or live is None or live == recorded:
         return None
     ours = set(_leaf_paths(obj, _servefleet_fields(obj) or {}))
     changes: list[Change] = []
@@ -116,7 +132,7 @@ def drift_of(obj: Manifest) -> tuple[Change, ...] | None:
         for path in _leaf_paths(obj, entry.get("fieldsV1") or {}):
             if path not in ours and not path.startswith("status"):
                 changes.append((path, manager))
-    return tuple(changes)
+    return Drift(live, tuple(changes))
 
 
 def rendered_paths(manifest: Manifest) -> set[str]:
@@ -322,6 +338,29 @@ class DriftRepairs:
         """Makes the reconciler look at an endpoint again."""
         self._clock = clock
         self._objects: dict[str, _Repairs] = {}
+        self._served: dict[str, str] = {}
+        """Objects whose fields the API server changed while servefleet applied them
+        (a mutating admission webhook, say), by key: the digest of servefleet's
+        fields as it served them, which the object is then compared with instead
+        of the recorded one — or each of its events would look like drift. After a
+        restart, the first repair of such an object learns it again."""
+
+    def applied(self, key: str, sent: str, served: str | None) -> bool:
+        """Object `key` was applied with fields digest `sent` and served back with
+        `served`; whether the two agree."""
+        if served is None or served == sent:
+            self._served.pop(key, None)
+            return True
+        self._served[key] = served
+        return False
+
+    def forget(self, key: str) -> None:
+        """Object `key` was deleted."""
+        self._served.pop(key, None)
+
+    def drifted(self, key: str, drift: Drift | None) -> bool:
+        """Whether the cache's `drift` mark of object `key` is drift."""
+        return drift is not None and drift.live != self._served.get(key)
 
     def record(self, endpoint: str, key: str, changes: tuple[Change, ...]) -> None:
         """A repair of object `key` of `endpoint` is being applied."""

@@ -43,7 +43,7 @@ def observe(
     repair = any(
         repairs.wait(endpoint, key) == 0
         for key, (_kind, obj) in zip(keys, held, strict=True)
-        if "drift" in obj
+        if repairs.drifted(key, obj.get("drift"))
     )
     deployments = {
         obj["metadata"]["name"]: obj for obj in watches.caches["Deployment"].of(endpoint)
