@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 __all__ = [
     "NO_ENDPOINT",
     "NO_REGION",
+    "NO_ROUTE",
     "NO_VERSION",
     "RECONCILE_OUTCOMES",
     "WATCHDOG_ACTIONS",
@@ -40,6 +41,8 @@ NO_ENDPOINT = "(none)"
 """The endpoint label of a gateway request no endpoint's route matched."""
 NO_REGION = "(none)"
 NO_VERSION = "(none)"
+NO_ROUTE = "(none)"
+"""The route label of an API request no route matched (its path is never a label)."""
 
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
@@ -163,6 +166,21 @@ class Metrics:
             "servefleet_gateway_requests_in_flight",
             "Requests the gateways are serving now.",
             ["endpoint", "region", "version"],
+            registry=on,
+        )
+        self.api_requests = Counter(
+            "servefleet_api_requests",
+            "Requests answered by the HTTP API, by route template (NO_ROUTE when none "
+            "matched), method and status class.",
+            ["route", "method", "status_class"],
+            registry=on,
+        )
+        self.api_latency = Histogram(
+            "servefleet_api_request_duration_seconds",
+            "From a request's arrival at the API to the end of its answer (a watch "
+            "stream's whole life).",
+            ["route"],
+            buckets=_REQUEST_BUCKETS,
             registry=on,
         )
         self._queue_depths = _QueueDepths()

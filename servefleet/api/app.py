@@ -53,7 +53,10 @@ def create_app(
     )
     app.state.store = store
     app.state.status_interval = watch_status_interval
-    app.state.metrics = metrics or Metrics()
+    metrics = metrics or Metrics()
+    app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    # Outermost, so that refusals before routing (413) are counted too.
+    app.add_middleware(monitoring.RequestMetrics, metrics=metrics)
     return app
