@@ -29,6 +29,8 @@ from tests.kubernetes.conftest import AS_MERGE, FAST, Cluster, api_client, api_t
 from tests.kubernetes.test_cluster import observed_hash, planned
 from tests.waiting import eventually
 
+#: kubernetes-asyncio's stubs do not declare `_content_type` (the methods accept it).
+AS_STRATEGIC_MERGE: dict[str, Any] = {"_content_type": "application/strategic-merge-patch+json"}
 WORKLOADS: list[dict[str, Any]] = [
     {
         "replicas": 2,
@@ -211,3 +213,51 @@ async def test_a_waiting_repair_and_the_end_of_a_report_wake_the_endpoint() -> N
         assert repairs.report(["Service/llm"]) != ""
         assert await woken.get() == "llm"  # the report has ended
     assert repairs.report(["Service/llm"]) == ""
+
+
+async def test_an_edit_made_while_no_runtime_watched_is_found_from_the_list(
+    tmp_path: Path,
+) -> None:
+    """Nothing is remembered between runs: a runtime started after the edit finds
+    it in its initial list, and its apply repairs it."""
+    async with api_target(tmp_path, bookmark_interval=0.5) as target:
+        settings = RegionSettings(namespace=target.namespace)
+        api = await api_client(target.kubeconfig)
+        try:
+            workload = planned(replicas=1, env={"MODE": "a"})
+            first = await KubernetesRuntime.from_kubeconfig(
+                "r1", settings, target.kubeconfig, cluster=FAST
+            )
+            async with first:
+                await first.apply(workload)
+            # What `kubectl set image deployment/llm '*=x:1'` sends.
+            container = {"name": "inference", "image": "x:1"}
+            await client.AppsV1Api(api).patch_namespaced_deployment(
+                "llm",
+                target.namespace,
+                {"spec": {"template": {"spec": {"containers": [container]}}}},
+                field_manager="kubectl-set",
+                **AS_STRATEGIC_MERGE,
+            )
+            second = await KubernetesRuntime.from_kubeconfig(
+                "r1", settings, target.kubeconfig, cluster=FAST
+            )
+            async with second:
+                observed = await second.observe("llm")
+                assert observed is not None
+                assert observed.workload_hash == ""
+                await second.apply(workload)
+                observed = await second.observe("llm")
+                assert observed is not None
+                assert observed.workload_hash == workload_hash(workload)
+                assert observed.problem == (
+                    "drift repaired: Deployment/llm spec.template.spec.containers[0].image "
+                    "(changed by manager kubectl-set)"
+                )
+            deployment = await read_object(api, "Deployment", target.namespace, "llm")
+            assert deployment is not None
+            assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == (
+                "ghcr.io/example/server:1.0"
+            )
+        finally:
+            await api.close()
