@@ -116,13 +116,15 @@ async def _regions(service: EndpointService, store: Store, names: list[str]) -> 
 
 
 @asynccontextmanager
-async def _cluster_runtime(region: Region, *, in_cluster: bool) -> AsyncIterator[Runtime]:
+async def _cluster_runtime(
+    region: Region, *, in_cluster: bool, metrics: Metrics
+) -> AsyncIterator[Runtime]:
     settings = region_settings(region)
     if in_cluster:
-        runtime = KubernetesRuntime.in_cluster(region.name, settings)
+        runtime = KubernetesRuntime.in_cluster(region.name, settings, metrics=metrics)
     else:
         runtime = await KubernetesRuntime.from_kubeconfig(
-            region.name, settings, region.kubeconfig, context=region.context
+            region.name, settings, region.kubeconfig, context=region.context, metrics=metrics
         )
     try:
         await runtime.start()
@@ -205,7 +207,9 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
             if region.kind is RegionKind.LOCAL:
                 opened = _local_runtime(region, routers[region.name], options)
             else:
-                opened = _cluster_runtime(region, in_cluster=region.name in options.in_cluster)
+                opened = _cluster_runtime(
+                    region, in_cluster=region.name in options.in_cluster, metrics=metrics
+                )
             async with opened as runtime:
                 running.runtimes[region.name] = runtime
                 if region.kind is RegionKind.LOCAL:

@@ -14,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from servefleet.metrics import NO_ENDPOINT, NO_VERSION
 from tests.scenarios.harness import SETTLE, demo_spec, local_fleet, manifest, up_process
+from tests.scenarios.test_kubernetes_autoscaling import REGION as KUBERNETES_REGION
+from tests.scenarios.test_kubernetes_autoscaling import one_cluster
 from tests.waiting import eventually
 
 ENDPOINT = "metered"
@@ -176,3 +178,24 @@ async def test_up_serves_monitoring_on_the_metrics_port_and_logs_json(
     assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
     # The rest is the CLI's own word to the person at the terminal.
     assert [line for line in lines if not line.startswith("{")] == ["stopped"]
+
+
+async def test_a_kubernetes_region_s_requests_are_counted(tmp_path: Path) -> None:
+    """Verify that `up` hands its registry to a Kubernetes region's runtime: the
+    lists its watch caches start from are counted under the region."""
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    async with (
+        one_cluster(tmp_path, store_url),
+        local_fleet(store_url, tmp_path, (KUBERNETES_REGION,)) as fleet,
+        aiohttp.ClientSession() as client,
+    ):
+        scraped = await scrape(client, fleet.metrics_url)
+
+    lists = [
+        value
+        for name, labels, value in scraped.samples
+        if name == "servefleet_runtime_api_requests_total"
+        and labels["region"] == KUBERNETES_REGION
+        and labels["verb"] == "list"
+    ]
+    assert sum(lists) >= 1

@@ -32,6 +32,7 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 
+from servefleet.metrics import Metrics
 from servefleet.plan import Observed, Workload
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.api import KINDS, PODS, ClusterApi, make_api_client
@@ -62,13 +63,14 @@ class KubernetesRuntime:
         *,
         cluster: ClusterSettings = ClusterSettings(),
         owns_client: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.region = region
         self.settings = settings
         self.namespace = settings.namespace
         self._api_client = api_client
         self._owns_client = owns_client
-        api = ClusterApi(region, settings.namespace, api_client, cluster)
+        api = ClusterApi(region, settings.namespace, api_client, cluster, metrics=metrics)
         self._events = EndpointEvents()
         self._watches = Watches(
             region,
@@ -104,6 +106,7 @@ class KubernetesRuntime:
         *,
         context: str | None = None,
         cluster: ClusterSettings = ClusterSettings(),
+        metrics: Metrics | None = None,
     ) -> KubernetesRuntime:
         """A runtime on the cluster of a kubeconfig file (default: $KUBECONFIG or
         ~/.kube/config) and context (default: the current one); not started."""
@@ -114,18 +117,33 @@ class KubernetesRuntime:
             client_configuration=configuration,
         )
         return cls(
-            region, settings, make_api_client(configuration), cluster=cluster, owns_client=True
+            region,
+            settings,
+            make_api_client(configuration),
+            cluster=cluster,
+            owns_client=True,
+            metrics=metrics,
         )
 
     @classmethod
     def in_cluster(
-        cls, region: str, settings: RegionSettings, *, cluster: ClusterSettings = ClusterSettings()
+        cls,
+        region: str,
+        settings: RegionSettings,
+        *,
+        cluster: ClusterSettings = ClusterSettings(),
+        metrics: Metrics | None = None,
     ) -> KubernetesRuntime:
         """A runtime on the cluster it runs in (the pod's service account); not started."""
         configuration = client.Configuration()
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         return cls(
-            region, settings, make_api_client(configuration), cluster=cluster, owns_client=True
+            region,
+            settings,
+            make_api_client(configuration),
+            cluster=cluster,
+            owns_client=True,
+            metrics=metrics,
         )
 
     # Lifecycle.
