@@ -30,14 +30,13 @@ import asyncio
 import functools
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
 from servefleet.runtime.kubernetes.render import FIELD_MANAGER, HANDOFF_MANAGER, Manifest
+from servefleet.spec import parse_quantity
 
 __all__ = [
     "ANNOTATION_FIELDS",
@@ -74,20 +73,6 @@ class Drift:
 _IDENTITY: Final = ("name", "namespace")
 _QUANTITY_KEYS: Final = frozenset({"requests", "limits"})
 _QUANTITY_FIELDS: Final = frozenset({"sizeLimit", "averageValue"})
-_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE]?)$")
-_SUFFIXES: Final = {
-    "": Decimal(1),
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "k": Decimal("1e3"),
-    "M": Decimal("1e6"),
-    "G": Decimal("1e9"),
-    "T": Decimal("1e12"),
-    "P": Decimal("1e15"),
-    "E": Decimal("1e18"),
-    **{f"{prefix}i": Decimal(2 ** (10 * power)) for power, prefix in enumerate("KMGTPE", 1)},
-}
 
 
 def fields_digest(manifest: Manifest) -> str:
@@ -194,16 +179,9 @@ def _canonical(value: Any, key: str, in_quantities: bool = False) -> Any:
 
 
 def _quantity(raw: str) -> str:
-    match = _QUANTITY.match(raw.strip())
-    if match is None:
-        return raw
-    number, suffix = match.groups()
     try:
-        if suffix[:1] in ("e", "E"):
-            value = Decimal(number + suffix)
-        else:
-            value = Decimal(number) * _SUFFIXES[suffix]
-    except InvalidOperation:
+        value = parse_quantity(raw.strip())
+    except ValueError:
         return raw
     return format(value.normalize(), "f")
 
