@@ -84,6 +84,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -529,34 +530,13 @@ class DynamoStore(PolledFeed):
         )
 
     async def get_region(self, name: str) -> Region:
-        answer = await self._client.call(
-            "get_item", TableName=self._table, Key=_key("region", name), ConsistentRead=True
-        )
-        if "Item" not in answer:
-            raise RegionNotFound(name)
-        return Region.model_validate_json(answer["Item"]["record"]["S"])
+        return Region.model_validate_json(await self._record("region", name, RegionNotFound))
 
     async def list_regions(self) -> list[Region]:
-        items = await self._client.query_all(
-            TableName=self._table,
-            KeyConditionExpression="pk = :kind",
-            ExpressionAttributeValues={":kind": _string("region")},
-            ConsistentRead=True,
-        )
-        return [Region.model_validate_json(item["record"]["S"]) for item in items]
+        return [Region.model_validate_json(record) for record in await self._records("region")]
 
     async def delete_region(self, name: str) -> None:
-        try:
-            await self._client.call(
-                "delete_item",
-                TableName=self._table,
-                Key=_key("region", name),
-                ConditionExpression="attribute_exists(pk)",
-            )
-        except ConditionFailed as failed:
-            # Missing after an answer was lost: that attempt deleted it.
-            if not failed.may_be_own_write:
-                raise RegionNotFound(name) from None
+        await self._delete_record("region", name, RegionNotFound)
 
     # API tokens: items of their own kind, so no schema change came with them.
 
@@ -575,34 +555,48 @@ class DynamoStore(PolledFeed):
                 raise TokenExists(token.name) from None
 
     async def get_token(self, name: str) -> ApiToken:
-        answer = await self._client.call(
-            "get_item", TableName=self._table, Key=_key("token", name), ConsistentRead=True
-        )
-        if "Item" not in answer:
-            raise TokenNotFound(name)
-        return ApiToken.model_validate_json(answer["Item"]["record"]["S"])
+        return ApiToken.model_validate_json(await self._record("token", name, TokenNotFound))
 
     async def list_tokens(self) -> list[ApiToken]:
+        return [ApiToken.model_validate_json(record) for record in await self._records("token")]
+
+    async def delete_token(self, name: str) -> None:
+        await self._delete_record("token", name, TokenNotFound)
+
+    # Records kept whole as JSON under a kind of their own (regions, tokens).
+
+    async def _record(self, kind: str, name: str, missing: Callable[[str], Exception]) -> str:
+        answer = await self._client.call(
+            "get_item", TableName=self._table, Key=_key(kind, name), ConsistentRead=True
+        )
+        if "Item" not in answer:
+            raise missing(name)
+        record: str = answer["Item"]["record"]["S"]
+        return record
+
+    async def _records(self, kind: str) -> list[str]:
         items = await self._client.query_all(
             TableName=self._table,
             KeyConditionExpression="pk = :kind",
-            ExpressionAttributeValues={":kind": _string("token")},
+            ExpressionAttributeValues={":kind": _string(kind)},
             ConsistentRead=True,
         )
-        return [ApiToken.model_validate_json(item["record"]["S"]) for item in items]
+        return [item["record"]["S"] for item in items]
 
-    async def delete_token(self, name: str) -> None:
+    async def _delete_record(
+        self, kind: str, name: str, missing: Callable[[str], Exception]
+    ) -> None:
         try:
             await self._client.call(
                 "delete_item",
                 TableName=self._table,
-                Key=_key("token", name),
+                Key=_key(kind, name),
                 ConditionExpression="attribute_exists(pk)",
             )
         except ConditionFailed as failed:
             # Missing after an answer was lost: that attempt deleted it.
             if not failed.may_be_own_write:
-                raise TokenNotFound(name) from None
+                raise missing(name) from None
 
     # Change feed.
 
