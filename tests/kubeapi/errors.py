@@ -143,8 +143,15 @@ _TYPES = {
 _NO_VALUE = ("Required", "Forbidden", "TooLong")
 
 
+class GoSyntax(str):
+    """A bad value already written as the API server prints it (Go's %#v of an
+    internal struct such as `core.ServicePort{...}`), to be shown as is."""
+
+
 def go_value(value: Any) -> str:
     """A bad value printed roughly the way Go's %#v / %q would."""
+    if isinstance(value, GoSyntax):
+        return str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

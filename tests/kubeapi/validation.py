@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .errors import FieldError
+from .errors import FieldError, GoSyntax, go_value
 from .quantity import QuantityError, parse_quantity
 from .selectors import (
     SelectorError,
@@ -263,31 +263,50 @@ def pod(obj: dict[str, Any], old: dict[str, Any] | None) -> list[FieldError]:
     return pod_spec_errors(obj.get("spec") or {}, "spec")
 
 
+def _service_port_key(port: int, protocol: str) -> GoSyntax:
+    """The value of a duplicate port's error: the `core.ServicePort{Protocol, Port}`
+    key ValidateService looks ports up by, printed as Go's %#v prints that internal
+    struct (every other field at its zero value)."""
+    return GoSyntax(
+        f'core.ServicePort{{Name:"", Protocol:{go_value(protocol)}, AppProtocol:(*string)(nil),'
+        f' Port:{port}, TargetPort:intstr.IntOrString{{Type:0, IntVal:0, StrVal:""}},'
+        " NodePort:0}"
+    )
+
+
 def service(obj: dict[str, Any], old: dict[str, Any] | None) -> list[FieldError]:
+    """The checks of ValidateService servefleet can meet, in its order: each port
+    (name required when there are several, names unique, number in range), the type,
+    then (port, protocol) pairs unique."""
     spec = obj.get("spec") or {}
     errors: list[FieldError] = []
     kind = spec.get("type", "ClusterIP")
+    ports = spec.get("ports") or []
+    if not ports and kind != "ExternalName" and spec.get("clusterIP") != "None":
+        errors.append(FieldError("Required", "spec.ports"))
+    names: set[str] = set()
+    for position, port in enumerate(ports):
+        name = port.get("name") or ""
+        if len(ports) > 1 and not name:
+            errors.append(FieldError("Required", f"spec.ports[{position}].name"))
+        elif name in names:
+            errors.append(FieldError("Duplicate", f"spec.ports[{position}].name", name))
+        elif name:
+            names.add(name)
+        errors += _port(port.get("port"), f"spec.ports[{position}].port")
     if kind not in _SERVICE_TYPES:
         supported = ", ".join(f'"{t}"' for t in _SERVICE_TYPES)
         errors.append(
             FieldError("NotSupported", "spec.type", kind, f"supported values: {supported}")
         )
-    ports = spec.get("ports") or []
-    if not ports and kind != "ExternalName" and spec.get("clusterIP") != "None":
-        errors.append(FieldError("Required", "spec.ports"))
-    seen: set[tuple[Any, Any]] = set()
+    pairs: set[tuple[Any, Any]] = set()
     for position, port in enumerate(ports):
-        errors += _port(port.get("port"), f"spec.ports[{position}].port")
-        key = (port.get("port"), port.get("protocol", "TCP"))
-        if key in seen:
+        pair = (port.get("port"), port.get("protocol", "TCP"))
+        if pair in pairs:
             errors.append(
-                FieldError(
-                    "Duplicate", f"spec.ports[{position}]", {"port": key[0], "protocol": key[1]}
-                )
+                FieldError("Duplicate", f"spec.ports[{position}]", _service_port_key(*pair))
             )
-        seen.add(key)
-        if len(ports) > 1 and not port.get("name"):
-            errors.append(FieldError("Required", f"spec.ports[{position}].name"))
+        pairs.add(pair)
     if old is not None:
         before = (old.get("spec") or {}).get("clusterIP")
         after = spec.get("clusterIP")

@@ -207,6 +207,133 @@ async def test_another_managers_merge_patch_takes_the_field_until_a_forced_apply
     assert [e["manager"] for e in answer["metadata"]["managedFields"]] == ["servefleet"]
 
 
+def service(*ports: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "llm"},
+        "spec": {"selector": {"app": "llm"}, "ports": list(ports)},
+    }
+
+
+async def test_service_ports_need_unique_names_and_port_protocol_pairs(
+    http: aiohttp.ClientSession,
+) -> None:
+    """As ValidateService: a port name used twice and a (port, protocol) pair used
+    twice are each a Duplicate, the pair printed as the internal struct it is
+    looked up by; the same number under two protocols is fine."""
+    status, answer, _ = await call(
+        http,
+        "POST",
+        SERVICES,
+        service({"name": "http", "port": 80}, {"name": "http", "port": 8080}),
+    )
+    assert (status, answer["reason"], answer["message"]) == (
+        422,
+        "Invalid",
+        'Service "llm" is invalid: spec.ports[1].name: Duplicate value: "http"',
+    )
+    assert answer["details"] == {
+        "name": "llm",
+        "kind": "Service",
+        "causes": [
+            {
+                "reason": "FieldValueDuplicate",
+                "message": 'Duplicate value: "http"',
+                "field": "spec.ports[1].name",
+            }
+        ],
+    }
+
+    status, answer, _ = await call(
+        http,
+        "POST",
+        SERVICES,
+        service({"name": "http", "port": 80}, {"name": "web", "port": 80, "protocol": "TCP"}),
+    )
+    pair = (
+        'core.ServicePort{Name:"", Protocol:"TCP", AppProtocol:(*string)(nil), Port:80,'
+        ' TargetPort:intstr.IntOrString{Type:0, IntVal:0, StrVal:""}, NodePort:0}'
+    )
+    assert (status, answer["message"]) == (
+        422,
+        f'Service "llm" is invalid: spec.ports[1]: Duplicate value: {pair}',
+    )
+    assert answer["details"]["causes"] == [
+        {
+            "reason": "FieldValueDuplicate",
+            "message": f"Duplicate value: {pair}",
+            "field": "spec.ports[1]",
+        }
+    ]
+
+    # Each port's own errors come first, the pairs after them (and the type).
+    status, answer, _ = await call(
+        http,
+        "POST",
+        SERVICES,
+        service({"name": "dns", "port": 53}, {"name": "dns", "port": 53}),
+    )
+    assert status == 422
+    assert [cause["field"] for cause in answer["details"]["causes"]] == [
+        "spec.ports[1].name",
+        "spec.ports[1]",
+    ]
+
+    status, answer, _ = await call(
+        http,
+        "POST",
+        SERVICES,
+        service({"name": "dns", "port": 53}, {"name": "dns-udp", "port": 53, "protocol": "UDP"}),
+    )
+    assert status == 201
+    # Reached by any write, not only a create: the lists decode, validation refuses.
+    status, answer, _ = await call(
+        http,
+        "PATCH",
+        f"{SERVICES}/llm",
+        [{"op": "add", "path": "/spec/ports/-", "value": {"name": "web", "port": 53}}],
+        "application/json-patch+json",
+    )
+    assert (status, answer["message"]) == (
+        422,
+        f'Service "llm" is invalid: spec.ports[2]: Duplicate value: {pair.replace("80", "53")}',
+    )
+
+
+async def test_a_forced_apply_beside_another_managers_port_is_refused(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Another manager's merge patch changes the port's number and so owns the item
+    (the list is keyed by port and protocol); a forced apply of the old number
+    cannot remove that item, puts its own beside it, and the result, two ports named
+    "http", is refused: the object stays as the edit left it."""
+    applied = service({"name": "http", "port": 80, "targetPort": 8000, "protocol": "TCP"})
+    apply_path = f"{SERVICES}/llm?fieldManager=servefleet&force=true"
+    status, _, _ = await call(http, "PATCH", apply_path, applied, "application/apply-patch+yaml")
+    assert status == 201
+    moved = {"spec": {"ports": [{"name": "http", "port": 8080, "targetPort": 8000}]}}
+    status, answer, _ = await call(
+        http,
+        "PATCH",
+        f"{SERVICES}/llm?fieldManager=kubectl-patch",
+        moved,
+        "application/merge-patch+json",
+    )
+    assert status == 200
+    assert [port["port"] for port in answer["spec"]["ports"]] == [8080]
+
+    status, answer, _ = await call(
+        http, "PATCH", apply_path, applied, "application/apply-patch+yaml"
+    )
+    assert (status, answer["message"]) == (
+        422,
+        'Service "llm" is invalid: spec.ports[1].name: Duplicate value: "http"',
+    )
+    status, answer, _ = await call(http, "GET", f"{SERVICES}/llm")
+    assert [port["port"] for port in answer["spec"]["ports"]] == [8080]
+
+
 async def test_strategic_merge_patch_errors_are_classified_as_the_api_server_does(
     http: aiohttp.ClientSession,
 ) -> None:

@@ -295,3 +295,43 @@ async def test_a_fight_is_answered_at_a_growing_interval_and_reported(tmp_path: 
         paced = gaps[FIGHT_REPAIRS : FIGHT_REPAIRS + 3]
         assert sum(paced) >= 7.0 - 2.0, gaps
         assert paced[-1] >= 4.0 - 1.5, gaps
+
+
+async def test_a_repair_the_api_server_refuses_is_reported_with_its_field(tmp_path: Path) -> None:
+    """Another tool moves the Service's port to another number. The list is keyed by
+    port and protocol, so the edit's item is that tool's: servefleet's forced
+    re-apply cannot remove it and puts its own port 80 beside it, and the API server
+    refuses two ports named "http" (422). The region's status carries the server's
+    message, naming the field; the object stays as the edit left it."""
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    async with (
+        one_cluster(tmp_path, store_url) as world,
+        local_fleet(store_url, tmp_path, (REGION,)) as fleet,
+    ):
+        await fleet.service.deploy("llm", spec(None), [REGION])
+        await converged(world, fleet, ready=1)
+        (port,) = (await world.need(REGION, "services"))["spec"]["ports"]
+
+        server = world.clusters[REGION].server
+        since = len(server.request_log) if server is not None else 0
+
+        # kubectl patch service llm --type merge: the whole list, with a new number.
+        body = {"spec": {"ports": [{**port, "port": 8080}]}}
+        await edit(world, "services", body, "kubectl-patch", MERGE)
+
+        async def refusal_reported() -> bool:
+            status = await fleet.status("llm", REGION)
+            return (
+                status is not None
+                and 'Service "llm" is invalid: spec.ports[1].name: Duplicate value: "http"'
+                in status.message
+            )
+
+        await eventually(refusal_reported, within=SETTLE)
+        service = await world.need(REGION, "services")
+        assert [(item["name"], item["port"]) for item in service["spec"]["ports"]] == [
+            ("http", 8080)
+        ]
+        if server is not None:
+            # The repair was sent (and refused), not skipped.
+            assert ("services", "llm") in runtime_writes(world, since)
