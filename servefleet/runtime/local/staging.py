@@ -43,6 +43,9 @@ __all__ = ["Stager", "observed_progress", "staged"]
 
 log = logging.getLogger(__name__)
 
+# Seconds a stage command may take to import and start its own deadline on a loaded host.
+STAGE_START_ALLOWANCE = 15.0
+
 
 class Stager:
     """Starts and stops the stagings of one region's endpoints and runs them."""
@@ -145,8 +148,10 @@ class Stager:
         assert process.stdout is not None
         message = ""
         try:
-            # The command keeps its own deadline; this one only catches a stuck process.
-            async with asyncio.timeout(limit + self._settings.terminate_grace):
+            # The command keeps its own deadline, which starts once its imports are done;
+            # this one only catches a stuck process, so it allows for a slow start.
+            deadline = limit + self._settings.terminate_grace + STAGE_START_ALLOWANCE
+            async with asyncio.timeout(deadline):
                 async for line in process.stdout:
                     message = self._take_event(endpoint, staging, line) or message
                 returncode = await process.wait()
