@@ -266,7 +266,10 @@ class PolledFeed(ABC):
                     yield change
                     position = change.seq
                 if not changes:
+                    # Not `wait_for`: on Python 3.11 it drops a cancel that arrives
+                    # with the wake-up, and the watcher would never end.
                     with suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), timeout=self.poll_interval)
+                        async with asyncio.timeout(self.poll_interval):
+                            await wake.wait()
         finally:
             self._watchers.discard(wake)

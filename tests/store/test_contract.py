@@ -210,6 +210,26 @@ async def test_feed_wakes_for_a_write_made_by_another_connection(
     assert [c.name for c in await waiting] == ["from-elsewhere"]
 
 
+async def test_a_watcher_cancelled_as_a_change_wakes_it_ends(store: Store) -> None:
+    """The write wakes the waiting watcher and the cancel comes in the same turn of
+    the loop: Python 3.11's `asyncio.wait_for` returned the wake-up and dropped the
+    cancel, so a reconciler being stopped kept following the feed forever."""
+    changes = aiter(store.watch(await store.feed_position()))
+
+    async def follow() -> None:
+        async for _ in changes:
+            pass
+
+    following = asyncio.ensure_future(follow())
+    await asyncio.sleep(0.5)  # waiting for a wake-up by now
+
+    await store.create_endpoint(make_endpoint("a"))  # returns right after the wake-up
+    following.cancel()
+
+    await asyncio.wait({following}, timeout=10)
+    assert following.cancelled()
+
+
 async def test_feed_refuses_a_compacted_position(store: Store) -> None:
     assert isinstance(store, SqlStore | DynamoStore)
     store.feed_retention = 3

@@ -76,7 +76,8 @@ async def terminate(process: asyncio.subprocess.Process, grace: float) -> None:
     if process.returncode is None:
         signal_group(process.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), grace)
+            async with asyncio.timeout(grace):  # not wait_for: see store.base.watch
+                await process.wait()
         except TimeoutError:
             signal_group(process.pid, signal.SIGKILL)
             await process.wait()
