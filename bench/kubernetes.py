@@ -59,10 +59,9 @@ IMAGE = "vllm/vllm-openai:v0.6.3"
 LATENCY = 0.005
 """Injected per request by every test API server, as a nearby real one would take."""
 AUTO_READY = 0.05
-RAISED = ClusterSettings(rate=100_000.0, burst=100_000)
-"""The client-side token bucket raised far above what is sent, so that the figures
-are the reconciler's and the servers', not the limit's."""
 DEFAULTS = ClusterSettings()
+"""What the reconciler runs with: its client-side rate adapts to the servers, from
+its default ceiling."""
 CONTROLLER = ControllerSettings()
 LEASE = LeaseSettings()
 WATCHED_KINDS = 5
@@ -178,15 +177,11 @@ async def _create(store: Store, count: int, regions: list[str]) -> float:
 
 
 @asynccontextmanager
-async def reconciler(place: Fleet, cluster: ClusterSettings) -> AsyncIterator[Child]:
+async def reconciler(place: Fleet) -> AsyncIterator[Child]:
     async with child(
         "bench.reconciler_host",
         place.store_url,
         *place.servers,
-        "--rate",
-        str(cluster.rate),
-        "--burst",
-        str(cluster.burst),
         log=place.directory / "reconciler.log",
         within=120,
     ) as host:
@@ -233,12 +228,12 @@ def _by_verb(counts: dict[str, dict[str, Any]]) -> Counter[str]:
 
 def _floors(per_region: dict[str, int]) -> dict[str, float]:
     """The least time the requests alone need, regions working in parallel: through a
-    token bucket (what exceeds the burst, at the rate), and through the controller's
-    workers, each waiting out one request's injected latency at a time."""
+    token bucket at the rate's ceiling (what exceeds the burst), and through the
+    controller's workers, each waiting out one request's injected latency at a time."""
     busiest = max(per_region.values())
+    rate = DEFAULTS.rate
     return {
-        "default_rate_s": round(max(0, busiest - DEFAULTS.burst) / DEFAULTS.rate, 1),
-        "raised_rate_s": round(max(0, busiest - RAISED.burst) / RAISED.rate, 3),
+        "ceiling_rate_s": round(max(0, busiest - rate.burst) / rate.ceiling, 1),
         "workers_latency_s": round(busiest * LATENCY / CONTROLLER.workers, 1),
     }
 
@@ -253,7 +248,7 @@ async def _converge(size: int, plan: Plan) -> dict[str, Any]:
         target = size * len(regions)
         show(f"{label}: starting the reconciler")
         started = time.perf_counter()
-        async with reconciler(place, RAISED) as host:
+        async with reconciler(place) as host:
             done, ready = await _ready(place, host, target, plan.within, label)
             usage = await host.ask("snapshot")
             counts = await place.counts()
@@ -333,8 +328,8 @@ async def _scale_rows(plan: Plan) -> list[Row]:
         "region, created before; the reconciler process (bench/reconciler_host.py: what "
         f"`servefleet up` runs — lease, KubernetesRuntime and Controller per region, "
         f"{CONTROLLER.workers} workers each) started, timed until every region's status is "
-        f"READY at the current generation; client-side limit raised to {RAISED.rate:,.0f}/s "
-        f"(default {DEFAULTS.rate:g}/s, burst {DEFAULTS.burst})"
+        "READY at the current generation; the default settings, the client-side rate "
+        f"adapting from its ceiling of {DEFAULTS.rate.ceiling:g}/s (burst {DEFAULTS.rate.burst})"
     )
     for case in cases:
         size, floors = case["endpoints"], case["floors_s"]
@@ -359,8 +354,8 @@ async def _scale_rows(plan: Plan) -> list[Row]:
                 f"({_verbs(per_verb)}) · API servers' CPU {busiest_server:.1f} s at most "
                 f"({busiest_server / case['wall_s']:.0%} of the wall time) · limit: the requests "
                 f"alone need ≥ {floors['workers_latency_s']:.1f} s through {CONTROLLER.workers} "
-                f"workers x {LATENCY * 1000:.0f} ms, ≥ {floors['default_rate_s']:.0f} s at the "
-                f"default {DEFAULTS.rate:g}/s",
+                f"workers x {LATENCY * 1000:.0f} ms, ≥ {floors['ceiling_rate_s']:.0f} s at the "
+                f"rate's ceiling {DEFAULTS.rate.ceiling:g}/s",
                 case,
                 goal=(
                     f"{GOAL_ENDPOINTS:,} x 3 in < {GOAL_SECONDS:.0f} s; requests per endpoint "
@@ -385,7 +380,7 @@ async def _steady_row(plan: Plan) -> Row:
     async with fleet(1) as place:
         region = next(iter(place.servers))
         await _create(place.writer, size, [region])
-        async with reconciler(place, RAISED) as host:
+        async with reconciler(place) as host:
             _, ready = await _ready(
                 place, host, size, plan.within, f"steady N={size:,}: converging"
             )
@@ -441,7 +436,7 @@ async def _steady_row(plan: Plan) -> Row:
         "reconciler_rss_mb": round(after["rss_kb"] / 1024, 1),
         "long_run_bounds_not_measured": {
             "heartbeat_status_writes_per_min_at_most": round(heartbeat_bound, 1),
-            "watch_renewals_per_min": round(WATCHED_KINDS / (RAISED.watch_timeout / 60), 2),
+            "watch_renewals_per_min": round(WATCHED_KINDS / (DEFAULTS.watch_timeout / 60), 2),
         },
         "reference": {
             "endpoints": REFERENCE_ENDPOINTS,
@@ -463,7 +458,7 @@ async def _steady_row(plan: Plan) -> Row:
         "endpoints; counted from convergence (nothing deploying, queue idle) + 0.5 s over the "
         f"window. Not in the window (every {CONTROLLER.heartbeat_interval:.0f} s): the status "
         f"heartbeat (≤ {heartbeat_bound:.0f} writes/min) and watch renewals "
-        f"({WATCHED_KINDS} per {RAISED.watch_timeout} s)",
+        f"({WATCHED_KINDS} per {DEFAULTS.watch_timeout} s)",
         f"Kubernetes requests {requests / minutes:.1f}/min ({_verbs(per_min)}; Lease "
         f"renewals {lease_requests / minutes:.1f}/min of them; {watches} watches open) · "
         f"store writes {sum(writes.values()) / minutes:.1f}/min "

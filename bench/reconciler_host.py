@@ -1,13 +1,12 @@
 """The reconciler under measurement, in a process of its own:
 
-    python -m bench.reconciler_host STORE_URL REGION... --rate R --burst B
+    python -m bench.reconciler_host STORE_URL REGION...
 
 What `servefleet up` runs for Kubernetes regions: one store connection and, per
 region, `run_region` (leader election through a Lease in the region's namespace,
 then a `KubernetesRuntime`
 from the region's registered kubeconfig under a `Controller` with the default
-settings). Only the client-side token bucket differs (`--rate`, `--burst`): the
-default one would be what is measured. The store is wrapped in a counting proxy.
+settings, the client-side rate included). The store is wrapped in a counting proxy.
 
 Says `{"started_s": ...}` once every region leads and its runtime has listed, then
 answers `snapshot`: store calls so far, the controllers' runtime and status writes,
@@ -45,7 +44,7 @@ LEASE = LeaseSettings()
 
 async def main(options: argparse.Namespace) -> None:
     began = time.perf_counter()
-    cluster = ClusterSettings(rate=options.rate, burst=options.burst)
+    cluster = ClusterSettings()
     store = CountingStore(await open_store(options.store))
     controllers: dict[str, Controller] = {}
     everyone_leads = asyncio.Event()
@@ -120,6 +119,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.reconciler_host")
     parser.add_argument("store")
     parser.add_argument("regions", nargs="+")
-    parser.add_argument("--rate", type=float, default=ClusterSettings.rate)
-    parser.add_argument("--burst", type=int, default=ClusterSettings.burst)
     asyncio.run(main(parser.parse_args()))

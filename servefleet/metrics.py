@@ -123,6 +123,13 @@ class Metrics:
             ["region", "verb", "status"],
             registry=on,
         )
+        self.runtime_api_rate = Gauge(
+            "servefleet_runtime_api_rate",
+            "The requests a second a region's runtime allows itself towards its Kubernetes "
+            "API server: the ceiling, lowered while the server signals overload.",
+            ["region"],
+            registry=on,
+        )
         self.watchdog_events = Counter(
             "servefleet_watchdog_events",
             "Routes withdrawn (unroute) from endpoints without a ready replica past the "

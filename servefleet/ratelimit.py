@@ -1,12 +1,24 @@
-"""A token bucket, shared by the reconciler's retries and the runtimes' API calls."""
+"""Client-side rate limits: a token bucket, shared by the reconciler's retries and
+the runtimes' API calls, and the adaptive rate a Kubernetes runtime sends at.
+
+`AdaptiveRate` is additive-increase, multiplicative-decrease (TCP's congestion
+control, and what client-go's fixed 5 requests/s bucket lacks): a fixed low
+ceiling makes a large fleet converge at the client's pace, not the server's, and
+the API server protects itself already (API Priority and Fairness answers 429
+with Retry-After). So the rate starts at its ceiling, halves when the server says
+it is overloaded (a 429, a Retry-After) or its latency climbs well above the
+lowest seen lately, at most once per `cooldown` (the answers to a burst all say
+the same thing), and climbs back by a fixed step each second it goes unpunished.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-__all__ = ["TokenBucket"]
+__all__ = ["AdaptiveRate", "AdaptiveRateSettings", "TokenBucket"]
 
 
 class TokenBucket:
@@ -21,11 +33,23 @@ class TokenBucket:
         self._clock = clock
         self._last = clock()
 
-    def delay(self) -> float:
-        """Reserve a token; how long to wait before using it."""
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @rate.setter
+    def rate(self, rate: float) -> None:
+        self._refill()  # the tokens earned so far were earned at the old rate
+        self._rate = rate
+
+    def _refill(self) -> None:
         now = self._clock()
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         self._last = now
+
+    def delay(self) -> float:
+        """Reserve a token; how long to wait before using it."""
+        self._refill()
         self._tokens -= 1
         return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
 
@@ -34,3 +58,75 @@ class TokenBucket:
         wait = self.delay()
         if wait > 0:
             await asyncio.sleep(wait)
+
+
+@dataclass(frozen=True)
+class AdaptiveRateSettings:
+    """Requests a second unless said otherwise."""
+
+    ceiling: float = 500.0
+    """Where the rate starts and the most it climbs back to."""
+    floor: float = 5.0
+    burst: int = 100
+    recovery: float = 25.0
+    """Added to the rate for each second without a sign of overload."""
+    cooldown: float = 1.0
+    """Seconds after a decrease during which further signs do not count."""
+    latency_factor: float = 4.0
+    """A smoothed latency this many times the lowest seen lately is overload..."""
+    latency_margin: float = 0.1
+    """...if it is also this many seconds above it (sub-millisecond noise is not)."""
+
+
+class AdaptiveRate:
+    """A token bucket whose rate follows the server's signals (module docstring)."""
+
+    def __init__(
+        self, settings: AdaptiveRateSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self.bucket = TokenBucket(settings.ceiling, settings.burst, clock)
+        self._last_change = clock()
+        self._decreased_at = float("-inf")
+        self._latency: float | None = None
+        """Exponentially smoothed latency of the answers."""
+        self._lowest: float | None = None
+        """The lowest smoothed latency, drifting up slowly so that it stays recent."""
+
+    @property
+    def rate(self) -> float:
+        return self.bucket.rate
+
+    async def acquire(self) -> None:
+        await self.bucket.acquire()
+
+    def overloaded(self) -> None:
+        """The server refused a request as overloaded (429, or a Retry-After)."""
+        self._decrease()
+
+    def answered(self, latency: float) -> None:
+        """The server answered a request after `latency` seconds."""
+        settings = self._settings
+        smoothed = latency if self._latency is None else 0.8 * self._latency + 0.2 * latency
+        self._latency = smoothed
+        lowest = smoothed if self._lowest is None else min(self._lowest * 1.001, smoothed)
+        self._lowest = lowest
+        if (
+            smoothed > lowest * settings.latency_factor
+            and smoothed > lowest + settings.latency_margin
+        ):
+            self._decrease()
+            return
+        now = self._clock()
+        if now - self._decreased_at >= settings.cooldown:
+            climbed = self.bucket.rate + settings.recovery * (now - self._last_change)
+            self.bucket.rate = min(settings.ceiling, climbed)
+        self._last_change = now
+
+    def _decrease(self) -> None:
+        now = self._clock()
+        if now - self._decreased_at < self._settings.cooldown:
+            return
+        self._decreased_at = self._last_change = now
+        self.bucket.rate = max(self._settings.floor, self.bucket.rate / 2)

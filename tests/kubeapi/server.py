@@ -216,6 +216,13 @@ class KubeApiServer:
         self.request_log: list[RequestInfo] = []
         self.faults: list[Fault] = []
         self.latencies: list[Latency] = []
+        #: Requests served at once before further ones are refused with 429 and
+        #: Retry-After: 1, as kube-apiserver's --max-requests-inflight (and API
+        #: Priority and Fairness once its queues are full) refuse them; watches,
+        #: long-running, are not counted. None: no limit.
+        self.max_in_flight: int | None = None
+        self.refused_in_flight = 0
+        self._in_flight = 0
         self._streams: set[_Stream] = set()
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
@@ -582,6 +589,26 @@ class KubeApiServer:
                 user_agent=user_agent,
             )
         self._record(info)
+        if info.verb == "watch" or self.max_in_flight is None:
+            return await self._answer(request, route, info, query, content_type, user_agent)
+        if self._in_flight >= self.max_in_flight:
+            self.refused_in_flight += 1
+            return _error_response(errors.too_many_requests(1))
+        self._in_flight += 1
+        try:
+            return await self._answer(request, route, info, query, content_type, user_agent)
+        finally:
+            self._in_flight -= 1
+
+    async def _answer(
+        self,
+        request: web.Request,
+        route: _Route | dict[str, Any],
+        info: RequestInfo,
+        query: Mapping[str, str],
+        content_type: str,
+        user_agent: str,
+    ) -> web.StreamResponse:
         for latency in list(self.latencies):
             if latency.match(info):
                 await asyncio.sleep(latency.seconds)

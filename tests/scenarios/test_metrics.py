@@ -27,6 +27,7 @@ FAMILIES = {
     "servefleet_workqueue_depth": "gauge",
     "servefleet_propagation_delay_seconds": "histogram",
     "servefleet_runtime_api_requests": "counter",
+    "servefleet_runtime_api_rate": "gauge",
     "servefleet_watchdog_events": "counter",
     "servefleet_leader": "gauge",
     "servefleet_endpoint_replicas_ready": "gauge",

@@ -2,12 +2,15 @@
 
 `ClusterApi` is the runtime's small client of one namespace: apply, delete, list
 a page, open a watch, read the tail of a pod's log. Each request but the watch
-streams passes a client-side token bucket (`ClusterSettings.rate`/`burst`), runs
-under `request_timeout`, and is retried on 429, 5xx, timeouts and connection
-errors with exponential backoff (honouring Retry-After, capped at `backoff_max`
-or 1 s, whichever is longer) before `RuntimeUnavailable`; what each answer means
-is decided in `errors.py`. Every attempt, and every watch opened, is counted in
-`servefleet_runtime_api_requests` by verb and status ("error": no answer came).
+streams passes a client-side rate limit that adapts to the server
+(`ratelimit.AdaptiveRate`, `ClusterSettings.rate`: it halves on a 429 or a
+Retry-After and on rising latency, and climbs back to its ceiling), runs under
+`request_timeout`, and is retried on 429, 5xx, timeouts and connection errors
+with exponential backoff (honouring Retry-After, capped at `backoff_max` or 1 s,
+whichever is longer) before `RuntimeUnavailable`; what each answer means is
+decided in `errors.py`. Every attempt, and every watch opened, is counted in
+`servefleet_runtime_api_requests` by verb and status ("error": no answer came);
+the current rate is `servefleet_runtime_api_rate`.
 
 `make_api_client` builds the kubernetes-asyncio client the runtime and the Lease
 election (`lease.py`) share the habits of.
@@ -20,6 +23,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,7 +35,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from yarl import URL
 
 from servefleet.metrics import Metrics
-from servefleet.ratelimit import TokenBucket
+from servefleet.ratelimit import AdaptiveRate
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.errors import refusal, retry_after, status_message
 from servefleet.runtime.kubernetes.render import (
@@ -106,12 +110,14 @@ class ClusterApi:
         metrics: Metrics | None = None,
     ) -> None:
         self.region = region
-        self._requests = (metrics or Metrics()).runtime_api_requests
+        metrics = metrics or Metrics()
+        self._requests = metrics.runtime_api_requests
         self.namespace = namespace
         self._settings = settings
         self._apis = {kind.kind: kind.api(api_client) for kind in (*KINDS, PODS)}
         self._kinds = {kind.kind: kind for kind in (*KINDS, PODS)}
-        self._bucket = TokenBucket(settings.rate, settings.burst)
+        self._rate = AdaptiveRate(settings.rate)
+        metrics.runtime_api_rate.labels(region).set_function(lambda: self._rate.rate)
 
     async def apply(self, ref: ObjectRef, body: Manifest, manager: str, *, force: bool) -> Manifest:
         """Server-side apply `body` as field manager `manager`; the object as stored."""
@@ -234,7 +240,8 @@ class ClusterApi:
         attempt = 0
         while True:
             wait_asked: float | None = None
-            await self._bucket.acquire()
+            await self._rate.acquire()
+            sent = time.monotonic()
             try:
                 async with asyncio.timeout(settings.request_timeout):
                     response = await call()
@@ -248,6 +255,11 @@ class ClusterApi:
             else:
                 status = response.status
                 self._requests.labels(self.region, verb, str(status)).inc()
+                wait_asked = retry_after(response.headers)
+                if status == 429 or wait_asked is not None:
+                    self._rate.overloaded()
+                else:
+                    self._rate.answered(time.monotonic() - sent)
                 if 200 <= status < 300:
                     return raw
                 message = status_message(raw, status)
@@ -257,7 +269,6 @@ class ClusterApi:
                 if refused is not None:
                     raise refused
                 failure = f"{what}: HTTP {status}: {message}"
-                wait_asked = retry_after(response.headers)
             attempt += 1
             if attempt > settings.retries:
                 raise RuntimeUnavailable(failure)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from servefleet.ratelimit import AdaptiveRateSettings
 from servefleet.runtime.kubernetes.drift import DriftSettings
 
 __all__ = ["ClusterSettings"]
@@ -26,9 +27,9 @@ class ClusterSettings:
     `RuntimeUnavailable`."""
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
-    rate: float = 50.0
-    """Requests a second (token bucket; watch streams excepted)."""
-    burst: int = 100
+    rate: AdaptiveRateSettings = field(default_factory=AdaptiveRateSettings)
+    """Requests a second (watch streams excepted): from a ceiling of 500, halved
+    when the server signals overload, recovering by 25 a second."""
     sync_timeout: float = 10.0
     """How long `apply` waits for the watches to show its own writes."""
     list_page: int = 500
