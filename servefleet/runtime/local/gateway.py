@@ -18,7 +18,9 @@ connection opens, does this) and may pause its body for at most `body_timeout`
 Each request is counted once (`servefleet.metrics`): by endpoint, the region and
 version first chosen for it, and status class; a refusal under the region that
 refused and the endpoint whose route matched, if any (never its path). A client
-that goes away before its answer counts as 4xx (nginx's 499).
+that goes away before its answer counts as 4xx (nginx's 499). It is also counted
+as load of the version first chosen for it (`load.LoadMeter`), which the local
+autoscaler scales on.
 """
 
 from __future__ import annotations
@@ -268,6 +270,7 @@ class Gateway:
         router, pick = choice
         series = self._metrics.gateway_series(pick.endpoint, router.region, pick.version)
         series.in_flight.inc()
+        pick.meter.arrive()
         status = 500  # what aiohttp answers for an exception escaping the handler
         try:
             response = await self._forward(request, router, pick)
@@ -277,6 +280,7 @@ class Gateway:
             status = _CLIENT_GONE
             raise
         finally:
+            pick.meter.depart()
             series.in_flight.dec()
             series.requests[status_class(status)].inc()
             series.latency.observe(time.perf_counter() - started)

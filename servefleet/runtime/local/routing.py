@@ -17,6 +17,10 @@ lightly loaded, would win the comparison across regions more often than its weig
 A choice is synchronous, so choosing a replica and counting the request against it
 (`Backend.acquire`) happen without an `await` in between: a replica removed from
 the table can never receive a request after its drain began.
+
+Each routed endpoint has a `LoadMeter` per version (`load`), kept across route
+updates: the gateway counts a request against the version first chosen for it,
+and the local autoscaler reads the meters once a second.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from servefleet.runtime.local.load import LoadMeter
 
 __all__ = ["Backend", "Pick", "Refusal", "RouteConflict", "Router", "choose"]
 
@@ -91,6 +97,8 @@ class Pick:
     """The route prefix taken off the path ("/inference/llm"; "/" takes nothing off)."""
     path: str
     """The request path with the route prefix taken off ("/v1/models", or "/")."""
+    meter: LoadMeter
+    """Where the request counts as the version's load (`load`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +126,7 @@ class _Route:
     weight: int
     primary: tuple[Backend, ...]
     canary: tuple[Backend, ...]
+    meters: dict[Role, LoadMeter]
 
 
 class Router:
@@ -130,6 +139,7 @@ class Router:
         has no routes and says so instead of answering 404."""
         self._by_prefix: dict[str, _Route] = {}
         self._by_endpoint: dict[str, _Route] = {}
+        self._meters: dict[str, dict[Role, LoadMeter]] = {}
 
     def set_route(
         self,
@@ -153,7 +163,10 @@ class Router:
             )
         if not 0 <= weight <= 99:
             raise ValueError(f"weight must be a percent from 0 to 99 (got {weight})")
-        route = _Route(endpoint, path_prefix, routed, reason, weight, tuple(primary), tuple(canary))
+        meters = self._meters.setdefault(endpoint, {"primary": LoadMeter(), "canary": LoadMeter()})
+        route = _Route(
+            endpoint, path_prefix, routed, reason, weight, tuple(primary), tuple(canary), meters
+        )
         previous = self._by_endpoint.get(endpoint)
         if previous is not None and previous.prefix != path_prefix:
             del self._by_prefix[previous.prefix]
@@ -165,6 +178,13 @@ class Router:
         route = self._by_endpoint.pop(endpoint, None)
         if route is not None:
             del self._by_prefix[route.prefix]
+        self._meters.pop(endpoint, None)
+
+    def load(self, endpoint: str, version: Role) -> LoadMeter | None:
+        """The load counted for one version of a routed endpoint (see `load`); the
+        meter lasts as long as the endpoint's route, across its updates."""
+        meters = self._meters.get(endpoint)
+        return meters[version] if meters is not None else None
 
     def pick(self, path: str, *, exclude: Backend | None = None) -> Pick | Refusal:
         """The replica for a request to `path` in this region alone (see `choose`)."""
@@ -244,7 +264,9 @@ def choose(
         return next((refusal for refusal in refusals if refusal.status == 503), refusals[0])
     router, route, backend = _least_busy(candidates)
     rest = path[len(route.prefix) :] if route.prefix != "/" else path
-    return router, Pick(route.endpoint, version, backend, route.prefix, rest or "/")
+    return router, Pick(
+        route.endpoint, version, backend, route.prefix, rest or "/", route.meters[version]
+    )
 
 
 def _usable(
