@@ -55,6 +55,7 @@ __all__ = [
     "demo_children",
     "demo_command",
     "demo_processes",
+    "demo_processes_logging_under",
     "demo_spec",
     "environ",
     "gone",
@@ -382,7 +383,12 @@ def demo_processes(store: str) -> set[int]:
     """Every living demo server on this machine started for the SQLite store at the
     path `store`, whoever its parent is now: a replica logs into the directory `up`
     keeps beside its store (it does not inherit `SERVEFLEET_STORE`)."""
-    logs = Path(store).parent / "logs"
+    return demo_processes_logging_under(Path(store).parent / "logs")
+
+
+def demo_processes_logging_under(logs: Path) -> set[int]:
+    """Every living demo server on this machine whose output goes to a file under
+    `logs` (an `up --log-dir`), whoever its parent is now."""
     return {pid for pid in _all_pids() if _is_demo(pid) and _writes_under(pid, logs)}
 
 
@@ -436,23 +442,33 @@ _SIGINT_IGNORED = (
 
 @asynccontextmanager
 async def up_process(
-    store: str, *args: str, stderr: Path, sigint_ignored: bool = False
+    store: str,
+    *args: str,
+    stderr: Path,
+    sigint_ignored: bool = False,
+    log_dir: Path | None = None,
 ) -> AsyncIterator[UpProcess]:
     """`servefleet up <args>` with `SERVEFLEET_STORE=<store>`, once it has printed
-    its announcement; killed on the way out if still running, with any replica left.
-    With `sigint_ignored`, it inherits SIGINT as ignored."""
+    its announcement; killed on the way out if still running (its whole process
+    group), with any replica left. With `sigint_ignored`, it inherits SIGINT as
+    ignored. Replica logs go to `log_dir` (`up --log-dir`), by default beside a
+    SQLite store's file (a PostgreSQL store needs `log_dir` for the clean-up)."""
     launcher = _SIGINT_IGNORED if sigint_ignored else ()
+    logs = ("--log-dir", str(log_dir)) if log_dir is not None else ()
     with stderr.open("ab") as errors:
         process = await asyncio.create_subprocess_exec(
             *launcher,
             *COMMAND,
             "up",
+            *logs,
             *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=errors,
             env={**os.environ, "SERVEFLEET_STORE": store, "PYTHONUNBUFFERED": "1"},
             cwd=REPO,
+            # A group of its own, so that the clean-up below can end all of it by its id.
+            start_new_session=True,
         )
     up = UpProcess(process, store)
     try:
@@ -466,9 +482,10 @@ async def up_process(
                 up.announcement.append(line.decode().rstrip("\n"))
         yield up
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
-        for pid in demo_processes(store):
+        left = demo_processes_logging_under(log_dir) if log_dir else demo_processes(store)
+        for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

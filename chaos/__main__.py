@@ -1,0 +1,99 @@
+"""python -m chaos: fault injection against real fleets, one table of what users saw.
+
+Every scenario runs `servefleet up` processes on loopback against a PostgreSQL
+schema of its own, injects one fault under a steady request load and checks its
+invariants. The exit status is 1 when any invariant broke (a scenario that could
+not finish counts as broken), else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench.progress import console, stage
+from bench.report import machine
+from chaos import store_outage
+from chaos.postgres import DEFAULT_POSTGRES, reachable
+from chaos.report import RESULTS, Row, failed_row, render, save
+
+Scenario = Callable[[bool, str, random.Random, Path], Awaitable[Row]]
+
+SCENARIOS: dict[str, tuple[str, Scenario]] = {
+    "store-outage": (
+        "PostgreSQL cut during a canary promote",
+        lambda quick, postgres, rng, workdir: store_outage.run(
+            store_outage.QUICK if quick else store_outage.FULL, postgres, rng, workdir
+        ),
+    ),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short faults (for CI, ≤ 60 s)")
+    parser.add_argument(
+        "--only", choices=list(SCENARIOS), metavar="NAME", help=f"one of {', '.join(SCENARIOS)}"
+    )
+    parser.add_argument(
+        "--postgres",
+        default=DEFAULT_POSTGRES,
+        metavar="URL",
+        help="the PostgreSQL server; each scenario makes a schema chaos_<random> in it and "
+        f"drops it afterwards (default: {DEFAULT_POSTGRES})",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for the random choices")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    return parser.parse_args(argv)
+
+
+async def main(options: argparse.Namespace) -> int:
+    quick: bool = options.quick
+    seed = options.seed if options.seed is not None else random.randrange(2**32)
+    rng = random.Random(seed)
+    started = time.perf_counter()
+    load_at_start = [round(load, 2) for load in os.getloadavg()]
+    selected = [options.only] if options.only else list(SCENARIOS)
+    rows: list[Row] = []
+    problem = await reachable(options.postgres)
+    for name in selected:
+        label, scenario = SCENARIOS[name]
+        if problem is not None:
+            rows.append(failed_row(name, label, RuntimeError(f"PostgreSQL: {problem}")))
+            continue
+        console.print(f"[dim]… {name}[/dim]")
+        began = time.perf_counter()
+        with (
+            tempfile.TemporaryDirectory(prefix=f"servefleet-chaos-{name}-") as workdir,
+            stage(name),
+        ):
+            try:
+                rows.append(await scenario(quick, options.postgres, rng, Path(workdir)))
+            except Exception as error:
+                rows.append(failed_row(name, label, error))
+                console.print_exception()
+        console.print(f"[dim]  {name}: {time.perf_counter() - began:.1f} s[/dim]")
+    about: dict[str, Any] = {
+        "mode": "quick" if quick else "full",
+        "only": options.only,
+        "seed": seed,
+        "duration_s": round(time.perf_counter() - started, 1),
+        "machine": machine(),
+        "load_average_at_start": load_at_start,
+    }
+    render(rows, about)
+    await asyncio.to_thread(save, options.output, rows, about)
+    console.print(f"[dim]wrote {options.output} ({about['duration_s']} s in all)[/dim]")
+    return 1 if any(row.broken for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args())))
