@@ -91,6 +91,10 @@ class Workload(_Value):
     labels: dict[str, str]
     model_source: str | None
     model_path: str | None
+    resume_replicas: tuple[int, int] | None = None
+    """The primary and canary counts the region's own autoscaler last reported:
+    where a runtime that holds nothing yet (a new leader) starts, rather than at
+    `min_replicas`. Left out of the hash, since the count is not the workload's."""
 
     @property
     def primary_desired(self) -> int:
@@ -107,9 +111,16 @@ class Workload(_Value):
         return self.primary_desired + self.canary_desired
 
 
-def desired_workload(endpoint: Endpoint, region: str, *, unrouted: bool = False) -> Workload | None:
+def desired_workload(
+    endpoint: Endpoint,
+    region: str,
+    *,
+    unrouted: bool = False,
+    reported: RegionStatus | None = None,
+) -> Workload | None:
     """The workload `region` should run for `endpoint`; None when it should run nothing
-    (the endpoint is deleted or no longer targets the region)."""
+    (the endpoint is deleted or no longer targets the region). `reported` is the
+    region's last status, whose autoscaled counts a new runtime resumes from."""
     if endpoint.desired_state is DesiredState.DELETED or region not in endpoint.target_regions:
         return None
     spec = endpoint.spec
@@ -155,14 +166,19 @@ def desired_workload(endpoint: Endpoint, region: str, *, unrouted: bool = False)
         labels=spec.labels,
         model_source=spec.model_source,
         model_path=spec.model_path,
+        resume_replicas=(
+            (reported.replicas_desired, reported.canary_desired)
+            if autoscaling and reported is not None and reported.scale_reason
+            else None
+        ),
     )
 
 
 def workload_hash(workload: Workload) -> str:
     """Digest of what the runtime must do. The generation is left out: a new
     generation that changes nothing for this region (another region's image, say)
-    costs no write here."""
-    data = workload.model_dump(mode="json", exclude={"generation"})
+    costs no write here; so is where an autoscaled count resumes from."""
+    data = workload.model_dump(mode="json", exclude={"generation", "resume_replicas"})
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -173,6 +189,10 @@ class VersionObservation(_Value):
     outgoing_ready: int = 0
     """Ready replicas of the version this one replaces: still serving until the
     rollout ends (a new version staging its model for minutes, say)."""
+    desired: int | None = None
+    """The count the runtime's own autoscaler chose; None when the workload's stands."""
+    scale_reason: str = ""
+    """Why the autoscaler chose `desired`, e.g. "concurrency 11.8/4 per replica → 3"."""
 
 
 class Observed(_Value):
@@ -198,6 +218,11 @@ class Observed(_Value):
     def serving(self) -> int:
         """Ready replicas of any version, the outgoing ones included."""
         return self.ready + self.primary.outgoing_ready + self.canary.outgoing_ready
+
+    @property
+    def scaled_to_zero(self) -> bool:
+        """The runtime's autoscaler holds every version at zero replicas on purpose."""
+        return self.primary.desired == 0 and self.canary.desired in (None, 0)
 
 
 def staging_percent(done: int, total: int | None) -> int | None:
@@ -233,9 +258,14 @@ def watchdog(
     """Pull the route from an endpoint that has had no ready replica for `threshold`;
     restore it as soon as one is ready. Replicas of an outgoing version count: a
     rollout whose new version is slow to come up still has its old one serving.
-    The clock starts from the report kept in the store, so the decision survives a
-    restart or a change of leader."""
-    if not wants_replicas or (observed is not None and observed.serving > 0):
+    An endpoint its autoscaler holds at zero keeps its route: its next request
+    starts a replica. The clock starts from the report kept in the store, so the
+    decision survives a restart or a change of leader."""
+    if (
+        not wants_replicas
+        or (observed is not None and observed.serving > 0)
+        or (observed is not None and observed.scaled_to_zero)
+    ):
         return WatchdogDecision(unrouted=False, unready_since=None, recheck_at=None)
     since = previous.unready_since if previous and previous.unready_since else now
     deadline = since + threshold
@@ -265,6 +295,16 @@ def region_status(
     canary_ready = observed.canary.ready if observed else 0
     desired = workload.primary_desired if workload else 0
     canary_desired = workload.canary_desired if workload else 0
+    reported_desired, reported_canary, scale_reason = desired, canary_desired, ""
+    if workload is not None and observed is not None:
+        # The autoscaler's count is reported; readiness is judged on the workload's
+        # floor (or the autoscaler's count below it), so a region scaling up is not
+        # degraded while its new replicas start.
+        if observed.primary.desired is not None:
+            reported_desired, scale_reason = observed.primary.desired, observed.primary.scale_reason
+        if observed.canary.desired is not None:
+            reported_canary = observed.canary.desired
+            scale_reason += f"; canary: {observed.canary.scale_reason}"
     message = error or (observed.failure or observed.problem if observed else "")
     if workload is None:
         state = RegionState.DELETED if observed is None else RegionState.PROGRESSING
@@ -278,7 +318,9 @@ def region_status(
     elif not endpoint.desired_state.runs:
         running = observed.primary.running + observed.canary.running if observed else 0
         state = RegionState.STOPPED if running == 0 else RegionState.PROGRESSING
-    elif ready >= desired and canary_ready >= canary_desired:
+    elif ready >= min(desired, reported_desired) and canary_ready >= min(
+        canary_desired, reported_canary
+    ):
         state = RegionState.READY
     elif previous is not None and previous.state in (RegionState.READY, RegionState.DEGRADED):
         state = RegionState.DEGRADED
@@ -298,9 +340,10 @@ def region_status(
         state=state,
         observed_generation=observed_generation,
         replicas_ready=ready,
-        replicas_desired=desired,
+        replicas_desired=reported_desired,
         canary_ready=canary_ready,
-        canary_desired=canary_desired,
+        canary_desired=reported_canary,
+        scale_reason=scale_reason[:500],
         routed=bool(observed and observed.routed),
         message=message[:500],
         last_transition=previous.last_transition if previous else now,

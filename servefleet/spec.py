@@ -609,6 +609,9 @@ class RegionStatus(_Model):
     canary_desired: int = 0
     routed: bool = False
     message: str = ""
+    scale_reason: str = ""
+    """Why `replicas_desired` and `canary_desired` are what they are, when the
+    region's own autoscaler chose them (a local region); "" otherwise."""
     last_transition: datetime | None = None
     heartbeat: datetime | None = None
     unready_since: datetime | None = None

@@ -321,7 +321,7 @@ class Controller:
             self._forget_series(name)
             return Result()
 
-        workload = desired_workload(endpoint, self._region)
+        workload = desired_workload(endpoint, self._region, reported=previous)
         decision: WatchdogDecision | None = None
         error = ""
         transient = False
