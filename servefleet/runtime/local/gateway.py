@@ -13,7 +13,9 @@ within `header_timeout` (aiohttp's keep-alive timer, armed from the moment a
 connection opens, does this) and may pause its body for at most `body_timeout`
 (408); at most `max_connections` are open at once (a connection past that gets a
 503 and is closed); a replica may stay silent for at most `upstream_read_timeout`
-(504), after which it is chosen no more until it answers again.
+(504), after which it is chosen no more until it answers again. A request for an
+endpoint starting from zero replicas is held until one is ready (`activator`), at
+most `hold_timeout`, at most `max_held` of them per endpoint.
 
 Each request is counted once (`servefleet.metrics`): by endpoint, the region and
 version first chosen for it, and status class; a refusal under the region that
@@ -39,6 +41,7 @@ from aiohttp.web_protocol import RequestHandler
 from yarl import URL
 
 from servefleet.metrics import NO_ENDPOINT, NO_VERSION, Metrics, status_class
+from servefleet.runtime.local.activator import Activator
 from servefleet.runtime.local.forwarding import (
     HOP_BY_HOP,
     ProxyNetwork,
@@ -48,6 +51,7 @@ from servefleet.runtime.local.forwarding import (
 )
 from servefleet.runtime.local.routing import (
     Backend,
+    Hold,
     Pick,
     Refusal,
     RouteConflict,
@@ -59,6 +63,7 @@ __all__ = [
     "Backend",
     "Gateway",
     "GatewaySettings",
+    "Hold",
     "Pick",
     "Refusal",
     "RouteConflict",
@@ -94,6 +99,14 @@ class GatewaySettings:
     a 504 and is chosen no more until it answers again (a request, a health probe)."""
     shutdown_timeout: float = 10.0
     """How long requests in flight may finish when the gateway closes."""
+    hold_timeout: float = 60.0
+    """How long a request may wait for an endpoint starting from zero replicas (see
+    `activator`) before a 503 that says the endpoint is starting. A minute covers a
+    small model server's start; one that loads a large model for longer needs more,
+    or `min_replicas: 1`."""
+    max_held: int = 100
+    """Requests held at once per endpoint while it starts from zero; one more gets
+    the 503 at once instead of a place in the queue."""
     trusted_proxies: tuple[ProxyNetwork, ...] = ()
     """Networks of the front proxies whose forwarding headers (`X-Forwarded-*`,
     `Forwarded`, `X-Real-IP`) are believed and extended; from any other address they
@@ -207,6 +220,9 @@ class Gateway:
         self._metrics = metrics or Metrics()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.ServerRunner | None = None
+        self._activator = Activator(
+            self._routers, timeout=self._settings.hold_timeout, max_held=self._settings.max_held
+        )
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on `host:port` (0: any free port) and return the base URL."""
@@ -261,29 +277,41 @@ class Gateway:
         started = time.perf_counter()
         choice = choose(self._routers, request.rel_url.raw_path)
         if isinstance(choice, Refusal):
-            series = self._metrics.gateway_series(
-                choice.endpoint or NO_ENDPOINT, choice.region, NO_VERSION
-            )
-            series.requests[status_class(choice.status)].inc()
-            series.latency.observe(time.perf_counter() - started)
-            return _error(choice.status, choice.reason)
-        router, pick = choice
-        series = self._metrics.gateway_series(pick.endpoint, router.region, pick.version)
+            return self._refuse(choice, started)
+        # Counted, as load too, for the version first chosen, held or not.
+        first = choice if isinstance(choice, Hold) else choice[1]
+        region = choice.router.region if isinstance(choice, Hold) else choice[0].region
+        series = self._metrics.gateway_series(first.endpoint, region, first.version)
+        meter = first.meter
         series.in_flight.inc()
-        pick.meter.arrive()
+        meter.arrive()
         status = 500  # what aiohttp answers for an exception escaping the handler
         try:
-            response = await self._forward(request, router, pick)
+            if isinstance(choice, Hold):
+                held = await self._activator.hold(request.rel_url.raw_path, choice)
+                if isinstance(held, Refusal):
+                    status = held.status
+                    return _error(held.status, held.reason)
+                choice = held
+            response = await self._forward(request, *choice)
             status = response.status
             return response
         except asyncio.CancelledError:
             status = _CLIENT_GONE
             raise
         finally:
-            pick.meter.depart()
+            meter.depart()
             series.in_flight.dec()
             series.requests[status_class(status)].inc()
             series.latency.observe(time.perf_counter() - started)
+
+    def _refuse(self, refusal: Refusal, started: float) -> web.Response:
+        series = self._metrics.gateway_series(
+            refusal.endpoint or NO_ENDPOINT, refusal.region, NO_VERSION
+        )
+        series.requests[status_class(refusal.status)].inc()
+        series.latency.observe(time.perf_counter() - started)
+        return _error(refusal.status, refusal.reason)
 
     async def _forward(
         self, request: web.BaseRequest, router: Router, pick: Pick
@@ -300,7 +328,7 @@ class Gateway:
                 # Nothing reached the replica: one more try on another one.
                 failed = pick.backend
                 retry = choose(self._routers, path, exclude=failed)
-                if isinstance(retry, Refusal):
+                if not isinstance(retry, tuple):  # no other replica is ready
                     return _error(502, f"replica {failed.name} refused the connection: {error}")
                 pick.backend.release()
                 router, pick = retry

@@ -12,8 +12,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal
 
+from servefleet.autoscale import AutoscaleState
 from servefleet.plan import Version, Workload
 from servefleet.runtime.local.routing import Backend
+from servefleet.spec import REQUEST_METRICS
 
 __all__ = [
     "ROLES",
@@ -21,8 +23,10 @@ __all__ = [
     "Phase",
     "Replica",
     "Role",
+    "Scaling",
     "Staging",
     "alive",
+    "autoscaled_roles",
     "current_staging",
     "serves",
 ]
@@ -84,6 +88,20 @@ class Replica:
 
 
 @dataclass(eq=False)
+class Scaling:
+    """The local autoscaler's count for one version (see `autoscaler`)."""
+
+    target: int
+    """How many replicas to run now; moves one at a time toward `decided`."""
+    decided: int
+    """The count the autoscaler last chose: reported as the version's desired count."""
+    reason: str
+    """Why `decided` is what it is, as of the decision that changed it."""
+    state: AutoscaleState | None = None
+    """What the last decision handed the next; None until the first one."""
+
+
+@dataclass(eq=False)
 class EndpointRecord:
     """One endpoint the runtime holds: the workload to run and what runs for it."""
 
@@ -94,6 +112,9 @@ class EndpointRecord:
     replicas: list[Replica] = field(default_factory=list)
     stagings: dict[str, Staging] = field(default_factory=dict)
     """By model source: the current one, and older ones replicas still wait for."""
+    scaling: dict[Role, Scaling] = field(default_factory=dict)
+    """The versions whose count the autoscaler sets: none unless the workload
+    autoscales on requests."""
 
 
 def serves(replica: Replica) -> bool:
@@ -111,3 +132,14 @@ def current_staging(record: EndpointRecord) -> Staging | None:
     if workload is None or workload.model_source is None:
         return None
     return record.stagings.get(workload.model_source)
+
+
+def autoscaled_roles(workload: Workload | None) -> tuple[Role, ...]:
+    """The versions of `workload` whose count the local autoscaler sets: each of
+    them, when it autoscales on requests."""
+    spec = workload.autoscaling if workload else None
+    if workload is None or spec is None:
+        return ()
+    if not any(metric.type in REQUEST_METRICS for metric in spec.metrics):
+        return ()  # cpu and memory: nothing local measures them; the minimum runs
+    return ROLES if workload.canary is not None else ("primary",)

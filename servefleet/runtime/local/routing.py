@@ -21,19 +21,25 @@ the table can never receive a request after its drain began.
 Each routed endpoint has a `LoadMeter` per version (`load`), kept across route
 updates: the gateway counts a request against the version first chosen for it,
 and the local autoscaler reads the meters once a second.
+
+A version its autoscaler may take to zero *wakes* (`set_route(wakes=...)`): it
+takes part in the choice with no replica, and a request for it that finds none
+ready anywhere is a `Hold`: the gateway holds it (`activator`), `Router.wake`
+has the runtime start a replica, and `Router.changed` tells the gateway when to
+choose again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from servefleet.runtime.local.load import LoadMeter
 
-__all__ = ["Backend", "Pick", "Refusal", "RouteConflict", "Router", "choose"]
+__all__ = ["Backend", "Hold", "Pick", "Refusal", "RouteConflict", "Router", "choose"]
 
 Role = Literal["primary", "canary"]
 
@@ -113,6 +119,17 @@ class Refusal:
     """The endpoint whose route matched, if one did."""
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A request for a version with no ready replica anywhere, which starts on demand."""
+
+    router: Router
+    """The region to wake (the first whose route wakes the version)."""
+    endpoint: str
+    version: Role
+    meter: LoadMeter
+
+
 class RouteConflict(ValueError):
     """Two endpoints asked for the same path prefix in one region."""
 
@@ -127,6 +144,7 @@ class _Route:
     primary: tuple[Backend, ...]
     canary: tuple[Backend, ...]
     meters: dict[Role, LoadMeter]
+    wakes: frozenset[Role]
 
 
 class Router:
@@ -140,6 +158,9 @@ class Router:
         self._by_prefix: dict[str, _Route] = {}
         self._by_endpoint: dict[str, _Route] = {}
         self._meters: dict[str, dict[Role, LoadMeter]] = {}
+        self._changes: dict[str, asyncio.Future[None]] = {}
+        self.on_wake: Callable[[str, Role], None] | None = None
+        """Set by the runtime that writes the table: starts a version's first replica."""
 
     def set_route(
         self,
@@ -151,10 +172,12 @@ class Router:
         weight: int,
         primary: Sequence[Backend],
         canary: Sequence[Backend],
+        wakes: Collection[Role] = (),
     ) -> None:
         """Route `path_prefix` (and everything below it) to `endpoint`'s ready replicas,
         replacing its earlier route. `weight` is the canary's percent (0-99); `reason`
-        is what an unrouted endpoint's 503 says."""
+        is what an unrouted endpoint's 503 says; `wakes`, the versions that start a
+        replica when a request finds them with none."""
         owner = self._by_prefix.get(path_prefix)
         if owner is not None and owner.endpoint != endpoint:
             raise RouteConflict(
@@ -165,13 +188,15 @@ class Router:
             raise ValueError(f"weight must be a percent from 0 to 99 (got {weight})")
         meters = self._meters.setdefault(endpoint, {"primary": LoadMeter(), "canary": LoadMeter()})
         route = _Route(
-            endpoint, path_prefix, routed, reason, weight, tuple(primary), tuple(canary), meters
+            *(endpoint, path_prefix, routed, reason, weight, tuple(primary), tuple(canary)),
+            *(meters, frozenset(wakes)),
         )
         previous = self._by_endpoint.get(endpoint)
         if previous is not None and previous.prefix != path_prefix:
             del self._by_prefix[previous.prefix]
         self._by_endpoint[endpoint] = route
         self._by_prefix[path_prefix] = route
+        self._announce(endpoint)
 
     def remove_route(self, endpoint: str) -> None:
         """Stop routing to `endpoint`; its path answers 404 from now on."""
@@ -179,6 +204,24 @@ class Router:
         if route is not None:
             del self._by_prefix[route.prefix]
         self._meters.pop(endpoint, None)
+        self._announce(endpoint)
+
+    def changed(self, endpoint: str) -> asyncio.Future[None]:
+        """Done at the next change of `endpoint`'s route (a held request waits on it)."""
+        future = self._changes.get(endpoint)
+        if future is None or future.done():
+            future = self._changes[endpoint] = asyncio.get_running_loop().create_future()
+        return future
+
+    def _announce(self, endpoint: str) -> None:
+        future = self._changes.pop(endpoint, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def wake(self, endpoint: str, version: Role) -> None:
+        """Ask the runtime behind this table to start `endpoint`'s `version`."""
+        if self.on_wake is not None:
+            self.on_wake(endpoint, version)
 
     def load(self, endpoint: str, version: Role) -> LoadMeter | None:
         """The load counted for one version of a routed endpoint (see `load`); the
@@ -186,10 +229,10 @@ class Router:
         meters = self._meters.get(endpoint)
         return meters[version] if meters is not None else None
 
-    def pick(self, path: str, *, exclude: Backend | None = None) -> Pick | Refusal:
+    def pick(self, path: str, *, exclude: Backend | None = None) -> Pick | Hold | Refusal:
         """The replica for a request to `path` in this region alone (see `choose`)."""
         choice = choose((self,), path, exclude=exclude)
-        return choice if isinstance(choice, Refusal) else choice[1]
+        return choice[1] if isinstance(choice, tuple) else choice
 
     def _offer(self, path: str) -> _Route | Refusal:
         """The routed route for `path`, or why this region serves none."""
@@ -227,18 +270,27 @@ _Candidate = tuple[Router, _Route, Backend]
 
 
 def choose(
-    routers: Sequence[Router], path: str, *, exclude: Backend | None = None
-) -> tuple[Router, Pick] | Refusal:
+    routers: Sequence[Router],
+    path: str,
+    *,
+    exclude: Backend | None = None,
+    version: Role | None = None,
+) -> tuple[Router, Pick] | Hold | Refusal:
     """Where a request to `path` goes among `routers` (in each, its longest matching
     route): the version by weight over all of them, then that version's replica with
     the fewest requests in flight in any of them. `exclude` leaves out a replica that
     just refused a connection; stalled replicas are left out too.
 
-    With nowhere to go, the answer is the first refusal that says 503, else the first
-    one (a 404), in the order of `routers`."""
+    A version that wakes is chosen by its weight even with no replica; when none is
+    ready in any region, the request is held for it (`Hold`), and chosen again
+    with `version` set: it then stays with that version while the version exists,
+    so it wakes no other one and counts for its own version's share. With nowhere to go,
+    the answer is the first refusal that says 503, else the first one (a 404), in
+    the order of `routers`."""
     refusals: list[Refusal] = []
     primary: list[_Candidate] = []
     canary: list[_Candidate] = []
+    waking: dict[Role, tuple[Router, _Route]] = {}
     weights: list[int] = []
     for router in routers:
         offer = router._offer(path)
@@ -247,21 +299,31 @@ def choose(
             continue
         usable_primary = _usable(router, offer, offer.primary, exclude)
         usable_canary = _usable(router, offer, offer.canary, exclude)
+        for role in offer.wakes:
+            waking.setdefault(role, (router, offer))
         primary.extend(usable_primary)
-        if usable_canary:
-            canary.extend(usable_canary)
+        canary.extend(usable_canary)
+        if usable_canary or "canary" in offer.wakes:
             weights.append(offer.weight)
-        if not usable_primary and not usable_canary:
+        if not usable_primary and not usable_canary and not offer.wakes:
             refusals.append(_no_replica(router, offer))
-    version: Role
+    has_canary = bool(canary) or "canary" in waking
+    has_primary = bool(primary) or "primary" in waking
+    if version == "canary" and has_canary:
+        candidates = canary
+    elif version == "primary" and has_primary:
+        candidates = primary
     # Regions share one spec, so their weights agree; while a change is reaching
     # them one after another they may not, and their mean stands for all.
-    if canary and (not primary or random.random() * 100 * len(weights) < sum(weights)):
+    elif has_canary and (not has_primary or random.random() * 100 * len(weights) < sum(weights)):
         version, candidates = "canary", canary
-    elif primary:
+    elif has_primary:
         version, candidates = "primary", primary
     else:
         return next((refusal for refusal in refusals if refusal.status == 503), refusals[0])
+    if not candidates:
+        router, route = waking[version]
+        return Hold(router, route.endpoint, version, route.meters[version])
     router, route, backend = _least_busy(candidates)
     rest = path[len(route.prefix) :] if route.prefix != "/" else path
     return router, Pick(

@@ -71,7 +71,10 @@ class Stager:
     def stage_model(self, record: EndpointRecord) -> None:
         """Start staging the workload's model, unless that is under way or done."""
         workload = record.workload
-        source = workload.model_source if workload and workload.replicas_desired else None
+        # An autoscaled endpoint stages at zero replicas too, so that a request
+        # waking it waits for a replica's start, not for the model's copy.
+        wanted = workload and (workload.replicas_desired or workload.autoscaling)
+        source = workload.model_source if workload and wanted else None
         if source is None or source in record.stagings:
             return
         staging = Staging(

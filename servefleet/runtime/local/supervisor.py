@@ -42,6 +42,7 @@ in its own module, does the rest:
     staging.py      model staging runs and their progress (`Stager`)
     model_cache.py  which cached models stay, and the deletion of the rest
     routes.py       each endpoint's route in the gateway's `Router`
+    autoscaler.py   the replica count of versions that autoscale on requests
     settings.py     `LocalSettings`, the timings all of them read
 """
 
@@ -74,6 +75,7 @@ from servefleet.runtime.base import (
     RuntimeUnavailable,
     WorkloadUnsupported,
 )
+from servefleet.runtime.local.autoscaler import Autoscaler
 from servefleet.runtime.local.environment import child_environment
 from servefleet.runtime.local.model_cache import ModelCache
 from servefleet.runtime.local.probes import Probes, replica_problem
@@ -126,8 +128,9 @@ class ReplicaInfo:
 class LocalRuntime:
     """The `Runtime` of a local region: replica processes behind `router`.
 
-    Autoscaling: there is no local autoscaler yet, so an autoscaled workload
-    (`primary.replicas` is None) runs `autoscaling.min_replicas` replicas.
+    Autoscaling: a workload that autoscales on requests has each version's count
+    set by `autoscaler`; one on cpu or memory only runs `autoscaling.min_replicas`
+    (nothing here measures them).
     """
 
     def __init__(
@@ -144,7 +147,8 @@ class LocalRuntime:
         names variables of this process that every child gets (see `environment`)."""
         self.region = region
         self._pass_env = tuple(pass_env)
-        self._routes = RoutePublisher(router)
+        # The autoscaler, made below, reads the routes' load; the routes wake it.
+        self._routes = RoutePublisher(router, wake=lambda *wanted: self._autoscaler.wake(*wanted))
         self._log_dir = log_dir
         self.model_cache_dir = model_cache_dir or log_dir.parent / "model-cache"
         self._settings = settings
@@ -156,6 +160,9 @@ class LocalRuntime:
             region, self._cache, log_dir, settings, self._pass_env, notify=self._notify
         )
         self._probes = Probes(settings)
+        self._autoscaler = Autoscaler(
+            region, self._endpoints, self._routes, self._converge, _running
+        )
         self._subscriptions: weakref.WeakSet[EventSubscription] = weakref.WeakSet()
         self._closed = False
 
@@ -171,10 +178,13 @@ class LocalRuntime:
             key = _spec_key(workload, version)
             current = [r for r in record.replicas if r.role == role and r.key == key]
             serving = [r for r in record.replicas if r.role == role and serves(r)]
+            scaling = record.scaling.get(role)
             counts[role] = VersionObservation(
                 ready=sum(serves(r) for r in current),
                 running=sum(alive(r) for r in current),
                 outgoing_ready=sum(r.key != key for r in serving),
+                desired=scaling.decided if scaling else None,
+                scale_reason=scaling.reason if scaling else "",
             )
             problems += [replica_problem(r, self._settings) for r in current if not r.retiring]
         problems = [problem for problem in problems if problem]
@@ -221,6 +231,7 @@ class LocalRuntime:
             self._endpoints[workload.endpoint] = record
         record.workload = workload
         record.hash = workload_hash(workload)
+        self._autoscaler.adopt(record)
         self._converge(record)
 
     async def remove(self, endpoint: str) -> None:
@@ -263,6 +274,7 @@ class LocalRuntime:
     async def close(self) -> None:
         """Retire every replica (drained, then SIGTERM, then SIGKILL) and wait for them."""
         self._closed = True
+        await self._autoscaler.close()
         self._cache.stop_deleting()
         self._routes.step_down()
         for record in list(self._endpoints.values()):
@@ -281,7 +293,7 @@ class LocalRuntime:
         self._stager.stage_model(record)
         for role in ROLES:
             version = _version(workload, role)
-            wanted = _replica_count(workload, role)
+            wanted = _replica_count(record, role)
             key = _spec_key(workload, version)
             live = [r for r in record.replicas if r.role == role and not r.retiring]
             current = [r for r in live if r.key == key]
@@ -427,11 +439,20 @@ def _version(workload: Workload | None, role: Role) -> Version | None:
     return workload.primary if role == "primary" else workload.canary
 
 
-def _replica_count(workload: Workload | None, role: Role) -> int:
-    """How many replicas of `role` to run; with autoscaling, its minimum."""
+def _replica_count(record: EndpointRecord, role: Role) -> int:
+    """How many replicas of `role` to run: the autoscaler's count, if it sets it."""
+    workload, scaling = record.workload, record.scaling.get(role)
     if workload is None:
         return 0
+    if scaling is not None:
+        return scaling.target
     return workload.primary_desired if role == "primary" else workload.canary_desired
+
+
+def _running(record: EndpointRecord, role: Role) -> int:
+    """Replicas of `role` running the current spec (or starting to), not retiring."""
+    key = _spec_key(record.workload, _version(record.workload, role))
+    return sum(r.role == role and r.key == key and not r.retiring for r in record.replicas)
 
 
 def _spec_key(workload: Workload | None, version: Version | None) -> str | None:
