@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.progress import console, stage
 from bench.report import machine
-from chaos import store_outage
+from chaos import leader_kills, store_outage
 from chaos.postgres import DEFAULT_POSTGRES, reachable
 from chaos.report import RESULTS, Row, failed_row, render, save
 
@@ -32,6 +32,12 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
         "PostgreSQL cut during a canary promote",
         lambda quick, postgres, rng, workdir: store_outage.run(
             store_outage.QUICK if quick else store_outage.FULL, postgres, rng, workdir
+        ),
+    ),
+    "leader-kills": (
+        "SIGKILLs of a region's leader under spec changes",
+        lambda quick, postgres, rng, workdir: leader_kills.run(
+            leader_kills.QUICK if quick else leader_kills.FULL, postgres, rng, workdir
         ),
     ),
 }
