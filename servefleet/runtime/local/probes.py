@@ -3,7 +3,9 @@
 A probe is an HTTP GET of the replica's health path on a fresh connection (so it
 tests that the replica still accepts one); 2xx and 3xx pass. Until the first
 pass the replica is *starting*, for at most `startup_timeout` (model loads take
-minutes, so there is no short fixed liveness delay to kill them). After that, a
+minutes, so there is no short fixed liveness delay to kill them), and probed
+every `startup_probe_interval` (0.1 s) rather than `probe_interval`, so that a
+request waiting for it (a start from zero) is not kept up to a second longer. After that, a
 failed probe makes it *unready* (out of the route) and the next pass makes it
 ready again; `liveness_failures` failures in a row end its process. A replica
 ready for `backoff_reset_after` starts its restart backoff over, and a pass also
@@ -83,7 +85,12 @@ class Probes:
                         return f"failed its liveness probe {failures} times in a row ({error})"
                     if replica.phase is Phase.READY:
                         set_phase(Phase.UNREADY)
-                await asyncio.wait((exited, stopping), timeout=settings.probe_interval)
+                interval = (
+                    settings.startup_probe_interval
+                    if replica.phase is Phase.STARTING
+                    else settings.probe_interval
+                )
+                await asyncio.wait((exited, stopping), timeout=interval)
                 if stopping.done():
                     return ""
                 if exited.done():
