@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.progress import console, stage
 from bench.report import machine
-from chaos import leader_kills, store_outage
+from chaos import leader_kills, signals, store_outage
 from chaos.postgres import DEFAULT_POSTGRES, reachable
 from chaos.report import RESULTS, Row, failed_row, render, save
 
@@ -38,6 +38,12 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
         "SIGKILLs of a region's leader under spec changes",
         lambda quick, postgres, rng, workdir: leader_kills.run(
             leader_kills.QUICK if quick else leader_kills.FULL, postgres, rng, workdir
+        ),
+    ),
+    "signals": (
+        "SIGINT/SIGTERM to up and serve",
+        lambda quick, _postgres, _rng, workdir: signals.run(
+            signals.QUICK if quick else signals.FULL, workdir
         ),
     ),
 }

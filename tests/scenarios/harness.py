@@ -61,7 +61,10 @@ __all__ = [
     "gone",
     "local_fleet",
     "manifest",
+    "serve_process",
+    "stopped_by_signal",
     "up_process",
+    "up_stopped_by_signal",
 ]
 
 LOCAL = LocalSettings(
@@ -440,6 +443,33 @@ _SIGINT_IGNORED = (
 )
 
 
+async def _servefleet_process(
+    verb: str, store: str, *args: str, stderr: Path, stdout: int, sigint_ignored: bool
+) -> asyncio.subprocess.Process:
+    """`servefleet <verb> <args>` with `SERVEFLEET_STORE=<store>`, in a process group
+    of its own, so that a clean-up can end all of it by its id."""
+    launcher = _SIGINT_IGNORED if sigint_ignored else ()
+    with stderr.open("ab") as errors:
+        return await asyncio.create_subprocess_exec(
+            *launcher,
+            *COMMAND,
+            verb,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=errors,
+            env={**os.environ, "SERVEFLEET_STORE": store, "PYTHONUNBUFFERED": "1"},
+            cwd=REPO,
+            start_new_session=True,
+        )
+
+
+async def _end_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()
+
+
 @asynccontextmanager
 async def up_process(
     store: str,
@@ -453,23 +483,16 @@ async def up_process(
     group), with any replica left. With `sigint_ignored`, it inherits SIGINT as
     ignored. Replica logs go to `log_dir` (`up --log-dir`), by default beside a
     SQLite store's file (a PostgreSQL store needs `log_dir` for the clean-up)."""
-    launcher = _SIGINT_IGNORED if sigint_ignored else ()
     logs = ("--log-dir", str(log_dir)) if log_dir is not None else ()
-    with stderr.open("ab") as errors:
-        process = await asyncio.create_subprocess_exec(
-            *launcher,
-            *COMMAND,
-            "up",
-            *logs,
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=errors,
-            env={**os.environ, "SERVEFLEET_STORE": store, "PYTHONUNBUFFERED": "1"},
-            cwd=REPO,
-            # A group of its own, so that the clean-up below can end all of it by its id.
-            start_new_session=True,
-        )
+    process = await _servefleet_process(
+        "up",
+        store,
+        *logs,
+        *args,
+        stderr=stderr,
+        stdout=asyncio.subprocess.PIPE,
+        sigint_ignored=sigint_ignored,
+    )
     up = UpProcess(process, store)
     try:
         assert process.stdout is not None
@@ -482,10 +505,81 @@ async def up_process(
                 up.announcement.append(line.decode().rstrip("\n"))
         yield up
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
+        await _end_group(process)
         left = demo_processes_logging_under(log_dir) if log_dir else demo_processes(store)
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+_LISTENING = re.compile(r"Uvicorn running on (https?://\S+)")
+
+
+@asynccontextmanager
+async def serve_process(
+    store: str, *args: str, stderr: Path, sigint_ignored: bool = False
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`servefleet serve --port 0 <args>` with `SERVEFLEET_STORE=<store>` and its
+    URL, once it listens; killed on the way out if still running (its whole process
+    group). With `sigint_ignored`, it inherits SIGINT as ignored."""
+    process = await _servefleet_process(
+        "serve",
+        store,
+        *("--port", "0", *args),
+        stderr=stderr,
+        stdout=asyncio.subprocess.DEVNULL,
+        sigint_ignored=sigint_ignored,
+    )
+    try:
+        async with asyncio.timeout(SETTLE):
+            while not (listening := _LISTENING.search(await asyncio.to_thread(stderr.read_text))):
+                if process.returncode is not None:
+                    log = await asyncio.to_thread(stderr.read_text)
+                    raise AssertionError(f"servefleet serve ended early:\n{log}")
+                await asyncio.sleep(0.05)
+        yield process, listening[1].replace("0.0.0.0", "127.0.0.1")
+    finally:
+        await _end_group(process)
+
+
+async def stopped_by_signal(
+    process: asyncio.subprocess.Process, stop: signal.Signals, log: Path
+) -> list[str]:
+    """Send `stop` to a servefleet process and wait (at most `SETTLE` s) for it to
+    end: what was not a clean stop — still running, an exit status other than 0, a
+    traceback in its log. An empty list: it stopped cleanly."""
+    process.send_signal(stop)
+    try:
+        async with asyncio.timeout(SETTLE):
+            status = await process.wait()
+    except TimeoutError:
+        return [f"still running {SETTLE:g} s after {stop.name}"]
+    problems = [] if status == 0 else [f"exit status {status} after {stop.name}"]
+    text = await asyncio.to_thread(log.read_text, errors="replace")
+    if "Traceback" in text:
+        problems.append(f"a traceback in its log after {stop.name}")
+    return problems
+
+
+async def up_stopped_by_signal(
+    up: UpProcess, stop: signal.Signals, log: Path, *, region: str, log_dir: Path | None = None
+) -> list[str]:
+    """`stopped_by_signal` for a `servefleet up` leading `region`, which must also
+    say "stopped" last, end every replica it ran and release the region's lease (so
+    another process can take it at once, not after its TTL)."""
+    replicas = up.replicas()
+    problems = await stopped_by_signal(up.process, stop, log)
+    text = await asyncio.to_thread(log.read_text, errors="replace")
+    if not text.rstrip().endswith("stopped"):
+        problems.append(f"its log does not end with 'stopped' after {stop.name}")
+    left = {pid for pid in replicas if not gone(pid)}
+    left |= demo_processes_logging_under(log_dir) if log_dir else demo_processes(up.store)
+    if left:
+        problems.append(f"replicas left running after {stop.name}: {sorted(left)}")
+    store = await open_store(up.store)
+    try:
+        if await store.acquire_lease(f"region/{region}", "next-leader", ttl=60) is None:
+            problems.append(f"the lease of region {region} was not released on {stop.name}")
+    finally:
+        await store.close()
+    return problems

@@ -5,14 +5,12 @@ Ctrl-C handler of its own."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from pathlib import Path
 
 import pytest
 
-from servefleet.store import open_store
-from tests.scenarios.harness import SETTLE, demo_processes, gone, up_process
+from tests.scenarios.harness import SETTLE, up_process, up_stopped_by_signal
 from tests.waiting import eventually
 
 
@@ -28,10 +26,11 @@ async def test_up_stops_cleanly_on_a_signal(
     tmp_path: Path, stop: signal.Signals, sigint_ignored: bool
 ) -> None:
     store_path = str(tmp_path / "store.db")
+    log = tmp_path / "up.log"
     async with up_process(
         store_path,
         *("--demo", "--port", "0", "--lease-ttl", "60"),
-        stderr=tmp_path / "up.log",
+        stderr=log,
         sigint_ignored=sigint_ignored,
     ) as up:
 
@@ -39,20 +38,6 @@ async def test_up_stops_cleanly_on_a_signal(
             return len(up.replicas()) == 2
 
         await eventually(serving, within=SETTLE)
-        replicas = up.replicas()
-
-        up.process.send_signal(stop)
-        async with asyncio.timeout(SETTLE):
-            assert await up.process.wait() == 0
-
-    assert all(gone(pid) for pid in replicas)
-    assert demo_processes(store_path) == set()
-    log = await asyncio.to_thread((tmp_path / "up.log").read_text)
-    assert "Traceback" not in log
-    assert log.rstrip().endswith("stopped")
-    store = await open_store(store_path)
-    try:
-        # Released, not left to run out its 60 s: another process takes it at once.
-        assert await store.acquire_lease("region/local", "next-leader", ttl=60) is not None
-    finally:
-        await store.close()
+        # Replicas ended, exit status 0, no traceback, and the lease released, not
+        # left to run out its 60 s: another process takes it at once.
+        assert await up_stopped_by_signal(up, stop, log, region="local") == []
