@@ -14,7 +14,9 @@ from typing import Annotated
 
 import typer
 
-from servefleet.cli.main import _fail, _run, _state, app, out
+from servefleet.cli.app import app, state
+from servefleet.cli.fleet import run_service
+from servefleet.cli.output import fail, out
 from servefleet.gco import Skipped, endpoint_name, to_manifest
 from servefleet.service import EndpointService, OperationRefused
 from servefleet.spec import InvalidInput
@@ -73,14 +75,14 @@ def import_endpoints(
     from servefleet.store.dynamodb import DynamoLocation, parse_url, scan_items
 
     store: DynamoLocation | None = None
-    if _state.store_url.startswith("dynamodb://"):
+    if state.store_url.startswith("dynamodb://"):
         try:
-            store = parse_url(_state.store_url)
+            store = parse_url(state.store_url)
         except ValueError as error:
-            _fail(str(error))
+            fail(str(error))
     region = gco_region or (store.region if store else None)
     if not region:
-        _fail("--gco-region: the region of the table is required (the store is not dynamodb://)")
+        fail("--gco-region: the region of the table is required (the store is not dynamodb://)")
     url = endpoint_url or (store.endpoint_url if store else None)
 
     async def import_all(service: EndpointService) -> list[tuple[str, str, str]]:
@@ -88,7 +90,7 @@ def import_endpoints(
         items.sort(key=endpoint_name)
         return [(endpoint_name(item), *await _import_one(service, item)) for item in items]
 
-    results = _run(import_all)
+    results = run_service(import_all)
     for name, outcome, detail in results:
         out.print(f"endpoint/{name} {outcome}: {detail}", markup=False)
     counts = {

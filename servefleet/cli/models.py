@@ -4,7 +4,7 @@
 `SERVEFLEET_MODELS`: a directory, by default in your data directory, or
 `s3://bucket/prefix`). `models NAME`, where NAME is not one of those verbs,
 asks endpoint NAME's `/v1/models` through its gateway instead: the group
-resolves an unknown first word to the hidden verb `served`.
+(`app.py`) resolves an unknown first word to the hidden verb `served` (`served.py`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Annotated, Any, TypeVar
 import platformdirs
 import typer
 from rich.table import Table
-from typer import _click as click  # typer's own copy of click, which TyperGroup extends
-from typer.core import TyperGroup
 
+from servefleet.cli.app import models_app
+from servefleet.cli.output import check_output, fail, out
 from servefleet.models.store import (
     ModelStore,
     ModelStoreError,
@@ -31,38 +31,9 @@ from servefleet.models.store import (
     parse_reference,
 )
 
-__all__ = ["SERVED", "default_models_url", "models_app"]
+__all__ = ["default_models_url"]
 
 T = TypeVar("T")
-SERVED = "served"
-"""The hidden verb behind `models NAME`; `servefleet.cli.requests` defines it."""
-
-
-class _ModelsGroup(TyperGroup):
-    """Resolves `models NAME` (NAME not a verb) to `models served NAME`."""
-
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = [SERVED, *args]
-        return super().resolve_command(ctx, args)
-
-
-models_app = typer.Typer(
-    cls=_ModelsGroup,
-    no_args_is_help=True,
-    rich_markup_mode="markdown",
-    help="The model store (upload, list, uri, delete), or what an endpoint serves.\n\n"
-    "* `servefleet models upload ./llama --name llama-8b` stores a directory as a new version "
-    "of a model, with a manifest (sizes, sha256); `models uri llama-8b` prints what to give "
-    "`deploy --model-source`.\n\n"
-    "* `servefleet models NAME [-r REGION] [--url URL] [-o json]` lists the models "
-    "endpoint NAME serves (its `/v1/models`, through the gateway).",
-    epilog="Examples: `servefleet models upload ./llama --name llama-8b`, "
-    "`servefleet deploy llm --model-source $(servefleet models uri llama-8b) ...`, "
-    "`servefleet models llm`",
-)
 
 
 def default_models_url() -> str:
@@ -94,8 +65,6 @@ def _models(
 
 
 def _run(operation: Callable[[ModelStore], Awaitable[T]]) -> T:
-    from servefleet.cli.main import _fail
-
     async def main() -> T:
         async with open_model_store(_state.models_url) as store:
             return await operation(store)
@@ -103,7 +72,7 @@ def _run(operation: Callable[[ModelStore], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except ModelStoreError as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 def _described(model: ModelVersion) -> dict[str, Any]:
@@ -135,14 +104,12 @@ def upload(
 ) -> None:
     """Store a directory as a new version of a model. Interrupted? Run it again: files
     already stored are skipped; the version appears only once every file is in."""
-    from servefleet.cli.main import _fail, out
-
     try:
         check_name(name, "--name")
         if version is not None:
             check_version(version, "--version")
     except ModelStoreError as error:
-        _fail(str(error))
+        fail(str(error))
     uploaded = _run(lambda store: store.upload(path, name, version))
     model = uploaded.model
     out.print(
@@ -160,9 +127,7 @@ def list_models(
     output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
 ) -> None:
     """List every complete version in the model store."""
-    from servefleet.cli.main import _check_output, out
-
-    _check_output(output, ("table", "json"))
+    check_output(output, ("table", "json"))
     models = _run(lambda store: store.list_versions())
     if output == "json":
         out.print(json.dumps([_described(model) for model in models], indent=2), markup=False)
@@ -188,12 +153,10 @@ ReferenceArgument = Annotated[
 
 
 def _reference(text: str) -> tuple[str, str | None]:
-    from servefleet.cli.main import _fail
-
     try:
         return parse_reference(text)
     except ModelStoreError as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 @models_app.command(
@@ -202,8 +165,6 @@ def _reference(text: str) -> tuple[str, str | None]:
 )
 def uri(reference: ReferenceArgument) -> None:
     """Print the URI of a version (the latest without :VERSION) for `--model-source`."""
-    from servefleet.cli.main import out
-
     name, version = _reference(reference)
     model = _run(lambda store: store.resolve(name, version))
     out.print(model.uri, markup=False)
@@ -215,8 +176,6 @@ def uri(reference: ReferenceArgument) -> None:
 def delete(reference: ReferenceArgument) -> None:
     """Delete one version, or without :VERSION every version of the model.
     Regions keep the copies they staged."""
-    from servefleet.cli.main import out
-
     name, version = _reference(reference)
     for each in _run(lambda store: store.delete(name, version)):
         out.print(f"model/{name}:{each} deleted", markup=False)

@@ -17,17 +17,10 @@ from typing import Annotated
 
 import typer
 
+from servefleet.cli.app import app, state
+from servefleet.cli.fleet import run_on_store
 from servefleet.cli.logs import configure_logging
-from servefleet.cli.main import (
-    LogFormatOption,
-    _check_output,
-    _fail,
-    _redacted,
-    _run_on_store,
-    _state,
-    app,
-    err,
-)
+from servefleet.cli.output import LogFormatOption, check_output, err, fail, redacted
 from servefleet.store import Store
 
 __all__ = ["plain_http_refusal"]
@@ -97,12 +90,12 @@ def serve(
     /healthz and /readyz answer without a token."""
     from servefleet.api.server import ServerSettings, api_server
 
-    _check_output(log_format, ("text", "json"), flag="--log-format")
+    check_output(log_format, ("text", "json"), flag="--log-format")
     refusal = plain_http_refusal(host, ssl_certfile, ssl_keyfile, insecure)
     if refusal:
-        _fail(refusal)
+        fail(refusal)
     if not 0 <= port <= 65535:
-        _fail(f"--port: must be between 0 and 65535 (got {port})")
+        fail(f"--port: must be between 0 and 65535 (got {port})")
     if log_format == "json":
         configure_logging(log_format)
     settings = ServerSettings(
@@ -120,11 +113,11 @@ def serve(
                 "with `servefleet tokens create --name NAME --role admin`",
                 markup=False,
             )
-        err.print(f"servefleet API on store {_redacted(_state.store_url)}", markup=False)
+        err.print(f"servefleet API on store {redacted(state.store_url)}", markup=False)
         with _signals_end_the_server():
             await api_server(store, settings).serve()
 
     try:
-        _run_on_store(run)
+        run_on_store(run)
     except (OSError, ssl.SSLError) as error:
-        _fail(f"serve: {error}")
+        fail(f"serve: {error}")

@@ -12,16 +12,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from servefleet.cli.main import _check_output, _print_documents, _run_on_store, app, err, out
+from servefleet.cli.app import tokens_app
+from servefleet.cli.fleet import run_on_store
+from servefleet.cli.output import check_output, err, out, print_documents
 from servefleet.spec import ApiToken
 from servefleet.tokens import TokenService
 
-__all__ = ["tokens_app"]
-
-tokens_app = typer.Typer(
-    help="API tokens: create (shown once), list, revoke.", no_args_is_help=True
-)
-app.add_typer(tokens_app, name="tokens")
+__all__ = ["create", "list_tokens", "revoke"]
 
 
 @tokens_app.command(
@@ -39,7 +36,7 @@ def create(
     ],
 ) -> None:
     """Create a token and print it; it is shown this once (the store keeps a hash)."""
-    _, secret = _run_on_store(lambda store: TokenService(store).create(name, role))
+    _, secret = run_on_store(lambda store: TokenService(store).create(name, role))
     out.print(secret, markup=False)
     err.print(
         f"token/{name} created ({role}); it is printed only this once: keep it secret",
@@ -52,11 +49,11 @@ def list_tokens(
     output: Annotated[str, typer.Option("--output", "-o", help="table, yaml or json.")] = "table",
 ) -> None:
     """List tokens: names, roles and when they were made (never the tokens)."""
-    _check_output(output, ("table", "yaml", "json"))
-    tokens: list[ApiToken] = _run_on_store(lambda store: TokenService(store).list())
+    check_output(output, ("table", "yaml", "json"))
+    tokens: list[ApiToken] = run_on_store(lambda store: TokenService(store).list())
     if output != "table":
         shown = [t.model_dump(mode="json", include={"name", "role", "created_at"}) for t in tokens]
-        _print_documents(shown, output, many=True)
+        print_documents(shown, output, many=True)
         return
     table = Table(box=None, pad_edge=False)
     for column in ("NAME", "ROLE", "CREATED"):
@@ -69,5 +66,5 @@ def list_tokens(
 @tokens_app.command("revoke", epilog="Example: `servefleet tokens revoke ci`")
 def revoke(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
     """Revoke a token: the API refuses it from the next request on."""
-    _run_on_store(lambda store: TokenService(store).revoke(name))
+    run_on_store(lambda store: TokenService(store).revoke(name))
     out.print(f"token/{name} revoked", markup=False)

@@ -25,10 +25,10 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from servefleet.cli.gateways import record_gateways
 from servefleet.cli.logs import configure_logging
-from servefleet.cli.main import err, out
 from servefleet.cli.monitoring import MonitoringServer
-from servefleet.cli.requests import record_gateways
+from servefleet.cli.output import err, out
 from servefleet.metrics import Metrics
 from servefleet.reconcile.controller import ControllerSettings
 from servefleet.reconcile.leader import LeaseSettings

@@ -1,0 +1,105 @@
+"""The command tree: the typer apps every command registers on, and the global
+options (`--store`) every command reads through `state`.
+
+Command modules import this module and `output.py` (and the shared plumbing:
+`fleet.py`, `requests.py`), never each other; `main.py` imports them all so
+that they register.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import platformdirs
+import typer
+from typer import _click as click  # typer's own copy of click, which TyperGroup extends
+from typer.core import TyperGroup
+
+__all__ = [
+    "SERVED",
+    "app",
+    "default_store_url",
+    "models_app",
+    "regions_app",
+    "state",
+    "store_app",
+    "tokens_app",
+]
+
+app = typer.Typer(
+    name="servefleet",
+    help="Keep GPU inference endpoints running in many regions from one declaration.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+regions_app = typer.Typer(help="Register, list and remove regions.", no_args_is_help=True)
+store_app = typer.Typer(help="Set up the store.", no_args_is_help=True)
+tokens_app = typer.Typer(
+    help="API tokens: create (shown once), list, revoke.", no_args_is_help=True
+)
+
+SERVED = "served"
+"""The hidden verb behind `models NAME`; `servefleet.cli.served` defines it."""
+
+
+class _ModelsGroup(TyperGroup):
+    """Resolves `models NAME` (NAME not a verb) to `models served NAME`."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = [SERVED, *args]
+        return super().resolve_command(ctx, args)
+
+
+models_app = typer.Typer(
+    cls=_ModelsGroup,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="The model store (upload, list, uri, delete), or what an endpoint serves.\n\n"
+    "* `servefleet models upload ./llama --name llama-8b` stores a directory as a new version "
+    "of a model, with a manifest (sizes, sha256); `models uri llama-8b` prints what to give "
+    "`deploy --model-source`.\n\n"
+    "* `servefleet models NAME [-r REGION] [--url URL] [-o json]` lists the models "
+    "endpoint NAME serves (its `/v1/models`, through the gateway).",
+    epilog="Examples: `servefleet models upload ./llama --name llama-8b`, "
+    "`servefleet deploy llm --model-source $(servefleet models uri llama-8b) ...`, "
+    "`servefleet models llm`",
+)
+
+app.add_typer(regions_app, name="regions")
+app.add_typer(store_app, name="store")
+app.add_typer(models_app, name="models")
+app.add_typer(tokens_app, name="tokens")
+
+
+def default_store_url() -> str:
+    return str(platformdirs.user_data_path("servefleet") / "store.db")
+
+
+class State:
+    """The global options, as the callback parsed them."""
+
+    store_url: str = ""
+
+
+state = State()
+
+
+@app.callback()
+def _global_options(
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar="SERVEFLEET_STORE",
+            help="Store URL: a SQLite file path (the default lives in your data directory) "
+            "or postgresql://user@host/db.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    state.store_url = store or default_store_url()

@@ -1,0 +1,134 @@
+"""`servefleet regions add|list|remove`: the regions endpoints may target."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from servefleet.cli.app import regions_app
+from servefleet.cli.fleet import run_service
+from servefleet.cli.options import key_value_pairs
+from servefleet.cli.output import check_output, fail, out, print_documents
+from servefleet.spec import Region, invalid_input
+
+__all__ = ["regions_add", "regions_list", "regions_remove"]
+
+
+@regions_app.command(
+    "add",
+    epilog="Examples: `servefleet regions add local-1 --kind local`, "
+    "`servefleet regions add gpu-box --kind local --pass-env HF_TOKEN`, "
+    "`servefleet regions add eu-west --kind kubernetes --context eu-west --namespace llm`, "
+    "`servefleet regions add eu-nginx --kind kubernetes --ingress-class nginx "
+    "--canary-routing nginx --ingress-annotation nginx.ingress.kubernetes.io/proxy-body-size=8m`",
+)
+def regions_add(
+    name: Annotated[str, typer.Argument(help="Region name.")],
+    kind: Annotated[str, typer.Option(help="local or kubernetes.")] = "local",
+    kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig file.")] = None,
+    context: Annotated[str | None, typer.Option(help="Kubeconfig context.")] = None,
+    namespace: Annotated[str, typer.Option(help="Default namespace.")] = "default",
+    ingress_class: Annotated[
+        str | None, typer.Option(help="Ingress class of every Ingress (default: alb).")
+    ] = None,
+    ingress_annotation: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE on every Ingress (repeat); replaces the defaults, which are the "
+            "AWS Load Balancer Controller's for class alb and none for other classes."
+        ),
+    ] = None,
+    healthcheck_annotation: Annotated[
+        str | None,
+        typer.Option(
+            help="Annotation key given each endpoint's health path "
+            '("" for none; default: the AWS controller\'s for class alb).'
+        ),
+    ] = None,
+    canary_routing: Annotated[
+        str | None,
+        typer.Option(help="alb (weighted forward action) or nginx (a canary Ingress)."),
+    ] = None,
+    service_account: Annotated[
+        str | None, typer.Option(help="Service account of every endpoint pod.")
+    ] = None,
+    stage_image: Annotated[
+        str | None, typer.Option(help="Image of the model-staging init container.")
+    ] = None,
+    startup_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a replica may take to answer its first probe.")
+    ] = None,
+    model_volume_size_limit: Annotated[
+        str | None, typer.Option(help="sizeLimit of the model volume, e.g. 100Gi.")
+    ] = None,
+    pods_metrics: Annotated[
+        bool | None,
+        typer.Option(
+            "--pods-metrics/--no-pods-metrics",
+            help="Render concurrency/rps autoscaling metrics (needs a custom metrics adapter).",
+            show_default=False,
+        ),
+    ] = None,
+    pass_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A variable of `servefleet up`'s environment that a local region's replicas "
+            "get besides PATH, HOME, locale, TMPDIR, Python's and CUDA's (repeat)."
+        ),
+    ] = None,
+) -> None:
+    """Register a region (or replace its settings: unnamed ones return to their defaults)."""
+    try:
+        region = Region.model_validate(
+            {
+                "name": name,
+                "kind": kind,
+                "kubeconfig": kubeconfig,
+                "context": context,
+                "namespace": namespace,
+                "ingress_class": ingress_class,
+                "ingress_annotations": (
+                    key_value_pairs(ingress_annotation, "--ingress-annotation")
+                    if ingress_annotation
+                    else None
+                ),
+                "healthcheck_annotation": healthcheck_annotation,
+                "canary_routing": canary_routing,
+                "service_account": service_account,
+                "stage_image": stage_image,
+                "startup_timeout": startup_timeout,
+                "model_volume_size_limit": model_volume_size_limit,
+                "pods_metrics": pods_metrics,
+                "pass_env": pass_env,
+            }
+        )
+    except ValidationError as error:
+        fail(*invalid_input(error, "region").problems)
+    run_service(lambda service: service.add_region(region))
+    out.print(f"region/{name} registered ({region.kind.value})", markup=False)
+
+
+@regions_app.command("list", epilog="Example: `servefleet regions list`")
+def regions_list(output: Annotated[str, typer.Option("--output", "-o")] = "table") -> None:
+    """List registered regions."""
+    check_output(output, ("table", "yaml", "json"))
+    regions = run_service(lambda service: service.list_regions())
+    if output != "table":
+        print_documents([r.model_dump(mode="json") for r in regions], output, many=True)
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "KIND", "CONTEXT", "NAMESPACE"):
+        table.add_column(column)
+    for region in regions:
+        table.add_row(region.name, region.kind.value, region.context or "-", region.namespace)
+    out.print(table)
+
+
+@regions_app.command("remove", epilog="Example: `servefleet regions remove local-1`")
+def regions_remove(name: Annotated[str, typer.Argument(help="Region name.")]) -> None:
+    """Remove a region no endpoint targets."""
+    run_service(lambda service: service.remove_region(name))
+    out.print(f"region/{name} removed", markup=False)

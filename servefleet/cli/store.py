@@ -1,0 +1,46 @@
+"""`servefleet store init`: create or migrate the store's schema."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from servefleet.cli.app import state, store_app
+from servefleet.cli.fleet import run_service
+from servefleet.cli.output import fail, out, redacted
+from servefleet.service import EndpointService
+
+__all__ = ["store_init"]
+
+
+@store_app.command(
+    "init", epilog="Example: `SERVEFLEET_STORE=postgresql://... servefleet store init`"
+)
+def store_init(
+    print_definition: Annotated[
+        bool,
+        typer.Option(
+            "--print-definition",
+            help="Print the DynamoDB table as a CloudFormation resource (JSON) instead of "
+            "creating it, for infrastructure as code.",
+        ),
+    ] = False,
+) -> None:
+    """Create or migrate the store's schema (safe to run again)."""
+    if print_definition:
+        from servefleet.store.dynamodb import cloudformation_definition
+
+        try:
+            definition = cloudformation_definition(state.store_url)
+        except ValueError as error:
+            fail(f"--print-definition: {error}")
+        out.print(json.dumps(definition, indent=2), markup=False)
+        return
+
+    async def nothing(_service: EndpointService) -> None:
+        return None
+
+    run_service(nothing, init=True)
+    out.print(f"store ready: {redacted(state.store_url)}", markup=False)
