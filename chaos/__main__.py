@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.progress import console, stage
 from bench.report import machine
-from chaos import leader_kills, signals, store_outage
+from chaos import bad_input, leader_kills, signals, store_outage
 from chaos.postgres import DEFAULT_POSTGRES, reachable
 from chaos.report import RESULTS, Row, failed_row, render, save
 
@@ -44,6 +44,12 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
         "SIGINT/SIGTERM to up and serve",
         lambda quick, _postgres, _rng, workdir: signals.run(
             signals.QUICK if quick else signals.FULL, workdir
+        ),
+    ),
+    "bad-input": (
+        "invalid declarations through apply -f and the API",
+        lambda quick, _postgres, rng, workdir: bad_input.run(
+            bad_input.QUICK if quick else bad_input.FULL, rng, workdir
         ),
     ),
 }
