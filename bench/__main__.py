@@ -23,14 +23,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import failover, gateway, kubernetes, propagation, steady
+from bench import coldstart, failover, gateway, kubernetes, propagation, steady
 from bench.child import child
 from bench.progress import console, stage
 from bench.report import NotAvailable, Row, machine, render, save
 from bench.stores import postgres_problem
 from servefleet.store import open_store
 
-NAMES = ("propagation", "gateway", "steady", "kubernetes", "failover")
+NAMES = ("propagation", "gateway", "steady", "kubernetes", "failover", "coldstart")
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 DYNAMODB_PROBE = "dynamodb://probe?region=us-east-1&endpoint_url=http://127.0.0.1:9"
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -103,6 +103,9 @@ async def main(options: argparse.Namespace) -> int:
     if "failover" in selected:
         failover_plan = failover.QUICK if quick else failover.FULL
         await part("failover", lambda: failover.run(failover_plan))
+    if "coldstart" in selected:
+        coldstart_plan = coldstart.QUICK if quick else coldstart.FULL
+        await part("cold start from zero", lambda: coldstart.run(coldstart_plan))
 
     about: dict[str, Any] = {
         "mode": "quick" if quick else "full",
