@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -113,5 +114,15 @@ async def main(options: argparse.Namespace) -> int:
     return 1 if any(row.broken for row in rows) else 0
 
 
+async def _stoppable(options: argparse.Namespace) -> int:
+    """`main`, cancelled by SIGTERM as by Ctrl-C, so that every scenario's clean-up
+    still stops what it started (the processes under test run in sessions of their
+    own and would outlive this one)."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await main(options)
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse_args())))
+    sys.exit(asyncio.run(_stoppable(parse_args())))
