@@ -1,5 +1,5 @@
 """The command tree: the typer apps every command registers on, and the global
-options (`--store`) every command reads through `state`.
+options (`--store`, `--api`, `--token`) every command reads through `state`.
 
 Command modules import this module and `output.py` (and the shared plumbing:
 `fleet.py`, `requests.py`), never each other; `main.py` imports them all so
@@ -84,6 +84,9 @@ class State:
     """The global options, as the callback parsed them."""
 
     store_url: str = ""
+    api_url: str | None = None
+    """The servefleet API the store-backed verbs go through instead of the store."""
+    token: str | None = None
 
 
 state = State()
@@ -101,5 +104,27 @@ def _global_options(
             show_default=False,
         ),
     ] = None,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            envvar="SERVEFLEET_API",
+            help="Base URL of a `servefleet serve` (e.g. https://fleet.example.com): the "
+            "endpoint and region verbs go through its API instead of opening the store.",
+            show_default=False,
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="SERVEFLEET_TOKEN",
+            help="The API token sent with --api (prefer SERVEFLEET_TOKEN: a flag's value "
+            "shows in the process list).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     state.store_url = store or default_store_url()
+    state.api_url = api or None
+    state.token = token or None

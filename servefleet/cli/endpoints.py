@@ -1,5 +1,6 @@
 """The endpoint verbs: deploy, apply, get, list, status, scale, update-image, stop,
-start, canary, promote, rollback and delete, each one service call on the store.
+start, canary, promote, rollback and delete, each one call on the fleet
+(`connect.py`: the store, or the API with `--api`).
 
 Each verb parses its flags into plain data, runs one coroutine and prints the
 result; `--wait` then follows the regions' reports (`wait.py`).
@@ -19,14 +20,16 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from servefleet.cli.app import app
-from servefleet.cli.fleet import run_service
+from servefleet.cli.connect import run_on_fleet
+from servefleet.cli.fleet import Fleet, renamed
 from servefleet.cli.options import NameArgument, TimeoutOption, WaitOption, key_value_pairs
 from servefleet.cli.output import OutputOption, check_output, fail, out, print_documents
-from servefleet.service import EndpointService, RegionNotTargeted, UnregisteredRegion
+from servefleet.service import OperationRefused
 from servefleet.spec import (
     Endpoint,
     EndpointManifest,
     EndpointSpec,
+    InvalidInput,
     declared_more_than_once,
     invalid_input,
     status_section,
@@ -51,8 +54,8 @@ def _wait_for(names: list[str], wait: bool, timeout: float) -> None:
         return
     from servefleet.cli.wait import wait_until_settled
 
-    outcome = run_service(
-        lambda service: wait_until_settled(service, names, within=timeout, console=out)
+    outcome = run_on_fleet(
+        lambda fleet: wait_until_settled(fleet, names, within=timeout, console=out)
     )
     problems = [
         f"--wait: {failure.endpoint} failed in {failure.region}: {failure.message}"
@@ -141,13 +144,13 @@ def deploy(
         }
     )
 
-    async def create(service: EndpointService) -> Endpoint:
+    async def create(fleet: Fleet) -> Endpoint:
         try:
-            return await service.deploy(name, spec, region or None, stopped=stopped)
-        except UnregisteredRegion as unregistered:
-            raise unregistered.named("--region") from None
+            return await fleet.deploy(name, spec, region or None, stopped=stopped)
+        except InvalidInput as refused:
+            raise renamed(refused, {"target_regions": "--region"}) from None
 
-    endpoint = run_service(create)
+    endpoint = run_on_fleet(create)
     _summary(endpoint, f"created in {', '.join(endpoint.target_regions)}")
     _wait_for([name], wait, timeout)
 
@@ -202,8 +205,8 @@ def apply(
 ) -> None:
     """Create or update endpoints from declarations; unchanged ones are left alone."""
     manifests = _read_manifests(file)
-    for applied in run_service(lambda service: service.apply_all(manifests)):
-        out.print(f"endpoint/{applied.endpoint.name} {applied.outcome.value}", markup=False)
+    for applied in run_on_fleet(lambda fleet: fleet.apply_all(manifests)):
+        out.print(f"endpoint/{applied.name} {applied.outcome.value}", markup=False)
     _wait_for([manifest.metadata.name for manifest in manifests], wait, timeout)
 
 
@@ -211,7 +214,7 @@ def apply(
 def get(name: NameArgument, output: OutputOption = "yaml") -> None:
     """Print an endpoint's declaration and status, in a form `apply -f` accepts."""
     check_output(output, ("yaml", "json"))
-    endpoint, statuses = run_service(lambda service: service.status(name))
+    endpoint, statuses = run_on_fleet(lambda fleet: fleet.status(name))
     manifest = EndpointManifest.of(endpoint, status_section(endpoint, statuses))
     print_documents([manifest.document()], output, many=False)
 
@@ -228,7 +231,7 @@ def list_endpoints(
 ) -> None:
     """List endpoints."""
     check_output(output, ("table", "yaml", "json"))
-    endpoints = run_service(lambda service: service.list_endpoints(region=region))
+    endpoints = run_on_fleet(lambda fleet: fleet.list_endpoints(region=region))
     if output != "table":
         documents = [EndpointManifest.of(endpoint).document() for endpoint in endpoints]
         print_documents(documents, output, many=True)
@@ -263,7 +266,7 @@ def status(
 ) -> None:
     """Show how each region is doing with an endpoint."""
     check_output(output, ("table", "yaml", "json"))
-    endpoint, statuses = run_service(lambda service: service.status(name))
+    endpoint, statuses = run_on_fleet(lambda fleet: fleet.status(name))
     section = status_section(endpoint, statuses)
     if output != "table":
         print_documents(
@@ -303,7 +306,7 @@ def scale(
     timeout: TimeoutOption = 300.0,
 ) -> None:
     """Set the number of replicas."""
-    endpoint = run_service(lambda service: service.scale(name, replicas))
+    endpoint = run_on_fleet(lambda fleet: fleet.scale(name, replicas))
     _summary(endpoint, f"scaled to {endpoint.spec.replicas}")
     _wait_for([name], wait, timeout)
 
@@ -324,13 +327,13 @@ def update_image(
 ) -> None:
     """Roll out a new image, everywhere or in one region."""
 
-    async def update(service: EndpointService) -> Endpoint:
+    async def update(fleet: Fleet) -> Endpoint:
         try:
-            return await service.update_image(name, image, region)
-        except (UnregisteredRegion, RegionNotTargeted) as refused:
-            raise refused.named("--region") from None
+            return await fleet.update_image(name, image, region)
+        except (InvalidInput, OperationRefused) as refused:
+            raise renamed(refused, {"region": "--region"}) from None
 
-    endpoint = run_service(update)
+    endpoint = run_on_fleet(update)
     _summary(endpoint, f"image set to {image}" + (f" in {region}" if region else ""))
     _wait_for([name], wait, timeout)
 
@@ -339,14 +342,14 @@ def _endpoint_verb(
     verb: str,
     help_text: str,
     done: str,
-    call: Callable[[EndpointService, str], Awaitable[Endpoint]],
+    call: Callable[[Fleet, str], Awaitable[Endpoint]],
 ) -> None:
     """Register a verb that takes only an endpoint name (and --wait)."""
 
     def command(
         name: NameArgument, wait: WaitOption = False, timeout: TimeoutOption = 300.0
     ) -> None:
-        _summary(run_service(lambda service: call(service, name)), done)
+        _summary(run_on_fleet(lambda fleet: call(fleet, name)), done)
         _wait_for([name], wait, timeout)
 
     command.__doc__ = help_text
@@ -357,9 +360,11 @@ _endpoint_verb(
     "stop",
     "Stop every replica and remove the route; the declaration stays.",
     "stopped",
-    EndpointService.stop,
+    lambda fleet, name: fleet.stop(name),
 )
-_endpoint_verb("start", "Run a stopped endpoint again.", "started", EndpointService.start)
+_endpoint_verb(
+    "start", "Run a stopped endpoint again.", "started", lambda fleet, name: fleet.start(name)
+)
 
 
 @app.command(
@@ -388,8 +393,8 @@ def canary(
     timeout: TimeoutOption = 300.0,
 ) -> None:
     """Add a canary version, or change its image, weight, replicas, env or command."""
-    endpoint = run_service(
-        lambda service: service.canary(
+    endpoint = run_on_fleet(
+        lambda fleet: fleet.canary(
             name,
             image=image,
             weight=weight,
@@ -407,17 +412,17 @@ _endpoint_verb(
     "promote",
     "Make the canary the primary version and remove the canary.",
     "promoted",
-    EndpointService.promote,
+    lambda fleet, name: fleet.promote(name),
 )
 _endpoint_verb(
     "rollback",
     "Remove the canary; all traffic goes to the primary version.",
     "rolled back",
-    EndpointService.rollback,
+    lambda fleet, name: fleet.rollback(name),
 )
 _endpoint_verb(
     "delete",
     "Delete an endpoint from every region; the record is purged once all are clean.",
     "marked for deletion",
-    EndpointService.delete,
+    lambda fleet, name: fleet.delete(name),
 )

@@ -1,42 +1,174 @@
-"""How a command reaches the fleet: it opens the store, runs one coroutine on it
-with `asyncio.run`, and closes it; the refusals a user can cause end the command
-as one line per problem."""
+"""What the store-backed verbs call: `Fleet`, the operations they need, with two
+implementations — `StoreFleet` over `EndpointService` on an opened store, and
+`ApiFleet` (`api_fleet.py`) over a `servefleet serve`'s HTTP API.
+
+Both keep the service's contract, so a verb prints the same whichever it got: the
+same records back, and the same refusals — `InvalidInput` with the service's field
+names, `OperationRefused`, `EndpointNotFound`/`RegionNotFound` and other
+`StoreError`s with the service's words. What only the API can answer (a refused
+token, no answer at all) is an `ApiError`, whose message is the line to print.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
-from servefleet.cli.app import state
-from servefleet.cli.output import fail
-from servefleet.service import EndpointService, OperationRefused
-from servefleet.spec import InvalidInput
-from servefleet.store import Store, StoreError, open_store
+from servefleet.service import ApplyOutcome, EndpointService, OperationRefused
+from servefleet.spec import (
+    Endpoint,
+    EndpointManifest,
+    EndpointSpec,
+    InvalidInput,
+    Problem,
+    Region,
+    RegionStatus,
+)
 
-__all__ = ["run_on_store", "run_service"]
-
-T = TypeVar("T")
-
-
-def run_service(operation: Callable[[EndpointService], Awaitable[T]], *, init: bool = False) -> T:
-    """Open the store, run `operation` on it, close it; user errors end the command."""
-    return run_on_store(lambda store: operation(EndpointService(store)), init=init)
+__all__ = ["ApiError", "Applied", "Fleet", "StoreFleet", "renamed"]
 
 
-def run_on_store(operation: Callable[[Store], Awaitable[T]], *, init: bool = False) -> T:
-    """`run_service` for a command that needs the store itself (tokens, the API server)."""
+class ApiError(Exception):
+    """The API could not be reached, refused the token, or answered what the CLI
+    cannot read; the message says which, in one line."""
 
-    async def main() -> T:
-        store: Store = await open_store(state.store_url, init=init)
-        try:
-            return await operation(store)
-        finally:
-            await store.close()
 
-    try:
-        return asyncio.run(main())
-    except InvalidInput as error:
-        fail(*error.problems)
-    except (OperationRefused, StoreError, ValueError) as error:
-        fail(str(error))
+@dataclass(frozen=True)
+class Applied:
+    """What `apply` did to one declaration."""
+
+    name: str
+    outcome: ApplyOutcome
+
+
+class Fleet(Protocol):
+    async def get(self, name: str) -> Endpoint: ...
+
+    async def status(self, name: str) -> tuple[Endpoint, list[RegionStatus]]: ...
+
+    async def list_endpoints(self, *, region: str | None = None) -> list[Endpoint]: ...
+
+    async def deploy(
+        self, name: str, spec: EndpointSpec, regions: list[str] | None, *, stopped: bool
+    ) -> Endpoint: ...
+
+    async def apply_all(self, manifests: Sequence[EndpointManifest]) -> list[Applied]: ...
+
+    async def scale(self, name: str, replicas: int) -> Endpoint: ...
+
+    async def update_image(self, name: str, image: str, region: str | None) -> Endpoint: ...
+
+    async def canary(
+        self,
+        name: str,
+        *,
+        image: str | None,
+        weight: int | None,
+        replicas: int | None,
+        command: list[str] | None,
+        env: dict[str, str] | None,
+    ) -> Endpoint: ...
+
+    async def stop(self, name: str) -> Endpoint: ...
+
+    async def start(self, name: str) -> Endpoint: ...
+
+    async def promote(self, name: str) -> Endpoint: ...
+
+    async def rollback(self, name: str) -> Endpoint: ...
+
+    async def delete(self, name: str) -> Endpoint: ...
+
+    async def list_regions(self) -> list[Region]: ...
+
+    async def add_region(self, region: Region) -> None: ...
+
+    async def remove_region(self, name: str) -> None: ...
+
+
+class StoreFleet:
+    """The fleet as the store holds it, through the service."""
+
+    def __init__(self, service: EndpointService) -> None:
+        self._service = service
+
+    async def get(self, name: str) -> Endpoint:
+        return await self._service.get(name)
+
+    async def status(self, name: str) -> tuple[Endpoint, list[RegionStatus]]:
+        return await self._service.status(name)
+
+    async def list_endpoints(self, *, region: str | None = None) -> list[Endpoint]:
+        return await self._service.list_endpoints(region=region)
+
+    async def deploy(
+        self, name: str, spec: EndpointSpec, regions: list[str] | None, *, stopped: bool
+    ) -> Endpoint:
+        return await self._service.deploy(name, spec, regions, stopped=stopped)
+
+    async def apply_all(self, manifests: Sequence[EndpointManifest]) -> list[Applied]:
+        applied = await self._service.apply_all(list(manifests))
+        return [Applied(each.endpoint.name, each.outcome) for each in applied]
+
+    async def scale(self, name: str, replicas: int) -> Endpoint:
+        return await self._service.scale(name, replicas)
+
+    async def update_image(self, name: str, image: str, region: str | None) -> Endpoint:
+        return await self._service.update_image(name, image, region)
+
+    async def canary(
+        self,
+        name: str,
+        *,
+        image: str | None,
+        weight: int | None,
+        replicas: int | None,
+        command: list[str] | None,
+        env: dict[str, str] | None,
+    ) -> Endpoint:
+        return await self._service.canary(
+            name, image=image, weight=weight, replicas=replicas, command=command, env=env
+        )
+
+    async def stop(self, name: str) -> Endpoint:
+        return await self._service.stop(name)
+
+    async def start(self, name: str) -> Endpoint:
+        return await self._service.start(name)
+
+    async def promote(self, name: str) -> Endpoint:
+        return await self._service.promote(name)
+
+    async def rollback(self, name: str) -> Endpoint:
+        return await self._service.rollback(name)
+
+    async def delete(self, name: str) -> Endpoint:
+        return await self._service.delete(name)
+
+    async def list_regions(self) -> list[Region]:
+        return await self._service.list_regions()
+
+    async def add_region(self, region: Region) -> None:
+        await self._service.add_region(region)
+
+    async def remove_region(self, name: str) -> None:
+        await self._service.remove_region(name)
+
+
+def renamed(refusal: InvalidInput | OperationRefused, names: Mapping[str, str]) -> Exception:
+    """`refusal` (of the same kind) with its problems about a field of `names` naming
+    it as `names` says: the name the user gave it under (`--region` for the
+    service's `region`)."""
+    if isinstance(refusal, InvalidInput):
+        return InvalidInput(
+            [
+                dataclasses.replace(problem, field=names.get(problem.field, problem.field))
+                for problem in refusal.details
+            ]
+        )
+    problem = Problem.of(str(refusal))
+    if problem.field not in names:
+        return refusal
+    return OperationRefused(str(dataclasses.replace(problem, field=names[problem.field])))

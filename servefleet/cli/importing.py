@@ -15,15 +15,16 @@ from typing import Annotated
 import typer
 
 from servefleet.cli.app import app, state
-from servefleet.cli.fleet import run_service
+from servefleet.cli.connect import run_on_fleet
+from servefleet.cli.fleet import Fleet
 from servefleet.cli.output import fail, out
 from servefleet.gco import Skipped, endpoint_name, to_manifest
-from servefleet.service import EndpointService, OperationRefused
+from servefleet.service import OperationRefused
 from servefleet.spec import InvalidInput
 from servefleet.store import EndpointNotFound
 
 
-async def _import_one(service: EndpointService, item: dict[str, object]) -> tuple[str, str]:
+async def _import_one(fleet: Fleet, item: dict[str, object]) -> tuple[str, str]:
     try:
         manifest = to_manifest(item)
     except Skipped as skipped:
@@ -32,12 +33,12 @@ async def _import_one(service: EndpointService, item: dict[str, object]) -> tupl
         return "rejected", "; ".join(error.problems)
     name = manifest.metadata.name
     try:
-        await service.get(name)
+        await fleet.get(name)
         return "skipped", "already exists"
     except EndpointNotFound:
         pass
     try:
-        await service.deploy(
+        await fleet.deploy(
             name, manifest.spec, manifest.regions, stopped=manifest.state == "stopped"
         )
     except InvalidInput as error:
@@ -85,12 +86,12 @@ def import_endpoints(
         fail("--gco-region: the region of the table is required (the store is not dynamodb://)")
     url = endpoint_url or (store.endpoint_url if store else None)
 
-    async def import_all(service: EndpointService) -> list[tuple[str, str, str]]:
+    async def import_all(fleet: Fleet) -> list[tuple[str, str, str]]:
         items = await scan_items(from_gco_table, region=region, endpoint_url=url)
         items.sort(key=endpoint_name)
-        return [(endpoint_name(item), *await _import_one(service, item)) for item in items]
+        return [(endpoint_name(item), *await _import_one(fleet, item)) for item in items]
 
-    results = run_service(import_all)
+    results = run_on_fleet(import_all)
     for name, outcome, detail in results:
         out.print(f"endpoint/{name} {outcome}: {detail}", markup=False)
     counts = {

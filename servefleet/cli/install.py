@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from servefleet.cli.app import app
-from servefleet.cli.fleet import run_service
+from servefleet.cli.connect import run_on_fleet
 from servefleet.cli.output import fail, out
 from servefleet.spec import invalid_input
 
@@ -44,9 +44,7 @@ def install_manifests(
     from servefleet.runtime.kubernetes import install
 
     try:
-        (registered,) = cluster_regions(
-            run_service(lambda service: service.list_regions()), [region]
-        )
+        (registered,) = cluster_regions(run_on_fleet(lambda fleet: fleet.list_regions()), [region])
     except ValueError as error:
         fail(str(error))
     fields = {

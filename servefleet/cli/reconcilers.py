@@ -12,8 +12,9 @@ import platformdirs
 import typer
 
 from servefleet.cli.app import app, state
-from servefleet.cli.fleet import run_service
+from servefleet.cli.connect import require_store, run_on_store
 from servefleet.cli.output import LogFormatOption, check_output, fail
+from servefleet.service import EndpointService
 from servefleet.store import StoreError
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ def up(
     metrics_port: MetricsPortOption = None,
 ) -> None:
     """Run a reconciler per region (and a gateway per local region), in the foreground."""
+    require_store("servefleet up")
     from servefleet.cli.up import UpOptions, serve
     from servefleet.runtime.local.supervisor import LocalSettings
 
@@ -159,6 +161,7 @@ def reconcile(
     metrics_port: MetricsPortOption = None,
 ) -> None:
     """Run the reconcilers of kubernetes regions, without gateways, in the foreground."""
+    require_store("servefleet reconcile")
     from servefleet.cli.reconcile import cluster_regions, in_cluster_regions
     from servefleet.cli.up import UpOptions, serve
     from servefleet.runtime.local.supervisor import LocalSettings
@@ -166,7 +169,9 @@ def reconcile(
     check_output(log_format, ("text", "json"), flag="--log-format")
     _check_metrics_port(metrics_port)
     try:
-        regions = cluster_regions(run_service(lambda service: service.list_regions()), region)
+        regions = cluster_regions(
+            run_on_store(lambda store: EndpointService(store).list_regions()), region
+        )
         in_cluster_names = in_cluster_regions(
             regions, forced=in_cluster, in_pod=bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
         )

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from servefleet.cli.app import regions_app
-from servefleet.cli.fleet import run_service
+from servefleet.cli.connect import run_on_fleet
 from servefleet.cli.options import key_value_pairs
 from servefleet.cli.output import check_output, fail, out, print_documents
 from servefleet.spec import Region, invalid_input
@@ -107,7 +107,7 @@ def regions_add(
         )
     except ValidationError as error:
         fail(*invalid_input(error, "region").problems)
-    run_service(lambda service: service.add_region(region))
+    run_on_fleet(lambda fleet: fleet.add_region(region))
     out.print(f"region/{name} registered ({region.kind.value})", markup=False)
 
 
@@ -115,7 +115,7 @@ def regions_add(
 def regions_list(output: Annotated[str, typer.Option("--output", "-o")] = "table") -> None:
     """List registered regions."""
     check_output(output, ("table", "yaml", "json"))
-    regions = run_service(lambda service: service.list_regions())
+    regions = run_on_fleet(lambda fleet: fleet.list_regions())
     if output != "table":
         print_documents([r.model_dump(mode="json") for r in regions], output, many=True)
         return
@@ -130,5 +130,5 @@ def regions_list(output: Annotated[str, typer.Option("--output", "-o")] = "table
 @regions_app.command("remove", epilog="Example: `servefleet regions remove local-1`")
 def regions_remove(name: Annotated[str, typer.Argument(help="Region name.")]) -> None:
     """Remove a region no endpoint targets."""
-    run_service(lambda service: service.remove_region(name))
+    run_on_fleet(lambda fleet: fleet.remove_region(name))
     out.print(f"region/{name} removed", markup=False)

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from servefleet.cli.app import state
-from servefleet.cli.fleet import run_service
+from servefleet.cli.connect import run_on_fleet
+from servefleet.cli.fleet import Fleet
 from servefleet.cli.gateways import recorded_gateways
 from servefleet.cli.output import err, fail
-from servefleet.service import EndpointService
 from servefleet.spec import Endpoint, Region, RegionKind, RegionStatus
 
 if TYPE_CHECKING:
@@ -100,12 +100,12 @@ class Lookup:
 
 
 def look_up(name: str) -> Lookup:
-    async def read(service: EndpointService) -> Lookup:
-        endpoint, statuses = await service.status(name)
-        regions = {region.name: region for region in await service.list_regions()}
+    async def read(fleet: Fleet) -> Lookup:
+        endpoint, statuses = await fleet.status(name)
+        regions = {region.name: region for region in await fleet.list_regions()}
         return Lookup(endpoint, statuses, regions)
 
-    return run_service(read)
+    return run_on_fleet(read)
 
 
 def check_region(lookup: Lookup, region: str | None) -> None:

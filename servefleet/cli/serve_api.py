@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from servefleet.cli.app import app, state
-from servefleet.cli.fleet import run_on_store
+from servefleet.cli.connect import require_store, run_on_store
 from servefleet.cli.logs import configure_logging
 from servefleet.cli.output import LogFormatOption, check_output, err, fail, redacted
 from servefleet.store import Store
@@ -90,6 +90,7 @@ def serve(
     /healthz and /readyz answer without a token."""
     from servefleet.api.server import ServerSettings, api_server
 
+    require_store("servefleet serve")
     check_output(log_format, ("text", "json"), flag="--log-format")
     refusal = plain_http_refusal(host, ssl_certfile, ssl_keyfile, insecure)
     if refusal:

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from servefleet.cli.app import state, store_app
-from servefleet.cli.fleet import run_service
+from servefleet.cli.connect import require_store, run_on_store
 from servefleet.cli.output import fail, out, redacted
-from servefleet.service import EndpointService
+from servefleet.store import Store
 
 __all__ = ["store_init"]
 
@@ -29,6 +29,7 @@ def store_init(
     ] = False,
 ) -> None:
     """Create or migrate the store's schema (safe to run again)."""
+    require_store("servefleet store init")
     if print_definition:
         from servefleet.store.dynamodb import cloudformation_definition
 
@@ -39,8 +40,8 @@ def store_init(
         out.print(json.dumps(definition, indent=2), markup=False)
         return
 
-    async def nothing(_service: EndpointService) -> None:
+    async def nothing(_store: Store) -> None:
         return None
 
-    run_service(nothing, init=True)
+    run_on_store(nothing, init=True)
     out.print(f"store ready: {redacted(state.store_url)}", markup=False)

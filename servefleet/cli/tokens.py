@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from servefleet.cli.app import tokens_app
-from servefleet.cli.fleet import run_on_store
+from servefleet.cli.connect import require_store, run_on_store
 from servefleet.cli.output import check_output, err, out, print_documents
 from servefleet.spec import ApiToken
 from servefleet.tokens import TokenService
@@ -36,6 +36,7 @@ def create(
     ],
 ) -> None:
     """Create a token and print it; it is shown this once (the store keeps a hash)."""
+    require_store("servefleet tokens create")
     _, secret = run_on_store(lambda store: TokenService(store).create(name, role))
     out.print(secret, markup=False)
     err.print(
@@ -49,6 +50,7 @@ def list_tokens(
     output: Annotated[str, typer.Option("--output", "-o", help="table, yaml or json.")] = "table",
 ) -> None:
     """List tokens: names, roles and when they were made (never the tokens)."""
+    require_store("servefleet tokens list")
     check_output(output, ("table", "yaml", "json"))
     tokens: list[ApiToken] = run_on_store(lambda store: TokenService(store).list())
     if output != "table":
@@ -66,5 +68,6 @@ def list_tokens(
 @tokens_app.command("revoke", epilog="Example: `servefleet tokens revoke ci`")
 def revoke(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
     """Revoke a token: the API refuses it from the next request on."""
+    require_store("servefleet tokens revoke")
     run_on_store(lambda store: TokenService(store).revoke(name))
     out.print(f"token/{name} revoked", markup=False)

@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from servefleet.service import EndpointService
+from servefleet.cli.fleet import Fleet
 from servefleet.spec import DesiredState, Endpoint, RegionState, RegionStatus
 from servefleet.store import EndpointNotFound
 
@@ -130,7 +130,7 @@ def _table(rows: list[tuple[str, Endpoint | None, list[RegionStatus]]]) -> Table
 
 
 async def wait_until_settled(
-    service: EndpointService, names: list[str], *, within: float, console: Console
+    fleet: Fleet, names: list[str], *, within: float, console: Console
 ) -> Progress:
     """Wait for every endpoint in `names` until its change is in place everywhere, has
     failed wherever it is not (for `_FAILURE_GRACE` seconds), or `within` seconds
@@ -143,7 +143,7 @@ async def wait_until_settled(
             outcome = Progress()
             for name in names:
                 try:
-                    endpoint, statuses = await service.status(name)
+                    endpoint, statuses = await fleet.status(name)
                 except EndpointNotFound:
                     rows.append((name, None, []))
                     continue
