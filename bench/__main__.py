@@ -125,7 +125,8 @@ async def _on_moto(plan: propagation.Plan, rng: random.Random) -> list[Row]:
     if importlib.util.find_spec("servefleet.store.dynamodb") is None:
         raise NotAvailable("servefleet/store/dynamodb.py is not in this tree")
     try:
-        probe = await asyncio.wait_for(open_store(DYNAMODB_PROBE), 10)
+        async with asyncio.timeout(10):
+            probe = await open_store(DYNAMODB_PROBE)
     except ValueError as error:  # the URL scheme is not wired into open_store yet
         raise NotAvailable(str(error)) from error
     except Exception:  # known, but nothing listens on port 9: the real run will tell

@@ -76,7 +76,8 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         process.terminate()
         try:
-            await asyncio.wait_for(process.wait(), 10)
+            async with asyncio.timeout(10):
+                await process.wait()
         except TimeoutError:
             process.kill()
             await process.wait()
@@ -130,7 +131,8 @@ async def gateway_process(upstream: str) -> AsyncIterator[str]:
     )
     try:
         assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), 20)
+        async with asyncio.timeout(20):
+            line = await process.stdout.readline()
         if not line:
             raise RuntimeError(f"the gateway exited with {await process.wait()}")
         yield line.decode().strip()
@@ -250,7 +252,8 @@ async def _wrk(wrk: str, url: str, concurrency: int, seconds: int, script: Path)
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(done.communicate(), seconds + 30)
+    async with asyncio.timeout(seconds + 30):
+        out, err = await done.communicate()
     report = out.decode().strip().splitlines()
     if done.returncode != 0 or not report:
         raise RuntimeError(f"wrk exited with {done.returncode}: {err.decode()[-500:]}")

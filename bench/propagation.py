@@ -152,9 +152,8 @@ async def _floor(
             updated = await writer.update_endpoint(current, expected_revision=current.revision)
             committed = time.perf_counter()
             try:
-                seen = await asyncio.wait_for(
-                    asyncio.shield(arrival(updated.revision)), APPLY_TIMEOUT
-                )
+                async with asyncio.timeout(APPLY_TIMEOUT):
+                    seen = await asyncio.shield(arrival(updated.revision))
             except TimeoutError:
                 lost += 1
                 continue

@@ -75,6 +75,7 @@ class RecordingRuntime:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters[key] = waiter
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), within)
+            async with asyncio.timeout(within):
+                return await asyncio.shield(waiter)
         except TimeoutError:
             return None

@@ -3,7 +3,6 @@ PostgreSQL schema `bench_<random>` of its own that is dropped afterwards."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
 import uuid
@@ -37,7 +36,7 @@ def _without_schema(url: str) -> str:
 async def postgres_problem(url: str) -> str | None:
     """Why PostgreSQL at `url` cannot be used, or None when it answers."""
     try:
-        connection = await asyncio.wait_for(asyncpg.connect(_without_schema(url)), 5)
+        connection = await asyncpg.connect(_without_schema(url), timeout=5)
     except (OSError, TimeoutError, asyncpg.PostgresError) as error:
         return f"{type(error).__name__}: {error}"
     await connection.close()

@@ -138,7 +138,7 @@ async def chaos_schema(server_url: str) -> AsyncIterator[Schema]:
 async def reachable(server_url: str) -> str | None:
     """None when PostgreSQL answers at `server_url`, else why not."""
     try:
-        connection = await asyncio.wait_for(asyncpg.connect(server_url), 5)
+        connection = await asyncpg.connect(server_url, timeout=5)
     except (OSError, TimeoutError, asyncpg.PostgresError) as error:
         return f"{type(error).__name__}: {error}"
     await connection.close()

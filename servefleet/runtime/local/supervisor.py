@@ -381,10 +381,12 @@ class LocalRuntime:
                     await terminate(replica.process, settings.terminate_grace)
                 replica.process = replica.backend = None
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(replica.stop.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await replica.stop.wait()
             if replica.backend is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(replica.backend.idle(), settings.drain_timeout)
+                    async with asyncio.timeout(settings.drain_timeout):
+                        await replica.backend.idle()
             if replica.process is not None:
                 await terminate(replica.process, settings.terminate_grace)
         except asyncio.CancelledError:
