@@ -47,12 +47,26 @@ class Plan:
     steady_seconds: float
     within: float
     """Seconds a convergence may take before the case gives up."""
+    overload_endpoints: int
+    """Endpoints of the case whose API servers refuse what exceeds their concurrency."""
 
 
 FULL = Plan(
-    sizes=(1000, 3000, 10000), regions=3, steady_endpoints=1000, steady_seconds=120.0, within=330.0
+    sizes=(1000, 3000, 10000),
+    regions=3,
+    steady_endpoints=1000,
+    steady_seconds=120.0,
+    within=330.0,
+    overload_endpoints=1000,
 )
-QUICK = Plan(sizes=(100, 300), regions=3, steady_endpoints=300, steady_seconds=10.0, within=120.0)
+QUICK = Plan(
+    sizes=(100, 300),
+    regions=3,
+    steady_endpoints=300,
+    steady_seconds=10.0,
+    within=120.0,
+    overload_endpoints=100,
+)
 
 NAMESPACE = "servefleet"
 IMAGE = "vllm/vllm-openai:v0.6.3"
@@ -71,6 +85,10 @@ GOAL_SECONDS = 60.0
 GOAL_ENDPOINTS = 10_000
 CONSTANT_WITHIN = 0.05
 """Requests per endpoint count as constant when every size is within 5 % of the smallest."""
+OVERLOAD_IN_FLIGHT = 2
+"""Requests a test API server serves at once in the overload case (fewer than the
+controller's workers, so refusals must come)."""
+OVERLOAD_SHARE_GOAL = 0.1
 
 # The reference design, as measured on a real kube-apiserver 1.36.2 (../shared/ARCHITECTURE.md).
 REFERENCE_ENDPOINTS = 1000
@@ -118,7 +136,7 @@ class Fleet:
 
 
 @asynccontextmanager
-async def fleet(regions: int) -> AsyncIterator[Fleet]:
+async def fleet(regions: int, max_in_flight: int | None = None) -> AsyncIterator[Fleet]:
     with tempfile.TemporaryDirectory(prefix="servefleet-bench-k8s-") as name:
         directory = Path(name)
         store_path = directory / "store.db"
@@ -137,6 +155,7 @@ async def fleet(regions: int) -> AsyncIterator[Fleet]:
                             str(LATENCY),
                             "--auto-ready",
                             str(AUTO_READY),
+                            *(("--max-in-flight", str(max_in_flight)) if max_in_flight else ()),
                             log=directory / f"{region}.log",
                         )
                     )
@@ -238,9 +257,9 @@ def _floors(per_region: dict[str, int]) -> dict[str, float]:
     }
 
 
-async def _converge(size: int, plan: Plan) -> dict[str, Any]:
+async def _converge(size: int, plan: Plan, *, max_in_flight: int | None = None) -> dict[str, Any]:
     label = f"N={size:,} x {plan.regions}"
-    async with fleet(plan.regions) as place:
+    async with fleet(plan.regions, max_in_flight) as place:
         regions = list(place.servers)
         create_s = await _create(place.writer, size, regions)
         await place.reset()
@@ -285,6 +304,7 @@ async def _converge(size: int, plan: Plan) -> dict[str, Any]:
         "store_calls": usage["store_calls"],
         "create_s": round(create_s, 1),
         "floors_s": _floors(per_region),
+        "refused_429": sum(answer["refused_in_flight"] for answer in counts.values()),
     }
 
 
@@ -477,7 +497,33 @@ async def _steady_row(plan: Plan) -> Row:
     )
 
 
+async def _overload_row(plan: Plan) -> Row:
+    """Convergence against API servers that refuse what exceeds their concurrency."""
+    size = plan.overload_endpoints
+    case = await _converge(size, plan, max_in_flight=OVERLOAD_IN_FLIGHT)
+    refused = case["refused_429"]
+    share = refused / max(case["requests"], 1)
+    return Row(
+        "k8s overload",
+        f"N={size:,} x {case['regions']} regions, servers refusing > {OVERLOAD_IN_FLIGHT} "
+        "requests in flight",
+        f"as the convergence rows, but each test API server answers 429 with Retry-After: 1 "
+        f"to requests beyond {OVERLOAD_IN_FLIGHT} in flight (kube-apiserver's "
+        "--max-requests-inflight; API Priority and Fairness once its queues are full), "
+        f"against {CONTROLLER.workers} workers per region; the client rate adapts from its "
+        f"ceiling of {DEFAULTS.rate.ceiling:g}/s",
+        f"{_outcome(case)} · {refused:,} refusals ({share:.1%} of "
+        f"{case['requests']:,} requests) · {case['requests'] / case['wall_s']:.0f} requests/s "
+        f"over all servers · {case['requests_per_endpoint_region']:.4g} requests per endpoint "
+        "and region",
+        case,
+        goal=f"converges; refusals < {OVERLOAD_SHARE_GOAL:.0%} of requests (no retry storm)",
+        met=case["converged"] and share < OVERLOAD_SHARE_GOAL,
+    )
+
+
 async def run(plan: Plan) -> list[Row]:
     rows = await _scale_rows(plan)
+    rows.append(await _overload_row(plan))
     rows.append(await _steady_row(plan))
     return rows
