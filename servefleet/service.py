@@ -12,7 +12,7 @@ the same declaration leaves even `revision` untouched.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -295,12 +295,55 @@ class EndpointService:
             if autoscaling.enabled:
                 raise OperationRefused(
                     f"replicas: {name!r} is autoscaled between {autoscaling.min_replicas} and "
-                    f"{autoscaling.max_replicas}; change autoscaling.min_replicas/max_replicas "
-                    "or turn autoscaling off"
+                    f"{autoscaling.max_replicas}, so its count is the autoscaler's; change the "
+                    f"bounds (servefleet autoscale {name} --min N --max M) or turn autoscaling "
+                    f"off with a count (servefleet autoscale {name} --off --replicas {replicas})"
                 )
             return _with_spec(current, revise_spec(current.spec, replicas=replicas))
 
         return await self._mutate(name, scale, expected_revision)
+
+    async def autoscale(
+        self,
+        name: str,
+        *,
+        enabled: bool = True,
+        settings: Mapping[str, Any] | None = None,
+        replicas: int | None = None,
+        expected_revision: int | None = None,
+    ) -> Endpoint:
+        """Turn autoscaling on with `settings` (fields of `AutoscalingSpec`: bounds,
+        metrics, windows) laid over the ones declared, or off, running `replicas`
+        (the declared count when None). The settings are kept while it is off, so
+        turning it on again restores them."""
+        given = dict(settings or {})
+        if not enabled and given:
+            raise InvalidInput(
+                [
+                    Problem(field, "sets autoscaling; it cannot go with turning it off")
+                    for field in sorted(given)
+                ]
+            )
+        if enabled and replicas is not None:
+            raise InvalidInput(
+                [
+                    Problem(
+                        "replicas",
+                        "only with turning autoscaling off: while it is on, the count is "
+                        "the autoscaler's, between min_replicas and max_replicas",
+                        replicas,
+                    )
+                ]
+            )
+
+        def autoscale(current: Endpoint) -> Endpoint:
+            autoscaling = {**current.spec.autoscaling.model_dump(), **given, "enabled": enabled}
+            changes: dict[str, Any] = {"autoscaling": autoscaling}
+            if replicas is not None:
+                changes["replicas"] = replicas
+            return _with_spec(current, revise_spec(current.spec, **changes))
+
+        return await self._mutate(name, autoscale, expected_revision)
 
     async def update_image(
         self,

@@ -19,6 +19,7 @@ from servefleet.api.context import Endpoints
 from servefleet.api.errors import ERROR_RESPONSES
 from servefleet.service import Applied, ApplyOutcome, EndpointService
 from servefleet.spec import (
+    AutoscalingMetric,
     DesiredState,
     Endpoint,
     EndpointManifest,
@@ -51,6 +52,24 @@ class _Body(BaseModel):
 
 class ScaleRequest(_Body):
     replicas: int
+
+
+class AutoscaleRequest(_Body):
+    """Autoscaling on, with the settings given laid over the declared ones (what is
+    left out stays), or off (`enabled: false`), running `replicas` if given."""
+
+    enabled: bool = True
+    replicas: int | None = None
+    """Only with `enabled: false`: the count to run; the declared one when left out."""
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    metrics: list[AutoscalingMetric] | None = None
+    """Replaces the declared metrics."""
+    scale_to_zero_after: int | None = None
+    scale_up_window: int | None = None
+    scale_down_window: int | None = None
+    panic_window: int | None = None
+    panic_threshold: float | None = None
 
 
 class UpdateImageRequest(_Body):
@@ -239,6 +258,29 @@ async def scale(
     revision = _revision(if_match)
     scaled = await endpoints.scale(name, request.replicas, expected_revision=revision)
     return _with_etag(response, scaled)
+
+
+@router.post(
+    "/endpoints/{name}/autoscale",
+    dependencies=[allow(Role.DEPLOYER)],
+    summary="Turn autoscaling on with new bounds, metrics or windows, or off",
+    response_model_exclude_none=True,
+)
+async def autoscale(
+    name: Name,
+    request: AutoscaleRequest,
+    response: Response,
+    endpoints: Endpoints,
+    if_match: IfMatch = None,
+) -> EndpointManifest:
+    changed = await endpoints.autoscale(
+        name,
+        enabled=request.enabled,
+        settings=request.model_dump(exclude_none=True, exclude={"enabled", "replicas"}),
+        replicas=request.replicas,
+        expected_revision=_revision(if_match),
+    )
+    return _with_etag(response, changed)
 
 
 @router.post(

@@ -125,6 +125,18 @@ class ApiFleet:
     async def scale(self, name: str, replicas: int) -> Endpoint:
         return await self._change(name, "scale", {"replicas": replicas})
 
+    async def autoscale(
+        self,
+        name: str,
+        *,
+        enabled: bool,
+        settings: Mapping[str, Any],
+        replicas: int | None,
+    ) -> Endpoint:
+        count = {"replicas": replicas} if replicas is not None else {}
+        request = {"enabled": enabled, **count, **settings}
+        return await self._change(name, "autoscale", request)
+
     async def update_image(self, name: str, image: str, region: str | None) -> Endpoint:
         request = {"image": image} | ({"region": region} if region is not None else {})
         return await self._change(name, "update-image", request)

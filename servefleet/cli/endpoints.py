@@ -50,21 +50,10 @@ def _summary(endpoint: Endpoint, verb: str) -> None:
 
 
 def _wait_for(names: list[str], wait: bool, timeout: float) -> None:
-    if not wait:
-        return
-    from servefleet.cli.wait import wait_until_settled
+    if wait:
+        from servefleet.cli.wait import wait_for
 
-    outcome = run_on_fleet(
-        lambda fleet: wait_until_settled(fleet, names, within=timeout, console=out)
-    )
-    problems = [
-        f"--wait: {failure.endpoint} failed in {failure.region}: {failure.message}"
-        for failure in outcome.failures
-    ]
-    if outcome.pending:
-        problems.append(f"--wait: not in place after {timeout:g}s: {', '.join(outcome.pending)}")
-    if problems:
-        fail(*problems)
+        wait_for(names, timeout)
 
 
 @app.command(
@@ -277,9 +266,14 @@ def status(
         f"endpoint/{name}: {endpoint.desired_state.value}, generation {endpoint.generation}",
         markup=False,
     )
+    # READY is ready/desired: the count the region's autoscaler chose, where it has
+    # one, whose reason then has a column.
+    scaling = any(status.scale_reason for status in statuses)
     table = Table(box=None, pad_edge=False)
     for column in ("REGION", "STATE", "OBSERVED", "READY", "CANARY", "ROUTED", "MESSAGE"):
         table.add_column(column)
+    if scaling:
+        table.add_column("SCALING")
     by_region = {status.region: status for status in statuses}
     for region in endpoint.target_regions:
         report = by_region.get(region)
@@ -294,6 +288,7 @@ def status(
             f"{report.canary_ready}/{report.canary_desired}" if report.canary_desired else "-",
             "yes" if report.routed else "no",
             report.message,
+            *([report.scale_reason or "-"] if scaling else []),
         )
     out.print(table)
 

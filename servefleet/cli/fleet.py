@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from servefleet.service import ApplyOutcome, EndpointService, OperationRefused
 from servefleet.spec import (
@@ -57,6 +57,15 @@ class Fleet(Protocol):
     async def apply_all(self, manifests: Sequence[EndpointManifest]) -> list[Applied]: ...
 
     async def scale(self, name: str, replicas: int) -> Endpoint: ...
+
+    async def autoscale(
+        self,
+        name: str,
+        *,
+        enabled: bool,
+        settings: Mapping[str, Any],
+        replicas: int | None,
+    ) -> Endpoint: ...
 
     async def update_image(self, name: str, image: str, region: str | None) -> Endpoint: ...
 
@@ -114,6 +123,18 @@ class StoreFleet:
 
     async def scale(self, name: str, replicas: int) -> Endpoint:
         return await self._service.scale(name, replicas)
+
+    async def autoscale(
+        self,
+        name: str,
+        *,
+        enabled: bool,
+        settings: Mapping[str, Any],
+        replicas: int | None,
+    ) -> Endpoint:
+        return await self._service.autoscale(
+            name, enabled=enabled, settings=settings, replicas=replicas
+        )
 
     async def update_image(self, name: str, image: str, region: str | None) -> Endpoint:
         return await self._service.update_image(name, image, region)

@@ -7,6 +7,7 @@ The entry point (`run`). Every command module registers its verbs on the apps of
 from __future__ import annotations
 
 from servefleet.cli import (  # noqa: F401 - imported for the verbs they register
+    autoscale,
     endpoints,
     health,
     importing,

@@ -35,11 +35,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from servefleet.cli.connect import run_on_fleet
 from servefleet.cli.fleet import Fleet
+from servefleet.cli.output import fail, out
 from servefleet.spec import DesiredState, Endpoint, RegionState, RegionStatus
 from servefleet.store import EndpointNotFound
 
-__all__ = ["Failure", "Progress", "progress", "wait_until_settled"]
+__all__ = ["Failure", "Progress", "progress", "wait_for", "wait_until_settled"]
 
 _POLL_INTERVAL = 0.25
 _FAILURE_GRACE = 5.0
@@ -162,3 +164,19 @@ async def wait_until_settled(
     if not console.is_terminal:
         console.line()  # the last table ends without one when not on a terminal
     return outcome
+
+
+def wait_for(names: list[str], timeout: float) -> None:
+    """What `--wait` does after a verb: follow `names` until settled, printing the
+    progress; exit 1 naming what failed or was still pending at `timeout`."""
+    outcome = run_on_fleet(
+        lambda fleet: wait_until_settled(fleet, names, within=timeout, console=out)
+    )
+    problems = [
+        f"--wait: {failure.endpoint} failed in {failure.region}: {failure.message}"
+        for failure in outcome.failures
+    ]
+    if outcome.pending:
+        problems.append(f"--wait: not in place after {timeout:g}s: {', '.join(outcome.pending)}")
+    if problems:
+        fail(*problems)

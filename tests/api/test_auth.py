@@ -68,6 +68,9 @@ ROUTES: dict[tuple[str, str], Case] = {
     ("POST", "/v1/endpoints/{name}/scale"): Case(
         Role.DEPLOYER, _endpoint, lambda name: {"replicas": 3}
     ),
+    ("POST", "/v1/endpoints/{name}/autoscale"): Case(
+        Role.DEPLOYER, _endpoint, lambda name: {"max_replicas": 4}
+    ),
     ("POST", "/v1/endpoints/{name}/update-image"): Case(
         Role.DEPLOYER, _endpoint, lambda name: {"image": "ghcr.io/org/server:2.0"}
     ),

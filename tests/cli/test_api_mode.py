@@ -143,6 +143,11 @@ SCRIPT: list[tuple[list[str], str | None]] = [
     (["list", "-o", "yaml", "-r", "r2"], None),
     (["scale", "llm", "4"], None),
     (["scale", "nope", "4"], None),  # 404
+    (["autoscale", "llm", "--min", "1", "--max", "6", "--concurrency", "4"], None),
+    (["scale", "llm", "5"], None),  # 409: autoscaled
+    (["autoscale", "llm", "--min", "7", "--rps", "0"], None),  # 422, named --min and --rps
+    (["autoscale", "llm", "--off", "--max", "3"], None),  # 422, named --max
+    (["autoscale", "llm", "--off", "--replicas", "4"], None),
     (["canary", "llm", "--image", IMAGE_2, "--weight", "20", "-e", "B=c"], None),
     (["canary", "llm", "--weight", "150"], None),  # 422 from the service
     (["status", "llm"], None),
