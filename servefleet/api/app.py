@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from servefleet.api import endpoints, monitoring, regions, tokens, watch
+from servefleet.api import dashboard, endpoints, monitoring, regions, tokens, watch
 from servefleet.api.errors import install_error_handlers
 from servefleet.api.limits import BodyLimit
 from servefleet.metrics import Metrics
@@ -12,9 +12,12 @@ from servefleet.store import Store
 
 __all__ = ["PUBLIC_PATHS", "create_app"]
 
-PUBLIC_PATHS = frozenset({"/openapi.json"}) | monitoring.MONITORING_PATHS
-"""The only paths served without a token: the API's description and the monitoring
-routes (`monitoring`), none of which holds a record."""
+PUBLIC_PATHS = (
+    frozenset({"/openapi.json"}) | monitoring.MONITORING_PATHS | dashboard.DASHBOARD_PATHS
+)
+"""The only paths served without a token: the API's description, the monitoring
+routes (`monitoring`) and the dashboard's files (`dashboard`), none of which holds a
+record."""
 
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -40,6 +43,7 @@ def create_app(
         *tokens.router.routes,
         *watch.router.routes,
         *monitoring.router.routes,
+        *dashboard.router.routes,
     ]
     app = FastAPI(
         routes=routes,

@@ -1,8 +1,9 @@
 """Bearer tokens and roles: every route names the role it needs with `allow(role)`;
 `tests/api/test_auth.py` fails for a route that does not. The exceptions are
-`PUBLIC_PATHS` (`app.py`): the OpenAPI document, and `/metrics`, `/healthz` and
+`PUBLIC_PATHS` (`app.py`): the OpenAPI document; `/metrics`, `/healthz` and
 `/readyz` (`monitoring.py`), because Prometheus scrapers and kubelet probes send no
-token and none of the three answers holds a record.
+token; and the dashboard's page, script and style (`dashboard.py`), which ask for a
+token before they read anything. None of these answers holds a record.
 
 401 for no token or one that is not live (malformed, unknown or revoked: the
 answer is the same, so it tells a guesser nothing); 403 for a live token whose role

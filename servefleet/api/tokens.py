@@ -1,5 +1,7 @@
-"""`/v1/tokens`: an admin's view of API tokens. A token's secret appears once, in
-the answer that creates it; listings show names, roles and dates only."""
+"""`/v1/tokens`: an admin's view of API tokens, and `/v1/whoami`: any caller's view
+of its own (the dashboard learns from it which actions to offer). A token's secret
+appears once, in the answer that creates it; other answers show names, roles and
+dates only."""
 
 from __future__ import annotations
 
@@ -41,6 +43,11 @@ class CreateTokenRequest(BaseModel):
 
     name: str
     role: str
+
+
+@router.get("/whoami", summary="The calling token's name and role")
+async def whoami(token: Annotated[ApiToken, allow(Role.VIEWER)]) -> TokenInfo:
+    return TokenInfo.of(token)
 
 
 @router.get("/tokens", dependencies=[allow(Role.ADMIN)], summary="List tokens")

@@ -86,6 +86,7 @@ ROUTES: dict[tuple[str, str], Case] = {
     ("GET", "/v1/regions/{name}"): Case(Role.VIEWER, _unused_region),
     ("POST", "/v1/regions"): Case(Role.ADMIN, body=lambda name: {"name": name, "kind": "local"}),
     ("DELETE", "/v1/regions/{name}"): Case(Role.ADMIN, _unused_region),
+    ("GET", "/v1/whoami"): Case(Role.VIEWER),
     ("GET", "/v1/tokens"): Case(Role.ADMIN),
     ("POST", "/v1/tokens"): Case(Role.ADMIN, body=lambda name: {"name": name, "role": "viewer"}),
     ("DELETE", "/v1/tokens/{name}"): Case(Role.ADMIN, _token),
@@ -140,13 +141,37 @@ async def test_each_route_needs_a_live_token_of_its_role(
     assert 200 <= allowed.status < 300, allowed.body
 
 
-async def test_the_openapi_document_and_monitoring_need_no_token(api: Api) -> None:
-    """The only routes without a role: scrapers and probes send no token, and none of
-    these answers holds a record (see `servefleet.api.auth`)."""
-    assert {"/openapi.json", "/metrics", "/healthz", "/readyz"} == PUBLIC_PATHS
+async def test_the_openapi_document_monitoring_and_the_dashboard_need_no_token(
+    api: Api,
+) -> None:
+    """The only routes without a role: scrapers and probes send no token, the
+    dashboard's files ask for one before reading anything, and none of these answers
+    holds a record (see `servefleet.api.auth`)."""
+    assert {
+        "/openapi.json",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/",
+        "/dashboard.js",
+        "/dashboard.css",
+    } == PUBLIC_PATHS
+    await api.endpoint(secret := unique("unlisted"))
     for path in sorted(PUBLIC_PATHS):
         async with api.session.get(f"{api.url}{path}") as response:
             assert response.status == 200, path
+            assert secret not in await response.text(), path
+
+
+async def test_whoami_names_the_calling_token_and_its_role(api: Api) -> None:
+    for role in Role:
+        answer = await api.call("GET", "/v1/whoami", role=role)
+        assert (answer.status, answer.body["name"], answer.body["role"]) == (
+            200,
+            f"{role.value}-token",
+            role.value,
+        )
+        assert "token" not in answer.body
 
 
 async def test_tokens_made_over_the_api_work_at_once_and_stop_when_revoked(api: Api) -> None:
