@@ -348,3 +348,28 @@ async def test_the_stream_shows_down_while_the_server_is_away_then_resumes(
     async with running_api(fleet.store, port=port):
         await expect(page.locator("#stream")).to_have_attribute("data-state", "live")
         await expect(cell(page, "steady", "eu-west").locator(".replicas")).to_have_text("0/2 ready")
+
+
+@pytest.mark.slow(seconds=13)
+async def test_when_the_feed_moved_on_while_away_the_page_lists_again(
+    fleet: Fleet, browser: Browser
+) -> None:
+    """A purge the page could not resume past (the feed dropped it) still shows."""
+    await fleet.endpoint("kept", regions=("eu-west",))
+    await fleet.endpoint("gone", regions=("eu-west",))
+    async with running_api(fleet.store) as (url, _):
+        fleet.url = url
+        page = await open_dashboard(browser, fleet, Role.VIEWER)
+        await expect(page.locator("#grid tbody tr")).to_have_count(2)
+    await expect(page.locator("#stream")).to_have_attribute("data-state", "down")
+
+    fleet.store.feed_retention = 2  # type: ignore[attr-defined]  # SQLite's, as in test_watch
+    gone = await fleet.store.get_endpoint("gone")
+    await fleet.store.purge_endpoint("gone", expected_revision=gone.revision)
+    for replicas in (2, 3, 4):
+        await fleet.service.scale("kept", replicas)
+
+    async with running_api(fleet.store, port=int(url.rsplit(":", 1)[1])):
+        await expect(page.locator("#grid tbody tr")).to_have_count(1)
+        await expect(cell(page, "kept", "eu-west").locator(".replicas")).to_have_text("0/4 ready")
+        await expect(page.locator("#stream")).to_have_attribute("data-state", "live")
