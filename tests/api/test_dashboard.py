@@ -252,7 +252,7 @@ async def test_the_grid_shows_every_endpoint_in_every_region(
     assert served.tokens[Role.DEPLOYER] not in page.url
     await page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
     if docs_copy := os.environ.get("SERVEFLEET_DASHBOARD_SCREENSHOT"):
-        await page.screenshot(path=docs_copy, full_page=True)
+        await page.screenshot(path=docs_copy)  # the window: the grid and the details' top
 
 
 async def test_a_change_through_the_api_shows_up_without_a_reload(
