@@ -357,12 +357,13 @@ async def test_server_errors_are_retried_then_reported(cluster: Cluster) -> None
     assert await observed_hash(cluster) == workload_hash(workload)
     assert server.count("patch", "deployments") == 3
 
-    server.hang(times=1, match=matching(verb="patch", resource="ingresses"))
+    # A new port changes the Service and the Deployment (a change sends only what it touches).
+    server.hang(times=1, match=matching(verb="patch", resource="deployments"))
     server.fail(429, times=1, match=matching(verb="patch", resource="services"), retry_after=1)
     started = asyncio.get_running_loop().time()
-    await runtime.apply(planned(replicas=3))
+    await runtime.apply(planned(port=9000))
     assert asyncio.get_running_loop().time() - started >= 1.0  # Retry-After, then a timeout
-    assert await observed_hash(cluster) == workload_hash(planned(replicas=3))
+    assert await observed_hash(cluster) == workload_hash(planned(port=9000))
 
     server.fail(500, times=None, match=matching(verb="patch"))
     with pytest.raises(RuntimeUnavailable, match="500"):
@@ -599,8 +600,8 @@ async def test_a_steady_autoscaled_fleet_costs_no_request(cluster: Cluster) -> N
     server.reset_counts()
     await runtime.apply(planned(autoscaling=BOUNDS))
     assert server.count("get") == 0
-    # hand-off, Deployment, HPA, Ingress (the Service is unchanged but re-applied)
-    assert server.count("patch") == 5
+    # hand-off, Deployment, HPA, Ingress: the Service is unchanged, so not sent
+    assert server.count("patch") == 4
     server.reset_counts()
     await asyncio.sleep(1)
     for verb in ("get", "list", "create", "update", "patch", "delete"):

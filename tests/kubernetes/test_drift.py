@@ -148,12 +148,12 @@ def test_the_digest_compares_values_not_spellings() -> None:
         "spec": {"limits": {"cpu": "0.5"}, "readOnly": False},
     }
     fields: dict[str, Any] = {
-        "f:metadata": {"f:annotations": {"f:a": {}, "f:servefleet.io/fields": {}}},
+        "f:metadata": {"f:annotations": {"f:a": {}, "f:servefleet.io/fields-digest": {}}},
         "f:spec": {"f:limits": {"f:cpu": {}}, "f:readOnly": {}},
     }
     digest = fields_digest(applied)
     served = _live(applied, fields)
-    served["metadata"]["annotations"] = {"a": "1", "servefleet.io/fields": digest}
+    served["metadata"]["annotations"] = {"a": "1", "servefleet.io/fields-digest": digest}
     served["spec"] = {"limits": {"cpu": "500m"}, "uid": "defaulted"}
     assert drift_of(served) is None
 

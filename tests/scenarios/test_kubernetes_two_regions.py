@@ -26,8 +26,9 @@ import pytest
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 
+from servefleet.runtime.kubernetes.drift import ANNOTATION_FIELDS
 from servefleet.runtime.kubernetes.install import role_rules
-from servefleet.runtime.kubernetes.render import ANNOTATION_HASH, MANAGED_SELECTOR
+from servefleet.runtime.kubernetes.render import MANAGED_SELECTOR
 from servefleet.spec import (
     DesiredState,
     EndpointSpec,
@@ -448,8 +449,8 @@ async def test_an_endpoint_s_whole_life_in_two_kubernetes_regions(
             return (
                 found is not None
                 and found["metadata"]["uid"] != deleted["metadata"]["uid"]
-                and found["metadata"]["annotations"][ANNOTATION_HASH]
-                == deleted["metadata"]["annotations"][ANNOTATION_HASH]
+                and found["metadata"]["annotations"][ANNOTATION_FIELDS]
+                == deleted["metadata"]["annotations"][ANNOTATION_FIELDS]
             )
 
         await eventually(restored, within=SETTLE)

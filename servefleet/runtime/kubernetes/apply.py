@@ -1,10 +1,12 @@
 """Writing a region: `apply()` a workload and `remove()` an endpoint.
 
 apply() follows `render.steps`: it deletes only what the watch cache holds (a
-steady fleet sends no DELETE answered 404), server-side applies every rendered
+steady fleet sends no DELETE answered 404), server-side applies each rendered
 object (field manager `servefleet`, force) annotated with the list of objects the
 workload renders (`watches.ANNOTATION_OBJECTS`, read by `observe.py`) and the digest
-of the fields it sets (`drift.ANNOTATION_FIELDS`, read by the watch caches), and hands
+of the fields it sets (`drift.ANNOTATION_FIELDS`, read by the watch caches) — but
+only an object whose digest changed or that drifted, so a change costs the objects
+it touches (`applied.py` remembers what is in place) — and hands
 `spec.replicas` over before the first apply that omits it
 (`render.replicas_handoff`) — at the HPA's minimum when the HPA is being (re)created
 for a Deployment at 0 or below it, since an HPA never scales up from 0 (render.py,
@@ -29,9 +31,10 @@ import logging
 from collections.abc import Iterable
 from typing import Final
 
-from servefleet.plan import Workload
+from servefleet.plan import Workload, workload_hash
 from servefleet.runtime.base import WorkloadUnsupported
 from servefleet.runtime.kubernetes.api import ClusterApi
+from servefleet.runtime.kubernetes.applied import AppliedWorkloads
 from servefleet.runtime.kubernetes.drift import (
     ANNOTATION_FIELDS,
     DriftRepairs,
@@ -78,6 +81,7 @@ class Writer:
         watches: Watches,
         events: EndpointEvents,
         repairs: DriftRepairs,
+        applied: AppliedWorkloads,
         sync_timeout: float,
     ) -> None:
         self.region = region
@@ -87,6 +91,7 @@ class Writer:
         self._watches = watches
         self._events = events
         self._repairs = repairs
+        self._applied = applied
         self._sync_timeout = sync_timeout
 
     async def apply(self, workload: Workload) -> None:
@@ -105,6 +110,7 @@ class Writer:
             for step in plan
         )
         written: Written = []
+        digests: dict[str, str] = {}
         with self._events.holding(workload.endpoint, written):
             for step in plan:
                 if step.verb == "delete":
@@ -118,13 +124,18 @@ class Writer:
                 metadata = step.manifest["metadata"]
                 annotations = {**metadata["annotations"], ANNOTATION_OBJECTS: objects}
                 manifest = {**step.manifest, "metadata": {**metadata, "annotations": annotations}}
-                if step.ref.kind == "Deployment" and "replicas" not in manifest["spec"]:
+                hands_off = step.ref.kind == "Deployment" and "replicas" not in manifest["spec"]
+                if not (hands_off and creates_autoscaler) and self._in_place(step.ref, manifest):
+                    digests[_key(step.ref)] = fields_digest(manifest)
+                    continue
+                if hands_off:
                     manifest = await self._hand_off_replicas(
                         workload, step.ref, manifest, creates_autoscaler
                     )
                 digest = manifest["metadata"]["annotations"][ANNOTATION_FIELDS] = fields_digest(
                     manifest
                 )
+                digests[_key(step.ref)] = digest
                 self._note_repair(workload.endpoint, step.ref, manifest)
                 result = await self._api.apply(step.ref, manifest, FIELD_MANAGER, force=True)
                 if not self._repairs.applied(_key(step.ref), digest, live_digest(result)):
@@ -137,6 +148,7 @@ class Writer:
                     )
                 written.append((step.ref, resource_version(result)))
             await self._synced(written)
+        self._applied.record(workload.endpoint, workload_hash(workload), digests)
 
     async def remove(self, endpoint: str) -> None:
         refs = sorted(
@@ -144,6 +156,7 @@ class Writer:
             key=lambda ref: (_REMOVAL_ORDER[ref.kind], not ref.name.endswith("-canary")),
         )
         written: Written = []
+        self._applied.forget(endpoint)
         with self._events.holding(endpoint, written):
             for ref in refs:
                 await self._api.delete(ref)
@@ -188,6 +201,15 @@ class Writer:
             await self._api.apply(ref, body, HANDOFF_MANAGER, force=False)
             log.info("%s/%s: spec.replicas (%d) handed over", self.region, ref.name, replicas)
         return manifest
+
+    def _in_place(self, ref: ObjectRef, manifest: Manifest) -> bool:
+        """Whether the cached object holds every field of `manifest` as servefleet
+        last set them (the same fields digest, and no drift since)."""
+        cached = self._watches.cached(ref)
+        if cached is None or self._repairs.drifted(_key(ref), cached.get("drift")):
+            return False
+        recorded = (cached["metadata"].get("annotations") or {}).get(ANNOTATION_FIELDS)
+        return recorded == fields_digest(manifest)
 
     def _note_repair(self, endpoint: str, ref: ObjectRef, manifest: Manifest) -> None:
         """If the cached object drifted, this apply repairs it: say which of the

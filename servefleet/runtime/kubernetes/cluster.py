@@ -1,7 +1,7 @@
 """The Kubernetes runtime: `KubernetesRuntime`, the `Runtime` of one region namespace.
 
-It holds no state of its own beyond what the API server says, and composes one
-part per concern, each in its own module:
+It holds no state of its own beyond what the API server says and what it applied
+last, and composes one part per concern, each in its own module:
 
     module        concern
     api.py        every request: token bucket, timeout, retries (`ClusterApi`)
@@ -11,6 +11,7 @@ part per concern, each in its own module:
     observe.py    `observe()`, from the caches only
     drift.py      whether servefleet's fields were changed by others; repair pacing
     apply.py      `apply()` and `remove()`, and the `spec.replicas` hand-off
+    applied.py    what was applied last per endpoint, so a change sends only what it touches
     staging.py    model staging: the staging pods' entries and log progress
     render.py     workload -> manifests (pure)
     settings.py   `ClusterSettings`: the client's timings and limits
@@ -36,6 +37,7 @@ from servefleet.metrics import Metrics
 from servefleet.plan import Observed, Workload
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.api import KINDS, PODS, ClusterApi, make_api_client
+from servefleet.runtime.kubernetes.applied import AppliedWorkloads
 from servefleet.runtime.kubernetes.apply import Writer
 from servefleet.runtime.kubernetes.drift import DriftRepairs
 from servefleet.runtime.kubernetes.events import EndpointEvents
@@ -84,6 +86,7 @@ class KubernetesRuntime:
         self._repairs = DriftRepairs(
             cluster.drift, lambda endpoint: self._events.notify([endpoint])
         )
+        self._applied = AppliedWorkloads()
         self._writer = Writer(
             region,
             settings,
@@ -91,6 +94,7 @@ class KubernetesRuntime:
             self._watches,
             self._events,
             self._repairs,
+            self._applied,
             cluster.sync_timeout,
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -209,7 +213,7 @@ class KubernetesRuntime:
     # The Runtime protocol.
 
     async def observe(self, endpoint: str) -> Observed | None:
-        return observe(endpoint, self._watches, self._staging.by_pod, self._repairs)
+        return observe(endpoint, self._watches, self._staging.by_pod, self._repairs, self._applied)
 
     async def held(self) -> set[str]:
         return self._watches.held_endpoints()

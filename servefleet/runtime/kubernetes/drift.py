@@ -11,11 +11,12 @@ projection loses it and the digests differ; a write of the same value shares the
 field and changes nothing. Fields servefleet does not set (an HPA's
 `spec.replicas`, another tool's annotation, status, server defaults) are outside
 both digests, so they never look drifted. Both sides are compared in one canonical
-form: identity fields and the digest annotation left out, zero values dropped (the
-API server omits empty fields) and quantities compared by value (it rewrites
-"0.5" as "500m"). Should the API server still serve servefleet's fields other
-than as sent (a mutating admission webhook), apply() notices from its answer and
-the object is judged against what was served (`DriftRepairs.applied`).
+form: identity fields and servefleet's bookkeeping annotations (the digest, the
+workload hash, the object list) left out, zero values dropped (the API server
+omits empty fields) and quantities compared by value (it rewrites "0.5" as "500m").
+Should the API server still serve servefleet's fields other than as sent (a
+mutating admission webhook), apply() notices from its answer and the object is
+judged against what was served (`DriftRepairs.applied`).
 
 A repair is a forced re-apply, decided by the reconciler from `observe()` (the
 endpoint reports no workload hash). A fight — another controller setting the
@@ -35,7 +36,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from servefleet.runtime.kubernetes.render import FIELD_MANAGER, HANDOFF_MANAGER, Manifest
+from servefleet.runtime.kubernetes.render import (
+    ANNOTATION_HASH,
+    FIELD_MANAGER,
+    HANDOFF_MANAGER,
+    Manifest,
+)
 from servefleet.spec import parse_quantity
 
 __all__ = [
@@ -50,8 +56,12 @@ __all__ = [
     "rendered_paths",
 ]
 
-ANNOTATION_FIELDS: Final = "servefleet.io/fields"
-"""On every applied object: the digest of the fields servefleet set on it."""
+ANNOTATION_FIELDS: Final = "servefleet.io/fields-digest"
+"""On every applied object: the digest of the fields servefleet set on it, but for its
+bookkeeping annotations — the workload hash and the object list (`applied.py`: an
+object a change leaves alone keeps its digest).
+Named anew when what it covers changed, so that an object recorded under the old
+rule is not taken for drifted: it has no digest to compare until its next apply."""
 ANNOTATION_OBJECTS: Final = "servefleet.io/objects"  # re-exported by watches.py
 """On every applied object: the objects its workload renders, `Kind/name,...` sorted."""
 
@@ -150,9 +160,13 @@ def _digest(obj: Manifest, canonical: dict[str, Any]) -> str:
     ).split(",")
     kept_annotations = (canonical.get("metadata") or {}).get("annotations")
     if isinstance(kept_annotations, dict):
-        kept_annotations.pop(ANNOTATION_FIELDS, None)
+        for bookkeeping in (ANNOTATION_FIELDS, ANNOTATION_HASH, ANNOTATION_OBJECTS):
+            kept_annotations.pop(bookkeeping, None)
     if obj.get("kind") == "Deployment" and autoscaled:
         (canonical.get("spec") or {}).pop("replicas", None)
+        # Else a stopped Deployment (`replicas: 0`, dropped as a zero value) would
+        # digest as the autoscaled one it was, and apply() would skip the stop.
+        canonical = {**canonical, "autoscaled": True}
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

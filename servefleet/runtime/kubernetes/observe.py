@@ -1,14 +1,17 @@
 """`observe()`: what the region holds for an endpoint, read from the watch caches only.
 
-Whether the workload is in place is decided from the objects alone: every applied
-object carries, besides the workload hash (`servefleet.io/workload-hash`), the list
-of objects that workload renders (`servefleet.io/objects`, e.g.
-`Deployment/llm,Ingress/llm,Service/llm`). The endpoint reports the hash only when
-the cached objects of the endpoint are exactly that list and all carry the same
+Whether the workload is in place is decided from what this process applied last
+(`applied.py`: the workload hash, and the fields digest of each object, which the
+caches hold) and, failing that, from the objects alone: every applied object
+carries, besides the workload hash (`servefleet.io/workload-hash`), the list of
+objects that workload renders (`servefleet.io/objects`, e.g.
+`Deployment/llm,Ingress/llm,Service/llm`). The endpoint then reports the hash only
+when the cached objects of the endpoint are exactly that list and all carry the same
 hash and list: a missing object (a hand-deleted Service), an extra one (a canary
 left behind), or one applied for another workload all report "" — which matches no
-workload, so the reconciler applies again. This needs no memory of past applies and
-survives restarts and leader changes.
+workload, so the reconciler applies again. The fallback survives restarts and leader
+changes; after a change that touched only some objects it reports "", and the apply
+that follows sends nothing and fills the memory.
 
 An object whose fields servefleet set were changed by someone else (the cache's
 `drift` mark, `drift.py`) reports "" as well, so the reconciler re-applies — unless
@@ -20,6 +23,7 @@ the region reports.
 from __future__ import annotations
 
 from servefleet.plan import Observed, VersionObservation
+from servefleet.runtime.kubernetes.applied import AppliedWorkloads
 from servefleet.runtime.kubernetes.drift import DriftRepairs
 from servefleet.runtime.kubernetes.render import ANNOTATION_HASH, Manifest
 from servefleet.runtime.kubernetes.staging import staging_of
@@ -33,6 +37,7 @@ def observe(
     watches: Watches,
     staging_progress: dict[str, tuple[int, int]],
     repairs: DriftRepairs,
+    applied: AppliedWorkloads,
 ) -> Observed | None:
     """The endpoint as the caches show it; None when the region holds none of it.
     `staging_progress`: (bytes done, bytes total) last read from each staging pod's log."""
@@ -54,7 +59,7 @@ def observe(
     problems = (staging_problem, _problem(primary), _problem(canary), repairs.report(keys))
     problem = "; ".join(p for p in problems if p)
     return Observed(
-        workload_hash="" if repair else _hash_in_place(held),
+        workload_hash="" if repair else _hash_in_place(endpoint, held, applied),
         primary=_version(primary),
         canary=_version(canary),
         routed=any(
@@ -66,9 +71,16 @@ def observe(
     )
 
 
-def _hash_in_place(held: list[tuple[str, Manifest]]) -> str:
-    """The hash every object of the endpoint records, if the cached objects are
-    exactly the ones that workload renders; else "" (matches no workload)."""
+def _hash_in_place(
+    endpoint: str, held: list[tuple[str, Manifest]], applied: AppliedWorkloads
+) -> str:
+    """The hash of the workload this process last applied, while its objects are in
+    place as applied; else the hash every object of the endpoint records, if the
+    cached objects are exactly the ones that workload renders; else "" (matches no
+    workload)."""
+    remembered = applied.in_place(endpoint, held)
+    if remembered is not None:
+        return remembered
     recorded = {
         (
             (obj["metadata"].get("annotations") or {}).get(ANNOTATION_HASH, ""),

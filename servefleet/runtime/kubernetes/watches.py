@@ -11,13 +11,13 @@ there) and only an expired resourceVersion costs a LIST. Every change is handed
 to `events.EndpointEvents`. A converged region therefore costs the open watches
 and nothing else.
 
-A cache keeps only the fields read (`managed_entry`): name, labels, the two
-servefleet annotations, resourceVersion; for Deployments also generation, status,
-`spec.replicas` and which managers own it (managedFields). managedFields and the
-spec are most of an object's size (about 1.6 GB for 10,000 endpoints in 3 regions,
-bench/: Kubernetes convergence). Whether servefleet's own fields drifted is decided
-from the whole object as it arrives (`drift.drift_of`); an entry keeps the answer,
-`drift`, only when they did.
+A cache keeps only the fields read (`managed_entry`): name, labels, the three
+servefleet annotations (workload hash, object list, fields digest), resourceVersion;
+for Deployments also generation, status, `spec.replicas` and which managers own it
+(managedFields). managedFields and the spec are most of an object's size (about
+1.6 GB for 10,000 endpoints in 3 regions, bench/: Kubernetes convergence). Whether
+servefleet's own fields drifted is decided from the whole object as it arrives
+(`drift.drift_of`); an entry keeps the answer, `drift`, only when they did.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import aiohttp
 
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.api import ClusterApi, Kind
-from servefleet.runtime.kubernetes.drift import ANNOTATION_OBJECTS, drift_of
+from servefleet.runtime.kubernetes.drift import ANNOTATION_FIELDS, ANNOTATION_OBJECTS, drift_of
 from servefleet.runtime.kubernetes.errors import WatchExpired, WatchFailed, status_message
 from servefleet.runtime.kubernetes.events import EndpointEvents
 from servefleet.runtime.kubernetes.render import ANNOTATION_HASH, LABEL_NAME, Manifest, ObjectRef
@@ -99,7 +99,7 @@ class Cache:
 
 
 _CACHED_METADATA: Final = ("name", "namespace", "labels", "resourceVersion", "generation")
-_CACHED_ANNOTATIONS: Final = (ANNOTATION_HASH, ANNOTATION_OBJECTS)
+_CACHED_ANNOTATIONS: Final = (ANNOTATION_HASH, ANNOTATION_OBJECTS, ANNOTATION_FIELDS)
 _CACHED_DEPLOYMENT_STATUS: Final = (
     "observedGeneration",
     "readyReplicas",
