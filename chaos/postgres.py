@@ -1,8 +1,6 @@
 """The PostgreSQL side of a scenario: a schema of its own with a log of every
-region status write, and a TCP proxy in front of the server that can be cut.
-
-The machine's PostgreSQL server is never stopped: an outage is the proxy refusing
-new connections and dropping the ones it carries.
+region status write. An outage is `tests.scenarios.proxy.TcpProxy` in front of
+the server, cut: the machine's PostgreSQL server is never stopped.
 
 Who wrote a status is known from the writer's own connection: each process under
 test gets a store URL with its own `application_name` (asyncpg passes unknown URL
@@ -13,8 +11,6 @@ fencing token at the moment of the write, and the database's clock.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -75,14 +71,9 @@ class Schema:
         """The store URL of this schema, straight to the server."""
         return with_query(self.server_url, schema=self.name)
 
-    def url_for(self, writer: str, *, port: int | None = None) -> str:
-        """The store URL a process under test gets: its writes are logged as `writer`;
-        through the proxy on loopback port `port` when given."""
-        parts = urlsplit(self.server_url)
-        if port is not None:
-            user, at, _ = parts.netloc.rpartition("@")
-            parts = parts._replace(netloc=f"{user}{at}127.0.0.1:{port}")
-        return with_query(urlunsplit(parts), schema=self.name, application_name=writer)
+    def url_for(self, writer: str) -> str:
+        """The store URL a process under test gets: its writes are logged as `writer`."""
+        return with_query(self.server_url, schema=self.name, application_name=writer)
 
     async def status_writes(self) -> list[StatusWrite]:
         """Every status write so far, in the order they were made."""
@@ -143,76 +134,3 @@ async def reachable(server_url: str) -> str | None:
         return f"{type(error).__name__}: {error}"
     await connection.close()
     return None
-
-
-class TcpProxy:
-    """Forwards connections from a loopback port to `target`, until cut.
-
-    `cut()` stops listening (new connections are refused) and aborts every
-    connection it carries (both sides see a reset); `restore()` listens again on
-    the same port."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self._target = (target_host, target_port)
-        self._server: asyncio.Server | None = None
-        self._port = 0
-        self._pipes: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(
-            self._carry, "127.0.0.1", self._port, reuse_address=True
-        )
-        self._port = self._server.sockets[0].getsockname()[1]
-        return self._port
-
-    async def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        for pipe in list(self._pipes):
-            pipe.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-
-    async def restore(self) -> None:
-        await self.start()
-
-    async def close(self) -> None:
-        await self.cut()
-
-    async def _carry(
-        self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter
-    ) -> None:
-        try:
-            server_reader, server = await asyncio.open_connection(*self._target)
-        except OSError:
-            client.transport.abort()
-            return
-        self._writers |= {client, server}
-        pipes = {
-            asyncio.create_task(_pipe(client_reader, server)),
-            asyncio.create_task(_pipe(server_reader, client)),
-        }
-        self._pipes |= pipes
-        try:
-            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for pipe in pipes:
-                pipe.cancel()
-            self._pipes -= pipes
-            self._writers -= {client, server}
-            for writer in (client, server):
-                writer.transport.abort()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError):
-        while chunk := await reader.read(65536):
-            writer.write(chunk)
-            await writer.drain()

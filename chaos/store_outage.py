@@ -21,17 +21,17 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from bench.progress import show
 from chaos.fleet import ENDPOINT, REGION, converged
 from chaos.load import SteadyLoad
-from chaos.postgres import TcpProxy, chaos_schema
+from chaos.postgres import chaos_schema
 from chaos.report import Row
 from chaos.writes import foreign_writes, reverted_statuses
 from servefleet.service import EndpointService
 from servefleet.store import open_store
 from tests.scenarios.harness import demo_spec, manifest, up_process
+from tests.scenarios.proxy import proxy_to
 
 WRITER = "chaos-up-1"
 
@@ -55,19 +55,16 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
         "within 0.5 s of a canary promote (2 v1 + 1 v2 canary → 2 v2)"
     )
     row = Row("store outage", fault)
-    server = urlsplit(postgres_url)
     async with AsyncExitStack() as stack:
         schema = await stack.enter_async_context(chaos_schema(postgres_url))
-        proxy = TcpProxy(server.hostname or "127.0.0.1", server.port or 5432)
-        await proxy.start()
-        stack.push_async_callback(proxy.close)
+        proxy = await stack.enter_async_context(proxy_to(postgres_url))
         store = await open_store(schema.url)
         stack.push_async_callback(store.close)
         service = EndpointService(store)
         show("starting servefleet up")
         up = await stack.enter_async_context(
             up_process(
-                schema.url_for(WRITER, port=proxy.port),
+                proxy.url(schema.url_for(WRITER)),
                 *("--regions", REGION, "--port", "0"),
                 stderr=workdir / "up.log",
                 log_dir=workdir / "logs",
