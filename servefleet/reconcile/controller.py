@@ -409,6 +409,15 @@ class Controller:
         for forgotten in self._listings:
             forgotten.add(name)
 
+    def requeue_everything(self) -> None:
+        """Look at every endpoint known again now, its backoff forgotten: for a
+        leader acting again after it could not (its lease not renewed while the
+        store was away), whose failed passes would otherwise wait out the backoff
+        they grew meanwhile."""
+        for name in sorted(self.remembered()):
+            self.queue.forget(name)
+            self.queue.add(name)
+
     def remembered(self) -> set[str]:
         """The endpoints this controller keeps a record, a feed revision or a status
         of: for people and tests to look at."""

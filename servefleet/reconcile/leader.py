@@ -14,13 +14,34 @@ that has not renewed within `renew_deadline` stops leading (its `lead()` is
 cancelled); a standby takes over only once `ttl` has passed without a renewal.
 `renew_deadline < ttl`, so the old leader has stopped before anyone can start.
 
-`fence()` is called before every write to a runtime: it refuses (`LeaseLost`)
-once the renew deadline has passed, counted from when the last successful
-renewal was *sent*, so the answer errs on the safe side and does not wait for
-the renewal task to notice. Status writes are fenced again inside the store's
-transaction by the lease's token — for store leases only, the one kind of lease
-whose token the store can check; with another backend `fence()` hands the store
-no lease and status writes rest on the local check alone.
+`fence()` is called before every write to a runtime: it refuses once the renew
+deadline has passed, counted from when the last successful renewal was *sent*,
+so the answer errs on the safe side and does not wait for the renewal task to
+notice. Status writes are fenced again inside the store's transaction by the
+lease's token — for store leases only, the one kind of lease whose token the
+store can check; with another backend `fence()` hands the store no lease and
+status writes rest on the local check alone.
+
+What a leader does at its renew deadline depends on why it could not renew:
+
+- Told that another holder has the lease (the backend answers None): it stops
+  leading (`lead()` is cancelled, and the region's runtime closes).
+- With a store lease that cannot be reached (the store is away): it stops
+  *acting* — `fence()` refuses with `LeaseUnconfirmed`, a `StoreUnavailable` the
+  reconciler retries, so nothing is applied and no status is written — but
+  `lead()` goes on, so what the region runs keeps serving (a local region's
+  replicas would otherwise stop with their runtime: the whole region dark for
+  an outage of the store alone). It keeps trying to renew every
+  `retry_interval`. Renewed under the same token (nobody held the lease in
+  between: each change of holder increments it), it acts again and
+  `on_leading(True)` says so; answered None (another holder), or renewed under
+  a newer token (someone held it meanwhile, so what this process remembers of
+  the region is stale), it stops leading. A process that took the lease during
+  the outage writes under a newer token, so anything the stale leader still
+  sends is refused by the store.
+- With a Kubernetes Lease, as client-go: it stops leading at the deadline. The
+  store cannot check that lease's writes, and closing a Kubernetes runtime stops
+  nothing in the cluster, so a region keeps serving anyway.
 """
 
 from __future__ import annotations
@@ -34,14 +55,25 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from servefleet.runtime.base import RuntimeUnavailable
-from servefleet.store import Lease, LeaseLost, Store, StoreError
+from servefleet.store import Lease, LeaseLost, Store, StoreError, StoreUnavailable
 
-__all__ = ["LeaderElection", "LeaseBackend", "LeaseSettings", "StoreLeases"]
+__all__ = ["LeaderElection", "LeaseBackend", "LeaseSettings", "LeaseUnconfirmed", "StoreLeases"]
 
 log = logging.getLogger(__name__)
 
 #: What a backend raises when its lease cannot be reached now; the election retries.
 UNREACHABLE = (StoreError, RuntimeUnavailable, TimeoutError)
+
+
+class LeaseUnconfirmed(StoreUnavailable):
+    """The store lease could not be renewed by its deadline because the store did
+    not answer: this process may not act on the region now, nor has it lost it."""
+
+    def __init__(self, name: str, holder: str) -> None:
+        super().__init__(
+            f"lease {name!r} of {holder!r} not renewed by its deadline (the store does not "
+            "answer); not acting until it does"
+        )
 
 
 @dataclass(frozen=True)
@@ -137,9 +169,14 @@ class LeaderElection:
         self.is_leader = False
 
     def fence(self) -> Lease | None:
-        """Raise `LeaseLost` unless this process may still act on the lease; the
-        store lease to fence status writes with, when the lease is the store's."""
-        if self._held is None or self._monotonic() >= self._valid_until:
+        """Raise `LeaseLost` unless this process may still act on the lease
+        (`LeaseUnconfirmed` while a store lease cannot be renewed); the store lease
+        to fence status writes with, when the lease is the store's."""
+        if self._held is None:
+            raise LeaseLost(self._name, self._holder)
+        if self._monotonic() >= self._valid_until:
+            if isinstance(self._held, Lease):
+                raise LeaseUnconfirmed(self._name, self._holder)
             raise LeaseLost(self._name, self._holder)
         return self._held if isinstance(self._held, Lease) else None
 
@@ -149,8 +186,7 @@ class LeaderElection:
         while True:
             await self._acquire()
             log.info("%s: %s is the leader", self._name, self._holder)
-            self.is_leader = True
-            self._on_leading(True)
+            self._leading(True)
             try:
                 async with asyncio.TaskGroup() as tasks:
                     keeper = tasks.create_task(self._keep())
@@ -160,17 +196,24 @@ class LeaderElection:
             except* LeaseLost:
                 log.warning("%s: %s lost the lease; standing by", self._name, self._holder)
             finally:
-                self.is_leader = False
-                self._on_leading(False)
+                self._leading(False)
                 await asyncio.shield(self._release())
 
-    async def _try(self, within: float) -> bool:
+    def _leading(self, leading: bool) -> None:
+        self.is_leader = leading
+        self._on_leading(leading)
+
+    async def _try(self, within: float, *, continuing: Lease | None = None) -> bool:
         """One attempt, bounded by `within` seconds so that a hung request cannot
-        keep a leader past its renew deadline."""
+        keep a leader past its renew deadline. With `continuing`, a lease renewed
+        under another token than its own counts as lost: someone held it between."""
         sent = self._monotonic()
         async with asyncio.timeout(within):
             held = await self._backend.acquire_or_renew(self._holder, self._settings.ttl)
-        if held is None:
+        if held is None or (
+            continuing is not None
+            and not (isinstance(held, Lease) and held.token == continuing.token)
+        ):
             self._held = None
             return False
         self._held = held
@@ -188,18 +231,46 @@ class LeaderElection:
             await asyncio.sleep(self._settings.retry_interval)
 
     async def _keep(self) -> None:
+        """Renew until the lease is lost (`LeaseLost`); past the renew deadline with
+        a store lease that cannot be reached, keep trying without acting (see the
+        module doc)."""
         delay = self._settings.renew_interval
+        unconfirmed: Lease | None = None
+        """The store lease last held, while it is past its deadline and not reached."""
         while True:
             await asyncio.sleep(delay)
+            within = (
+                self._settings.deadline
+                if unconfirmed is not None
+                else self._valid_until - self._monotonic()
+            )
             try:
-                if not await self._try(within=self._valid_until - self._monotonic()):
+                if not await self._try(within=within, continuing=unconfirmed):
                     raise LeaseLost(self._name, self._holder)
-                delay = self._settings.renew_interval
             except UNREACHABLE as error:
-                if self._monotonic() >= self._valid_until:
+                if self._monotonic() < self._valid_until:
+                    log.warning("%s: lease renewal failed, retrying: %s", self._name, error)
+                    delay = min(
+                        self._settings.retry_interval, self._valid_until - self._monotonic()
+                    )
+                    continue
+                if not isinstance(self._held, Lease):
                     raise LeaseLost(self._name, self._holder) from error
-                log.warning("%s: lease renewal failed, retrying: %s", self._name, error)
-                delay = min(self._settings.retry_interval, self._valid_until - self._monotonic())
+                if unconfirmed is None:
+                    unconfirmed = self._held
+                    log.warning(
+                        "%s: %s could not renew the lease by its deadline (%s); acting no more, "
+                        "keeping what runs until the store answers",
+                        *(self._name, self._holder, error or "timed out"),
+                    )
+                    self._leading(False)
+                delay = self._settings.retry_interval
+                continue
+            if unconfirmed is not None:
+                unconfirmed = None
+                log.warning("%s: %s renewed the lease; acting again", self._name, self._holder)
+                self._leading(True)
+            delay = self._settings.renew_interval
 
     async def _release(self) -> None:
         self._held = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -232,6 +233,25 @@ async def test_a_failing_runtime_is_retried_with_backoff_and_recovers(
 
         runtime.unavailable = False
         await eventually(lambda: _state_is(store, "llm", RegionState.READY))
+
+
+async def test_requeueing_everything_looks_again_at_once_with_the_backoff_forgotten(
+    store: Store, service: EndpointService
+) -> None:
+    """What a leader acting again after an outage of the store does: the passes
+    that failed meanwhile do not wait out the backoff they grew."""
+    runtime = MemoryRuntime(unavailable=True)
+    patient = dataclasses.replace(FAST, backoff_initial=3600, backoff_max=3600)
+    async with running(store, runtime, patient) as controller:
+        await service.deploy("llm", make_spec(replicas=2), ["r1"])
+        await eventually(lambda: _retried(controller, 1))
+        assert controller.queue.failures("llm") >= 1  # the next look an hour away
+
+        runtime.unavailable = False
+        controller.requeue_everything()
+        await eventually(lambda: _has(runtime, "llm", replicas=2))
+        await eventually(lambda: _state_is(store, "llm", RegionState.READY))
+        assert controller.queue.failures("llm") == 0
 
 
 async def test_runtime_events_bring_the_endpoint_back_for_a_look(

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from unittest.mock import ANY
 
 import pytest
 
-from servefleet.reconcile.leader import LeaderElection, LeaseSettings, StoreLeases
+from servefleet.reconcile.leader import (
+    LeaderElection,
+    LeaseSettings,
+    LeaseUnconfirmed,
+    StoreLeases,
+)
+from servefleet.spec import RegionStatus
 from servefleet.store import LeaseLost, Store, StoreUnavailable, open_store
 from tests.waiting import eventually
 
@@ -76,33 +86,114 @@ class Unreachable:
         await self._store.release_lease(lease)
 
 
-async def test_a_leader_that_cannot_renew_stops_before_a_standby_can_start(
-    store: Store, store_url: str
-) -> None:
+@asynccontextmanager
+async def cut_off_leader(
+    store: Store,
+) -> AsyncIterator[tuple[LeaderElection, Leading, Unreachable]]:
+    """Holder "a" leading region r1 through a store the test can cut."""
     partitioned = Unreachable(store)
-    leases = StoreLeases(partitioned, "region/r1")  # type: ignore[arg-type]
-    cut_off = LeaderElection(leases, "a", QUICK)
+    election = LeaderElection(StoreLeases(partitioned, "region/r1"), "a", QUICK)  # type: ignore[arg-type]
     lead = Leading()
-    task = asyncio.create_task(cut_off.run(lead))
-    other_store = await open_store(store_url)
+    task = asyncio.create_task(election.run(lead))
     try:
         await eventually(lambda: is_running(lead))
-        assert cut_off.fence() is not None  # the store lease, whose token the store checks
-
-        partitioned.cut = True
-        await eventually(lambda: _stopped(lead), within=QUICK.ttl * 3)
-        with pytest.raises(LeaseLost):
-            cut_off.fence()
-
-        # It stopped at its renew deadline, before the TTL; once that has run out too,
-        # whoever takes over gets a newer token, so the old one is fenced in the store.
-        async def taken_over() -> bool:
-            return await other_store.acquire_lease("region/r1", "b", ttl=30) is not None
-
-        await eventually(taken_over, within=QUICK.ttl * 3)
+        yield election, lead, partitioned
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def fenced(election: LeaderElection) -> type[Exception] | None:
+    """What `fence()` refuses with now (None: it lets the leader act)."""
+    try:
+        election.fence()
+    except (LeaseLost, LeaseUnconfirmed) as refusal:
+        return type(refusal)
+    return None
+
+
+async def refused_with(election: LeaderElection, refusal: type[Exception] | None) -> bool:
+    return fenced(election) is refusal
+
+
+async def test_a_leader_cut_off_from_the_store_stops_acting_but_keeps_leading(
+    store: Store,
+) -> None:
+    async with cut_off_leader(store) as (election, lead, partitioned):
+        lease = election.fence()
+        assert lease is not None  # the store lease, whose token the store checks
+
+        partitioned.cut = True
+        # Past its renew deadline it may not act (no apply, no status write)...
+        await eventually(lambda: refused_with(election, LeaseUnconfirmed), within=QUICK.ttl * 5)
+        # ...but `lead()` goes on: what the region runs keeps serving.
+        assert (lead.running, lead.started) == (True, 1)
+
+        partitioned.cut = False
+        await eventually(lambda: refused_with(election, None), within=QUICK.ttl * 5)
+        assert (lead.running, lead.started) == (True, 1)  # never stopped
+        assert election.fence() == replace(lease, expires_at=ANY)  # the same token
+
+
+async def test_a_cut_off_leader_stands_down_once_the_store_shows_another_holder(
+    store: Store, store_url: str
+) -> None:
+    other_store = await open_store(store_url)
+    try:
+        async with cut_off_leader(store) as (election, lead, partitioned):
+            stale = election.fence()
+            assert stale is not None
+            partitioned.cut = True
+
+            # Once the lease has run out, another process takes it, with a newer token
+            # that the store checks: a status write under the old one is refused.
+            async def taken_over() -> bool:
+                return await other_store.acquire_lease("region/r1", "b", ttl=30) is not None
+
+            await eventually(taken_over, within=QUICK.ttl * 5)
+            with pytest.raises(LeaseLost):
+                await other_store.put_region_status(
+                    RegionStatus(endpoint="llm", region="r1"), lease=stale
+                )
+            assert lead.running  # it does not know yet, and keeps what it runs
+
+            partitioned.cut = False
+            await eventually(lambda: _stopped(lead), within=QUICK.ttl * 5)
+            assert fenced(election) is LeaseLost
+    finally:
+        await other_store.close()
+
+
+async def test_a_cut_off_leader_whose_lease_another_held_meanwhile_starts_over(
+    store: Store, store_url: str
+) -> None:
+    other_store = await open_store(store_url)
+    try:
+        async with cut_off_leader(store) as (election, lead, partitioned):
+            stale = election.fence()
+            assert stale is not None
+            partitioned.cut = True
+
+            async def held_and_released() -> bool:
+                lease = await other_store.acquire_lease("region/r1", "b", ttl=30)
+                if lease is None:
+                    return False
+                await other_store.release_lease(lease)
+                return True
+
+            await eventually(held_and_released, within=QUICK.ttl * 5)
+            partitioned.cut = False
+
+            # It gets the lease again, under a newer token: what it remembers of the
+            # region may be stale, so it stops leading and leads afresh.
+            async def led_again() -> bool:
+                return lead.started == 2 and lead.running
+
+            await eventually(led_again, within=QUICK.ttl * 5)
+            lease = election.fence()
+            assert lease is not None
+            assert lease.token > stale.token
+    finally:
         await other_store.close()
 
 
