@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -90,16 +91,21 @@ async def main(options: argparse.Namespace) -> int:
             continue
         console.print(f"[dim]… {name}[/dim]")
         began = time.perf_counter()
-        with (
-            tempfile.TemporaryDirectory(prefix=f"servefleet-chaos-{name}-") as workdir,
-            stage(name),
-        ):
+        workdir = Path(
+            await asyncio.to_thread(tempfile.mkdtemp, prefix=f"servefleet-chaos-{name}-")
+        )
+        with stage(name):
             try:
-                rows.append(await scenario(quick, options.postgres, rng, Path(workdir)))
+                rows.append(await scenario(quick, options.postgres, rng, workdir))
             except Exception as error:
                 rows.append(failed_row(name, label, error))
                 console.print_exception()
         console.print(f"[dim]  {name}: {time.perf_counter() - began:.1f} s[/dim]")
+        if rows[-1].broken:
+            # The logs of `up`, `serve` and the replicas: what a broken run is read from.
+            console.print(f"  {name}: logs kept in {workdir}", markup=False)
+        else:
+            await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
     about: dict[str, Any] = {
         "mode": "quick" if quick else "full",
         "only": options.only,
