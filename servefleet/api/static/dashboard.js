@@ -265,8 +265,8 @@ function cell(doc, region) {
     status.routed ? "routed" : "not routed"));
   if (status.message) lines.push(el("div", { class: "message", title: status.message }, status.message));
   if (status.last_transition) {
-    lines.push(el("div", { class: "changed", title: status.last_transition },
-      `changed ${ago(status.last_transition)}`));
+    lines.push(el("div", { class: "changed", title: status.last_transition,
+      "data-since": status.last_transition }, `changed ${ago(status.last_transition)}`));
   }
   return el("td", where, ...lines);
 }
@@ -277,7 +277,9 @@ function renderDetails() {
   if (doc === undefined) return;
   const { name, generation, revision } = doc.metadata;
   $("details-name").textContent = `${name}: ${doc.state}, generation ${generation}, revision ${revision}`;
-  $("declaration").textContent = JSON.stringify(doc, null, 2);
+  const declaration = JSON.stringify(doc, null, 2);
+  // Set only when it changed, so a selection in it survives other endpoints' events.
+  if ($("declaration").textContent !== declaration) $("declaration").textContent = declaration;
   $("history").replaceChildren(...(doc.regions ?? []).map((region) => historyOf(name, region)));
 }
 
@@ -322,6 +324,7 @@ async function act(verb) {
   const doc = page.endpoints.get(page.selected);
   if (doc === undefined) return;
   const name = doc.metadata.name;
+  if (verb === "scale" && !$("replicas").reportValidity()) return;
   const body = verb === "scale" ? { replicas: Number($("replicas").value) } : undefined;
   const question = ASKED[verb].replace("{name}", name).replace("{replicas}", body?.replicas);
   if (!(await confirmed(question))) return;
@@ -398,7 +401,11 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const button of document.querySelectorAll("#confirm button")) {
     button.addEventListener("click", () => $("confirm").close(button.value));
   }
-  setInterval(render, 5000); // the "changed … ago" texts
+  setInterval(() => {
+    for (const node of document.querySelectorAll("[data-since]")) {
+      node.textContent = `changed ${ago(node.dataset.since)}`;
+    }
+  }, 5000);
   if (page.token) start();
   else $("login").hidden = false;
 });
