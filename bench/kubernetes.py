@@ -175,7 +175,7 @@ async def fleet(regions: int, max_in_flight: int | None = None) -> AsyncIterator
             yield Fleet(directory, store_path, writer, servers)
 
 
-async def _create(store: Store, count: int, regions: list[str]) -> float:
+async def create_endpoints(store: Store, count: int, regions: list[str]) -> float:
     """Create `count` image-only endpoints (2 replicas) targeting `regions`; seconds taken."""
     started = time.perf_counter()
     now = datetime.now(UTC)
@@ -207,7 +207,7 @@ async def reconciler(place: Fleet) -> AsyncIterator[Child]:
         yield host
 
 
-async def _ready(
+async def wait_ready(
     place: Fleet, host: Child, target: int, within: float, what: str
 ) -> tuple[float, int]:
     """Wait until `target` statuses are READY at the current generation, or `within`
@@ -224,7 +224,7 @@ async def _ready(
         await asyncio.sleep(0.2)
 
 
-async def _settled(place: Fleet, host: Child, within: float = 60.0) -> None:
+async def settled(place: Fleet, host: Child, within: float = 60.0) -> None:
     """Wait until no endpoint is still `deploying` and every queue is idle."""
     async with asyncio.timeout(within):
         while True:
@@ -261,14 +261,14 @@ async def _converge(size: int, plan: Plan, *, max_in_flight: int | None = None) 
     label = f"N={size:,} x {plan.regions}"
     async with fleet(plan.regions, max_in_flight) as place:
         regions = list(place.servers)
-        create_s = await _create(place.writer, size, regions)
+        create_s = await create_endpoints(place.writer, size, regions)
         await place.reset()
         baseline = await place.counts()
         target = size * len(regions)
         show(f"{label}: starting the reconciler")
         started = time.perf_counter()
         async with reconciler(place) as host:
-            done, ready = await _ready(place, host, target, plan.within, label)
+            done, ready = await wait_ready(place, host, target, plan.within, label)
             usage = await host.ask("snapshot")
             counts = await place.counts()
             started_in = float(host.hello["started_s"])
@@ -399,14 +399,14 @@ async def _steady_row(plan: Plan) -> Row:
     size = plan.steady_endpoints
     async with fleet(1) as place:
         region = next(iter(place.servers))
-        await _create(place.writer, size, [region])
+        await create_endpoints(place.writer, size, [region])
         async with reconciler(place) as host:
-            _, ready = await _ready(
+            _, ready = await wait_ready(
                 place, host, size, plan.within, f"steady N={size:,}: converging"
             )
             if ready < size:
                 raise RuntimeError(f"only {ready} of {size} endpoints READY in {plan.within:.0f} s")
-            await _settled(place, host)
+            await settled(place, host)
             await asyncio.sleep(0.5)
             await place.reset()
             before = await host.ask("snapshot")
