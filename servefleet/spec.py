@@ -198,11 +198,20 @@ def _quantities(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
-EndpointName = Annotated[str, AfterValidator(_endpoint_name)]
-Rfc1123Label = Annotated[str, AfterValidator(_rfc1123_label)]
+def _documented(rule: re.Pattern[str], max_length: int) -> Any:
+    """The rule in the JSON schema (OpenAPI), for clients and generated tests; the
+    validator above stays the one that checks it, with its own wording."""
+    pattern = rule.pattern.removesuffix(r"\Z") + "$"
+    return Field(json_schema_extra={"pattern": pattern, "maxLength": max_length})
+
+
+EndpointName = Annotated[
+    str, AfterValidator(_endpoint_name), _documented(_RFC1035_LABEL, MAX_NAME_LENGTH)
+]
+Rfc1123Label = Annotated[str, AfterValidator(_rfc1123_label), _documented(_RFC1123_LABEL, 63)]
 """What Kubernetes accepts as a namespace name; region names follow the same rule."""
 RegionName = Rfc1123Label
-Image = Annotated[str, AfterValidator(_image)]
+Image = Annotated[str, AfterValidator(_image), _documented(_IMAGE, 255)]
 Labels = Annotated[dict[str, str], AfterValidator(_labels)]
 
 

@@ -173,6 +173,13 @@ async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
+    cause = error.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        # FastAPI's answer (400, no field) to a JSON body that is not UTF-8 text; the
+        # other undecodable bodies are 422s about `body` (`_invalid_request`).
+        byte = cause.object[cause.start]
+        reason = f"is not valid JSON: not UTF-8 text (byte 0x{byte:02x} at {cause.start})"
+        return error_response(422, [Problem("body", reason)])
     return error_response(error.status_code, [Problem.of(str(error.detail))], error.headers)
 
 

@@ -68,7 +68,7 @@ class Api:
         role: Role | None = Role.ADMIN,
         token: str | None = None,
         headers: dict[str, str] | None = None,
-        data: str | None = None,
+        data: str | bytes | None = None,
     ) -> Answer:
         """Send a request with the token of `role` (or `token`; none if both are None)."""
         sent = dict(headers or {})

@@ -508,6 +508,19 @@ async def test_a_body_that_is_not_json_is_a_422_naming_the_body(api: Api) -> Non
     assert await api.snapshot() == before
 
 
+async def test_a_body_that_is_not_utf8_is_a_422_naming_the_body(api: Api) -> None:
+    # Found by fuzzing: FastAPI answered 400 with no field.
+    before = await api.snapshot()
+
+    answer = await api.call("POST", "/v1/apply", data=b'[{"metadata": "\xe5"}]')
+
+    assert (answer.status, answer.problem) == (
+        422,
+        {"field": "body", "message": "is not valid JSON: not UTF-8 text (byte 0xe5 at 15)"},
+    )
+    assert await api.snapshot() == before
+
+
 async def test_the_openapi_document_describes_the_documents(api: Api) -> None:
     answer = await api.call("GET", "/openapi.json", role=None)
 
