@@ -5,7 +5,8 @@ The grid appears with every endpoint; a change made through the API shows up
 without a reload; a viewer gets no action buttons; a deployer's confirmed scale
 changes the stored record; the stream indicator turns "down" when the server goes
 away and "live" again, resumed, when it comes back. Values from the API reach the
-page as text, never as markup.
+page as text, never as markup; the files carry a policy that lets the page load
+nothing from elsewhere.
 
 Skipped only where chromium is not installed and CI is not set (`scripts/test`
 installs it); in CI (`CI=true`) a missing chromium fails. Waits are generous (the
@@ -213,6 +214,27 @@ async def demo_fleet(fleet: Fleet) -> None:
         since=now - timedelta(minutes=3),
     )
     await fleet.report("rerank", "us-east", RegionState.READY, 1, 1, since=now - timedelta(hours=5))
+
+
+async def test_the_page_loads_nothing_from_elsewhere(served: Fleet) -> None:
+    """The files need no token and hold no record; the policy lets the page load only
+    this server's script and style and talk only to it (no CDN, no inline script)."""
+    async with aiohttp.ClientSession() as session:
+        for path, media_type in [
+            ("/", "text/html"),
+            ("/dashboard.js", "text/javascript"),
+            ("/dashboard.css", "text/css"),
+        ]:
+            async with session.get(f"{served.url}{path}") as response:
+                assert response.status == 200
+                assert response.content_type == media_type
+                policy = response.headers["Content-Security-Policy"]
+                assert "default-src 'none'" in policy
+                assert "script-src 'self';" in policy
+                assert "connect-src 'self';" in policy
+                text = await response.text()
+                assert "http://" not in text
+                assert "https://" not in text
 
 
 async def test_the_grid_shows_every_endpoint_in_every_region(
