@@ -193,6 +193,15 @@ class VersionObservation(_Value):
     """The count the runtime's own autoscaler chose; None when the workload's stands."""
     scale_reason: str = ""
     """Why the autoscaler chose `desired`, e.g. "concurrency 11.8/4 per replica → 3"."""
+    waking: bool = False
+    """The autoscaler started the version from zero (a request arrived) and none of
+    its replicas has been ready since: its first replica is starting."""
+
+    @property
+    def asleep(self) -> bool:
+        """At zero by its autoscaler, or starting its first replica from there: either
+        way its gateway holds the requests that arrive until a replica is ready."""
+        return self.desired == 0 or (self.waking and self.ready == 0)
 
 
 class Observed(_Value):
@@ -220,9 +229,10 @@ class Observed(_Value):
         return self.ready + self.primary.outgoing_ready + self.canary.outgoing_ready
 
     @property
-    def scaled_to_zero(self) -> bool:
-        """The runtime's autoscaler holds every version at zero replicas on purpose."""
-        return self.primary.desired == 0 and self.canary.desired in (None, 0)
+    def asleep(self) -> bool:
+        """Every version is at zero by the runtime's autoscaler, or starting its first
+        replica from there (`VersionObservation.asleep`)."""
+        return self.primary.asleep and (self.canary.desired is None or self.canary.asleep)
 
 
 def staging_percent(done: int, total: int | None) -> int | None:
@@ -259,12 +269,14 @@ def watchdog(
     restore it as soon as one is ready. Replicas of an outgoing version count: a
     rollout whose new version is slow to come up still has its old one serving.
     An endpoint its autoscaler holds at zero keeps its route: its next request
-    starts a replica. The clock starts from the report kept in the store, so the
-    decision survives a restart or a change of leader."""
+    starts a replica, and the route stays however long that replica takes to start
+    (a model server may load for longer than `threshold`), since the requests
+    waiting for it are held on that route. The clock starts from the report kept
+    in the store, so the decision survives a restart or a change of leader."""
     if (
         not wants_replicas
         or (observed is not None and observed.serving > 0)
-        or (observed is not None and observed.scaled_to_zero)
+        or (observed is not None and observed.asleep)
     ):
         return WatchdogDecision(unrouted=False, unready_since=None, recheck_at=None)
     since = previous.unready_since if previous and previous.unready_since else now

@@ -94,6 +94,24 @@ def test_the_watchdog_keeps_the_route_of_an_endpoint_at_zero_on_purpose() -> Non
     assert pulled.unrouted
 
 
+def test_the_watchdog_keeps_the_route_while_the_first_replica_starts_from_zero() -> None:
+    """A cold start longer than the threshold: the requests waiting for the replica
+    are held on the route, which must stay; once a replica has been ready, a version
+    with none again is judged as any other."""
+    workload = planned(autoscaled())
+    threshold = timedelta(seconds=5)
+    waking = scaled(workload, VersionObservation(desired=1, waking=True))
+    fell = scaled(workload, VersionObservation(desired=1))
+    previous = make_status(unready_since=T0)
+    late = T0 + threshold * 10
+
+    kept = watchdog(previous, waking, wants_replicas=True, now=late, threshold=threshold)
+    pulled = watchdog(previous, fell, wants_replicas=True, now=late, threshold=threshold)
+
+    assert (kept.unrouted, kept.unready_since) == (False, None)
+    assert pulled.unrouted
+
+
 def test_a_new_runtime_resumes_from_the_autoscalers_last_report() -> None:
     endpoint = autoscaled(canary={"weight": 10})
     by_autoscaler = make_status(replicas_desired=5, canary_desired=2, scale_reason="panic → 5")

@@ -44,10 +44,19 @@ class _Probe:
 _INGRESS_UNKNOWN = "not probed: Ingress address unknown (pass --url)"
 
 
-def _probe_plan(lookup: Lookup, region: str, url: str | None) -> str | _Probe | None:
+_AT_ZERO = "not probed: at 0 replicas by its autoscaler; the next request starts one"
+
+
+def _probe_plan(
+    lookup: Lookup, region: str, status: RegionStatus | None, url: str | None
+) -> str | _Probe | None:
     """The base URL to probe `region` through; else what stands for the probe: a
-    failure for a local region no `servefleet up` serves (nobody answers there), or
-    None for a cluster whose Ingress is unknown (judged by its status alone)."""
+    failure for a local region no `servefleet up` serves (nobody answers there),
+    None for a cluster whose Ingress is unknown (judged by its status alone), or a
+    success for a region its autoscaler holds at zero (a probe would be held by the
+    gateway and start a replica: checking health would end scale to zero)."""
+    if status is not None and _at_zero(status):
+        return _Probe(True, _AT_ZERO)
     if url:
         return url
     known = lookup.regions.get(region)
@@ -69,12 +78,19 @@ async def _probe(session: aiohttp.ClientSession, url: str, seconds: float) -> _P
     return _Probe(False, f"{answer.status}: {answer.reason}")
 
 
+def _at_zero(status: RegionStatus) -> bool:
+    return bool(status.scale_reason) and status.replicas_desired == status.canary_desired == 0
+
+
 def _healthy(status: RegionStatus | None, probe: _Probe | None) -> bool:
+    """Ready, routed and answering. A region whose own autoscaler chose the count is
+    not judged on the replicas still starting toward it: its state already is (ready
+    while it has its floor, `plan.region_status`)."""
     return (
         status is not None
         and status.state is RegionState.READY
         and status.routed
-        and status.replicas_ready >= status.replicas_desired
+        and (bool(status.scale_reason) or status.replicas_ready >= status.replicas_desired)
         and (probe is None or probe.ok)
     )
 
@@ -109,7 +125,8 @@ def health(
     check_url(url)
     if url and len(regions) > 1:
         fail(f"--url: name the region it reaches with --region (got {url!r})")
-    plans = {each: _probe_plan(lookup, each, url) for each in regions}
+    by_region = {status.region: status for status in lookup.statuses}
+    plans = {each: _probe_plan(lookup, each, by_region.get(each), url) for each in regions}
 
     async def probe_all(session: aiohttp.ClientSession) -> dict[str, _Probe | None]:
         async def one(plan: str | _Probe | None) -> _Probe | None:
@@ -122,7 +139,6 @@ def health(
         return dict(zip(plans, results, strict=True))
 
     probes = run_http(Target(endpoint, url or DEFAULT_GATEWAY, region), probe_all)
-    by_region = {status.region: status for status in lookup.statuses}
     rows = []
     for each in regions:
         status, probe = by_region.get(each), probes[each]
@@ -133,6 +149,7 @@ def health(
                 "state": status.state.value if status else "pending",
                 "ready": f"{status.replicas_ready}/{status.replicas_desired}" if status else "-",
                 "routed": bool(status and status.routed),
+                "scale_reason": status.scale_reason if status else "",
                 "message": status.message if status else "no report yet",
                 "probe": probe.shown if probe else _INGRESS_UNKNOWN,
             }
@@ -143,9 +160,13 @@ def health(
             f"health path {endpoint.spec.health_path}",
             markup=False,
         )
+        # The autoscalers' reasons only where a region has one (a local region's own).
+        scaling = any(row["scale_reason"] for row in rows)
         table = Table(box=None, pad_edge=False)
         for column in ("REGION", "HEALTHY", "STATE", "READY", "ROUTED", "MESSAGE", "PROBE"):
             table.add_column(column)
+        if scaling:
+            table.add_column("SCALING")
         for row in rows:
             table.add_row(
                 str(row["region"]),
@@ -155,6 +176,7 @@ def health(
                 "routed" if row["routed"] else "unrouted",
                 str(row["message"]) or "-",
                 str(row["probe"]),
+                *([str(row["scale_reason"]) or "-"] if scaling else []),
             )
         out.print(table)
     else:

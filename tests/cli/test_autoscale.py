@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiohttp import web
 
+from servefleet.spec import RegionState, RegionStatus
+from servefleet.store import open_store
 from tests.cli.test_cli import Cli, prepare
 
 
@@ -80,3 +83,47 @@ async def test_autoscale_refusals_name_the_flag_and_change_nothing(cli: Cli) -> 
         "error: endpoint 'nope' not found\n",
     ]
     assert await cli.endpoint() == before
+
+
+async def test_health_does_not_hold_a_region_scaling_up_to_its_new_count(
+    cli: Cli, unused_tcp_port: int
+) -> None:
+    """A region whose autoscaler asked for more replicas than are ready yet is healthy
+    while it has its floor (its state says so); a count the workload declared is not."""
+    await prepare(cli.store_url, ["r1"])
+    store = await open_store(cli.store_url)
+    app = web.Application()
+    app.router.add_get("/{path:.*}", _ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    url = f"http://127.0.0.1:{unused_tcp_port}"
+    try:
+        reports = {}
+        for reason in ("concurrency 2.9/1 per replica → 3", ""):
+            status = RegionStatus(
+                endpoint="llm",
+                region="r1",
+                state=RegionState.READY,
+                observed_generation=1,
+                replicas_ready=1,
+                replicas_desired=3,
+                routed=True,
+                scale_reason=reason,
+            )
+            await store.put_region_status(status)
+            reports[reason] = await cli("health", "llm", "--url", url, "-o", "json")
+    finally:
+        await runner.cleanup()
+        await store.close()
+
+    scaling, short = reports.values()
+    assert scaling.code == 0, scaling
+    [row] = scaling.json()["regions"]
+    assert (row["healthy"], row["ready"], row["probe"]) == (True, "1/3", "200 ok")
+    assert row["scale_reason"] == "concurrency 2.9/1 per replica → 3"
+    assert short.code == 6, short
+
+
+async def _ok(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})

@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from servefleet.spec import RegionState, RegionStatus
+from tests.cli.test_cli import servefleet
 from tests.scenarios.harness import SETTLE, Fleet, demo_command, demo_spec, local_fleet, manifest
 from tests.waiting import eventually
 
@@ -227,6 +228,63 @@ async def test_scale_to_zero_then_a_burst_is_answered_whole(
         assert wakes(primary) + wakes(canary) == 3
         assert wakes(primary) >= 1
         assert wakes(canary) >= 1
+
+
+@pytest.mark.slow(seconds=25)
+async def test_at_zero_health_does_not_wake_it_and_a_long_cold_start_keeps_the_route(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    pace = PACE | {"min_replicas": 0, "max_replicas": 1, "scale_to_zero_after": 600}
+    # A replica that loads for longer than the watchdog's threshold; the canary's
+    # declared replica makes the watchdog judge the endpoint (it wants replicas).
+    command = demo_command("--startup-delay", "3")
+    spec = demo_spec(command=command, autoscaling=pace, canary={"weight": 50})
+    async with local_fleet(sqlite_url, tmp_path, watchdog_threshold=1) as fleet:
+        await fleet.service.apply(manifest("llm", spec, ["r1"]))
+        await reported(fleet, 0)
+
+        health, table = await asyncio.gather(
+            servefleet(sqlite_url, "health", "llm", "-o", "json"),
+            servefleet(sqlite_url, "status", "llm"),
+        )
+        assert fleet.replicas("llm") == []  # neither woke it
+        [row] = health.json()["regions"]
+        assert row == row | {
+            "healthy": True,
+            "ready": "0/0",
+            "routed": True,
+            "scale_reason": "min_replicas → 0; canary: min_replicas → 0",
+            "probe": "not probed: at 0 replicas by its autoscaler; the next request starts one",
+        }
+        header, report = table.ok().stdout.splitlines()[1:3]
+        assert header.split()[-1] == "SCALING"
+        assert report.endswith("canary: min_replicas → 0")
+
+        routed: list[bool] = []
+
+        async def watch() -> None:
+            while True:
+                status = await fleet.status("llm")
+                assert status is not None
+                routed.append(status.routed)
+                await asyncio.sleep(0.1)
+
+        watching = asyncio.create_task(watch())
+        try:
+            answer = await streamed_chat(fleet.client, fleet.gateway_url, 5)
+            await eventually(lambda: _one_ready(fleet), within=SETTLE)
+        finally:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+
+    assert complete(answer), answer
+    assert routed
+    assert all(routed), routed
+
+
+async def _one_ready(fleet: Fleet) -> bool:
+    status = await fleet.status("llm")
+    return status is not None and status.replicas_ready + status.canary_ready == 1
 
 
 def wakes(sequence: list[int]) -> int:

@@ -100,6 +100,7 @@ class Autoscaler:
         if record is None or scaling is None or scaling.target > 0:
             return
         scaling.target = scaling.decided = 1
+        scaling.waking = True
         scaling.reason = "a request arrived at zero → 1"
         log.info("%s/%s: %s %s", self._region, endpoint, role, scaling.reason)
         self._converge(record)
@@ -141,6 +142,8 @@ class Autoscaler:
                 log.info("%s/%s: %s %s", self._region, record.name, role, decision.reason)
                 changed = True
             if scaling.target != scaling.decided:
+                # From zero, the first replica starts as a wake's does; at zero, none does.
+                scaling.waking = scaling.target == 0 or (scaling.waking and scaling.decided > 0)
                 scaling.target += 1 if scaling.decided > scaling.target else -1
                 changed = True
         if changed:

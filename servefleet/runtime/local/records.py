@@ -99,6 +99,8 @@ class Scaling:
     """Why `decided` is what it is, as of the decision that changed it."""
     state: AutoscaleState | None = None
     """What the last decision handed the next; None until the first one."""
+    waking: bool = False
+    """Started from zero, with no replica ready since (see `VersionObservation.waking`)."""
 
 
 @dataclass(eq=False)

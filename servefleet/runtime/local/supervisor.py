@@ -185,6 +185,7 @@ class LocalRuntime:
                 outgoing_ready=sum(r.key != key for r in serving),
                 desired=scaling.decided if scaling else None,
                 scale_reason=scaling.reason if scaling else "",
+                waking=bool(scaling and scaling.waking),
             )
             problems += [replica_problem(r, self._settings) for r in current if not r.retiring]
         problems = [problem for problem in problems if problem]
@@ -350,6 +351,8 @@ class LocalRuntime:
         replica.since = time.monotonic()
         if phase is Phase.READY:
             replica.failure = replica.probe_error = ""
+            if (scaling := record.scaling.get(replica.role)) is not None:
+                scaling.waking = False
         if phase is Phase.WAITING:
             log.warning("%s/%s: %s", self.region, record.name, replica.failure)
         else:
