@@ -275,7 +275,13 @@ class Controller:
             except (LeaseLost, asyncio.CancelledError):
                 raise
             except (TemporaryError, StoreError, RuntimeFailure) as error:
-                delay = self.queue.add_rate_limited(name)
+                if isinstance(error, StoreUnavailable):
+                    # Not the endpoint's fault: retry at the store's pace. Its own
+                    # backoff would grow with every runtime event during the outage
+                    # (each one a pass) and outlast the outage by up to a minute.
+                    delay = self.queue.add_limited(name, self._settings.store_retry)
+                else:
+                    delay = self.queue.add_rate_limited(name)
                 outcome = "retry"
                 log.warning(
                     "%s/%s: %s (retry in %.1fs)",
@@ -408,15 +414,6 @@ class Controller:
         self._feed_revisions.pop(name, None)
         for forgotten in self._listings:
             forgotten.add(name)
-
-    def requeue_everything(self) -> None:
-        """Look at every endpoint known again now, its backoff forgotten: for a
-        leader acting again after it could not (its lease not renewed while the
-        store was away), whose failed passes would otherwise wait out the backoff
-        they grew meanwhile."""
-        for name in sorted(self.remembered()):
-            self.queue.forget(name)
-            self.queue.add(name)
 
     def remembered(self) -> set[str]:
         """The endpoints this controller keeps a record, a feed revision or a status

@@ -6,6 +6,8 @@
   changes to one endpoint costs one pass after the current one, never two at once.
 - `add_rate_limited` delays a failing key by its own exponential backoff (capped)
   and by an overall token bucket, whichever is longer; `forget` resets the backoff.
+  `add_limited` delays a key by a given time and the token bucket, leaving its
+  backoff alone (for a failure that is not the key's own).
 - `add_after` schedules a look (a watchdog deadline); an earlier schedule wins.
 """
 
@@ -80,8 +82,12 @@ class WorkQueue:
         """Queue `key` after its backoff; returns the delay chosen."""
         failures = self._failures.get(key, 0)
         self._failures[key] = failures + 1
-        backoff = min(self._backoff_max, self._backoff_initial * 2.0**failures)
-        delay = max(backoff, self._bucket.delay())
+        return self.add_limited(key, min(self._backoff_max, self._backoff_initial * 2.0**failures))
+
+    def add_limited(self, key: str, delay: float) -> float:
+        """Queue `key` after `delay`, or later if the token bucket asks, its backoff
+        unchanged; returns the delay chosen."""
+        delay = max(delay, self._bucket.delay())
         self.add_after(key, delay)
         return delay
 

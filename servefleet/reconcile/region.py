@@ -4,10 +4,8 @@ The runtime is opened only while this process leads the region and closed when
 it stops leading, so a standby holds nothing (on the local runtime: no replica
 processes), and a deposed leader lets go of what the new leader now manages.
 A leader cut off from the store's lease does not stop leading at its renew
-deadline, only acting (`servefleet.reconcile.leader`): its runtime stays open and
-the region keeps serving; when it acts again, its reconciler looks at every
-endpoint again at once, as the passes failed meanwhile would otherwise wait out
-the backoff they grew during the outage.
+deadline, only acting (`servefleet.reconcile.leader`): its runtime stays open
+and the region keeps serving.
 
 The region's lease is the store's (`region/<name>`) unless the caller passes
 another backend (for a Kubernetes region, a Lease in its namespace).
@@ -59,20 +57,14 @@ async def run_region(
     by default in the store), until cancelled; an error stops only this region for
     a while (see the module doc)."""
     metrics = metrics or Metrics()
-    controller: Controller | None = None
-    """The reconciler of the lease held now."""
-
-    def on_leading(leading: bool) -> None:
-        metrics.set_leader(region, leading)
-        if leading and controller is not None:
-            controller.requeue_everything()  # acting again after an outage of the store
-
     election = LeaderElection(
-        leases or StoreLeases(store, f"region/{region}"), holder, lease, on_leading=on_leading
+        leases or StoreLeases(store, f"region/{region}"),
+        holder,
+        lease,
+        on_leading=lambda leading: metrics.set_leader(region, leading),
     )
 
     async def lead() -> None:
-        nonlocal controller
         async with open_runtime() as runtime:
             controller = Controller(
                 store,
@@ -84,10 +76,7 @@ async def run_region(
                 metrics=metrics,
             )
             on_controller(controller)
-            try:
-                await controller.run()
-            finally:
-                controller = None
+            await controller.run()
 
     delay = settings.restart_initial
     while True:

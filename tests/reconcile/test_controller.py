@@ -14,6 +14,7 @@ import pytest
 from servefleet.metrics import Metrics
 from servefleet.plan import desired_workload
 from servefleet.reconcile.controller import Controller, ControllerSettings
+from servefleet.reconcile.leader import LeaseUnconfirmed
 from servefleet.service import EndpointService, utc_now
 from servefleet.spec import (
     DesiredState,
@@ -235,23 +236,41 @@ async def test_a_failing_runtime_is_retried_with_backoff_and_recovers(
         await eventually(lambda: _state_is(store, "llm", RegionState.READY))
 
 
-async def test_requeueing_everything_looks_again_at_once_with_the_backoff_forgotten(
+class Unconfirmed:
+    """A leader's `fence()` while its store lease cannot be renewed (`cut`)."""
+
+    def __init__(self) -> None:
+        self.cut = True
+
+    def __call__(self) -> None:
+        if self.cut:
+            raise LeaseUnconfirmed("region/r1", "test")
+
+
+async def test_a_pass_the_store_outage_fails_is_retried_at_the_stores_pace(
     store: Store, service: EndpointService
 ) -> None:
-    """What a leader acting again after an outage of the store does: the passes
-    that failed meanwhile do not wait out the backoff they grew."""
-    runtime = MemoryRuntime(unavailable=True)
-    patient = dataclasses.replace(FAST, backoff_initial=3600, backoff_max=3600)
-    async with running(store, runtime, patient) as controller:
+    """The passes an outage of the store fails (here: at the fence of a leader whose
+    lease is not renewed) do not grow the endpoint's backoff: with a backoff of an
+    hour, the change still lands soon after the store is back."""
+    runtime = MemoryRuntime()
+    fence = Unconfirmed()
+    patient = dataclasses.replace(FAST, backoff_initial=3600, backoff_max=3600, store_retry=0.05)
+    controller = Controller(store, runtime, "r1", patient, clock=utc_now, fence=fence)
+    task = asyncio.create_task(controller.run())
+    try:
         await service.deploy("llm", make_spec(replicas=2), ["r1"])
-        await eventually(lambda: _retried(controller, 1))
-        assert controller.queue.failures("llm") >= 1  # the next look an hour away
+        await eventually(lambda: _retried(controller, 3))
+        assert runtime.applies == []
+        assert controller.queue.failures("llm") == 0
 
-        runtime.unavailable = False
-        controller.requeue_everything()
+        fence.cut = False
         await eventually(lambda: _has(runtime, "llm", replicas=2))
         await eventually(lambda: _state_is(store, "llm", RegionState.READY))
-        assert controller.queue.failures("llm") == 0
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
 
 async def test_runtime_events_bring_the_endpoint_back_for_a_look(
