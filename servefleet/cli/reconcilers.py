@@ -100,8 +100,30 @@ def up(
         int,
         typer.Option(help="Client connections each gateway holds open at once; more get 503."),
     ] = 1024,
+    hold_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a request may wait for an endpoint starting from zero replicas "
+            "before a 503 saying it is starting."
+        ),
+    ] = 60.0,
+    max_held: Annotated[
+        int,
+        typer.Option(
+            help="Requests each gateway holds at once per endpoint starting from zero; "
+            "more get that 503 at once."
+        ),
+    ] = 100,
     metrics_host: MetricsHostOption = "127.0.0.1",
     metrics_port: MetricsPortOption = None,
+    api_port: Annotated[
+        int,
+        typer.Option(
+            help="Loopback port of the HTTP API and its dashboard, as `servefleet serve` "
+            "gives them (0: any free port, shown at start; tokens as for serve)."
+        ),
+    ] = 8000,
+    api: Annotated[bool, typer.Option(help="Serve the API and dashboard (see --api-port).")] = True,
 ) -> None:
     """Run a reconciler per region (and a gateway per local region), in the foreground."""
     require_store("servefleet up")
@@ -110,6 +132,8 @@ def up(
 
     check_output(log_format, ("text", "json"), flag="--log-format")
     _check_metrics_port(metrics_port)
+    if not 0 <= api_port <= 65535:
+        fail(f"--api-port: must be between 0 and 65535 (got {api_port})")
     names = [name.strip() for name in regions.split(",") if name.strip()]
     if not names:
         fail(f"--regions: give at least one region name (got {regions!r})")
@@ -126,9 +150,12 @@ def up(
         controller=controller,
         lease=lease,
         local=LocalSettings(startup_timeout=startup_timeout, stage_timeout=stage_timeout),
-        gateway=_gateway_settings(trusted_proxy or [], upstream_read_timeout, max_connections),
+        gateway=_gateway_settings(
+            trusted_proxy or [], upstream_read_timeout, max_connections, hold_timeout, max_held
+        ),
         metrics_host=metrics_host,
         metrics_port=metrics_port,
+        api_port=api_port if api else None,
     )
     try:
         serve(options)
@@ -201,7 +228,11 @@ def reconcile(
 
 
 def _gateway_settings(
-    trusted_proxies: list[str], upstream_read_timeout: float, max_connections: int
+    trusted_proxies: list[str],
+    upstream_read_timeout: float,
+    max_connections: int,
+    hold_timeout: float,
+    max_held: int,
 ) -> GatewaySettings:
     """The gateways' settings from `up`'s flags, or exit naming the flag that is wrong."""
     import ipaddress
@@ -222,10 +253,16 @@ def _gateway_settings(
         )
     if max_connections < 1:
         fail(f"--max-connections: must be at least 1 (got {max_connections})")
+    if not 0 < hold_timeout < math.inf:
+        fail(f"--hold-timeout: must be a number of seconds more than 0 (got {hold_timeout:g})")
+    if max_held < 1:
+        fail(f"--max-held: must be at least 1 (got {max_held})")
     return GatewaySettings(
         trusted_proxies=tuple(networks),
         upstream_read_timeout=upstream_read_timeout,
         max_connections=max_connections,
+        hold_timeout=hold_timeout,
+        max_held=max_held,
     )
 
 
