@@ -1,7 +1,12 @@
-"""Serving the API with uvicorn on the running event loop."""
+"""Serving the API with uvicorn on the running event loop: on its own
+(`servefleet serve`), or beside other work (`servefleet up`, `serving_api`)."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +15,7 @@ import uvicorn
 from servefleet.api.app import MAX_BODY_BYTES, create_app
 from servefleet.store import Store
 
-__all__ = ["ServerSettings", "api_server"]
+__all__ = ["ServerSettings", "api_server", "serving_api"]
 
 
 @dataclass(frozen=True)
@@ -53,3 +58,30 @@ def api_server(store: Store, settings: ServerSettings) -> uvicorn.Server:
         proxy_headers=False,
     )
     return uvicorn.Server(config)
+
+
+@asynccontextmanager
+async def serving_api(store: Store, settings: ServerSettings) -> AsyncIterator[str]:
+    """The API (and dashboard) served on the running loop for the duration of the
+    block; yields its base URL (the bound port, also under port 0). Unlike
+    `Server.serve()` it leaves the process's signals to the caller, and a port that
+    cannot be bound raises OSError rather than exiting the process."""
+    server = api_server(store, settings)
+    config = server.config
+    config.load()
+    server.lifespan = config.lifespan_class(config)
+    listener = socket.create_server((settings.host, settings.port))
+    sockets = [listener]
+    try:
+        await server.startup(sockets=sockets)
+        # Ticks keep the Date header current and end the loop once told to.
+        ticking = asyncio.create_task(server.main_loop())
+        try:
+            host, port = listener.getsockname()[:2]
+            yield f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        finally:
+            server.should_exit = True
+            await ticking
+            await server.shutdown(sockets=sockets)
+    finally:
+        listener.close()

@@ -2,7 +2,8 @@
 
 The composition root of the local product: the store, one gateway and one
 leader-elected reconciler per local region, a global entry point in front of all
-regions, and with `--demo` a demo endpoint deployed to every region. Ctrl-C (or
+regions, the HTTP API and its dashboard on loopback (`--api-port`), and with
+`--demo` a demo endpoint deployed to every region. Ctrl-C (or
 SIGTERM) cancels the reconcilers, whose runtimes stop every replica on the way out.
 
 One `Metrics` per process, shared by its gateways and reconcilers, is what the
@@ -25,6 +26,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from servefleet.api.server import ServerSettings, serving_api
 from servefleet.cli.gateways import record_gateways
 from servefleet.cli.logs import configure_logging
 from servefleet.cli.monitoring import MonitoringServer
@@ -71,6 +73,9 @@ class UpOptions:
     metrics_port: int | None = None
     """Where `/metrics`, `/healthz` and `/readyz` are served (0: any free port);
     None: not served."""
+    api_port: int | None = None
+    """The loopback port of the HTTP API and dashboard (0: any free port); None: not
+    served."""
 
 
 @dataclass
@@ -84,6 +89,8 @@ class Running:
     runtimes: dict[str, Runtime] = field(default_factory=dict)
     metrics_url: str = ""
     """The monitoring listener's base URL; empty when it is off."""
+    api_url: str = ""
+    """The API's base URL (the dashboard is its `/`); empty when it is off."""
 
 
 def demo_manifest(regions: list[str]) -> EndpointManifest:
@@ -152,6 +159,8 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
     async with AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         service = EndpointService(store)
+        # Before anything is registered: a port it cannot have changes nothing.
+        api_url = await _serve_api(stack, store, options)
         regions = await _regions(service, store, options.regions)
         local = [region.name for region in regions if region.kind is RegionKind.LOCAL]
         if options.demo and not local:
@@ -168,7 +177,7 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
             entry = Gateway(list(routers.values()), options.gateway, metrics=metrics)
             entry_url = await entry.start(options.host, options.port)
             stack.push_async_callback(entry.close)
-        running = Running(entry_url, urls)
+        running = Running(entry_url, urls, api_url=api_url)
         if options.metrics_port is not None:
             monitoring = MonitoringServer(metrics, store, [region.name for region in regions])
             running.metrics_url = await monitoring.start(options.metrics_host, options.metrics_port)
@@ -252,6 +261,24 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
                 started(running)
 
 
+async def _serve_api(stack: AsyncExitStack, store: Store, options: UpOptions) -> str:
+    """The API and dashboard beside the reconcilers, until `stack` closes; its URL, or
+    "" when off. Loopback only: `servefleet serve` is how a team reaches it over the
+    network, with TLS. Its requests are not logged one by one."""
+    if options.api_port is None:
+        return ""
+    settings = ServerSettings(
+        host="127.0.0.1", port=options.api_port, access_log=False, uvicorn_logging=False
+    )
+    try:
+        return await stack.enter_async_context(serving_api(store, settings))
+    except OSError as error:
+        raise OSError(
+            f"--api-port: cannot listen on {settings.host}:{settings.port}: "
+            f"{error.strerror or error}"
+        ) from error
+
+
 def _check_local_settings(settings: LocalSettings) -> None:
     """A ValueError naming the `up` flag of a setting no local region can run with."""
     timeouts = {
@@ -293,6 +320,12 @@ def _announce(running: Running, regions: list[Region], options: UpOptions) -> No
         out.print(f"  region {region.name}: {where}", markup=False)
     if urls:
         out.print(f"  replica logs: {options.log_dir}", markup=False)
+    if running.api_url:
+        out.print(
+            f"  API and dashboard: {running.api_url}/ (a token: servefleet tokens create "
+            "--name NAME --role admin)",
+            markup=False,
+        )
     if running.metrics_url:
         out.print(f"  metrics: {running.metrics_url}/metrics (and /healthz, /readyz)", markup=False)
     if options.demo:

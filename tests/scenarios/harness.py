@@ -484,10 +484,13 @@ async def up_process(
     ignored. Replica logs go to `log_dir` (`up --log-dir`), by default beside a
     SQLite store's file (a PostgreSQL store needs `log_dir` for the clean-up)."""
     logs = ("--log-dir", str(log_dir)) if log_dir is not None else ()
+    # Side by side, every `up` needs a port of its own for its API.
+    api = () if "--api-port" in args or "--no-api" in args else ("--api-port", "0")
     process = await _servefleet_process(
         "up",
         store,
         *logs,
+        *api,
         *args,
         stderr=stderr,
         stdout=asyncio.subprocess.PIPE,
