@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic import ValidationError
 
-from servefleet.cli.fleet import ApiError, Applied, Fleet, renamed
+from servefleet.cli.fleet import ApiError, Applied, renamed
 from servefleet.service import ApplyOutcome, OperationRefused
 from servefleet.spec import (
     DesiredState,
@@ -58,9 +58,11 @@ _DECLARATION_FIELDS = {"metadata.name": "name", "regions": "target_regions"}
 
 
 @asynccontextmanager
-async def connected(base_url: str, token: str | None) -> AsyncIterator[Fleet]:
+async def connected(base_url: str, token: str | None, *, named_by: str) -> AsyncIterator[ApiFleet]:
+    """The fleet behind the API at `base_url`, which `named_by` (a flag, a variable,
+    the saved login) gave."""
     if not base_url.startswith(("http://", "https://")):
-        raise ApiError(f"--api: must be an http:// or https:// URL (got {base_url!r})")
+        raise ApiError(f"{named_by}: must be an http:// or https:// URL (got {base_url!r})")
     timeout = aiohttp.ClientTimeout(total=ANSWER_TIMEOUT, connect=CONNECT_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         yield ApiFleet(session, base_url, token)
@@ -184,6 +186,13 @@ class ApiFleet:
         )
         return _read(lambda: _endpoint(changed))
 
+    # The token.
+
+    async def whoami(self) -> tuple[str, str]:
+        """The calling token's name and role."""
+        answer = await self._call("GET", "/whoami")
+        return _read(lambda: (str(answer["name"]), str(answer["role"])))
+
     # Regions.
 
     async def list_regions(self) -> list[Region]:
@@ -247,7 +256,7 @@ class ApiFleet:
         if status == 401:
             return ApiError(
                 f"the API at {self._base_url} refused the request: {message} "
-                "(give a token with --token or SERVEFLEET_TOKEN)"
+                "(give a token with --token or SERVEFLEET_TOKEN, or `servefleet login`)"
             )
         if status == 403:
             return ApiError(f"the API at {self._base_url} refused the request: {message}")

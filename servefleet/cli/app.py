@@ -1,5 +1,5 @@
 """The command tree: the typer apps every command registers on, and the global
-options (`--store`, `--api`, `--token`) every command reads through `state`.
+options (`--store`, `--server`, `--token`) every command reads through `state`.
 
 Command modules import this module and `output.py` (and the shared plumbing:
 `fleet.py`, `requests.py`), never each other; `main.py` imports them all so
@@ -84,8 +84,14 @@ class State:
     """The global options, as the callback parsed them."""
 
     store_url: str = ""
-    api_url: str | None = None
-    """The servefleet API the store-backed verbs go through instead of the store."""
+    store_named: bool = False
+    """`--store` or `SERVEFLEET_STORE` was given (not the default file): the store
+    wins over a saved login."""
+    server_url: str | None = None
+    """The servefleet API the store-backed verbs go through instead of the store, as
+    `--server` or `SERVEFLEET_SERVER` (or their older names) gave it."""
+    server_named_by: str = "--server"
+    """The flag or variable that gave `server_url`, for the messages about it."""
     token: str | None = None
 
 
@@ -94,6 +100,7 @@ state = State()
 
 @app.callback()
 def _global_options(
+    context: typer.Context,
     store: Annotated[
         str | None,
         typer.Option(
@@ -104,27 +111,54 @@ def _global_options(
             show_default=False,
         ),
     ] = None,
-    api: Annotated[
+    server: Annotated[
         str | None,
         typer.Option(
-            "--api",
-            envvar="SERVEFLEET_API",
+            "--server",
+            envvar="SERVEFLEET_SERVER",
             help="Base URL of a `servefleet serve` (e.g. https://fleet.example.com): the "
-            "endpoint and region verbs go through its API instead of opening the store.",
+            "endpoint and region verbs go through its API instead of opening the store. "
+            "Without it, the one `servefleet login` saved (unless --store is given).",
             show_default=False,
         ),
+    ] = None,
+    api: Annotated[
+        str | None,
+        typer.Option("--api", envvar="SERVEFLEET_API", hidden=True, show_default=False),
     ] = None,
     token: Annotated[
         str | None,
         typer.Option(
             "--token",
             envvar="SERVEFLEET_TOKEN",
-            help="The API token sent with --api (prefer SERVEFLEET_TOKEN: a flag's value "
-            "shows in the process list).",
+            help="The API token sent with --server (prefer SERVEFLEET_TOKEN or `servefleet "
+            "login`: a flag's value shows in the process list).",
             show_default=False,
         ),
     ] = None,
 ) -> None:
     state.store_url = store or default_store_url()
-    state.api_url = api or None
+    state.store_named = bool(store)
+    state.server_url, state.server_named_by = _server(context, {"server": server, "api": api})
     state.token = token or None
+
+
+_SERVER_OPTIONS = (
+    ("server", "--server", "SERVEFLEET_SERVER"),
+    ("api", "--api", "SERVEFLEET_API"),
+)
+"""`--server` and its older name `--api` (the same option), in order of precedence."""
+
+
+def _server(context: typer.Context, given: dict[str, str | None]) -> tuple[str | None, str]:
+    """The API's URL and the flag or variable that named it: a flag before a
+    variable, `--server` before `--api`."""
+    from_variables: list[tuple[str | None, str]] = []
+    for parameter, flag, variable in _SERVER_OPTIONS:
+        url = given[parameter]
+        if not url:
+            continue
+        if context.get_parameter_source(parameter) is click.core.ParameterSource.COMMANDLINE:
+            return url, flag
+        from_variables.append((url, variable))
+    return from_variables[0] if from_variables else (None, "--server")

@@ -13,6 +13,7 @@ from servefleet.cli import (  # noqa: F401 - imported for the verbs they registe
     importing,
     install,
     invoke,
+    login,
     models,
     reconcilers,
     regions,

@@ -1,4 +1,4 @@
-"""The CLI over the HTTP API (`--api`, `SERVEFLEET_API`): real `servefleet`
+"""The CLI over the HTTP API (`--server`, `SERVEFLEET_SERVER`): real `servefleet`
 processes against a real API server (uvicorn on loopback, in this process) over a
 real SQLite store, printing what they print on the store itself.
 
@@ -52,13 +52,15 @@ class Fleet:
     unused_store: Path
 
     async def run(
-        self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+        self, *args: str, env: dict[str, str | None] | None = None, stdin: str | None = None
     ) -> Result:
         return await servefleet_apart(self.unused_store, *args, env=env, stdin=stdin)
 
     async def cli(self, *args: str, role: Role = Role.ADMIN, stdin: str | None = None) -> Result:
-        """`servefleet --api URL --token TOKEN *args`."""
-        return await self.run("--api", self.url, "--token", self.tokens[role], *args, stdin=stdin)
+        """`servefleet --server URL --token TOKEN *args`."""
+        return await self.run(
+            "--server", self.url, "--token", self.tokens[role], *args, stdin=stdin
+        )
 
     async def snapshot(self) -> tuple[Any, ...]:
         return (
@@ -69,21 +71,26 @@ class Fleet:
 
 
 async def servefleet_apart(
-    unused_store: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+    unused_store: Path,
+    *args: str,
+    env: dict[str, str | None] | None = None,
+    stdin: str | None = None,
 ) -> Result:
     """`servefleet *args` in a process whose store is `unused_store` unless `env` says
-    otherwise, and whose environment names no other servefleet setting."""
+    otherwise (None: the variable unset), and whose environment names no other
+    servefleet setting."""
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SERVEFLEET_")},
+        "SERVEFLEET_STORE": str(unused_store),
+        **(env or {}),
+    }
     process = await asyncio.create_subprocess_exec(
         *COMMAND,
         *args,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("SERVEFLEET_")},
-            "SERVEFLEET_STORE": str(unused_store),
-            **(env or {}),
-        },
+        env={name: value for name, value in environment.items() if value is not None},
         cwd=REPO,
     )
     async with asyncio.timeout(TIMEOUT):
@@ -100,7 +107,7 @@ async def _prepared_store(url: str) -> Store:
 
 
 @contextlib.asynccontextmanager
-async def _fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+async def running_fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
     store = await _prepared_store(f"sqlite:///{tmp_path / 'api.db'}")
     tokens = TokenService(store)
     issued = {role: (await tokens.create(f"{role.value}-token", role.value))[1] for role in Role}
@@ -113,7 +120,7 @@ async def _fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    async with _fleet(tmp_path) as running:
+    async with running_fleet(tmp_path) as running:
         yield running
         assert not running.unused_store.exists(), "an API-mode command opened a store"
 
@@ -243,7 +250,7 @@ async def test_a_viewer_reads_but_its_changes_are_refused_with_the_reason(
     fleet: Fleet,
 ) -> None:
     # The API and the token from the environment, as a CI job would pass them.
-    viewer = {"SERVEFLEET_API": fleet.url, "SERVEFLEET_TOKEN": fleet.tokens[Role.VIEWER]}
+    viewer = {"SERVEFLEET_SERVER": fleet.url, "SERVEFLEET_TOKEN": fleet.tokens[Role.VIEWER]}
     await EndpointService(fleet.store).deploy("llm", EndpointSpec(image=IMAGE_1), ["r1"])
     before = await fleet.snapshot()
 
@@ -276,20 +283,21 @@ async def test_no_token_or_an_unknown_one_is_refused_naming_the_way_to_give_one(
     fleet: Fleet,
 ) -> None:
     without, unknown = await asyncio.gather(
-        fleet.run("--api", fleet.url, "list"),
-        fleet.run("list", env={"SERVEFLEET_API": fleet.url, "SERVEFLEET_TOKEN": "sf1.x.y"}),
+        fleet.run("--server", fleet.url, "list"),
+        fleet.run("list", env={"SERVEFLEET_SERVER": fleet.url, "SERVEFLEET_TOKEN": "sf1.x.y"}),
     )
 
     assert (without.code, without.stdout, without.stderr) == (
         1,
         "",
         f"error: the API at {fleet.url} refused the request: send a token as "
-        "`Authorization: Bearer TOKEN` (give a token with --token or SERVEFLEET_TOKEN)\n",
+        "`Authorization: Bearer TOKEN` (give a token with --token or SERVEFLEET_TOKEN, or "
+        "`servefleet login`)\n",
     )
     assert (unknown.code, unknown.stderr) == (
         1,
         f"error: the API at {fleet.url} refused the request: the token is unknown or "
-        "revoked (give a token with --token or SERVEFLEET_TOKEN)\n",
+        "revoked (give a token with --token or SERVEFLEET_TOKEN, or `servefleet login`)\n",
     )
 
 
@@ -329,9 +337,9 @@ async def test_an_api_that_does_not_answer_is_named_and_exits_1(tmp_path: Path) 
     unused_store = tmp_path / "unused.db"
 
     listed, deployed, bad_url = await asyncio.gather(
-        servefleet_apart(unused_store, "--api", url, "list"),
+        servefleet_apart(unused_store, "--server", url, "list"),
         servefleet_apart(
-            unused_store, "deploy", "m1", "--image", IMAGE_1, env={"SERVEFLEET_API": url + "/"}
+            unused_store, "deploy", "m1", "--image", IMAGE_1, env={"SERVEFLEET_SERVER": url + "/"}
         ),
         servefleet_apart(unused_store, "--api", "127.0.0.1:8000", "list"),
     )
@@ -368,6 +376,34 @@ async def test_commands_that_need_the_store_itself_refuse_the_api(
     assert (refused.code, refused.stdout, refused.stderr) == (
         1,
         "",
-        f"error: --api: `servefleet {command}` works on the store itself, not through the "
-        f"API ({fleet.url}); drop --api (or unset SERVEFLEET_API) and give --store\n",
+        f"error: --server: `servefleet {command}` works on the store itself, not through "
+        f"the API ({fleet.url}); drop --server and give --store\n",
+    )
+
+
+async def test_the_older_names_api_and_servefleet_api_still_work_and_are_named(
+    fleet: Fleet,
+) -> None:
+    token = {"SERVEFLEET_TOKEN": fleet.tokens[Role.ADMIN]}
+    by_flag, by_variable, both, refused = await asyncio.gather(
+        fleet.run("--api", fleet.url, "regions", "list", "-o", "json", env=token),
+        fleet.run("regions", "list", "-o", "json", env={**token, "SERVEFLEET_API": fleet.url}),
+        # A flag before a variable, --server before --api.
+        fleet.run(
+            "--api",
+            fleet.url,
+            "regions",
+            "list",
+            env={**token, "SERVEFLEET_SERVER": "http://127.0.0.1:1"},
+        ),
+        fleet.run("tokens", "list", env={"SERVEFLEET_API": fleet.url}),
+    )
+
+    assert [region["name"] for region in by_flag.json()] == ["r1", "r2", "r3"]
+    assert by_variable.json() == by_flag.json()
+    assert both.code == 0, both
+    assert (refused.code, refused.stderr) == (
+        1,
+        f"error: SERVEFLEET_API: `servefleet tokens list` works on the store itself, not "
+        f"through the API ({fleet.url}); unset SERVEFLEET_API and give --store\n",
     )
