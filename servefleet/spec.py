@@ -524,6 +524,21 @@ def _quantity(value: str) -> str:
 DnsSubdomain = Annotated[str, AfterValidator(_dns_subdomain)]
 
 
+def _metric_name(value: str) -> str:
+    if not _METRIC_NAME.match(value):
+        raise ValueError(
+            "must be a metric name: a letter, '_' or ':', then letters, digits, '_', ':', "
+            f"'.' or '-', at most 253 (got {_shown(value)})"
+        )
+    return value
+
+
+_METRIC_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:.-]{0,252}\Z")
+MetricName = Annotated[str, AfterValidator(_metric_name)]
+"""A metric as a custom metrics API serves it (one path segment; Prometheus names
+such as `vllm:num_requests_running` included)."""
+
+
 class Region(_Model):
     """A place endpoints run: this machine (`local`) or a Kubernetes cluster.
 
@@ -550,6 +565,11 @@ class Region(_Model):
     model_volume_size_limit: Annotated[str, AfterValidator(_quantity)] | None = None
     pods_metrics: bool | None = None
     """Whether concurrency/rps autoscaling metrics are rendered (needs a metrics adapter)."""
+    concurrency_metric: MetricName | None = None
+    """The per-pod metric a `concurrency` target is rendered on (the metrics adapter's
+    name for requests in flight)."""
+    rps_metric: MetricName | None = None
+    """The per-pod metric an `rps` target is rendered on (requests per second)."""
     pass_env: Annotated[list[str], AfterValidator(_pass_env)] | None = None
     """Variables of `servefleet up`'s environment its local replicas and staging
     children get besides the allowlist (`runtime.local.environment`)."""
@@ -583,6 +603,8 @@ _KUBERNETES_ONLY = (
     "startup_timeout",
     "model_volume_size_limit",
     "pods_metrics",
+    "concurrency_metric",
+    "rps_metric",
 )
 
 

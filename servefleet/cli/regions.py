@@ -72,6 +72,21 @@ def regions_add(
             show_default=False,
         ),
     ] = None,
+    concurrency_metric: Annotated[
+        str | None,
+        typer.Option(
+            help="Pods metric a concurrency target is rendered on (default "
+            "servefleet_concurrency), e.g. vllm:num_requests_running.",
+            show_default=False,
+        ),
+    ] = None,
+    rps_metric: Annotated[
+        str | None,
+        typer.Option(
+            help="Pods metric an rps target is rendered on (default servefleet_rps).",
+            show_default=False,
+        ),
+    ] = None,
     pass_env: Annotated[
         list[str] | None,
         typer.Option(
@@ -102,6 +117,8 @@ def regions_add(
                 "startup_timeout": startup_timeout,
                 "model_volume_size_limit": model_volume_size_limit,
                 "pods_metrics": pods_metrics,
+                "concurrency_metric": concurrency_metric,
+                "rps_metric": rps_metric,
                 "pass_env": pass_env,
             }
         )

@@ -33,6 +33,7 @@ SETTINGS_FLAGS = (
     *("--healthcheck-annotation", "", "--service-account", "inference"),
     *("--stage-image", "registry.example/stage:1", "--startup-timeout", "900"),
     *("--model-volume-size-limit", "100Gi", "--no-pods-metrics"),
+    *("--concurrency-metric", "vllm:num_requests_running", "--rps-metric", "vllm_rps"),
 )
 STORED_SETTINGS = {
     "ingress_class": "nginx",
@@ -44,6 +45,8 @@ STORED_SETTINGS = {
     "startup_timeout": 900.0,
     "model_volume_size_limit": "100Gi",
     "pods_metrics": False,
+    "concurrency_metric": "vllm:num_requests_running",
+    "rps_metric": "vllm_rps",
 }
 UNSET = dict.fromkeys(STORED_SETTINGS)
 
@@ -131,10 +134,13 @@ BAD_REGIONS: list[tuple[list[str], list[str]]] = [
     (["--model-volume-size-limit", "lots"], ["region.model_volume_size_limit: ", "'lots'"]),
     (["--model-volume-size-limit", "-1Gi"], ["region.model_volume_size_limit: ", "'-1Gi'"]),
     (["--pass-env", "HF_TOKEN"], ["region.pass_env: ", "only local regions", "HF_TOKEN"]),
+    (["--concurrency-metric", "in/flight"], ["region.concurrency_metric: ", "'in/flight'"]),
+    (["--rps-metric", ".."], ["region.rps_metric: ", "'..'"]),
 ]
 BAD_LOCAL_REGIONS: list[tuple[list[str], list[str]]] = [
     (["--ingress-class", "nginx"], ["region.ingress_class: ", "'nginx'"]),
     (["--no-pods-metrics"], ["region.pods_metrics: ", "False"]),
+    (["--rps-metric", "x"], ["region.rps_metric: ", "only kubernetes regions", "'x'"]),
     (["--pass-env", "HF TOKEN"], ["region.pass_env: ", "'HF TOKEN'"]),
     (
         ["--pass-env", "A", "--pass-env", "SERVEFLEET_STORE"],

@@ -181,6 +181,7 @@ def test_a_registered_nginx_region_renders_its_own_ingress() -> None:
             "startup_timeout": 900.0,
             "model_volume_size_limit": "100Gi",
             "pods_metrics": False,
+            "concurrency_metric": "vllm:num_requests_running",
         }
     )
     settings = region_settings(region)
@@ -195,6 +196,7 @@ def test_a_registered_nginx_region_renders_its_own_ingress() -> None:
         startup_timeout=900.0,
         model_volume_size_limit="100Gi",
         pods_metrics=False,
+        pods_metric_names={"concurrency": "vllm:num_requests_running", "rps": "servefleet_rps"},
     )
     rendered = render(planned(canary={"weight": 20}), settings)
     ingresses = [m for m in rendered if m["kind"] == "Ingress"]

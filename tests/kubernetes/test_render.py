@@ -785,6 +785,28 @@ def test_concurrency_and_rps_are_pods_metrics_for_a_metrics_adapter() -> None:
     assert [metric["type"] for metric in without["spec"]["metrics"]] == ["Resource"]
 
 
+def test_a_region_names_the_pods_metrics_its_adapter_serves() -> None:
+    """A model server's own metric, through prometheus-adapter: vLLM's requests in
+    flight per pod, a Prometheus name with a colon, which the API server takes."""
+    workload = planned(
+        autoscaling={
+            "enabled": True,
+            "max_replicas": 3,
+            "metrics": [{"type": "concurrency", "target": 8}, {"type": "rps", "target": 2}],
+        }
+    )
+    names = {"concurrency": "vllm:num_requests_running", "rps": "vllm_requests_per_second"}
+    hpa = by_kind(
+        render(workload, RegionSettings(pods_metric_names=names)), "HorizontalPodAutoscaler"
+    )
+
+    validate(hpa)
+    assert [metric["pods"]["metric"]["name"] for metric in hpa["spec"]["metrics"]] == [
+        "vllm:num_requests_running",
+        "vllm_requests_per_second",
+    ]
+
+
 def test_the_local_autoscaler_s_pace_changes_nothing_but_the_hash() -> None:
     """The HPA paces itself; the windows are for the local runtime's autoscaler."""
     paced = {

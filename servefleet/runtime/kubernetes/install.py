@@ -130,6 +130,10 @@ def region_settings(region: Region) -> RegionSettings:
         startup_timeout=region.startup_timeout or defaults.startup_timeout,
         model_volume_size_limit=region.model_volume_size_limit,
         pods_metrics=defaults.pods_metrics if region.pods_metrics is None else region.pods_metrics,
+        pods_metric_names={
+            "concurrency": region.concurrency_metric or defaults.pods_metric_names["concurrency"],
+            "rps": region.rps_metric or defaults.pods_metric_names["rps"],
+        },
     )
 
 

@@ -140,9 +140,11 @@ Autoscaling
 -----------
 HorizontalPodAutoscaler autoscaling/v2 on the primary Deployment: cpu and memory
 targets become Resource metrics with `averageUtilization` (percent, rounded, at
-least 1). `concurrency` and `rps` are rendered as Pods metrics named
-`servefleet_concurrency` and `servefleet_rps` with an `averageValue`: they need a
-custom metrics adapter (prometheus-adapter, say) serving those names per pod.
+least 1). `concurrency` and `rps` are rendered as Pods metrics with an
+`averageValue`, named by the region (`pods_metric_names`; by default
+`servefleet_concurrency` and `servefleet_rps`, or a model server's own, such as
+vLLM's `vllm:num_requests_running`): they need a custom metrics adapter
+(prometheus-adapter, say) serving those names per pod.
 Without one the HPA reports FailedGetPodsMetric and, with other metrics
 present, scales up but never down; a region without an adapter sets
 `pods_metrics=False` to leave them out (an HPA left without metrics uses
@@ -178,6 +180,7 @@ __all__ = [
     "MANAGED_BY",
     "MANAGED_KINDS",
     "MANAGED_SELECTOR",
+    "PODS_METRICS",
     "PROBE_PERIOD",
     "STAGE_CONTAINER",
     "STAGING_SELECTOR",
@@ -265,7 +268,7 @@ _READINESS_FAILURES: Final = 3
 _LIVENESS_PERIOD: Final = 15
 _LIVENESS_FAILURES: Final = 4
 
-_PODS_METRICS: Final[Mapping[str, str]] = {
+PODS_METRICS: Final[Mapping[str, str]] = {
     "concurrency": "servefleet_concurrency",
     "rps": "servefleet_rps",
 }
@@ -306,6 +309,8 @@ class RegionSettings:
     """`sizeLimit` of the model volume (a quantity such as "100Gi"); None for none."""
     pods_metrics: bool = True
     """Render concurrency/rps autoscaling metrics (needs a custom metrics adapter)."""
+    pods_metric_names: Mapping[str, str] = field(default_factory=lambda: dict(PODS_METRICS))
+    """The Pods metric each request metric (`concurrency`, `rps`) is rendered on."""
 
     def __post_init__(self) -> None:
         if not self.startup_timeout > 0 or not math.isfinite(self.startup_timeout):
@@ -687,7 +692,7 @@ def _autoscaler(
                 {
                     "type": "Pods",
                     "pods": {
-                        "metric": {"name": _PODS_METRICS[metric.type]},
+                        "metric": {"name": settings.pods_metric_names[metric.type]},
                         "target": {
                             "type": "AverageValue",
                             "averageValue": _quantity(metric.target),
