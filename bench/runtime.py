@@ -43,6 +43,9 @@ class RecordingRuntime:
     async def held(self) -> set[str]:
         return set(self.held_workloads)
 
+    def synced(self) -> None:
+        pass
+
     async def apply(self, workload: Workload) -> None:
         now = time.perf_counter()
         key = (workload.endpoint, workload.generation)

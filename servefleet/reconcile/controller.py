@@ -162,6 +162,9 @@ class Controller:
         withdrawal and restoration once."""
         self.runtime_writes = 0
         self.status_writes = 0
+        self._first_round: set[str] | None = None
+        """The names of the first listing not looked at yet; None once every one
+        has been, and the runtime was told (`Runtime.synced`)."""
 
     async def run(self) -> None:
         """Reconcile until cancelled; `LeaseLost` ends it early."""
@@ -175,7 +178,8 @@ class Controller:
         position = await self._retrying(self._store.feed_position)
         statuses = await self._retrying(lambda: self._store.list_region_status(region=self._region))
         self._statuses = {status.endpoint: status for status in statuses}
-        await self._enqueue_everything()
+        self._first_round = await self._enqueue_everything()
+        self._looked_at()  # an empty region is synced at once
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._follow_feed(position))
@@ -202,7 +206,9 @@ class Controller:
                 )
                 await asyncio.sleep(self._settings.store_retry)
 
-    async def _enqueue_everything(self) -> None:
+    async def _enqueue_everything(self) -> set[str]:
+        """Queue every endpoint the store lists for the region, the runtime holds or
+        a status names; those names."""
         forgotten: set[str] = set()
         self._listings.append(forgotten)
         try:
@@ -222,6 +228,7 @@ class Controller:
         names |= self._statuses.keys()
         for name in sorted(names):
             self.queue.add(name)
+        return names
 
     async def _follow_feed(self, position: int) -> None:
         while True:
@@ -305,9 +312,20 @@ class Controller:
                     outcome = "success"
             finally:
                 self.queue.done(name)
+                self._looked_at(name)
             self.outcomes[outcome] += 1
             self._outcome_counters[outcome].inc()
             self._pass_duration.observe(time.perf_counter() - started)
+
+    def _looked_at(self, *names: str) -> None:
+        """Count `names` as looked at; tell the runtime once the whole first listing
+        has been (a new leader's gateway answers 503, not 404, until then)."""
+        if self._first_round is None:
+            return
+        self._first_round.difference_update(names)
+        if not self._first_round:
+            self._first_round = None
+            self._runtime.synced()
 
     async def reconcile(self, name: str) -> Result:
         """One level-triggered pass over endpoint `name` in this region."""

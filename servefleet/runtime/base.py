@@ -69,6 +69,12 @@ class Runtime(Protocol):
         ready); the reconciler looks at them again."""
         ...
 
+    def synced(self) -> None:
+        """The reconciler has looked once at every endpoint the store lists for the
+        region (and every one the runtime holds) since the runtime opened: from now
+        on what it does not hold is unknown here, not still to come."""
+        ...
+
 
 class EventSubscription:
     """One consumer of a runtime's `events()`: each endpoint name waits at most once,

@@ -21,6 +21,8 @@ class MemoryRuntime:
     unavailable: bool = False
     applies: list[Workload] = field(default_factory=list)
     removals: list[str] = field(default_factory=list)
+    synced_after: int | None = None
+    """How many applies there had been when the reconciler said it was synced."""
     _events: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
 
     async def observe(self, endpoint: str) -> Observed | None:
@@ -39,6 +41,9 @@ class MemoryRuntime:
 
     async def held(self) -> set[str]:
         return set(self.held_workloads)
+
+    def synced(self) -> None:
+        self.synced_after = len(self.applies)
 
     async def apply(self, workload: Workload) -> None:
         if self.unavailable:

@@ -107,6 +107,28 @@ async def test_propagation_is_measured_once_per_generation_not_for_a_reapply(
     assert total >= 0
 
 
+async def test_the_runtime_is_told_it_is_synced_once_every_endpoint_was_looked_at(
+    store: Store, service: EndpointService
+) -> None:
+    for name in ("a", "b", "c"):
+        await service.deploy(name, make_spec(), ["r1"])
+    runtime = MemoryRuntime()
+    async with running(store, runtime):
+        await eventually(lambda: _synced(runtime))
+        assert runtime.synced_after == 3  # after the first pass of each
+
+
+async def test_a_region_with_no_endpoint_is_synced_at_once(store: Store) -> None:
+    runtime = MemoryRuntime()
+    async with running(store, runtime):
+        await eventually(lambda: _synced(runtime))
+        assert runtime.synced_after == 0
+
+
+async def _synced(runtime: MemoryRuntime) -> bool:
+    return runtime.synced_after is not None
+
+
 async def test_a_converged_endpoint_costs_no_writes(store: Store, service: EndpointService) -> None:
     runtime = MemoryRuntime()
     async with running(store, runtime) as controller:

@@ -416,6 +416,33 @@ async def test_unknown_path_is_404_json(gateways: Start, client: aiohttp.ClientS
         }
 
 
+async def test_a_new_leaders_gateway_answers_503_until_every_endpoint_is_routed(
+    gateways: Start, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A runtime has just opened (a new leader) and its reconciler has not looked at
+    every endpoint yet: a path with no route may be an endpoint still to come, so
+    the answer is 503 with Retry-After, not 404. Once the reconciler says it has
+    looked at every one (`synced`), an unknown path is 404."""
+    router = Router("r1", leading=False)
+    runtime = LocalRuntime("r1", router, log_dir=tmp_path)
+    try:
+        url = await gateways([router])
+        async with client.get(f"{url}/inference/llm/v1/models") as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "1"
+            body = await response.json()
+        assert body["error"]["message"] == (
+            "region 'r1' is starting: not every endpoint is routed yet"
+        )
+
+        runtime.synced()
+        async with client.get(f"{url}/inference/llm/v1/models") as response:
+            assert response.status == 404
+            assert "Retry-After" not in response.headers
+    finally:
+        await runtime.close()
+
+
 async def test_response_streams_chunk_by_chunk(
     serve: Callable[[Handler], Awaitable[str]],
     gateways: Start,

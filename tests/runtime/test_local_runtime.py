@@ -147,6 +147,7 @@ async def regions(
     async def start(name: str = "r1", settings: LocalSettings = SETTINGS) -> Region:
         router = Router(name)
         runtime = LocalRuntime(name, router, log_dir=tmp_path / "logs", settings=settings)
+        runtime.synced()  # as a reconciler says once it has looked at every endpoint
         gateway = Gateway([router], GatewaySettings(shutdown_timeout=1))
         started.append((runtime, gateway))
         return Region(name, router, runtime, await gateway.start("127.0.0.1", 0), client)

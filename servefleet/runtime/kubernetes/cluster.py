@@ -218,6 +218,9 @@ class KubernetesRuntime:
     async def held(self) -> set[str]:
         return self._watches.held_endpoints()
 
+    def synced(self) -> None:
+        """Nothing to do: the cluster serves its objects whoever reconciles them."""
+
     async def apply(self, workload: Workload) -> None:
         await self._writer.apply(workload)
 

@@ -128,8 +128,11 @@ _CLIENT_GONE = 499
 """The status counted for a request whose client went away first (nginx's)."""
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"code": status, "message": message}}, status=status)
+def _error(status: int, message: str, *, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response(
+        {"error": {"code": status, "message": message}}, status=status, headers=headers
+    )
 
 
 class _CappedServer(web.Server):
@@ -291,7 +294,7 @@ class Gateway:
                 held = await self._activator.hold(request.rel_url.raw_path, choice)
                 if isinstance(held, Refusal):
                     status = held.status
-                    return _error(held.status, held.reason)
+                    return _error(held.status, held.reason, retry_after=held.retry_after)
                 choice = held
             response = await self._forward(request, *choice)
             status = response.status
@@ -311,7 +314,7 @@ class Gateway:
         )
         series.requests[status_class(refusal.status)].inc()
         series.latency.observe(time.perf_counter() - started)
-        return _error(refusal.status, refusal.reason)
+        return _error(refusal.status, refusal.reason, retry_after=refusal.retry_after)
 
     async def _forward(
         self, request: web.BaseRequest, router: Router, pick: Pick

@@ -8,7 +8,9 @@ replica leaves the route before its drain begins. An endpoint that is not routed
 why. The versions an autoscaler may take to zero (`min_replicas: 0`) wake: a
 request finding none of their replicas is held by the gateway, which calls the
 runtime's `wake` to start one. The router is marked as leading while a runtime
-writes it, so a standby's gateway says it has no routes instead of answering 404.
+writes it, so a standby's gateway says it has no routes instead of answering 404;
+and as synced only once the reconciler has looked at every endpoint, so a new
+leader's gateway answers a path it has no route for yet 503 (starting), not 404.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class RoutePublisher:
         """`wake(endpoint, role)` starts a version's first replica."""
         self._router = router
         router.leading = True
+        router.synced = False
         router.on_wake = wake
 
     def publish(self, workload: Workload, replicas: list[Replica]) -> None:
@@ -64,6 +67,11 @@ class RoutePublisher:
     def withdraw(self, endpoint: str) -> None:
         """Stop routing to `endpoint`: its path answers 404."""
         self._router.remove_route(endpoint)
+
+    def synced(self) -> None:
+        """Every endpoint of the region has been looked at: a path with no route is
+        not one (404) from now on."""
+        self._router.synced = True
 
     def step_down(self) -> None:
         """The runtime closes: the router no longer has a leader behind it."""

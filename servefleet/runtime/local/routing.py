@@ -117,6 +117,8 @@ class Refusal:
     """The region whose table refused (the gateway's metrics count it there)."""
     endpoint: str | None = None
     """The endpoint whose route matched, if one did."""
+    retry_after: int | None = None
+    """Seconds after which asking again may succeed (the answer's `Retry-After`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +157,10 @@ class Router:
         self.leading = leading
         """Whether a runtime of this process serves the region; a standby's gateway
         has no routes and says so instead of answering 404."""
+        self.synced = True
+        """Whether the routes are all there: a new leader's runtime has them only
+        once its reconciler has looked at every endpoint, and until then a path
+        with no route may be one still to come (503 and Retry-After, not 404)."""
         self._by_prefix: dict[str, _Route] = {}
         self._by_endpoint: dict[str, _Route] = {}
         self._meters: dict[str, dict[Role, LoadMeter]] = {}
@@ -243,6 +249,13 @@ class Router:
                 f"region {self.region!r} is served by another servefleet process; "
                 "this one is standing by",
                 self.region,
+            )
+        if route is None and not self.synced:
+            return Refusal(
+                503,
+                f"region {self.region!r} is starting: not every endpoint is routed yet",
+                self.region,
+                retry_after=1,
             )
         if route is None:
             return Refusal(404, f"no endpoint serves the path {path!r}", self.region)

@@ -211,6 +211,9 @@ class LocalRuntime:
     async def held(self) -> set[str]:
         return set(self._endpoints)
 
+    def synced(self) -> None:
+        self._routes.synced()
+
     async def apply(self, workload: Workload) -> None:
         """Record `workload` as what to run and start converging to it; returns at once."""
         if self._closed:
