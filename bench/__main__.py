@@ -2,7 +2,7 @@
 
     python -m bench                 # the full run (14-18 minutes on 2 cores)
     python -m bench --quick         # fewer samples: a smoke run in under 2 minutes
-    python -m bench --only gateway  # or propagation, steady, kubernetes, failover, coldstart
+    python -m bench --only gateway  # one part (propagation, gateway, ..., stepload)
     python -m bench --postgres postgresql://user@host:5432/db
 
 Benchmarks report; they never assert. A part that fails is reported as a note.
@@ -23,14 +23,22 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import coldstart, failover, gateway, kubernetes, propagation, steady
+from bench import coldstart, failover, gateway, kubernetes, propagation, steady, stepload
 from bench.child import child
 from bench.progress import console, stage
 from bench.report import NotAvailable, Row, machine, render, save
 from bench.stores import postgres_problem
 from servefleet.store import open_store
 
-NAMES = ("propagation", "gateway", "steady", "kubernetes", "failover", "coldstart")
+NAMES = (
+    "propagation",
+    "gateway",
+    "steady",
+    "kubernetes",
+    "failover",
+    "coldstart",
+    "stepload",
+)
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 DYNAMODB_PROBE = "dynamodb://probe?region=us-east-1&endpoint_url=http://127.0.0.1:9"
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -106,6 +114,9 @@ async def main(options: argparse.Namespace) -> int:
     if "coldstart" in selected:
         coldstart_plan = coldstart.QUICK if quick else coldstart.FULL
         await part("cold start from zero", lambda: coldstart.run(coldstart_plan))
+    if "stepload" in selected:
+        stepload_plan = stepload.QUICK if quick else stepload.FULL
+        await part("replica count under a step load", lambda: stepload.run(stepload_plan))
 
     about: dict[str, Any] = {
         "mode": "quick" if quick else "full",
