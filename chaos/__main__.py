@@ -71,7 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"drops it afterwards (default: {DEFAULT_POSTGRES})",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for the random choices")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help=f"where to write the JSON (default: {RESULTS} for a full run of every scenario, "
+        "else a file in the temporary directory, so a short run never replaces the table)",
+    )
     return parser.parse_args(argv)
 
 
@@ -115,8 +121,13 @@ async def main(options: argparse.Namespace) -> int:
         "load_average_at_start": load_at_start,
     }
     render(rows, about)
-    await asyncio.to_thread(save, options.output, rows, about)
-    console.print(f"[dim]wrote {options.output} ({about['duration_s']} s in all)[/dim]")
+    output: Path = options.output or (
+        RESULTS
+        if not (quick or options.only)
+        else Path(tempfile.gettempdir()) / f"servefleet-chaos-{about['mode']}.json"
+    )
+    await asyncio.to_thread(save, output, rows, about)
+    console.print(f"[dim]wrote {output} ({about['duration_s']} s in all)[/dim]")
     return 1 if any(row.broken for row in rows) else 0
 
 
