@@ -13,7 +13,8 @@ the store:
   (`deploy` sends a declaration: `metadata.name`, `regions`); 404 the store's
   not-found error when the API says exactly that; 409 `OperationRefused`;
 - 401 and 403 (the token), any other status and no answer at all are `ApiError`s
-  naming the API's URL.
+  naming the API's URL;
+- `--wait` learns of changes from the watch stream (`api_watch.py`).
 
 No request carries `If-Match`: as on the store, each change applies to the record
 as the service finds it (the API's service retries on a concurrent write).
@@ -23,13 +24,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import aiohttp
 from pydantic import ValidationError
 
-from servefleet.cli.fleet import ApiError, Applied, renamed
+from servefleet.cli.api_watch import watched
+from servefleet.cli.fleet import ApiError, Applied, Changes, renamed
 from servefleet.service import ApplyOutcome, OperationRefused
 from servefleet.spec import (
     DesiredState,
@@ -185,6 +187,9 @@ class ApiFleet:
             "POST", f"/endpoints/{name}/{verb}", request or {}, missing=EndpointNotFound(name)
         )
         return _read(lambda: _endpoint(changed))
+
+    def changes(self, names: Sequence[str]) -> AbstractAsyncContextManager[Changes]:
+        return watched(self._session, self._base_url, self._headers, names)
 
     # The token.
 

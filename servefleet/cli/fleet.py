@@ -11,8 +11,10 @@ token, no answer at all) is an `ApiError`, whose message is the line to print.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,7 +29,19 @@ from servefleet.spec import (
     RegionStatus,
 )
 
-__all__ = ["ApiError", "Applied", "Fleet", "StoreFleet", "renamed"]
+__all__ = [
+    "POLL_INTERVAL",
+    "ApiError",
+    "Applied",
+    "Changes",
+    "Fleet",
+    "Polled",
+    "StoreFleet",
+    "renamed",
+]
+
+POLL_INTERVAL = 0.25
+"""Seconds between looks where nothing announces a change."""
 
 
 class ApiError(Exception):
@@ -41,6 +55,20 @@ class Applied:
 
     name: str
     outcome: ApplyOutcome
+
+
+class Changes(Protocol):
+    """When the endpoints being waited for may have changed (`--wait`)."""
+
+    async def next(self, within: float) -> None:
+        """Return once something may have changed, or after `within` seconds."""
+
+
+class Polled:
+    """Changes nobody announces: it is worth looking again every `POLL_INTERVAL`."""
+
+    async def next(self, within: float) -> None:
+        await asyncio.sleep(max(0.0, min(within, POLL_INTERVAL)))
 
 
 class Fleet(Protocol):
@@ -95,6 +123,10 @@ class Fleet(Protocol):
     async def add_region(self, region: Region) -> None: ...
 
     async def remove_region(self, name: str) -> None: ...
+
+    def changes(self, names: Sequence[str]) -> AbstractAsyncContextManager[Changes]:
+        """While open, tells when endpoints `names` or their statuses may have changed."""
+        ...
 
 
 class StoreFleet:
@@ -176,6 +208,11 @@ class StoreFleet:
 
     async def remove_region(self, name: str) -> None:
         await self._service.remove_region(name)
+
+    @asynccontextmanager
+    async def changes(self, names: Sequence[str]) -> AsyncIterator[Changes]:
+        # The change feed carries no region status: polling sees both.
+        yield Polled()
 
 
 def renamed(refusal: InvalidInput | OperationRefused, names: Mapping[str, str]) -> Exception:

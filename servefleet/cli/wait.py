@@ -27,7 +27,6 @@ the wait ends only after every pending region has stayed failed for
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -43,7 +42,6 @@ from servefleet.store import EndpointNotFound
 
 __all__ = ["Failure", "Progress", "progress", "wait_for", "wait_until_settled"]
 
-_POLL_INTERVAL = 0.25
 _FAILURE_GRACE = 5.0
 """Seconds every pending region must stay failed before the wait gives up."""
 
@@ -106,7 +104,11 @@ def progress(endpoint: Endpoint, statuses: list[RegionStatus]) -> Progress:
     return Progress(pending, failures)
 
 
-def _table(rows: list[tuple[str, Endpoint | None, list[RegionStatus]]]) -> Table:
+_Row = tuple[str, Endpoint | None, list[RegionStatus]]
+"""An endpoint's name, its record (None once purged) and its region statuses."""
+
+
+def _table(rows: list[_Row]) -> Table:
     table = Table(box=None, pad_edge=False)
     for column in ("ENDPOINT", "REGION", "STATE", "GENERATION", "READY", "MESSAGE"):
         table.add_column(column)
@@ -131,6 +133,21 @@ def _table(rows: list[tuple[str, Endpoint | None, list[RegionStatus]]]) -> Table
     return table
 
 
+async def _look(fleet: Fleet, names: list[str]) -> tuple[list[_Row], Progress]:
+    """Each endpoint's row, and what is not in place."""
+    rows: list[_Row] = []
+    outcome = Progress()
+    for name in names:
+        try:
+            endpoint, statuses = await fleet.status(name)
+        except EndpointNotFound:
+            rows.append((name, None, []))
+            continue
+        rows.append((name, endpoint, statuses))
+        outcome += progress(endpoint, statuses)
+    return rows, outcome
+
+
 async def wait_until_settled(
     fleet: Fleet, names: list[str], *, within: float, console: Console
 ) -> Progress:
@@ -139,28 +156,26 @@ async def wait_until_settled(
     pass; returns what is not in place then."""
     deadline = time.monotonic() + within
     failed_since: float | None = None
-    with Live(console=console, auto_refresh=False, transient=False) as live:
-        while True:
-            rows: list[tuple[str, Endpoint | None, list[RegionStatus]]] = []
-            outcome = Progress()
-            for name in names:
-                try:
-                    endpoint, statuses = await fleet.status(name)
-                except EndpointNotFound:
-                    rows.append((name, None, []))
-                    continue
-                rows.append((name, endpoint, statuses))
-                outcome += progress(endpoint, statuses)
-            live.update(_table(rows), refresh=True)
-            now = time.monotonic()
-            if not outcome.failed:
-                failed_since = None
-            elif failed_since is None:
-                failed_since = now
-            gave_up = failed_since is not None and now - failed_since >= _FAILURE_GRACE
-            if not (outcome.pending or outcome.failures) or gave_up or now >= deadline:
-                break
-            await asyncio.sleep(_POLL_INTERVAL)
+    async with fleet.changes(names) as changes:
+        with Live(console=console, auto_refresh=False, transient=False) as live:
+            while True:
+                rows, outcome = await _look(fleet, names)
+                live.update(_table(rows), refresh=True)
+                now = time.monotonic()
+                if not outcome.failed:
+                    failed_since = None
+                elif failed_since is None:
+                    failed_since = now
+                gave_up = failed_since is not None and now - failed_since >= _FAILURE_GRACE
+                if not (outcome.pending or outcome.failures) or gave_up or now >= deadline:
+                    break
+                # Until something changes, or it is time to give up.
+                until = (
+                    deadline
+                    if failed_since is None
+                    else min(deadline, failed_since + _FAILURE_GRACE)
+                )
+                await changes.next(until - now)
     if not console.is_terminal:
         console.line()  # the last table ends without one when not on a terminal
     return outcome

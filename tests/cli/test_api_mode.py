@@ -99,7 +99,7 @@ async def servefleet_apart(
     return Result(args, process.returncode, stdout.decode(), stderr.decode())
 
 
-async def _prepared_store(url: str) -> Store:
+async def prepared_store(url: str) -> Store:
     store = await open_store(url, init=True)
     for name in ("r1", "r2", "r3"):
         await store.put_region(Region(name=name, kind=RegionKind.LOCAL))
@@ -108,7 +108,7 @@ async def _prepared_store(url: str) -> Store:
 
 @contextlib.asynccontextmanager
 async def running_fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    store = await _prepared_store(f"sqlite:///{tmp_path / 'api.db'}")
+    store = await prepared_store(f"sqlite:///{tmp_path / 'api.db'}")
     tokens = TokenService(store)
     issued = {role: (await tokens.create(f"{role.value}-token", role.value))[1] for role in Role}
     try:
@@ -182,7 +182,7 @@ SCRIPT: list[tuple[list[str], str | None]] = [
 ]
 
 
-def _timeless(result: Result) -> tuple[int, str, str]:
+def timeless(result: Result) -> tuple[int, str, str]:
     return (
         result.code,
         _TIME.sub("<time>", result.stdout),
@@ -195,7 +195,7 @@ async def test_every_verb_prints_through_the_api_what_it_prints_on_the_store(
     fleet: Fleet, tmp_path: Path
 ) -> None:
     local_url = f"sqlite:///{tmp_path / 'local.db'}"
-    await (await _prepared_store(local_url)).close()
+    await (await prepared_store(local_url)).close()
 
     compared = []
     for args, stdin in SCRIPT:
@@ -203,7 +203,7 @@ async def test_every_verb_prints_through_the_api_what_it_prints_on_the_store(
             fleet.run(*args, env={"SERVEFLEET_STORE": local_url}, stdin=stdin),
             fleet.cli(*args, stdin=stdin),
         )
-        compared.append((" ".join(args), _timeless(through_api), _timeless(on_store)))
+        compared.append((" ".join(args), timeless(through_api), timeless(on_store)))
 
     assert [(verb, api) for verb, api, _ in compared] == [
         (verb, store) for verb, _, store in compared
