@@ -44,8 +44,10 @@ def _field_names(metrics: list[str]) -> dict[str, str]:
     names = {"replicas": "--replicas", "spec.replicas": "--replicas"}
     for field, flag in _FLAGS.items():
         names[field] = names[f"spec.autoscaling.{field}"] = flag
-    for index, metric in enumerate(metrics):
-        for prefix in ("metrics", "spec.autoscaling.metrics"):
+    for prefix in ("metrics", "spec.autoscaling.metrics"):
+        if metrics:
+            names[prefix] = " ".join(f"--{metric}" for metric in metrics)
+        for index, metric in enumerate(metrics):
             names[f"{prefix}.{index}.target"] = f"--{metric}"
     return names
 
@@ -148,9 +150,7 @@ def autoscale(
                 name, enabled=not off, settings=settings, replicas=replicas
             )
         except (InvalidInput, OperationRefused) as refused:
-            names = _field_names(metrics)
-            names["metrics"] = " ".join(f"--{metric}" for metric in metrics) or "--concurrency"
-            raise renamed(refused, names) from None
+            raise renamed(refused, _field_names(metrics)) from None
 
     endpoint = run_on_fleet(change)
     spec = endpoint.spec
