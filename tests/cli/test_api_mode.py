@@ -1,6 +1,7 @@
 """The CLI over the HTTP API (`--server`, `SERVEFLEET_SERVER`): real `servefleet`
 processes against a real API server (uvicorn on loopback, in this process) over a
-real SQLite store, printing what they print on the store itself.
+real SQLite store (and PostgreSQL for the script of every verb), printing what
+they print on the store itself.
 
 A process in API mode is given a store URL of its own that nobody creates: had it
 opened a store instead of going through the API, that file would exist (and what
@@ -107,13 +108,16 @@ async def prepared_store(url: str) -> Store:
 
 
 @contextlib.asynccontextmanager
-async def running_fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    store = await prepared_store(f"sqlite:///{tmp_path / 'api.db'}")
+async def running_fleet(tmp_path: Path, store_url: str | None = None) -> AsyncIterator[Fleet]:
+    """The API over the store at `store_url` (else a SQLite file of its own)."""
+    store = await prepared_store(store_url or f"sqlite:///{tmp_path / 'api.db'}")
     tokens = TokenService(store)
     issued = {role: (await tokens.create(f"{role.value}-token", role.value))[1] for role in Role}
     try:
         async with running_api(store) as (url, _):
-            yield Fleet(url, store, issued, tmp_path / "unused.db")
+            fleet = Fleet(url, store, issued, tmp_path / "unused.db")
+            yield fleet
+            assert not fleet.unused_store.exists(), "an API-mode command opened a store"
     finally:
         await store.close()
 
@@ -122,7 +126,6 @@ async def running_fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
 async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
     async with running_fleet(tmp_path) as running:
         yield running
-        assert not running.unused_store.exists(), "an API-mode command opened a store"
 
 
 # The same output, verb by verb: each step runs on a store directly and through the
@@ -191,9 +194,17 @@ def timeless(result: Result) -> tuple[int, str, str]:
 
 
 @pytest.mark.slow(seconds=40)
+@pytest.mark.timeout(300)  # about 40 s alone; both backends at once on a loaded machine: more
 async def test_every_verb_prints_through_the_api_what_it_prints_on_the_store(
-    fleet: Fleet, tmp_path: Path
+    store_url: str, tmp_path: Path
 ) -> None:
+    """The API's store is SQLite, then PostgreSQL (`store_url`); the one compared
+    with, SQLite."""
+    async with running_fleet(tmp_path, store_url) as fleet:
+        await _compare_script(fleet, tmp_path)
+
+
+async def _compare_script(fleet: Fleet, tmp_path: Path) -> None:
     local_url = f"sqlite:///{tmp_path / 'local.db'}"
     await (await prepared_store(local_url)).close()
 
