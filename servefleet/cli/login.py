@@ -50,7 +50,10 @@ def login(
         fail("--token: no token given (pass --token, set SERVEFLEET_TOKEN or type it)")
     name, role = run_on_api(url, secret, lambda fleet: fleet.whoami(), named_by="URL")
     server = url.rstrip("/")
-    path = saved_login.save(saved_login.SavedLogin(server=server, token=secret))
+    try:
+        path = saved_login.save(saved_login.SavedLogin(server=server, token=secret))
+    except OSError as error:
+        fail(f"{saved_login.login_path()}: cannot save the login: {error.strerror or error}")
     out.print(f"logged in to {server} as token '{name}' ({role}); saved in {path}", markup=False)
 
 
@@ -65,6 +68,9 @@ def logout() -> None:
 
 
 def _read_token() -> str:
-    if sys.stdin.isatty():
+    if not sys.stdin.isatty():
+        return sys.stdin.readline()
+    try:
         return getpass.getpass("Token: ")
-    return sys.stdin.readline()
+    except EOFError:  # Ctrl-D
+        return ""

@@ -211,3 +211,13 @@ async def test_a_damaged_login_file_is_named(user: User) -> None:
     )
     assert logged_out.code == 0
     assert not user.login_file.exists()
+
+
+async def test_a_login_that_cannot_be_saved_is_one_line(user: User) -> None:
+    user.config.write_text("")  # a file where the config directory goes
+
+    result = await user.login()
+
+    assert (result.code, result.stdout) == (1, "")
+    assert result.stderr.startswith(f"error: {user.login_file}: cannot save the login: "), result
+    assert len(result.stderr.splitlines()) == 1, result
