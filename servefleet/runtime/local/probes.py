@@ -4,7 +4,7 @@ A probe is an HTTP GET of the replica's health path on a fresh connection (so it
 tests that the replica still accepts one); 2xx and 3xx pass. Until the first
 pass the replica is *starting*, for at most `startup_timeout` (model loads take
 minutes, so there is no short fixed liveness delay to kill them), and probed
-every `startup_probe_interval` (0.1 s) rather than `probe_interval`, so that a
+every `startup_probe_interval` (0.05 s) rather than `probe_interval`, so that a
 request waiting for it (a start from zero) is not kept up to a second longer. After that, a
 failed probe makes it *unready* (out of the route) and the next pass makes it
 ready again; `liveness_failures` failures in a row end its process. A replica
@@ -39,9 +39,12 @@ class Probes:
         replica: Replica,
         process: asyncio.subprocess.Process,
         set_phase: Callable[[Phase], None],
+        changed: Callable[[], None],
     ) -> str:
         """Probe `replica` until its `process` fails (returns why) or the replica is
-        stopped (returns ""), calling `set_phase` whenever the probes move it."""
+        stopped (returns ""), calling `set_phase` whenever the probes move it, and
+        `changed` when a starting replica's probe fails otherwise than before (its
+        report says why it is not ready yet, so the region's status must follow)."""
         settings = self._settings
         url = f"http://127.0.0.1:{replica.port}{replica.health_path}"
         exited = asyncio.ensure_future(process.wait())
@@ -67,8 +70,9 @@ class Probes:
                             f"did not pass its startup probe within "
                             f"{settings.startup_timeout:g}s ({error})"
                         )
-                    else:
+                    elif error != replica.probe_error:
                         replica.probe_error = error
+                        changed()
                 elif not error:
                     failures = 0
                     if replica.backend is not None:

@@ -438,7 +438,8 @@ class LocalRuntime:
         replica.backend = Backend(f"{record.name}/{replica.name}", f"http://127.0.0.1:{port}")
         self._set_phase(record, replica, Phase.STARTING)
         set_phase = functools.partial(self._set_phase, record, replica)
-        return await self._probes.watch(replica, process, set_phase)
+        changed = functools.partial(self._notify, record.name)
+        return await self._probes.watch(replica, process, set_phase, changed)
 
 
 def _version(workload: Workload | None, role: Role) -> Version | None:
