@@ -19,7 +19,7 @@ class LocalSettings:
     """How long a replica may take to pass its first probe. Model loads take minutes,
     so this is generous; there is no short fixed liveness delay to kill them."""
     probe_interval: float = 1.0
-    startup_probe_interval: float = 0.1
+    startup_probe_interval: float = 0.05
     """How often a starting replica is probed until it first passes: a request held
     for an endpoint starting from zero waits for that probe, so it is short."""
     probe_timeout: float = 2.0
