@@ -64,8 +64,8 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
 
 
 FULL_ONLY = {"crash-loops"}
-"""Left out of `--quick` (CI): what it found in the local runtime is still open
-(chaos/README.md), and it would take CI past a minute."""
+"""Left out of `--quick` (CI): its two held versions would take the quick run past a
+minute (tests/scenarios/test_replica_start_up.py checks the same reports in CI)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

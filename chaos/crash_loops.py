@@ -55,7 +55,7 @@ class Plan:
 
 
 FULL = Plan(hold=30.0, rate=10.0, within=90.0)
-QUICK = Plan(hold=6.0, rate=10.0, within=40.0)
+QUICK = Plan(hold=10.0, rate=10.0, within=40.0)
 """For `--quick --only crash-loops`: `--quick` alone leaves this scenario out (see
 `chaos.__main__.FULL_ONLY`)."""
 

@@ -24,7 +24,11 @@ from servefleet.runtime.local.processes import exit_reason
 from servefleet.runtime.local.records import Phase, Replica
 from servefleet.runtime.local.settings import LocalSettings
 
-__all__ = ["Probes", "replica_problem"]
+__all__ = ["Probes", "replica_failure", "replica_problem"]
+
+CRASH_LOOP = 3
+"""Restarts in a row after which a replica that is not serving is reported failed
+(crash-looping) rather than on its way: its version needs outside help."""
 
 
 class Probes:
@@ -82,6 +86,7 @@ class Probes:
                         set_phase(Phase.READY)
                     elif now - replica.since >= settings.backoff_reset_after:
                         replica.backoff = settings.restart_backoff_initial
+                        replica.crashes = 0
                 else:
                     failures += 1
                     replica.probe_error = error
@@ -131,6 +136,14 @@ class Probes:
             return f"no answer within {self._settings.probe_timeout:g}s"
         except aiohttp.ClientError as error:
             return str(error) or type(error).__name__
+
+
+def replica_failure(replica: Replica) -> str:
+    """Why `replica` cannot come up without outside help, for the region status: it
+    has ended `CRASH_LOOP` times in a row and is not serving; "" otherwise."""
+    if replica.crashes < CRASH_LOOP or replica.phase is Phase.READY:
+        return ""
+    return f"crash loop ({replica.crashes} restarts in a row): {replica.failure}"
 
 
 def replica_problem(replica: Replica, settings: LocalSettings) -> str:

@@ -78,6 +78,9 @@ class Replica:
     retiring: bool = False
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     restarts: int = 0
+    crashes: int = 0
+    """Restarts in a row, without serving `backoff_reset_after` in between (when the
+    backoff starts over, so does this count)."""
     backoff: float = 0.0
     failure: str = ""
     """Why the last process ended, with when the next starts; cleared once ready."""

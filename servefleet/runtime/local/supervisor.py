@@ -78,7 +78,7 @@ from servefleet.runtime.base import (
 from servefleet.runtime.local.autoscaler import Autoscaler
 from servefleet.runtime.local.environment import child_environment
 from servefleet.runtime.local.model_cache import ModelCache
-from servefleet.runtime.local.probes import Probes, replica_problem
+from servefleet.runtime.local.probes import Probes, replica_failure, replica_problem
 from servefleet.runtime.local.processes import (
     free_port,
     open_log,
@@ -173,6 +173,7 @@ class LocalRuntime:
         workload = record.workload
         counts: dict[Role, VersionObservation] = {}
         problems: list[str] = []
+        failures: list[str] = []
         for role in ROLES:
             version = _version(workload, role)
             key = _spec_key(workload, version)
@@ -188,6 +189,7 @@ class LocalRuntime:
                 waking=bool(scaling and scaling.waking),
             )
             problems += [replica_problem(r, self._settings) for r in current if not r.retiring]
+            failures += [replica_failure(r) for r in current if not r.retiring]
         problems = [problem for problem in problems if problem]
         staging = current_staging(record)
         progress: ModelStaging | None = None
@@ -204,7 +206,7 @@ class LocalRuntime:
             canary=counts["canary"],
             routed=workload is not None and workload.routed,
             problem=problem,
-            failure=staging.failure if staging else "",
+            failure=(staging.failure if staging else "") or next(filter(None, failures), ""),
             staging=progress,
         )
 
@@ -379,6 +381,7 @@ class LocalRuntime:
                 delay = replica.backoff
                 replica.backoff = min(delay * 2, settings.restart_backoff_max)
                 replica.restarts += 1
+                replica.crashes += 1
                 replica.failure = (
                     f"replica {replica.name} {failure}, restarting in {delay:g}s; see {replica.log}"
                 )
