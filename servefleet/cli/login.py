@@ -57,7 +57,7 @@ def login(
     out.print(f"logged in to {server} as token '{name}' ({role}); saved in {path}", markup=False)
 
 
-@app.command()
+@app.command(epilog="Example: `servefleet logout` (then the verbs use --store again)")
 def logout() -> None:
     """Forget the API and token `servefleet login` saved."""
     path = saved_login.login_path()
