@@ -29,7 +29,6 @@ from servefleet.spec import (
     InvalidInput,
     Problem,
     Region,
-    RegionKind,
     RegionStatus,
     declared_more_than_once,
     invalid_input,
@@ -452,7 +451,7 @@ class EndpointService:
 
     async def add_region(self, region: Region) -> None:
         """Register `region`, or change how it is registered."""
-        if region.kind is RegionKind.KUBERNETES:
+        if not region.scales_to_zero:
             # The rule `_check_scale_to_zero` applies to endpoints, seen from the region.
             to_zero = [
                 endpoint.name
@@ -462,10 +461,10 @@ class EndpointService:
             ]
             if to_zero:
                 raise OperationRefused(
-                    f"kind: {', '.join(to_zero)} scale to zero in {region.name!r} "
-                    "(autoscaling.min_replicas 0), which a kubernetes region cannot: its "
-                    "HorizontalPodAutoscaler keeps at least 1 replica; raise their "
-                    "min_replicas or move them first"
+                    f"autoscaler: {', '.join(to_zero)} scale to zero in {region.name!r} "
+                    "(autoscaling.min_replicas 0), which its HorizontalPodAutoscaler "
+                    "cannot: it keeps at least 1 replica; register the region with "
+                    "--autoscaler keda, or raise their min_replicas or move them first"
                 )
         await self._store.put_region(region)
 
@@ -599,23 +598,25 @@ def _check_region_images(registered: list[str], spec: EndpointSpec) -> None:
 
 
 def _check_scale_to_zero(known: list[Region], spec: EndpointSpec, targets: list[str]) -> None:
-    """Refuse `min_replicas: 0` for a kubernetes region rather than have it quietly
-    keep a replica: its autoscaler is a HorizontalPodAutoscaler, and the API server
-    refuses `minReplicas: 0` unless an alpha feature gate is on. Checked whatever
-    `enabled` says, like the spec's own autoscaling rules, so switching autoscaling
-    on later meets no surprise."""
+    """Refuse `min_replicas: 0` for a kubernetes region that scales with a
+    HorizontalPodAutoscaler rather than have it quietly keep a replica: the API
+    server refuses `minReplicas: 0` unless an alpha feature gate is on. A region
+    registered with `--autoscaler keda` scales to zero through its ScaledObject.
+    Checked whatever `enabled` says, like the spec's own autoscaling rules, so
+    switching autoscaling on later meets no surprise."""
     if spec.autoscaling.min_replicas > 0:
         return
-    kubernetes = {region.name for region in known if region.kind is RegionKind.KUBERNETES}
+    cannot = {region.name for region in known if not region.scales_to_zero}
     for region in targets:
-        if region in kubernetes:
+        if region in cannot:
             raise InvalidInput(
                 [
                     Problem(
                         "spec.autoscaling.min_replicas",
-                        f"region {region!r} (kubernetes) cannot scale to zero: its "
-                        "HorizontalPodAutoscaler keeps at least 1 replica; set min_replicas "
-                        f"to 1 or more, or leave {region!r} out of the regions (got 0)",
+                        f"region {region!r} scales with the HorizontalPodAutoscaler, which "
+                        "cannot scale to zero; register it with --autoscaler keda, set "
+                        f"min_replicas to 1 or more, or leave {region!r} out of the "
+                        "regions (got 0)",
                         0,
                     )
                 ]

@@ -539,6 +539,18 @@ MetricName = Annotated[str, AfterValidator(_metric_name)]
 such as `vllm:num_requests_running` included)."""
 
 
+def _http_url(value: str) -> str:
+    if len(value) > 2048 or not _HTTP_URL.match(value):
+        raise ValueError(
+            "must be an http:// or https:// URL with a host and no spaces, such as "
+            f"http://prometheus.monitoring:9090 (got {_shown(value)})"
+        )
+    return value
+
+
+_HTTP_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/\S*)?\Z")
+
+
 class Region(_Model):
     """A place endpoints run: this machine (`local`) or a Kubernetes cluster.
 
@@ -570,6 +582,12 @@ class Region(_Model):
     name for requests in flight)."""
     rps_metric: MetricName | None = None
     """The per-pod metric an `rps` target is rendered on (requests per second)."""
+    autoscaler: Literal["hpa", "keda"] | None = None
+    """What scales autoscaled endpoints: a HorizontalPodAutoscaler (the default), or
+    a KEDA ScaledObject, which can scale to zero (`min_replicas: 0`)."""
+    prometheus_url: Annotated[str, AfterValidator(_http_url)] | None = None
+    """The Prometheus a keda region's request-metric triggers query (KEDA's
+    `serverAddress`), e.g. http://prometheus.monitoring:9090."""
     pass_env: Annotated[list[str], AfterValidator(_pass_env)] | None = None
     """Variables of `servefleet up`'s environment its local replicas and staging
     children get besides the allowlist (`runtime.local.environment`)."""
@@ -590,7 +608,23 @@ class Region(_Model):
                 "pass_env: only local regions take this setting; a kubernetes pod's "
                 f"environment is its spec's env (got {_shown(self.pass_env)})"
             )
+        elif self.autoscaler == "keda" and self.prometheus_url is None:
+            raise ValueError(
+                "prometheus_url: a keda region needs the Prometheus its concurrency and "
+                "rps triggers query (--prometheus-url)"
+            )
+        elif self.autoscaler != "keda" and self.prometheus_url is not None:
+            raise ValueError(
+                "prometheus_url: only a region with autoscaler keda queries Prometheus "
+                f"(got {_shown(self.prometheus_url)})"
+            )
         return self
+
+    @property
+    def scales_to_zero(self) -> bool:
+        """Whether an endpoint may autoscale to zero replicas here: a local region's
+        own autoscaler can, a kubernetes region's only through KEDA."""
+        return self.kind is RegionKind.LOCAL or self.autoscaler == "keda"
 
 
 _KUBERNETES_ONLY = (
@@ -605,6 +639,8 @@ _KUBERNETES_ONLY = (
     "pods_metrics",
     "concurrency_metric",
     "rps_metric",
+    "autoscaler",
+    "prometheus_url",
 )
 
 

@@ -217,10 +217,11 @@ SCALES_TO_ZERO: dict[str, Any] = {
     },
 }
 NO_ZERO_IN_EU = (
-    "spec.autoscaling.min_replicas: region 'eu' (kubernetes) cannot scale to zero: its "
-    "HorizontalPodAutoscaler keeps at least 1 replica; set min_replicas to 1 or more, or "
-    "leave 'eu' out of the regions (got 0)"
+    "spec.autoscaling.min_replicas: region 'eu' scales with the HorizontalPodAutoscaler, "
+    "which cannot scale to zero; register it with --autoscaler keda, set min_replicas to 1 "
+    "or more, or leave 'eu' out of the regions (got 0)"
 )
+KEDA = {"autoscaler": "keda", "prometheus_url": "http://prometheus.monitoring:9090"}
 
 
 async def test_scale_to_zero_is_refused_for_a_kubernetes_region_and_changes_nothing(
@@ -250,7 +251,20 @@ async def test_scale_to_zero_is_refused_for_a_kubernetes_region_and_changes_noth
     assert await store.get_endpoint("both") == both
 
 
-async def test_a_region_holding_an_endpoint_at_zero_cannot_become_kubernetes(
+async def test_a_kubernetes_region_scaling_with_keda_takes_scale_to_zero(
+    store: Store, service: EndpointService
+) -> None:
+    await store.put_region(Region(name="eu", kind=RegionKind.KUBERNETES, **KEDA))
+    deployed = await service.deploy("llm", make_spec(**SCALES_TO_ZERO), ["eu"])
+    assert deployed.spec.autoscaling.min_replicas == 0
+
+    with pytest.raises(OperationRefused) as refused:
+        await service.add_region(Region(name="eu", kind=RegionKind.KUBERNETES))
+    assert str(refused.value).startswith("autoscaler: llm scale to zero in 'eu'")
+    assert (await store.get_region("eu")).autoscaler == "keda"
+
+
+async def test_a_region_holding_an_endpoint_at_zero_cannot_become_an_hpa_region(
     store: Store, service: EndpointService
 ) -> None:
     await register(store, "eu")
@@ -262,12 +276,13 @@ async def test_a_region_holding_an_endpoint_at_zero_cannot_become_kubernetes(
         await service.add_region(Region(name="eu", kind=RegionKind.KUBERNETES))
 
     assert str(refused.value) == (
-        "kind: llm scale to zero in 'eu' (autoscaling.min_replicas 0), which a kubernetes "
-        "region cannot: its HorizontalPodAutoscaler keeps at least 1 replica; raise their "
-        "min_replicas or move them first"
+        "autoscaler: llm scale to zero in 'eu' (autoscaling.min_replicas 0), which its "
+        "HorizontalPodAutoscaler cannot: it keeps at least 1 replica; register the region "
+        "with --autoscaler keda, or raise their min_replicas or move them first"
     )
     assert (await store.get_region("eu")).kind is RegionKind.LOCAL
     await service.add_region(Region(name="us", kind=RegionKind.KUBERNETES))  # holds none
+    await service.add_region(Region(name="eu", kind=RegionKind.KUBERNETES, **KEDA))
 
 
 async def test_concurrent_applies_of_one_new_declaration_create_it_once(

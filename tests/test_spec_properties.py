@@ -945,8 +945,8 @@ def _scale_to_zero_in_a_kubernetes_region(cli: Cli, document: Document, region: 
         "metrics": [{"type": "concurrency", "target": 4}],
     }
     return (
-        f"spec.autoscaling.min_replicas: region {region!r} (kubernetes) cannot scale to zero: "
-        "its HorizontalPodAutoscaler keeps at least 1 replica"
+        f"spec.autoscaling.min_replicas: region {region!r} scales with the "
+        "HorizontalPodAutoscaler, which cannot scale to zero; register it with --autoscaler keda"
     )
 
 

@@ -23,7 +23,9 @@ __all__ = ["regions_add", "regions_list", "regions_remove"]
     "`servefleet regions add gpu-box --kind local --pass-env HF_TOKEN`, "
     "`servefleet regions add eu-west --kind kubernetes --context eu-west --namespace llm`, "
     "`servefleet regions add eu-nginx --kind kubernetes --ingress-class nginx "
-    "--canary-routing nginx --ingress-annotation nginx.ingress.kubernetes.io/proxy-body-size=8m`",
+    "--canary-routing nginx --ingress-annotation nginx.ingress.kubernetes.io/proxy-body-size=8m`, "
+    "`servefleet regions add eu-keda --kind kubernetes --autoscaler keda "
+    "--prometheus-url http://prometheus.monitoring:9090`",
 )
 def regions_add(
     name: Annotated[str, typer.Argument(help="Region name.")],
@@ -87,6 +89,22 @@ def regions_add(
             show_default=False,
         ),
     ] = None,
+    autoscaler: Annotated[
+        str | None,
+        typer.Option(
+            help="hpa (a HorizontalPodAutoscaler; the default) or keda (a KEDA "
+            "ScaledObject, which can scale to zero; needs --prometheus-url).",
+            show_default=False,
+        ),
+    ] = None,
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The Prometheus a keda region's concurrency/rps triggers query, e.g. "
+            "http://prometheus.monitoring:9090.",
+            show_default=False,
+        ),
+    ] = None,
     pass_env: Annotated[
         list[str] | None,
         typer.Option(
@@ -119,6 +137,8 @@ def regions_add(
                 "pods_metrics": pods_metrics,
                 "concurrency_metric": concurrency_metric,
                 "rps_metric": rps_metric,
+                "autoscaler": autoscaler,
+                "prometheus_url": prometheus_url,
                 "pass_env": pass_env,
             }
         )

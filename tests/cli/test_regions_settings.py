@@ -34,6 +34,7 @@ SETTINGS_FLAGS = (
     *("--stage-image", "registry.example/stage:1", "--startup-timeout", "900"),
     *("--model-volume-size-limit", "100Gi", "--no-pods-metrics"),
     *("--concurrency-metric", "vllm:num_requests_running", "--rps-metric", "vllm_rps"),
+    *("--autoscaler", "keda", "--prometheus-url", "http://prometheus.monitoring:9090"),
 )
 STORED_SETTINGS = {
     "ingress_class": "nginx",
@@ -47,6 +48,8 @@ STORED_SETTINGS = {
     "pods_metrics": False,
     "concurrency_metric": "vllm:num_requests_running",
     "rps_metric": "vllm_rps",
+    "autoscaler": "keda",
+    "prometheus_url": "http://prometheus.monitoring:9090",
 }
 UNSET = dict.fromkeys(STORED_SETTINGS)
 
@@ -136,11 +139,22 @@ BAD_REGIONS: list[tuple[list[str], list[str]]] = [
     (["--pass-env", "HF_TOKEN"], ["region.pass_env: ", "only local regions", "HF_TOKEN"]),
     (["--concurrency-metric", "in/flight"], ["region.concurrency_metric: ", "'in/flight'"]),
     (["--rps-metric", ".."], ["region.rps_metric: ", "'..'"]),
+    (["--autoscaler", "knative"], ["region.autoscaler: ", "'knative'"]),
+    (["--autoscaler", "keda"], ["region.prometheus_url: ", "--prometheus-url"]),
+    (
+        ["--autoscaler", "keda", "--prometheus-url", "prometheus:9090"],
+        ["region.prometheus_url: ", "'prometheus:9090'"],
+    ),
+    (
+        ["--prometheus-url", "http://prometheus:9090"],
+        ["region.prometheus_url: ", "autoscaler keda", "'http://prometheus:9090'"],
+    ),
 ]
 BAD_LOCAL_REGIONS: list[tuple[list[str], list[str]]] = [
     (["--ingress-class", "nginx"], ["region.ingress_class: ", "'nginx'"]),
     (["--no-pods-metrics"], ["region.pods_metrics: ", "False"]),
     (["--rps-metric", "x"], ["region.rps_metric: ", "only kubernetes regions", "'x'"]),
+    (["--autoscaler", "keda"], ["region.autoscaler: ", "only kubernetes regions", "'keda'"]),
     (["--pass-env", "HF TOKEN"], ["region.pass_env: ", "'HF TOKEN'"]),
     (
         ["--pass-env", "A", "--pass-env", "SERVEFLEET_STORE"],
@@ -250,7 +264,13 @@ async def test_reconcile_drives_a_region_with_its_registered_settings(
             async def routed() -> bool:
                 return kube.get_object("ingresses", "llm", "llm") is not None
 
-            await eventually(routed, within=30)
+            try:
+                # A loaded machine: a fresh interpreter, a Lease, lists, then the apply.
+                await eventually(routed, within=90)
+            except TimeoutError:
+                process.send_signal(signal.SIGTERM)
+                _, stderr = await process.communicate()
+                raise AssertionError(f"no Ingress within 90 s:\n{stderr.decode()}") from None
             ingress = kube.get_object("ingresses", "llm", "llm")
             assert ingress is not None
             assert ingress["spec"]["ingressClassName"] == "nginx"

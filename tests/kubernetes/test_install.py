@@ -22,13 +22,13 @@ from servefleet.runtime.kubernetes.render import (
     DEFAULT_INGRESS_ANNOTATIONS,
     LABEL_MANAGED_BY,
     MANAGED_BY,
-    MANAGED_KINDS,
     Manifest,
     RegionSettings,
     render,
 )
 from servefleet.spec import Region, RegionKind
 from tests.kubernetes.test_render import by_kind, planned, validate
+from tests.kubernetes.test_render_keda import AUTOSCALED, validate_scaled_object
 
 EU = Region(name="eu", kind=RegionKind.KUBERNETES, kubeconfig="/k", namespace="llm")
 
@@ -79,11 +79,27 @@ def test_the_role_sits_in_the_regions_namespace_bound_to_the_reconcilers_account
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "servefleet-eu", "namespace": "servefleet-system"}
     ]
-    assert role["rules"] == role_rules("eu")
+    assert role["rules"] == role_rules(EU)
 
 
-def test_the_role_lists_the_rendered_kinds_and_the_regions_lease_only() -> None:
-    rules = role_rules("eu")
+KEDA_EU = EU.model_copy(
+    update={"autoscaler": "keda", "prometheus_url": "http://prometheus.monitoring:9090"}
+)
+
+
+@pytest.mark.parametrize(
+    ("region", "groups"),
+    [
+        pytest.param(EU, {"", "apps", "autoscaling", "networking.k8s.io"}, id="hpa"),
+        pytest.param(
+            KEDA_EU, {"", "apps", "autoscaling", "keda.sh", "networking.k8s.io"}, id="keda"
+        ),
+    ],
+)
+def test_the_role_lists_the_rendered_kinds_and_the_regions_lease_only(
+    region: Region, groups: set[str]
+) -> None:
+    rules = role_rules(region)
     granted = {
         (group, resource, verb, tuple(rule.get("resourceNames", ())))
         for rule in rules
@@ -91,8 +107,11 @@ def test_the_role_lists_the_rendered_kinds_and_the_regions_lease_only() -> None:
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    groups = {api_version.rpartition("/")[0] for api_version, _kind in MANAGED_KINDS}
     assert {grant[0] for grant in granted} == groups | {"coordination.k8s.io"}
+    kinds = {resource for group, resource, _v, _n in granted if group in groups - {""}}
+    assert kinds == {"deployments", "horizontalpodautoscalers", "ingresses"} | (
+        {"scaledobjects"} if "keda.sh" in groups else set()
+    )
     pods = {(resource, verb) for _g, resource, verb, _n in granted if resource.startswith("pods")}
     assert pods == {("pods", "list"), ("pods", "watch"), ("pods/log", "get")}  # read-only
     workloads = {"leases", "pods", "pods/log"}
@@ -169,6 +188,17 @@ def test_bad_install_options_name_the_field(field: str, value: str) -> None:
 
 def test_an_unconfigured_region_renders_with_the_defaults() -> None:
     assert region_settings(EU) == RegionSettings(namespace="llm")
+
+
+def test_a_keda_region_renders_scaled_objects_on_its_prometheus() -> None:
+    settings = region_settings(KEDA_EU)
+    assert (settings.autoscaler, settings.prometheus_url) == (
+        "keda",
+        "http://prometheus.monitoring:9090",
+    )
+    validate_scaled_object(
+        by_kind(render(planned(autoscaling=AUTOSCALED), settings), "ScaledObject")
+    )
 
 
 def test_a_registered_nginx_region_renders_its_own_ingress() -> None:

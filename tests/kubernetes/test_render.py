@@ -341,6 +341,7 @@ def test_a_plain_endpoint_is_a_service_a_deployment_and_a_plain_ingress() -> Non
     }
     assert absent(workload, ALB) == [
         ObjectRef("networking.k8s.io/v1", "Ingress", "default", "llm-canary"),
+        ObjectRef("keda.sh/v1alpha1", "ScaledObject", "default", "llm"),
         ObjectRef("autoscaling/v2", "HorizontalPodAutoscaler", "default", "llm"),
         ObjectRef("apps/v1", "Deployment", "default", "llm-canary"),
         ObjectRef("v1", "Service", "default", "llm-canary"),
@@ -671,6 +672,7 @@ def test_a_canary_is_a_second_deployment_and_service_behind_the_weighted_action(
     }
     assert absent(workload, ALB) == [
         ObjectRef("networking.k8s.io/v1", "Ingress", "default", "llm-canary"),
+        ObjectRef("keda.sh/v1alpha1", "ScaledObject", "default", "llm"),
         ObjectRef("autoscaling/v2", "HorizontalPodAutoscaler", "default", "llm"),
     ]
 
@@ -854,13 +856,15 @@ def test_a_stopped_endpoint_keeps_deployments_at_zero_and_loses_route_and_hpa() 
     assert absent(workload, ALB) == [
         ObjectRef("networking.k8s.io/v1", "Ingress", "default", "llm-canary"),
         ObjectRef("networking.k8s.io/v1", "Ingress", "default", "llm"),
+        ObjectRef("keda.sh/v1alpha1", "ScaledObject", "default", "llm"),
         ObjectRef("autoscaling/v2", "HorizontalPodAutoscaler", "default", "llm"),
     ]
     # The route goes before the replicas are scaled to zero.
-    first = steps(workload, ALB)[:3]
+    first = steps(workload, ALB)[:4]
     assert [(step.verb, step.ref.kind) for step in first] == [
         ("delete", "Ingress"),
         ("delete", "Ingress"),
+        ("delete", "ScaledObject"),
         ("delete", "HorizontalPodAutoscaler"),
     ]
 
@@ -951,6 +955,7 @@ def test_all_objects_lists_everything_in_removal_order() -> None:
     assert [(ref.kind, ref.name) for ref in all_objects("llm", "ns")] == [
         ("Ingress", "llm-canary"),
         ("Ingress", "llm"),
+        ("ScaledObject", "llm"),
         ("HorizontalPodAutoscaler", "llm"),
         ("Deployment", "llm-canary"),
         ("Deployment", "llm"),

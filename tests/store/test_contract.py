@@ -147,7 +147,14 @@ async def test_region_status_is_one_record_per_endpoint_and_region(store: Store)
 
 async def test_regions_are_registered_listed_and_removed(store: Store) -> None:
     local = Region(name="r1", kind=RegionKind.LOCAL)
-    cluster = Region(name="eu", kind=RegionKind.KUBERNETES, context="eu", namespace="llm")
+    cluster = Region(
+        name="eu",
+        kind=RegionKind.KUBERNETES,
+        context="eu",
+        namespace="llm",
+        autoscaler="keda",
+        prometheus_url="http://prometheus.monitoring:9090",
+    )
     await store.put_region(local)
     await store.put_region(cluster)
 

@@ -181,7 +181,7 @@ class Writer:
         override one; apply() waits for its own writes to reach the cache to keep
         that window small."""
         assert workload.autoscaling is not None
-        minimum = min_replicas(workload.autoscaling)
+        minimum = min_replicas(workload.autoscaling, self.settings)
         live = self._watches.cached(ref)
         if live is None:
             return {**manifest, "spec": {"replicas": minimum, **manifest["spec"]}}

@@ -15,9 +15,11 @@ renders what `servefleet install-manifests` prints, in apply order:
 The Role grants exactly what the runtime sends (`role_rules`): list and watch
 for the watch caches, patch for server-side apply, create because the API
 server authorizes an apply that creates an object as a create too, and delete;
-on the four kinds it renders, plus what the leader election does with the
-region's Lease (`servefleet-region-<region>`): create, get, update. No GET of
-a workload object (observations come from the caches), no `deployments/scale`
+on the kinds it renders (Service, Deployment, HorizontalPodAutoscaler, Ingress,
+and in a keda region KEDA's ScaledObject, group keda.sh), plus what the leader
+election does with the region's Lease (`servefleet-region-<region>`): create,
+get, update. No GET of a workload object (observations come from the caches), no
+`deployments/scale`
 (replicas go through apply), no Secret (the kubelet puts the store URL into the
 environment), nothing cluster-wide.
 
@@ -61,6 +63,7 @@ _PLURALS: Final = {
     "Service": "services",
     "Deployment": "deployments",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "ScaledObject": "scaledobjects",
     "Ingress": "ingresses",
 }
 _WORKLOAD_VERBS: Final = ("create", "delete", "list", "patch", "watch")
@@ -71,8 +74,8 @@ def _group(api_version: str) -> str:
     return group
 
 
-def role_rules(region: RegionName) -> list[Manifest]:
-    """The Role's rules: one per rendered kind, reading the pods that stage a model
+def role_rules(region: Region) -> list[Manifest]:
+    """The Role's rules: one per kind the region renders, reading the pods that stage a model
     and their logs (staging progress and failures), then the region's Lease (RBAC
     cannot limit `create` to a name, so creating any Lease is granted, reading and
     updating only this one)."""
@@ -84,6 +87,7 @@ def role_rules(region: RegionName) -> list[Manifest]:
                 "verbs": list(_WORKLOAD_VERBS),
             }
             for api_version, kind in MANAGED_KINDS
+            if kind != "ScaledObject" or region.autoscaler == "keda"
         ),
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
@@ -91,7 +95,7 @@ def role_rules(region: RegionName) -> list[Manifest]:
         {
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
-            "resourceNames": [lease_name(region)],
+            "resourceNames": [lease_name(region.name)],
             "verbs": ["get", "update"],
         },
     ]
@@ -134,6 +138,8 @@ def region_settings(region: Region) -> RegionSettings:
             "concurrency": region.concurrency_metric or defaults.pods_metric_names["concurrency"],
             "rps": region.rps_metric or defaults.pods_metric_names["rps"],
         },
+        autoscaler=region.autoscaler or defaults.autoscaler,
+        prometheus_url=region.prometheus_url,
     )
 
 
@@ -200,7 +206,7 @@ def install_manifests(region: Region, options: InstallOptions) -> list[Manifest]
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": _metadata(name, region.name, region.namespace),
-            "rules": role_rules(region.name),
+            "rules": role_rules(region),
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -6,8 +6,8 @@ deletes what it says must not exist; every decision about *what* the objects
 look like is taken here, so all of it is testable without a cluster.
 
 - `render(workload, settings)`: every object the region must hold for the
-  endpoint, in apply order (Services, Deployments, HorizontalPodAutoscaler,
-  Ingresses; primary before canary within a kind).
+  endpoint, in apply order (Services, Deployments, HorizontalPodAutoscaler or
+  ScaledObject, Ingresses; primary before canary within a kind).
 - `absent(workload, settings)`: servefleet's objects of the endpoint that must
   not exist for this workload, in removal order (the reverse of apply order).
 - `all_objects(endpoint, namespace)`: everything servefleet may hold for an
@@ -15,8 +15,8 @@ look like is taken here, so all of it is testable without a cluster.
 - `steps(workload, settings)`: `render` and `absent` merged into one safe
   sequence (see *Order*).
 - `replicas_handoff(workload, settings, replicas)`: the one-field apply that
-  hands `spec.replicas` over to the autoscaler, and `min_replicas(autoscaling)`:
-  the count an autoscaled Deployment starts from (see *Replicas*).
+  hands `spec.replicas` over to the autoscaler, and `min_replicas(autoscaling,
+  settings)`: the count an autoscaled Deployment starts from (see *Replicas*).
 
 Objects
 -------
@@ -26,6 +26,7 @@ Objects
     <endpoint>          Deployment                always (0 replicas while stopped)
     <endpoint>-canary   Deployment                a canary is set
     <endpoint>          HorizontalPodAutoscaler   autoscaling is on (never while stopped)
+    <endpoint>          ScaledObject (KEDA)       the same, in a keda region, instead of the HPA
     <endpoint>          Ingress                   routed (not stopped, not pulled by the watchdog)
     <endpoint>-canary   Ingress                   routed, a canary, `canary_routing="nginx"`
 
@@ -33,7 +34,10 @@ Endpoint names are at most 45 characters, so every name stays within 63.
 Every object is labelled `app.kubernetes.io/name=<endpoint>`,
 `app.kubernetes.io/managed-by=servefleet` and `servefleet.io/role=primary|canary`
 (not the Ingress, which routes to both), plus the spec's `labels`; on a key
-clash servefleet's three win, since the watches and selectors rely on them.
+clash servefleet's three win, since the watches and selectors rely on them. The
+ScaledObject carries `servefleet.io/managed-by=servefleet` instead of the
+`app.kubernetes.io/managed-by` label, and no spec label of that key
+(`render_keda.py`: KEDA copies its labels onto the HPA it creates).
 Every object is annotated `servefleet.io/workload-hash=<workload_hash>`. Pods get
 the labels but not the hash, so a change that leaves a version's pods alone (the
 canary weight, the autoscaling bounds, the route) restarts nothing.
@@ -42,7 +46,7 @@ Order
 -----
 Create what is referenced before what refers to it, and delete in reverse: an
 Ingress refers to Services, an HPA to a Deployment, a Service to pods. Hence
-`steps` is: delete the absent Ingresses and HPA first (a stop takes the route
+`steps` is: delete the absent Ingresses and HPA or ScaledObject first (a stop takes the route
 away before scaling to zero; autoscaling switched off removes the HPA before the
 replica count is restored, so it cannot scale once more in between), then apply
 `render` in order, then delete the absent Deployments and Services (a removed
@@ -73,7 +77,7 @@ An HPA never scales a target up from 0 (its condition `ScalingActive=False`,
 reason `ScalingDisabled`), and below `minReplicas` it raises the count only on its
 next sync. So whenever the cluster side (re)creates the HPA — start after a stop,
 autoscaling switched on, a region added — and the live count is 0 or below
-`min_replicas(autoscaling)`, the hand-off sets `min_replicas` instead of the live
+`min_replicas(autoscaling, settings)`, the hand-off sets `min_replicas` instead of the live
 count, with `force` (servefleet's own claim on the field is what it takes over;
 with no HPA there is no HPA decision to override). A Deployment created with
 autoscaling on is created at `min_replicas`, not at the default 1: the cluster
@@ -138,6 +142,9 @@ its own load balancer; share one through IngressClassParams or a
 
 Autoscaling
 -----------
+A region whose `autoscaler` is "keda" renders a KEDA ScaledObject instead
+(`render_keda.py`); it takes `min_replicas` 0 as it is, and the replicas rules
+above hold for it as for the HPA (`min_replicas(autoscaling, settings)`). Else:
 HorizontalPodAutoscaler autoscaling/v2 on the primary Deployment: cpu and memory
 targets become Resource metrics with `averageUtilization` (percent, rounded, at
 least 1). `concurrency` and `rps` are rendered as Pods metrics with an
@@ -166,6 +173,12 @@ from typing import Any, Final, Literal
 
 from servefleet.plan import Version, Workload, workload_hash
 from servefleet.runtime.base import WorkloadUnsupported
+from servefleet.runtime.kubernetes.render_keda import (
+    LABEL_SCALED_BY,
+    SCALED_OBJECT_API_VERSION,
+    percent,
+    scaled_object,
+)
 from servefleet.spec import AutoscalingSpec
 
 __all__ = [
@@ -222,9 +235,11 @@ MANAGED_KINDS: Final[tuple[tuple[str, str], ...]] = (
     ("v1", "Service"),
     ("apps/v1", "Deployment"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    (SCALED_OBJECT_API_VERSION, "ScaledObject"),
     ("networking.k8s.io/v1", "Ingress"),
 )
-"""(apiVersion, kind) of every object servefleet renders, in apply order."""
+"""(apiVersion, kind) of every object servefleet renders, in apply order (the
+ScaledObject in keda regions only)."""
 
 DEFAULT_INGRESS_ANNOTATIONS: Final[Mapping[str, str]] = {
     "alb.ingress.kubernetes.io/scheme": "internet-facing",
@@ -311,8 +326,15 @@ class RegionSettings:
     """Render concurrency/rps autoscaling metrics (needs a custom metrics adapter)."""
     pods_metric_names: Mapping[str, str] = field(default_factory=lambda: dict(PODS_METRICS))
     """The Pods metric each request metric (`concurrency`, `rps`) is rendered on."""
+    autoscaler: Literal["hpa", "keda"] = "hpa"
+    """What an autoscaled endpoint is scaled by: a HorizontalPodAutoscaler, or a KEDA
+    ScaledObject (`render_keda.py`), which can scale to zero."""
+    prometheus_url: str | None = None
+    """The Prometheus a keda region's request-metric triggers query."""
 
     def __post_init__(self) -> None:
+        if self.autoscaler == "keda" and self.prometheus_url is None:
+            raise ValueError("prometheus_url: a keda region needs one (got None)")
         if not self.startup_timeout > 0 or not math.isfinite(self.startup_timeout):
             raise ValueError(
                 f"startup_timeout: must be a positive number of seconds "
@@ -375,6 +397,7 @@ _SLOTS: Final[tuple[tuple[str, str, Literal["primary", "canary"]], ...]] = (
     ("apps/v1", "Deployment", "primary"),
     ("apps/v1", "Deployment", "canary"),
     ("autoscaling/v2", "HorizontalPodAutoscaler", "primary"),
+    (SCALED_OBJECT_API_VERSION, "ScaledObject", "primary"),
     ("networking.k8s.io/v1", "Ingress", "primary"),
     ("networking.k8s.io/v1", "Ingress", "canary"),
 )
@@ -393,12 +416,14 @@ def _wanted(workload: Workload, settings: RegionSettings) -> list[ObjectRef]:
     """The refs `render` returns, in the same order, without building the objects."""
     namespace = namespace_of(workload, settings)
     canary = workload.canary is not None
+    keda = settings.autoscaler == "keda"
     present = {
         ("Service", "primary"): True,
         ("Service", "canary"): canary,
         ("Deployment", "primary"): True,
         ("Deployment", "canary"): canary,
-        ("HorizontalPodAutoscaler", "primary"): workload.autoscaling is not None,
+        ("HorizontalPodAutoscaler", "primary"): workload.autoscaling is not None and not keda,
+        ("ScaledObject", "primary"): workload.autoscaling is not None and keda,
         ("Ingress", "primary"): workload.routed,
         ("Ingress", "canary"): workload.routed and canary and settings.canary_routing == "nginx",
     }
@@ -411,8 +436,9 @@ def _wanted(workload: Workload, settings: RegionSettings) -> list[ObjectRef]:
 
 def absent(workload: Workload, settings: RegionSettings) -> list[ObjectRef]:
     """servefleet's objects of this endpoint that must not exist for `workload`,
-    in removal order: the canary's when there is none, the HPA when autoscaling
-    is off, the Ingress when the endpoint is not routed."""
+    in removal order: the canary's when there is none, the HPA and ScaledObject
+    when autoscaling is off (and the one the region's autoscaler is not), the
+    Ingress when the endpoint is not routed."""
     wanted = set(_wanted(workload, settings))
     namespace = namespace_of(workload, settings)
     return [ref for ref in all_objects(workload.endpoint, namespace) if ref not in wanted]
@@ -420,10 +446,10 @@ def absent(workload: Workload, settings: RegionSettings) -> list[ObjectRef]:
 
 def steps(workload: Workload, settings: RegionSettings) -> list[Step]:
     """Every write that brings a region to `workload`, in a safe order: delete the
-    absent routes and autoscaler, apply `render` in order, then delete the absent
+    absent routes and autoscalers, apply `render` in order, then delete the absent
     Deployments and Services."""
     gone = absent(workload, settings)
-    first = [ref for ref in gone if ref.kind in ("Ingress", "HorizontalPodAutoscaler")]
+    first = [ref for ref in gone if ref.kind in _DELETED_FIRST]
     last = [ref for ref in gone if ref not in first]
     return [
         *(Step("delete", ref) for ref in first),
@@ -435,6 +461,9 @@ def steps(workload: Workload, settings: RegionSettings) -> list[Step]:
     ]
 
 
+_DELETED_FIRST: Final = ("Ingress", "HorizontalPodAutoscaler", "ScaledObject")
+
+
 def render(workload: Workload, settings: RegionSettings) -> list[Manifest]:
     """Every object the region must hold for `workload`, in apply order."""
     digest = workload_hash(workload)
@@ -443,7 +472,21 @@ def render(workload: Workload, settings: RegionSettings) -> list[Manifest]:
     )
     manifests: list[Manifest] = [_service(workload, settings, v, digest) for v in versions]
     manifests += [_deployment(workload, settings, v, digest) for v in versions]
-    if workload.autoscaling is not None:
+    if workload.autoscaling is not None and settings.autoscaler == "keda":
+        assert settings.prometheus_url is not None  # RegionSettings says so
+        metadata = _metadata(
+            workload, settings, workload.endpoint, "primary", digest, marker=LABEL_SCALED_BY
+        )
+        manifests.append(
+            scaled_object(
+                workload.endpoint,
+                workload.autoscaling,
+                metadata,
+                settings.prometheus_url,
+                settings.pods_metric_names,
+            )
+        )
+    elif workload.autoscaling is not None:
         manifests.append(_autoscaler(workload, workload.autoscaling, settings, digest))
     if workload.routed:
         manifests.append(_ingress(workload, settings, digest))
@@ -468,20 +511,26 @@ def replicas_handoff(workload: Workload, settings: RegionSettings, replicas: int
     }
 
 
-def min_replicas(autoscaling: AutoscalingSpec) -> int:
-    """The HPA's `minReplicas`: the spec's, at least 1 (the API server refuses 0
-    unless the alpha HPAScaleToZero gate is on)."""
+def min_replicas(autoscaling: AutoscalingSpec, settings: RegionSettings) -> int:
+    """The fewest replicas the region's autoscaler keeps: the HPA's `minReplicas`,
+    the spec's at least 1 (the API server refuses 0 unless the alpha HPAScaleToZero
+    gate is on); a ScaledObject's `minReplicaCount`, the spec's (KEDA scales to 0)."""
+    if settings.autoscaler == "keda":
+        return autoscaling.min_replicas
     return max(1, autoscaling.min_replicas)
 
 
 # The objects.
 
 
-def _labels(workload: Workload, role: str | None) -> dict[str, str]:
-    ours = {LABEL_NAME: workload.endpoint, LABEL_MANAGED_BY: MANAGED_BY}
+def _labels(workload: Workload, role: str | None, marker: str) -> dict[str, str]:
+    """servefleet's labels over the spec's; `marker` is the label saying servefleet
+    manages the object (no spec label takes `LABEL_MANAGED_BY` where it is not)."""
+    ours = {LABEL_NAME: workload.endpoint, marker: MANAGED_BY}
     if role is not None:
         ours[LABEL_ROLE] = role
-    return {**workload.labels, **ours}
+    theirs = {key: value for key, value in workload.labels.items() if key != LABEL_MANAGED_BY}
+    return {**theirs, **ours}
 
 
 def _metadata(
@@ -491,11 +540,13 @@ def _metadata(
     role: str | None,
     digest: str,
     annotations: Mapping[str, str] | None = None,
+    *,
+    marker: str = LABEL_MANAGED_BY,
 ) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": namespace_of(workload, settings),
-        "labels": _labels(workload, role),
+        "labels": _labels(workload, role, marker),
         "annotations": {**(annotations or {}), ANNOTATION_HASH: digest},
     }
 
@@ -539,7 +590,7 @@ def _deployment(
         "type": "RollingUpdate",
         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
     }
-    pod_labels = _labels(workload, role)
+    pod_labels = _labels(workload, role, LABEL_MANAGED_BY)
     if workload.model_source:
         pod_labels[LABEL_STAGES_MODEL] = "true"
     spec["template"] = {
@@ -677,7 +728,7 @@ def _autoscaler(
     metrics: list[dict[str, Any]] = []
     for metric in autoscaling.metrics:
         if metric.type in ("cpu", "memory"):
-            utilization = max(1, round(metric.target))
+            utilization = percent(metric.target)
             metrics.append(
                 {
                     "type": "Resource",
@@ -706,7 +757,7 @@ def _autoscaler(
             "kind": "Deployment",
             "name": workload.endpoint,
         },
-        "minReplicas": min_replicas(autoscaling),
+        "minReplicas": min_replicas(autoscaling, settings),
         "maxReplicas": autoscaling.max_replicas,
     }
     if metrics:

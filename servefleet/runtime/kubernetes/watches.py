@@ -190,9 +190,12 @@ class Watches:
         return [*self.caches.values(), self.pods]
 
     def cached(self, ref: ObjectRef) -> Manifest | None:
-        if ref.namespace != self._api.namespace:
+        """The cache's entry of `ref`; None if not held, or of a kind not watched here
+        (a ScaledObject outside keda regions)."""
+        cache = self.caches.get(ref.kind)
+        if cache is None or ref.namespace != self._api.namespace:
             return None
-        return self.caches[ref.kind].objects.get(ref.name)
+        return cache.objects.get(ref.name)
 
     def held_objects(self, endpoint: str) -> list[tuple[str, Manifest]]:
         """(kind, entry) of every managed object of `endpoint`."""
