@@ -207,10 +207,20 @@ async def test_an_endpoint_moved_off_a_region_is_removed_there(
         await service.apply(moved)
         await eventually(lambda: _state_is(store, "llm", RegionState.DELETED))
 
+        async def series_gone() -> bool:
+            # Removed just after the DELETED status is written, as they were set.
+            return all(
+                _sample(metrics, name, **placed) is None
+                for name in (
+                    "servefleet_endpoint_replicas_desired",
+                    "servefleet_endpoint_replicas_ready",
+                )
+            )
+
+        # Its series in the region go with it.
+        await eventually(series_gone)
+
     assert "llm" not in runtime.held_workloads
-    # Its series in the region went with it.
-    assert _sample(metrics, "servefleet_endpoint_replicas_desired", **placed) is None
-    assert _sample(metrics, "servefleet_endpoint_replicas_ready", **placed) is None
 
 
 async def test_what_the_store_does_not_know_is_never_removed(store: Store) -> None:
