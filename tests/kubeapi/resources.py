@@ -8,6 +8,7 @@ from typing import Any
 
 from . import defaults, validation
 from .errors import FieldError
+from .schema import crd_definition_name
 
 Defaulter = Callable[[dict[str, Any]], None]
 Validator = Callable[[dict[str, Any], dict[str, Any] | None], list[FieldError]]
@@ -186,6 +187,22 @@ NAMESPACES = ResourceType(
     zero=lambda: {"metadata": {}, "spec": {}, "status": {}},
 )
 
+SCALED_OBJECTS = ResourceType(
+    group="keda.sh",
+    version="v1alpha1",
+    plural="scaledobjects",
+    singular="scaledobject",
+    kind="ScaledObject",
+    definition=crd_definition_name("keda.sh", "v1alpha1", "ScaledObject"),
+    short_names=("so",),
+    # a custom resource with a status subresource tracks generation
+    has_generation=True,
+    subresources=("status",),
+)
+"""KEDA's ScaledObject (`crds/keda.sh_scaledobjects.yaml`): served only by a server
+told KEDA is installed (`KubeApiServer(crds=[SCALED_OBJECTS])`), with the generic
+behaviour of a custom resource and no KEDA controller (nothing scales)."""
+
 ALL: tuple[ResourceType, ...] = (
     DEPLOYMENTS,
     SERVICES,
@@ -199,16 +216,18 @@ ALL: tuple[ResourceType, ...] = (
 SCALE_DEFINITION = "io.k8s.api.autoscaling.v1.Scale"
 
 
-def find(group: str, version: str, plural: str) -> ResourceType | None:
-    for resource in ALL:
+def find(
+    group: str, version: str, plural: str, served: tuple[ResourceType, ...] = ALL
+) -> ResourceType | None:
+    for resource in served:
         if (resource.group, resource.version, resource.plural) == (group, version, plural):
             return resource
     return None
 
 
-def group_versions() -> dict[str, list[str]]:
+def group_versions(served: tuple[ResourceType, ...] = ALL) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for resource in ALL:
+    for resource in served:
         if resource.group:
             versions = out.setdefault(resource.group, [])
             if resource.version not in versions:

@@ -5,6 +5,12 @@ dependency): the same OpenAPI the real kube-apiserver 1.36 publishes, including 
 `x-kubernetes-list-type`, `x-kubernetes-list-map-keys`, `x-kubernetes-map-type` and
 patch-strategy extensions that server-side apply and strategic merge depend on.
 
+Custom resources are typed by their CRD's `openAPIV3Schema`, as the real server
+types them: the CRDs under `crds/` (published by their projects) add one definition
+per version, named as the server's OpenAPI names them (`sh.keda.v1alpha1.ScaledObject`),
+with `metadata` as ObjectMeta. They are served only by a server told they are
+installed (`KubeApiServer(crds=...)`).
+
 A `TypeNode` is one resolved type: a struct (declared fields), a map (free keys), a
 list (atomic, set or map with keys) or a scalar. Nodes are built lazily and cached,
 since the definitions are recursive.
@@ -14,10 +20,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 SCHEMA_VERSION = "v1.36.0-local-strict"
 
@@ -29,6 +38,9 @@ ListType = Literal["atomic", "set", "map"]
 #: `protocol` is keyed as TCP.
 KEY_FIELD_DEFAULTS: dict[str, Any] = {"protocol": "TCP"}
 
+CRDS = Path(__file__).parent / "crds"
+"""Published CustomResourceDefinitions (README there)."""
+OBJECT_META_REF = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 TIME_REF = "io.k8s.apimachinery.pkg.apis.meta.v1.Time"
 MICROTIME_REF = "io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime"
 
@@ -124,7 +136,7 @@ class Schema:
             raise SchemaUnavailable(f"no OpenAPI definitions at {path}")
         with path.open() as handle:
             document = json.load(handle)
-        return Schema(document["$defs"])
+        return Schema({**document["$defs"], **dict(_crd_definitions())})
 
     def definition(self, name: str) -> TypeNode:
         return self.node({"$ref": f"#/$defs/{name}"})
@@ -185,6 +197,24 @@ class Schema:
         if not types:
             return TypeNode(kind="any", atomic=True, ref=ref, **patch)
         return TypeNode(kind="scalar", scalar_types=frozenset(types), ref=ref, **patch)
+
+
+def crd_definition_name(group: str, version: str, kind: str) -> str:
+    """How the server's OpenAPI names a custom resource's schema."""
+    return ".".join([*reversed(group.split(".")), version, kind])
+
+
+def _crd_definitions() -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in sorted(CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            schema = dict(version["schema"]["openAPIV3Schema"])
+            properties = dict(schema.get("properties", {}))
+            properties["metadata"] = {"$ref": f"#/$defs/{OBJECT_META_REF}"}
+            schema["properties"] = properties
+            name = crd_definition_name(spec["group"], version["name"], spec["names"]["kind"])
+            yield name, schema
 
 
 def _types(raw: dict[str, Any]) -> set[str]:

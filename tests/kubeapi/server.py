@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import json
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,7 +181,10 @@ class KubeApiServer:
     (seconds after which every Deployment spec change is marked ready; None: never),
     `kubelet` (a `Kubelet`: Pods for Deployments, init containers really run, status
     from them; exclusive with `auto_ready`), `hpa_controller` (a stand-in for the HPA
-    controller that enforces only the replica bounds: `autoscaler.py`).
+    controller that enforces only the replica bounds: `autoscaler.py`), `crds` (the
+    custom resources installed, e.g. `[SCALED_OBJECTS]` as with KEDA; none by default,
+    as on a cluster without them: their group is then not discovered and their paths
+    answer 404).
     """
 
     def __init__(
@@ -196,11 +199,14 @@ class KubeApiServer:
         auto_ready: float | None = None,
         kubelet: Kubelet | None = None,
         hpa_controller: bool = False,
+        crds: Iterable[ResourceType] = (),
     ) -> None:
         self.host = host
         self.port = port
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
+        self.resources: tuple[ResourceType, ...] = (*ALL, *crds)
+        """The resources served."""
         self.store = Store(initial_resource_version, history)
         self.engine = Engine(self.store)
         self.engine.hooks.append(self._after_commit)
@@ -420,7 +426,7 @@ class KubeApiServer:
 
     def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The stored object (a copy), or None; `namespace` is "" for cluster scope."""
-        for resource in ALL:
+        for resource in self.resources:
             if resource.plural == plural:
                 stored = self.store.get(resource, namespace, name)
                 return json.loads(json.dumps(stored.obj)) if stored else None
@@ -428,7 +434,7 @@ class KubeApiServer:
 
     def objects(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """Stored objects of one resource (copies), optionally of one namespace."""
-        for resource in ALL:
+        for resource in self.resources:
             if resource.plural == plural:
                 return [
                     json.loads(json.dumps(s.obj)) for s in self.store.items(resource, namespace)
@@ -498,7 +504,7 @@ class KubeApiServer:
             namespace, rest = rest[1], rest[2:]
         if not rest or len(rest) > 3:
             raise _NOT_FOUND
-        resource = find(group, version, rest[0])
+        resource = find(group, version, rest[0], self.resources)
         if resource is None:
             raise _NOT_FOUND
         name = rest[1] if len(rest) > 1 else None
@@ -512,12 +518,11 @@ class KubeApiServer:
         return _Route(resource, namespace, name, subresource, watch_path)
 
     def _group_list(self) -> dict[str, Any]:
-        groups = [self._group(group) for group in group_versions()]
+        groups = [self._group(group) for group in group_versions(self.resources)]
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
-    @staticmethod
-    def _group(group: str) -> dict[str, Any]:
-        versions = group_versions().get(group)
+    def _group(self, group: str) -> dict[str, Any]:
+        versions = group_versions(self.resources).get(group)
         if versions is None:
             raise _NOT_FOUND
         entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
@@ -529,9 +534,8 @@ class KubeApiServer:
             "preferredVersion": entries[0],
         }
 
-    @staticmethod
-    def _resource_list(group: str, version: str) -> dict[str, Any]:
-        served = [r for r in ALL if r.group == group and r.version == version]
+    def _resource_list(self, group: str, version: str) -> dict[str, Any]:
+        served = [r for r in self.resources if r.group == group and r.version == version]
         if not served:
             raise _NOT_FOUND
         resources: list[dict[str, Any]] = []

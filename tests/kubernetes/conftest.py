@@ -45,10 +45,15 @@ _PLURAL_API: dict[str, tuple[type[Any], str]] = {
 async def read_object(
     api: ApiClient, kind: str, namespace: str, name: str
 ) -> dict[str, Any] | None:
-    """The object as the API serves it (a GET), or None."""
-    api_type, suffix = _PLURAL_API[kind]
-    read = getattr(api_type(api), f"read_namespaced_{suffix}")
-    response = await read(name, namespace, _preload_content=False)
+    """The object as the API serves it (a GET), or None; KEDA's ScaledObject too."""
+    if kind == "ScaledObject":
+        response = await client.CustomObjectsApi(api).get_namespaced_custom_object(
+            "keda.sh", "v1alpha1", namespace, "scaledobjects", name, _preload_content=False
+        )
+    else:
+        api_type, suffix = _PLURAL_API[kind]
+        read = getattr(api_type(api), f"read_namespaced_{suffix}")
+        response = await read(name, namespace, _preload_content=False)
     try:
         if response.status == 404:
             return None

@@ -1,12 +1,11 @@
 """A keda region's autoscaler: the KEDA ScaledObject rendered instead of the HPA,
-validated against KEDA's published ScaledObject CRD schema (`crds/`), strictly (an
+validated against KEDA's published ScaledObject CRD schema (`tests/kubeapi/crds/`), strictly (an
 unknown field fails, as the API server would prune it)."""
 
 from __future__ import annotations
 
 import copy
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -26,9 +25,10 @@ from servefleet.runtime.kubernetes.render import (
     steps,
 )
 from servefleet.runtime.kubernetes.render_keda import LABEL_SCALED_BY
+from tests.kubeapi import CRDS
 from tests.kubernetes.test_render import by_kind, kinds, planned
 
-CRD = Path(__file__).parent / "crds" / "keda.sh_scaledobjects.yaml"
+CRD = CRDS / "keda.sh_scaledobjects.yaml"
 PROMETHEUS = "http://prometheus.monitoring:9090"
 KEDA = RegionSettings(autoscaler="keda", prometheus_url=PROMETHEUS)
 AUTOSCALED: dict[str, Any] = {

@@ -12,6 +12,9 @@ decided in `errors.py`. Every attempt, and every watch opened, is counted in
 `servefleet_runtime_api_requests` by verb and status ("error": no answer came);
 the current rate is `servefleet_runtime_api_rate`.
 
+Custom resources (KEDA's ScaledObject) go through the client's CustomObjectsApi,
+called with the same arguments as a built-in kind's methods (`Kind.custom`).
+
 `make_api_client` builds the kubernetes-asyncio client the runtime and the Lease
 election (`lease.py`) share the habits of.
 """
@@ -39,15 +42,31 @@ from servefleet.ratelimit import AdaptiveRate
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.errors import refusal, retry_after, status_message
 from servefleet.runtime.kubernetes.render import (
+    MANAGED_BY,
     MANAGED_SELECTOR,
     STAGE_CONTAINER,
     STAGING_SELECTOR,
     Manifest,
     ObjectRef,
+    RegionSettings,
+)
+from servefleet.runtime.kubernetes.render_keda import (
+    LABEL_SCALED_BY,
+    SCALED_OBJECT_GROUP,
+    SCALED_OBJECT_PLURAL,
+    SCALED_OBJECT_VERSION,
 )
 from servefleet.runtime.kubernetes.settings import ClusterSettings
 
-__all__ = ["KINDS", "PODS", "ClusterApi", "Kind", "make_api_client"]
+__all__ = [
+    "KINDS",
+    "PODS",
+    "SCALED_OBJECTS",
+    "ClusterApi",
+    "Kind",
+    "make_api_client",
+    "managed_kinds",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +82,8 @@ class Kind:
     suffix: str
     """`list_namespaced_<suffix>` and so on."""
     selector: str = MANAGED_SELECTOR
+    custom: tuple[str, str, str] | None = None
+    """(group, version, plural) of a custom resource (`api` is CustomObjectsApi)."""
 
 
 KINDS: Final[tuple[Kind, ...]] = (
@@ -74,6 +95,19 @@ KINDS: Final[tuple[Kind, ...]] = (
 """The kinds servefleet applies."""
 PODS: Final = Kind("Pod", client.CoreV1Api, "pod", STAGING_SELECTOR)
 """Not managed (nothing is applied to pods): watched for model staging only."""
+SCALED_OBJECTS: Final = Kind(
+    "ScaledObject",
+    client.CustomObjectsApi,
+    "custom_object",
+    f"{LABEL_SCALED_BY}={MANAGED_BY}",
+    (SCALED_OBJECT_GROUP, SCALED_OBJECT_VERSION, SCALED_OBJECT_PLURAL),
+)
+"""KEDA's, in keda regions only: elsewhere the CRD may not exist, and is never listed."""
+
+
+def managed_kinds(settings: RegionSettings) -> tuple[Kind, ...]:
+    """The kinds a region's runtime applies, lists and watches."""
+    return (*KINDS, SCALED_OBJECTS) if settings.autoscaler == "keda" else KINDS
 
 
 def make_api_client(configuration: client.Configuration) -> ApiClient:
@@ -114,8 +148,8 @@ class ClusterApi:
         self._requests = metrics.runtime_api_requests
         self.namespace = namespace
         self._settings = settings
-        self._apis = {kind.kind: kind.api(api_client) for kind in (*KINDS, PODS)}
-        self._kinds = {kind.kind: kind for kind in (*KINDS, PODS)}
+        self._apis = {kind.kind: kind.api(api_client) for kind in (*KINDS, SCALED_OBJECTS, PODS)}
+        self._kinds = {kind.kind: kind for kind in (*KINDS, SCALED_OBJECTS, PODS)}
         self._rate = AdaptiveRate(settings.rate)
         metrics.runtime_api_rate.labels(region).set_function(lambda: self._rate.rate)
 
@@ -205,11 +239,21 @@ class ClusterApi:
         )
 
     def _call(self, kind: str, verb: str) -> Callable[..., Awaitable[aiohttp.ClientResponse]]:
-        """The client method `<verb>_<suffix>` of `kind`, e.g. `patch_namespaced_service`."""
+        """The client method `<verb>_<suffix>` of `kind`, e.g. `patch_namespaced_service`;
+        of a custom resource, `<verb>_custom_object` taking the same arguments
+        (`[name,] namespace[, body]`) as a built-in kind's."""
+        known = self._kinds[kind]
         method: Callable[..., Awaitable[aiohttp.ClientResponse]] = getattr(
-            self._apis[kind], f"{verb}_{self._kinds[kind].suffix}"
+            self._apis[kind], f"{verb}_{known.suffix}"
         )
-        return method
+        if known.custom is None:
+            return method
+        group, version, plural = known.custom
+        if verb == "list_namespaced":
+            return lambda namespace, **options: method(group, version, namespace, plural, **options)
+        return lambda name, namespace, *body, **options: method(
+            group, version, namespace, plural, name, *body, **options
+        )
 
     async def _request(
         self,

@@ -8,12 +8,17 @@ of the fields it sets (`drift.ANNOTATION_FIELDS`, read by the watch caches) — 
 only an object whose digest changed or that drifted, so a change costs the objects
 it touches (`applied.py` remembers what is in place) — and hands
 `spec.replicas` over before the first apply that omits it
-(`render.replicas_handoff`) — at the HPA's minimum when the HPA is being (re)created
-for a Deployment at 0 or below it, since an HPA never scales up from 0 (render.py,
-*Replicas and the autoscaler*). remove() deletes every cached object of the endpoint,
-routes first. Both then wait (bounded by `sync_timeout`) until the watches have
-delivered their own writes, so the observation that follows already shows them,
-and hold the endpoint's events meanwhile (`events.EndpointEvents.holding`).
+(`render.replicas_handoff`) — at the autoscaler's minimum when the HPA or
+ScaledObject is being (re)created for a Deployment below it, since an HPA never
+scales up from 0 (render.py, *Replicas and the autoscaler*). remove() deletes every
+cached object of the endpoint, routes first. A kind the region does not watch (a
+ScaledObject once the region no longer scales with KEDA: without KEDA its CRD may
+not exist) is deleted when the objects list of each cached object of the endpoint
+names it: the switch removes it once (what it applies lists it no more), and a
+steady region sends nothing. Both then wait
+(bounded by `sync_timeout`) until the watches have delivered their own writes, so
+the observation that follows already shows them, and hold the endpoint's events
+meanwhile (`events.EndpointEvents.holding`).
 
 An apply that finds an object's fields drifted (a hand edit) is its repair: it
 logs and records which of servefleet's fields which managers had changed
@@ -67,7 +72,14 @@ __all__ = ["Writer"]
 
 log = logging.getLogger(__name__)
 
-_REMOVAL_ORDER: Final = {"Ingress": 0, "HorizontalPodAutoscaler": 1, "Deployment": 2, "Service": 3}
+_REMOVAL_ORDER: Final = {
+    "Ingress": 0,
+    "HorizontalPodAutoscaler": 1,
+    "ScaledObject": 1,
+    "Deployment": 2,
+    "Service": 3,
+}
+_AUTOSCALERS: Final = ("HorizontalPodAutoscaler", "ScaledObject")
 
 
 class Writer:
@@ -105,7 +117,7 @@ class Writer:
         objects = _object_list(step.ref for step in plan if step.verb == "apply")
         creates_autoscaler = any(
             step.verb == "apply"
-            and step.ref.kind == "HorizontalPodAutoscaler"
+            and step.ref.kind in _AUTOSCALERS
             and self._watches.cached(step.ref) is None
             for step in plan
         )
@@ -114,7 +126,7 @@ class Writer:
         with self._events.holding(workload.endpoint, written):
             for step in plan:
                 if step.verb == "delete":
-                    if self._watches.cached(step.ref) is not None:
+                    if self._held(workload.endpoint, step.ref):
                         await self._api.delete(step.ref)
                         self._repairs.forget(_key(step.ref))
                         written.append((step.ref, None))
@@ -228,9 +240,26 @@ class Writer:
             or f"{ref.kind} fields servefleet sets",
         )
 
+    def _held(self, endpoint: str, ref: ObjectRef) -> bool:
+        """Whether the region may hold `ref`: its cache says so, or for a kind not
+        watched here, the objects list of every cached object of the endpoint names
+        it (the objects applied since it was deleted do not)."""
+        if self._watches.watches(ref.kind):
+            return self._watches.cached(ref) is not None
+        held = self._watches.held_objects(endpoint)
+        return bool(held) and all(
+            f"{ref.kind}/{ref.name}"
+            in (obj["metadata"].get("annotations") or {}).get(ANNOTATION_OBJECTS, "").split(",")
+            for _kind, obj in held
+        )
+
     def _held_refs(self, endpoint: str) -> list[ObjectRef]:
         known = {(ref.kind, ref.name): ref for ref in all_objects(endpoint, self.namespace)}
-        refs = []
+        refs = [
+            ref
+            for ref in known.values()
+            if not self._watches.watches(ref.kind) and self._held(endpoint, ref)
+        ]
         for kind, obj in self._watches.held_objects(endpoint):
             name = obj["metadata"]["name"]
             refs.append(

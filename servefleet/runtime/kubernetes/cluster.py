@@ -36,7 +36,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from servefleet.metrics import Metrics
 from servefleet.plan import Observed, Workload
 from servefleet.runtime.base import RuntimeUnavailable
-from servefleet.runtime.kubernetes.api import KINDS, PODS, ClusterApi, make_api_client
+from servefleet.runtime.kubernetes.api import PODS, ClusterApi, make_api_client, managed_kinds
 from servefleet.runtime.kubernetes.applied import AppliedWorkloads
 from servefleet.runtime.kubernetes.apply import Writer
 from servefleet.runtime.kubernetes.drift import DriftRepairs
@@ -79,7 +79,7 @@ class KubernetesRuntime:
             api,
             cluster,
             self._events,
-            managed=[Cache(kind, managed_entry) for kind in KINDS],
+            managed=[Cache(kind, managed_entry) for kind in managed_kinds(settings)],
             pods=Cache(PODS, pod_entry, stage_unchanged),
         )
         self._staging = StagingProgress(region, api, cluster, self._events, self._watches.pods)

@@ -150,14 +150,17 @@ def rendered_paths(manifest: Manifest) -> set[str]:
 
 
 def _digest(obj: Manifest, canonical: dict[str, Any]) -> str:
-    """The digest of `canonical`, fields of `obj` in canonical form. The Deployment an HPA scales
-    leaves out `spec.replicas`: servefleet sets it only to create the Deployment at
-    the HPA's minimum, and from then on it is the HPA's."""
+    """The digest of `canonical`, fields of `obj` in canonical form. The Deployment an
+    HPA or a ScaledObject scales leaves out `spec.replicas`: servefleet sets it only
+    to create the Deployment at the autoscaler's minimum, and from then on it is the
+    autoscaler's."""
     metadata = obj.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
-    autoscaled = f"HorizontalPodAutoscaler/{metadata.get('name')}" in str(
-        annotations.get(ANNOTATION_OBJECTS, "")
-    ).split(",")
+    listed = str(annotations.get(ANNOTATION_OBJECTS, "")).split(",")
+    autoscaled = any(
+        f"{autoscaler}/{metadata.get('name')}" in listed
+        for autoscaler in ("HorizontalPodAutoscaler", "ScaledObject")
+    )
     kept_annotations = (canonical.get("metadata") or {}).get("annotations")
     if isinstance(kept_annotations, dict):
         for bookkeeping in (ANNOTATION_FIELDS, ANNOTATION_HASH, ANNOTATION_OBJECTS):

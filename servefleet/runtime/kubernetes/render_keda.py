@@ -3,7 +3,7 @@
 `render.render` calls `scaled_object` for an autoscaled workload when the region
 scales with KEDA (`RegionSettings.autoscaler == "keda"`); this module only builds
 the object (keda.sh/v1alpha1, validated in the tests against KEDA's published CRD
-schema, `tests/kubernetes/crds/`).
+schema, `tests/kubeapi/crds/`).
 
     spec field          from
     scaleTargetRef      the primary Deployment (apps/v1)
@@ -53,12 +53,16 @@ __all__ = [
     "DEFAULT_CPU_PERCENT",
     "LABEL_SCALED_BY",
     "SCALED_OBJECT_API_VERSION",
+    "SCALED_OBJECT_GROUP",
     "SCALED_OBJECT_PLURAL",
+    "SCALED_OBJECT_VERSION",
     "percent",
     "scaled_object",
 ]
 
-SCALED_OBJECT_API_VERSION: Final = "keda.sh/v1alpha1"
+SCALED_OBJECT_GROUP: Final = "keda.sh"
+SCALED_OBJECT_VERSION: Final = "v1alpha1"
+SCALED_OBJECT_API_VERSION: Final = f"{SCALED_OBJECT_GROUP}/{SCALED_OBJECT_VERSION}"
 SCALED_OBJECT_PLURAL: Final = "scaledobjects"
 LABEL_SCALED_BY: Final = "servefleet.io/managed-by"
 """A ScaledObject's mark of servefleet's management, in place of

@@ -1,7 +1,9 @@
 """The watch caches: what the region's namespace holds, kept current by list + watch.
 
 One list + watch per managed kind (Services, Deployments, HorizontalPodAutoscalers,
-Ingresses), selected by `app.kubernetes.io/managed-by=servefleet`, and one of the
+Ingresses, and KEDA's ScaledObjects in keda regions only, `api.managed_kinds`), selected
+by `app.kubernetes.io/managed-by=servefleet` (ScaledObjects by their own mark,
+`render_keda.LABEL_SCALED_BY`), and one of the
 pods that stage a model (`staging.py`). A watch resumes from the last
 resourceVersion it saw (BOOKMARKs keep that fresh), asks for `timeoutSeconds` and
 is opened again when it ends; a 410 Gone (an ERROR event or the answer to the
@@ -188,6 +190,10 @@ class Watches:
     @property
     def all(self) -> list[Cache]:
         return [*self.caches.values(), self.pods]
+
+    def watches(self, kind: str) -> bool:
+        """Whether this region watches `kind` (a ScaledObject only in keda regions)."""
+        return kind in self.caches
 
     def cached(self, ref: ObjectRef) -> Manifest | None:
         """The cache's entry of `ref`; None if not held, or of a kind not watched here
