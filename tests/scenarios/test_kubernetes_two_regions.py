@@ -473,4 +473,5 @@ async def test_an_endpoint_s_whole_life_in_two_kubernetes_regions(
     # The in-cluster Role grants exactly what each region's reconciler used.
     if not world.real:
         for region in REGIONS:
-            check_role(role_rules(region), world.runtime_requests(region))
+            registered = Region(name=region, kind=RegionKind.KUBERNETES)  # as put above
+            check_role(role_rules(registered), world.runtime_requests(region))
