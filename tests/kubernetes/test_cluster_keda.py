@@ -158,3 +158,17 @@ async def observed_of(runtime: KubernetesRuntime) -> str:
     observed = await runtime.observe("llm")
     assert observed is not None
     return observed.workload_hash
+
+
+async def test_an_hpa_region_removes_an_endpoint_s_scaled_object_too(keda: KedaCluster) -> None:
+    """An endpoint deleted after its region stopped scaling with KEDA, before it was
+    applied again: its ScaledObject goes with the rest."""
+    await keda.runtime.apply(planned(autoscaling=TO_ZERO))
+    hpa_runtime = await KubernetesRuntime.from_kubeconfig(
+        "r1", RegionSettings(namespace=keda.namespace), keda.kubeconfig, cluster=FAST
+    )
+    async with hpa_runtime:
+        await hpa_runtime.remove("llm")
+        assert await keda.get("ScaledObject", "llm") is None
+        assert await keda.get("Deployment", "llm") is None
+        assert await hpa_runtime.held() == set()
