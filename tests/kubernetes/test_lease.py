@@ -10,10 +10,13 @@ the test server's controls.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +282,31 @@ def _count(candidates: Candidates, verb: str) -> int:
 
 def _time(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp)
+
+
+async def test_requests_name_servefleet_and_this_process_in_their_user_agent(
+    tmp_path: Path,
+) -> None:
+    """An audit log tells which reconciler wrote: `servefleet/<version> (<host>:<pid>)`,
+    the `host:pid` that begins the Lease holder identity of `servefleet up`."""
+    async with api_target(tmp_path) as target:
+        kubeconfig = target.kubeconfig
+        lease = await KubernetesLease.from_kubeconfig(target.namespace, REGION, kubeconfig)
+        try:
+            assert await lease.acquire_or_renew("a", LONG) is not None
+        finally:
+            await lease.close()
+        if target.server is not None:
+            agents = {info.user_agent for info in target.server.request_log}
+            assert agents == {
+                f"servefleet/{version('servefleet')} ({socket.gethostname()}:{os.getpid()})"
+            }
+        api = await api_client(kubeconfig)
+        try:
+            written = await read_object(api, "Lease", target.namespace, NAME)
+        finally:
+            await api.close()
+        assert written is not None
+        # The API server names the writer of a field after the User-Agent's product.
+        managers = {entry["manager"] for entry in written["metadata"]["managedFields"]}
+        assert managers == {"servefleet"}

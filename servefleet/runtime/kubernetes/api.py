@@ -16,7 +16,10 @@ Custom resources (KEDA's ScaledObject) go through the client's CustomObjectsApi,
 called with the same arguments as a built-in kind's methods (`Kind.custom`).
 
 `make_api_client` builds the kubernetes-asyncio client the runtime and the Lease
-election (`lease.py`) share the habits of.
+election (`lease.py`) share the habits of. Its User-Agent names servefleet, its
+version and this process (`servefleet/0.1.0 (host:pid)`, the `host:pid` that begins
+the process's Lease holder identity), so an API server's audit log tells which
+reconciler sent each request.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any, Final
 
 import aiohttp
@@ -66,6 +72,7 @@ __all__ = [
     "Kind",
     "make_api_client",
     "managed_kinds",
+    "user_agent",
 ]
 
 log = logging.getLogger(__name__)
@@ -110,6 +117,11 @@ def managed_kinds(settings: RegionSettings) -> tuple[Kind, ...]:
     return (*KINDS, SCALED_OBJECTS) if settings.autoscaler == "keda" else KINDS
 
 
+def user_agent() -> str:
+    """`servefleet/<version> (<host>:<pid>)`: who sends a request, in an audit log."""
+    return f"servefleet/{version('servefleet')} ({socket.gethostname()}:{os.getpid()})"
+
+
 def make_api_client(configuration: client.Configuration) -> ApiClient:
     """An `ApiClient` that reads the environment's proxy settings once, here.
 
@@ -126,6 +138,7 @@ def make_api_client(configuration: client.Configuration) -> ApiClient:
             if auth is not None:
                 configuration.proxy_headers = {"Proxy-Authorization": auth.encode()}
     api_client = ApiClient(configuration)
+    api_client.user_agent = user_agent()
     # No public switch: the session is built inside kubernetes-asyncio's REST client.
     api_client.rest_client.pool_manager._trust_env = False
     return api_client
