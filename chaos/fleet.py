@@ -14,8 +14,10 @@ ENDPOINT = "chaos"
 POLL = 0.05
 
 
-async def region_status(store: Store, endpoint: str = ENDPOINT) -> RegionStatus | None:
-    statuses = await store.list_region_status(endpoint=endpoint, region=REGION)
+async def region_status(
+    store: Store, endpoint: str = ENDPOINT, region: str = REGION
+) -> RegionStatus | None:
+    statuses = await store.list_region_status(endpoint=endpoint, region=region)
     return statuses[0] if statuses else None
 
 
@@ -27,15 +29,16 @@ async def converged(
     processes: Callable[[], int],
     within: float,
     endpoint: str = ENDPOINT,
+    region: str = REGION,
 ) -> None:
-    """Wait until the region reports the endpoint's current generation ready and
+    """Wait until `region` reports the endpoint's current generation ready and
     routed with `replicas` primary and `canary` canary replicas, and `processes()`
     counts exactly that many replica processes (the old ones are gone);
     TimeoutError after `within` seconds."""
     async with asyncio.timeout(within):
         while True:
             record = await store.get_endpoint(endpoint)
-            status = await region_status(store, endpoint)
+            status = await region_status(store, endpoint, region)
             if (
                 status is not None
                 and status.state is RegionState.READY

@@ -24,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -88,6 +89,8 @@ class RequestInfo:
     name: str | None = None
     content_type: str = ""
     user_agent: str = ""
+    #: time.time() when it arrived: with `user_agent`, what an audit log keeps of it
+    received_at: float = field(default_factory=time.time)
 
     @property
     def resource_key(self) -> str:

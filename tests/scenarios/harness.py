@@ -61,6 +61,7 @@ __all__ = [
     "gone",
     "local_fleet",
     "manifest",
+    "reconcile_process",
     "serve_process",
     "stopped_by_signal",
     "up_process",
@@ -498,14 +499,7 @@ async def up_process(
     )
     up = UpProcess(process, store)
     try:
-        assert process.stdout is not None
-        async with asyncio.timeout(SETTLE):
-            while not up.announcement or "Ctrl-C" not in up.announcement[-1]:
-                line = await process.stdout.readline()
-                if not line:
-                    log = await asyncio.to_thread(stderr.read_text)
-                    raise AssertionError(f"servefleet up ended early:\n{log}")
-                up.announcement.append(line.decode().rstrip("\n"))
+        await _announced(up, "up", stderr)
         yield up
     finally:
         await _end_group(process)
@@ -513,6 +507,42 @@ async def up_process(
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def _announced(process: UpProcess, verb: str, stderr: Path) -> None:
+    """Read what `servefleet <verb>` prints on stdout when it comes up, up to the
+    "Ctrl-C stops everything." that ends it."""
+    assert process.process.stdout is not None
+    async with asyncio.timeout(SETTLE):
+        while not process.announcement or "Ctrl-C" not in process.announcement[-1]:
+            line = await process.process.stdout.readline()
+            if not line:
+                log = await asyncio.to_thread(stderr.read_text)
+                raise AssertionError(f"servefleet {verb} ended early:\n{log}")
+            process.announcement.append(line.decode().rstrip("\n"))
+
+
+@asynccontextmanager
+async def reconcile_process(
+    store: str, *args: str, stderr: Path, sigint_ignored: bool = False
+) -> AsyncIterator[UpProcess]:
+    """`servefleet reconcile <args>` with `SERVEFLEET_STORE=<store>`, once it has
+    printed its announcement; killed on the way out if still running (its whole
+    process group). With `sigint_ignored`, it inherits SIGINT as ignored."""
+    process = await _servefleet_process(
+        "reconcile",
+        store,
+        *args,
+        stderr=stderr,
+        stdout=asyncio.subprocess.PIPE,
+        sigint_ignored=sigint_ignored,
+    )
+    reconciler = UpProcess(process, store)
+    try:
+        await _announced(reconciler, "reconcile", stderr)
+        yield reconciler
+    finally:
+        await _end_group(process)
 
 
 _LISTENING = re.compile(r"Uvicorn running on (https?://\S+)")

@@ -1,0 +1,111 @@
+"""What the Kubernetes scenarios share: the test API server (`tests.kubeapi`) in this
+process, reached by the reconcilers through a TCP proxy that a scenario can cut (a
+blackout: connections refused and reset, as when the server or the network is
+gone), kubernetes regions registered in a store, and the Lease's history.
+
+Who did what on the cluster is read from the server's request log, as from a real
+API server's audit log: every `servefleet reconcile` sends a User-Agent naming its
+host and process id (`servefleet.runtime.kubernetes.api.user_agent`), the same
+`host:pid` that begins its Lease holder identity.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from chaos.writes import holder_pid
+from servefleet.runtime.kubernetes.lease import lease_name
+from servefleet.spec import Region, RegionKind
+from servefleet.store import Store
+from tests.kubeapi import KubeApiServer, RequestInfo
+from tests.kubeapi.resources import LEASES, ResourceType
+from tests.scenarios.proxy import TcpProxy
+
+NAMESPACE = "chaos"
+AUTO_READY = 0.05
+"""Seconds after a Deployment change until the test server reports it rolled out."""
+MUTATING = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
+@dataclass(frozen=True)
+class LeaseChange:
+    at: float
+    """time.time() when the server committed it."""
+    region: str
+    holder: str
+    """holderIdentity; "" once released."""
+
+
+@dataclass
+class Cluster:
+    """The test API server, the proxy in front of it and the kubeconfig through it."""
+
+    server: KubeApiServer
+    proxy: TcpProxy
+    kubeconfig: Path
+    lease_changes: list[LeaseChange] = field(default_factory=list)
+
+    def _record_lease(
+        self, resource: ResourceType, obj: dict[str, Any], _old: dict[str, Any] | None
+    ) -> None:
+        if resource is LEASES:
+            name: str = obj["metadata"]["name"]
+            region = name.removeprefix(lease_name(""))
+            holder = (obj.get("spec") or {}).get("holderIdentity") or ""
+            self.lease_changes.append(LeaseChange(time.time(), region, holder))
+
+    def holder(self, region: str) -> str:
+        """The region's Lease holder now ("" for none)."""
+        lease = self.server.get_object("leases", NAMESPACE, lease_name(region))
+        return str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
+
+    def holder_pid(self, region: str) -> int | None:
+        holder = self.holder(region)
+        return holder_pid(holder) if holder else None
+
+    async def register(self, store: Store, region: str) -> None:
+        await store.put_region(
+            Region(
+                name=region,
+                kind=RegionKind.KUBERNETES,
+                kubeconfig=str(self.kubeconfig),
+                namespace=NAMESPACE,
+            )
+        )
+
+
+def client_pid(info: RequestInfo) -> int | None:
+    """The process id in a servefleet User-Agent (`servefleet/<version> (<host>:<pid>)`)."""
+    _, _, inside = info.user_agent.partition("(")
+    pid = inside.rstrip(")").rpartition(":")[2]
+    return int(pid) if pid.isdigit() else None
+
+
+def writes(log: Sequence[RequestInfo]) -> list[RequestInfo]:
+    """The requests that change the cluster (Lease renewals included)."""
+    return [info for info in log if info.verb in MUTATING]
+
+
+@asynccontextmanager
+async def cluster(workdir: Path) -> AsyncIterator[Cluster]:
+    """A started test API server whose Deployments roll out after `AUTO_READY` s,
+    behind a started proxy; both stopped on the way out."""
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(KubeApiServer(auto_ready=AUTO_READY))
+        proxy = TcpProxy("127.0.0.1", server.port)
+        await proxy.start()
+        stack.push_async_callback(proxy.close)
+        config = server.kubeconfig(NAMESPACE)
+        config["clusters"][0]["cluster"]["server"] = proxy.url(server.url)
+        kubeconfig = workdir / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+        found = Cluster(server, proxy, kubeconfig)
+        server.engine.hooks.append(found._record_lease)
+        yield found
