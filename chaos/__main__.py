@@ -23,7 +23,14 @@ from typing import Any
 
 from bench.progress import console, stage
 from bench.report import machine
-from chaos import bad_input, crash_loops, leader_kills, signals, store_outage
+from chaos import (
+    bad_input,
+    crash_loops,
+    kube_leader_kills,
+    leader_kills,
+    signals,
+    store_outage,
+)
 from chaos.postgres import DEFAULT_POSTGRES, reachable
 from chaos.report import RESULTS, Row, failed_row, render, save
 
@@ -36,11 +43,20 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
             store_outage.QUICK if quick else store_outage.FULL, postgres, rng, workdir
         ),
     ),
+    ),
     "leader-kills": (
         "SIGKILLs of a region's leader under spec changes",
         lambda quick, postgres, rng, workdir: leader_kills.run(
             leader_kills.QUICK if quick else leader_kills.FULL, postgres, rng, workdir
         ),
+    ),
+    "kube-leader-kills": (
+        "SIGKILLs of a Kubernetes region's Lease holder under spec changes",
+        lambda quick, postgres, rng, workdir: kube_leader_kills.run(
+            kube_leader_kills.QUICK if quick else kube_leader_kills.FULL, postgres, rng, workdir
+        ),
+    ),
+    ),
     ),
     "crash-loops": (
         "a crash-looping version, then a 10-minute model load",

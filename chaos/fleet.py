@@ -4,8 +4,14 @@ processes on a PostgreSQL schema of their own, and waiting for a converged state
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
+from servefleet.service import EndpointService
 from servefleet.spec import RegionState, RegionStatus
 from servefleet.store import Store
 
@@ -49,3 +55,38 @@ async def converged(
             ):
                 return
             await asyncio.sleep(POLL)
+
+
+@dataclass
+class Changes:
+    asked: list[int] = field(default_factory=list)
+    """Replica counts asked for, in order; the last one is the final form."""
+    made_at: list[float] = field(default_factory=list)
+    """time.monotonic() when each was stored."""
+    made: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set after each change (cleared by whoever waits for the next)."""
+
+
+@asynccontextmanager
+async def changing(
+    service: EndpointService, interval: float, rng: random.Random
+) -> AsyncIterator[Changes]:
+    """Scale the endpoint to 1-3 replicas every `interval` s while the block runs."""
+    changes = Changes()
+
+    async def change() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            replicas = rng.randint(1, 3)
+            await service.scale(ENDPOINT, replicas)
+            changes.asked.append(replicas)
+            changes.made_at.append(time.monotonic())
+            changes.made.set()
+
+    task = asyncio.create_task(change(), name="chaos-spec-changes")
+    try:
+        yield changes
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

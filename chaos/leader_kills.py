@@ -26,13 +26,12 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.progress import show
-from chaos.fleet import ENDPOINT, POLL, REGION, converged
+from chaos.fleet import ENDPOINT, POLL, REGION, changing, converged
 from chaos.load import SteadyLoad
 from chaos.postgres import Schema, chaos_schema
 from chaos.report import Row
@@ -103,30 +102,6 @@ class Candidates:
         return {pid: replicas for pid, replicas in found.items() if replicas}
 
 
-@asynccontextmanager
-async def _changing(
-    service: EndpointService, plan: Plan, rng: random.Random
-) -> AsyncIterator[list[int]]:
-    """Scale the endpoint to 1-3 replicas every `change_interval` s while the block
-    runs; yields the list of counts asked for, the last one being the final form."""
-    asked: list[int] = []
-
-    async def change() -> None:
-        while True:
-            await asyncio.sleep(plan.change_interval)
-            replicas = rng.randint(1, 3)
-            await service.scale(ENDPOINT, replicas)
-            asked.append(replicas)
-
-    task = asyncio.create_task(change(), name="chaos-spec-changes")
-    try:
-        yield asked
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) -> Row:
     row = Row(
         "leader kills",
@@ -166,7 +141,8 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
         load.start()
         stack.push_async_callback(load.stop)
         replacements: list[asyncio.Task[None]] = []
-        async with _changing(service, plan, rng) as asked:
+        async with changing(service, plan.change_interval, rng) as changes:
+            asked = changes.asked
             for kill in range(plan.kills):
                 show(f"kill {kill + 1}/{plan.kills}: waiting for a leader")
                 async with asyncio.timeout(plan.within):
