@@ -91,6 +91,11 @@ class Engine:
             raise errors.not_found(resource.group, resource.plural, name)
         return stored
 
+    def peek(self, resource: ResourceType, namespace: str, name: str) -> dict[str, Any]:
+        """The stored object itself, not a copy (`get`), for a caller that only reads
+        it: a stored object is never modified, each write stores a new one."""
+        return self._require(resource, namespace, name).obj
+
     def _allocate_cluster_ip(self) -> str:
         network = ipaddress.ip_network("10.96.0.0/16")
         while True:
@@ -315,7 +320,7 @@ class Engine:
         if options.dry_run:
             return WriteResult(obj, created=old is None)
         stored = StoredObject(resource, obj, managed)
-        self.store.commit(resource, namespace, name, stored, clone(old.obj) if old else None)
+        self.store.commit(resource, namespace, name, stored, old.obj if old else None)
         for hook in self.hooks:
             hook(resource, obj, old.obj if old else None)
         return WriteResult(clone(obj), created=old is None)
@@ -468,8 +473,8 @@ class Engine:
         entry_subresource = subresource if manager_subresource is None else manager_subresource
         scope = self._scope(resource, subresource)
         managed = update(
-            _managed_view(old.obj),
-            _managed_view(obj),
+            _compared_view(old.obj),
+            _compared_view(obj),
             node,
             old.managed,
             options.manager,
@@ -771,10 +776,9 @@ class Engine:
     ) -> WriteResult:
         """Replace an object's status as a controller would (`manager`, Update, status)."""
         old = self._require(resource, namespace, name)
-        candidate = _managed_view(old.obj)
-        candidate["status"] = status
+        # A write through the status subresource takes only the status of its candidate.
         return self._write_update(
-            resource, namespace, name, candidate, old, WriteOptions(manager), "status"
+            resource, namespace, name, {"status": status}, old, WriteOptions(manager), "status"
         )
 
 
@@ -831,6 +835,13 @@ def _managed_view(obj: dict[str, Any]) -> dict[str, Any]:
     out = clone(obj)
     out.get("metadata", {}).pop("managedFields", None)
     return out
+
+
+def _compared_view(obj: dict[str, Any]) -> dict[str, Any]:
+    """`_managed_view` for reading only: it shares all but the top level and the
+    metadata with `obj` (a field-set comparison never modifies what it compares)."""
+    metadata = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    return {**obj, "metadata": metadata}
 
 
 _META_ORDER = (

@@ -396,7 +396,7 @@ class KubeApiServer:
                 "mark_ready fakes what the kubelet does: with a kubelet, Deployment status"
                 " comes from its Pods"
             )
-        current = self.engine.get(DEPLOYMENTS, namespace, name)
+        current = self.engine.peek(DEPLOYMENTS, namespace, name)
         desired = int((current.get("spec") or {}).get("replicas", 1))
         ready = desired if ready is None else ready
         status = deployment_status(

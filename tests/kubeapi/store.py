@@ -151,7 +151,8 @@ class Store:
         else:
             stored.obj["metadata"]["resourceVersion"] = str(rv)
             self.objects[key] = stored
-            event = Event(rv, "ADDED" if old is None else "MODIFIED", clone(stored.obj), old)
+            # Shared, not copied: a stored object is never modified (a write stores a new one).
+            event = Event(rv, "ADDED" if old is None else "MODIFIED", stored.obj, old)
         log = self._logs.setdefault(resource.plural, deque())
         log.append(event)
         while len(log) > self.history:
