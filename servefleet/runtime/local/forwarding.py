@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 __all__ = ["HOP_BY_HOP", "ProxyNetwork", "is_trusted", "upstream_headers", "without"]
 
@@ -52,7 +52,7 @@ _FORWARDING = frozenset(
 _UNTRUSTED = _REQUEST_ONLY | _FORWARDING
 
 
-def without(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
+def without(headers: MultiMapping[str], drop: frozenset[str]) -> CIMultiDict[str]:
     """`headers` without the fields in `drop`, nor any the Connection header names."""
     # Copying whole and deleting the few present is cheaper than a Python loop
     # over every field, and this runs twice per request.

@@ -38,7 +38,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
-from yarl import URL
 
 from servefleet.metrics import NO_ENDPOINT, NO_VERSION, Metrics, status_class
 from servefleet.runtime.local.activator import Activator
@@ -57,6 +56,12 @@ from servefleet.runtime.local.routing import (
     RouteConflict,
     Router,
     choose,
+)
+from servefleet.runtime.local.upstream import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeout,
 )
 
 __all__ = [
@@ -179,14 +184,25 @@ class _CappedServer(web.Server):
 
 class _ClientBody:
     """A request's body as the client sends it, given up on once the client pauses
-    longer than `gap` seconds between two chunks; `stalled` then says so."""
+    longer than `gap` seconds between two chunks; `stalled` then says so.
 
-    def __init__(self, content: aiohttp.StreamReader, gap: float) -> None:
-        self._content = content
+    A client that sent `Expect: 100-continue` waits for an interim 100 before its
+    body (curl: a second, others forever); it gets it when the body is first asked
+    for, that is once a replica has taken the request."""
+
+    def __init__(self, request: web.BaseRequest, gap: float) -> None:
+        self._content = request.content
+        self._writer = request.writer
+        self._expects_continue = (
+            request.version >= aiohttp.HttpVersion11
+            and request.headers.get("expect", "").lower() == "100-continue"
+        )
         self._gap = gap
         self.stalled = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        if self._expects_continue:
+            await self._writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         while True:
             try:
                 async with asyncio.timeout(self._gap):
@@ -221,7 +237,7 @@ class Gateway:
         self._routers = tuple(routers)
         self._settings = settings or GatewaySettings()
         self._metrics = metrics or Metrics()
-        self._session: aiohttp.ClientSession | None = None
+        self._upstream: UpstreamPool | None = None
         self._runner: web.ServerRunner | None = None
         self._activator = Activator(
             self._routers, timeout=self._settings.hold_timeout, max_held=self._settings.max_held
@@ -232,19 +248,9 @@ class Gateway:
         if self._runner is not None:
             raise RuntimeError("the gateway is already started")
         settings = self._settings
-        self._session = aiohttp.ClientSession(
-            auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=settings.upstream_connect_timeout,
-                sock_read=settings.upstream_read_timeout,
-            ),
-            connector=aiohttp.TCPConnector(limit=0),
-            # Forward the client's headers as they are, adding none of our own.
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            # A replica's cookies belong to the client that got them, not to
-            # every later request through this shared session.
-            cookie_jar=aiohttp.DummyCookieJar(),
+        self._upstream = UpstreamPool(
+            connect_timeout=settings.upstream_connect_timeout,
+            read_timeout=settings.upstream_read_timeout,
         )
         server = _CappedServer(
             self._handle,
@@ -272,9 +278,9 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -322,12 +328,12 @@ class Gateway:
         """Proxy the request to `pick`, or to one other replica if `pick` refuses the
         connection; the answer, or the gateway's own for a failure."""
         path = request.rel_url.raw_path
-        body = _ClientBody(request.content, self._settings.body_timeout)
+        body = _ClientBody(request, self._settings.body_timeout)
         pick.backend.acquire()
         try:
             try:
                 return await self._proxy(request, body, router, pick)
-            except aiohttp.ClientConnectorError as error:
+            except UpstreamConnectError as error:
                 # Nothing reached the replica: one more try on another one.
                 failed = pick.backend
                 retry = choose(self._routers, path, exclude=failed)
@@ -338,11 +344,11 @@ class Gateway:
                 pick.backend.acquire()
                 try:
                     return await self._proxy(request, body, router, pick)
-                except aiohttp.ClientConnectorError as again:
+                except UpstreamConnectError as again:
                     return _error(
                         502, f"replicas {failed.name} and {pick.backend.name} refused: {again}"
                     )
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except (UpstreamError, TimeoutError) as error:
             # Before any byte of the answer.
             if body.stalled:
                 return await self._body_too_slow(request)
@@ -363,7 +369,7 @@ class Gateway:
         return response
 
     def _failure(self, backend: Backend, error: Exception) -> web.Response:
-        if isinstance(error, aiohttp.SocketTimeoutError):
+        if isinstance(error, UpstreamTimeout):
             self._stall(backend)
             return _error(
                 504,
@@ -384,9 +390,9 @@ class Gateway:
     async def _proxy(
         self, request: web.BaseRequest, body: _ClientBody, router: Router, pick: Pick
     ) -> web.StreamResponse:
-        assert self._session is not None
+        assert self._upstream is not None
         query = request.rel_url.raw_query_string
-        target = pick.backend.url + pick.path + ("?" + query if query else "")
+        target = pick.path + ("?" + query if query else "")
         peer = request.remote
         headers = upstream_headers(
             request.headers,
@@ -395,45 +401,44 @@ class Gateway:
             prefix=pick.prefix,
             trusted=is_trusted(peer, self._settings.trusted_proxies),
         )
-        async with self._session.request(
+        async with self._upstream.request(
+            pick.backend.url,
             request.method,
-            URL(target, encoded=True),
-            headers=headers,
-            data=body.chunks() if request.body_exists else None,
-            allow_redirects=False,
+            target,
+            headers,
+            body.chunks() if request.body_exists else None,
         ) as upstream:
             pick.backend.answered()
             answer_headers = without(upstream.headers, HOP_BY_HOP)
             answer_headers["x-servefleet-region"] = router.region
             answer_headers["x-servefleet-version"] = pick.version
             answer_headers["x-servefleet-replica"] = pick.backend.name
-            content = upstream.content
-            if content.is_eof():
+            if upstream.complete():
                 # The whole answer is already here (small JSON, an error, a short
                 # stream): headers and body leave in one write instead of one each.
                 return web.Response(
                     status=upstream.status,
-                    reason=upstream.reason,
+                    reason=upstream.reason or None,
                     headers=answer_headers,
-                    body=content.read_nowait(),
+                    body=await upstream.read(),
                 )
             response = web.StreamResponse(
-                status=upstream.status, reason=upstream.reason, headers=answer_headers
+                status=upstream.status, reason=upstream.reason or None, headers=answer_headers
             )
             await response.prepare(request)
             try:
                 while True:
-                    chunk = await content.readany()
-                    if content.at_eof():
+                    chunk = await upstream.read()
+                    if upstream.done:
                         # The last chunk and the end of the answer in one write.
                         await response.write_eof(chunk)
                         return response
                     await response.write(chunk)
-            except (aiohttp.ClientError, TimeoutError) as error:
+            except UpstreamError as error:
                 # The replica broke off or went silent mid-answer. The status is
                 # already sent, so the only honest signal left is to cut the
                 # client's connection.
-                if isinstance(error, aiohttp.SocketTimeoutError):
+                if isinstance(error, UpstreamTimeout):
                     self._stall(pick.backend)
                 if request.transport is not None:
                     request.transport.abort()
