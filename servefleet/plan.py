@@ -136,7 +136,20 @@ def desired_workload(
         replicas=None if autoscaling else (spec.replicas if runs else 0),
     )
     canary = None
-    if spec.canary is not None:
+    canary_weight = 0
+    rollout = endpoint.rollout
+    if rollout is not None and rollout.phase.active and region in rollout.weights:
+        # A progressive rollout's new version: the primary's command and env, its
+        # image, at the weight the rollout has reached in this region.
+        canary = primary.model_copy(
+            update={
+                "role": "canary",
+                "image": rollout.image,
+                "replicas": spec.rollout_policy.canary_replicas if runs else 0,
+            }
+        )
+        canary_weight = rollout.weights[region]
+    elif spec.canary is not None:
         canary = Version(
             role="canary",
             image=spec.canary.image or image,
@@ -145,6 +158,7 @@ def desired_workload(
             env=dict(sorted({**spec.env, **spec.canary.env}.items())),
             replicas=spec.canary.replicas if runs else 0,
         )
+        canary_weight = spec.canary.weight
     return Workload(
         endpoint=endpoint.name,
         region=region,
@@ -155,7 +169,7 @@ def desired_workload(
         ingress_path=endpoint.ingress_path,
         primary=primary,
         canary=canary,
-        canary_weight=spec.canary.weight if spec.canary else 0,
+        canary_weight=canary_weight,
         routed=runs and not unrouted,
         autoscaling=autoscaling,
         resources=spec.resources,

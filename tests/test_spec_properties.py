@@ -278,6 +278,31 @@ canaries = st.fixed_dictionaries(
 )
 
 
+@st.composite
+def rollouts(draw: st.DrawFn) -> Document:
+    """A rollout policy; its waves are left to the defaults (one wave of every target),
+    since which regions a document targets is drawn apart from its spec."""
+    weights = sorted(draw(st.sets(st.integers(1, 99), min_size=1, max_size=4)))
+    steps = [{"weight": weight, "hold": draw(st.integers(0, 86_400))} for weight in weights]
+    rails = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "max_error_percent": st.floats(0, 100),
+                "min_requests": st.integers(1, 1_000_000),
+                "max_latency_ratio": st.floats(1, 100),
+                "readiness_deadline": st.integers(1, 86_400),
+            },
+        )
+    )
+    return {
+        "steps": steps,
+        "guard_rails": rails,
+        "between_waves": draw(st.sampled_from(["auto", "wait"])),
+        "canary_replicas": draw(st.integers(1, 1000)),
+    }
+
+
 _NULLABLE = {
     "args",
     "capacity_type",
@@ -286,6 +311,7 @@ _NULLABLE = {
     "model_source",
     "model_path",
     "canary",
+    "rollout",
 }
 
 
@@ -308,6 +334,7 @@ def _spec_fields(full: bool) -> st.SearchStrategy[Document]:
         "model_path": model_paths,
         "canary": canaries,
         "autoscaling": autoscalings(),
+        "rollout": rollouts(),
     }
     if full:
         return st.fixed_dictionaries(fields)
@@ -626,6 +653,57 @@ def _break_state(draw: st.DrawFn, document: Document) -> str:
     return "state"
 
 
+def _in_rollout(field: str, bad: st.SearchStrategy[Any]) -> Breaker:
+    def breaker(draw: st.DrawFn, document: Document) -> str:
+        rollout = dict(document["spec"].get("rollout") or {})
+        rollout[field] = draw(bad)
+        document["spec"]["rollout"] = rollout
+        return f"spec.rollout.{field}"
+
+    return breaker
+
+
+def _break_rollout_step_order(draw: st.DrawFn, document: Document) -> str:
+    high = draw(st.integers(1, 99))
+    low = draw(st.integers(1, high))
+    document["spec"]["rollout"] = {"steps": [{"weight": high}, {"weight": low}]}
+    return "spec.rollout.steps.1.weight"
+
+
+def _break_rollout_step_weight(draw: st.DrawFn, document: Document) -> str:
+    document["spec"]["rollout"] = {"steps": [{"weight": draw(_outside(1, 99))}]}
+    return "spec.rollout.steps.0.weight"
+
+
+def _break_rollout_waves(draw: st.DrawFn, document: Document) -> str:
+    region = draw(st.sampled_from(REGIONS))
+    twice = draw(st.sampled_from([[[region, region]], [[region], [region]]]))
+    empty = draw(st.sampled_from([[], [[]], [[region], []]]))
+    waves = draw(st.sampled_from([twice, empty]))
+    document["spec"]["rollout"] = {"waves": waves}
+    if waves is twice or not waves:
+        return "spec.rollout.waves"
+    return f"spec.rollout.waves.{len(waves) - 1}"
+
+
+def _break_rollout_guard_rail(draw: st.DrawFn, document: Document) -> str:
+    rail, bad = draw(
+        st.sampled_from(
+            [
+                (
+                    "max_error_percent",
+                    draw(st.floats(min_value=100.01) | st.floats(max_value=-0.01)),
+                ),
+                ("min_requests", draw(st.integers(max_value=0))),
+                ("max_latency_ratio", draw(st.floats(max_value=0.99))),
+                ("readiness_deadline", draw(st.integers(max_value=0))),
+            ]
+        )
+    )
+    document["spec"]["rollout"] = {"guard_rails": {rail: bad}}
+    return f"spec.rollout.guard_rails.{rail}"
+
+
 def _outside(low: int, high: int) -> st.SearchStrategy[int]:
     """Integers outside low..high, the two nearest ones most of all."""
     return (
@@ -674,6 +752,13 @@ BREAKERS: dict[str, Breaker] = {
     "autoscaling.panic_threshold": _in_autoscaling(
         "panic_threshold", st.floats(max_value=1.09) | st.floats(min_value=10.01)
     ),
+    "rollout.steps.order": _break_rollout_step_order,
+    "rollout.steps.weight": _break_rollout_step_weight,
+    "rollout.waves": _break_rollout_waves,
+    "rollout.between_waves": _in_rollout(
+        "between_waves", st.sampled_from(["manual", "Auto", "", 1])
+    ),
+    "rollout.guard_rails": _break_rollout_guard_rail,
     "requests_over_limits": _break_requests_over_limits,
     "quantity": _break_quantity,
     "labels": _break_labels("labels"),
@@ -991,7 +1076,7 @@ def test_every_generated_valid_spec_is_accepted_and_dumps_to_itself(
     validated = EndpointSpec.model_validate(spec)
 
     for field, value in spec.items():
-        if value is not None and field not in ("resources", "canary", "autoscaling"):
+        if value is not None and field not in ("resources", "canary", "autoscaling", "rollout"):
             assert getattr(validated, field) == value
     assert EndpointSpec.model_validate(validated.model_dump(mode="json")) == validated
     assert EndpointSpec.model_validate_json(validated.model_dump_json()) == validated
