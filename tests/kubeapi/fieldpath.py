@@ -10,6 +10,7 @@ that also has children).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -102,7 +103,14 @@ def _encode_element(element: PathElement) -> str:
 
 
 def fields_v1(paths: Iterable[Path]) -> dict[str, Any]:
-    """Render a field set as FieldsV1 JSON."""
+    """Render a field set as FieldsV1 JSON: shared between the callers that render
+    the same set (every write encodes each manager's set again, and most are
+    unchanged), so it must not be modified."""
+    return _fields_v1(frozenset(paths))
+
+
+@functools.lru_cache(maxsize=8192)
+def _fields_v1(paths: frozenset[Path]) -> dict[str, Any]:
     root: dict[str, Any] = {}
     for path in paths:
         node = root

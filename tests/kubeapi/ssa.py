@@ -204,6 +204,15 @@ class Scope:
         result = comparison.exclude(self.ignored)
         return result.restrict(self.roots) if self.roots is not None else result
 
+    def compare(self, old: dict[str, Any], new: dict[str, Any], node: TypeNode) -> Comparison:
+        """`filter(compare(old, new))`, comparing only the top-level fields the roots
+        lie under (a status write need not walk the spec: filter drops it anyway)."""
+        if self.roots is not None and all(root and root[0][0] == "f" for root in self.roots):
+            names = {root[0][1] for root in self.roots}
+            old = {name: value for name, value in old.items() if name in names}
+            new = {name: value for name, value in new.items() if name in names}
+        return self.filter(compare(old, new, node))
+
     def owned(self, paths: Iterable[Path]) -> FieldSet:
         result = fp.recursive_difference(paths, self.ignored)
         return fp.restrict_to(result, self.roots) if self.roots is not None else result
@@ -218,7 +227,7 @@ def _take_over(
     force: bool,
     scope: Scope,
 ) -> Comparison:
-    comparison = scope.filter(compare(old, new, node))
+    comparison = scope.compare(old, new, node)
     changed = comparison.changed()
     conflicts: list[Conflict] = []
     losses: dict[tuple[str, str, str], FieldSet] = {}
