@@ -12,7 +12,8 @@
     anything else (401, 403, another 404)      RuntimeUnavailable at once
 
 A watch stream fails in its own two ways, which `watches.py` handles: `WatchFailed`
-(open it again after a backoff) and `WatchExpired` (410 Gone: list again).
+(open it again after a backoff, or its `retry_after` when longer) and
+`WatchExpired` (410 Gone: list again).
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ __all__ = ["WatchExpired", "WatchFailed", "refusal", "retry_after", "status_mess
 class WatchFailed(Exception):
     """A watch request or stream answered with an error other than 410."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+        """Seconds the server asked to wait before the watch is opened again."""
 
 
 class WatchExpired(Exception):

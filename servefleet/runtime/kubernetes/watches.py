@@ -9,7 +9,9 @@ resourceVersion it saw (BOOKMARKs keep that fresh), asks for `timeoutSeconds` an
 is opened again when it ends; a 410 Gone (an ERROR event or the answer to the
 watch request) lists again. As in client-go's reflector, a stream that ends or
 breaks resumes from its resourceVersion (nothing is lost: the server replays from
-there) and only an expired resourceVersion costs a LIST. Every change is handed
+there) and only an expired resourceVersion costs a LIST. A watch request the
+server refuses is opened again after a backoff, or after its Retry-After when that
+is longer (a 429 from an overloaded apiserver). Every change is handed
 to `events.EndpointEvents`. A converged region therefore costs the open watches
 and nothing else.
 
@@ -36,7 +38,12 @@ import aiohttp
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.api import ClusterApi, Kind
 from servefleet.runtime.kubernetes.drift import ANNOTATION_FIELDS, ANNOTATION_OBJECTS, drift_of
-from servefleet.runtime.kubernetes.errors import WatchExpired, WatchFailed, status_message
+from servefleet.runtime.kubernetes.errors import (
+    WatchExpired,
+    WatchFailed,
+    retry_after,
+    status_message,
+)
 from servefleet.runtime.kubernetes.events import EndpointEvents
 from servefleet.runtime.kubernetes.render import ANNOTATION_HASH, LABEL_NAME, Manifest, ObjectRef
 from servefleet.runtime.kubernetes.settings import ClusterSettings
@@ -231,13 +238,22 @@ class Watches:
                 ValueError,
             ) as error:
                 log.warning("%s: %s watch failed: %s", self.region, cache.kind.kind, error)
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(self._pause(backoff, error))
                 backoff = min(backoff * 2, self._settings.backoff_max)
             except Exception:  # a refused LIST, a malformed event: start over from a list
                 log.exception("%s: %s watch broke; listing again", self.region, cache.kind.kind)
                 cache.resource_version = None
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._settings.backoff_max)
+
+    def _pause(self, backoff: float, error: BaseException) -> float:
+        """Seconds before a failed watch is opened again: the backoff, or longer when
+        the server answered with a Retry-After (a 429 of an overloaded apiserver), as
+        `api.py` waits before retrying any other request (capped alike)."""
+        asked = error.retry_after if isinstance(error, WatchFailed) else None
+        if asked is None:
+            return backoff
+        return min(max(backoff, asked), max(self._settings.backoff_max, 1.0))
 
     async def _relist(self, cache: Cache) -> None:
         objects: dict[str, Manifest] = {}  # by name
@@ -271,7 +287,11 @@ class Watches:
                 raise WatchExpired()
             if response.status != 200:
                 raw = await response.read()
-                raise WatchFailed(response.status, status_message(raw, response.status))
+                raise WatchFailed(
+                    response.status,
+                    status_message(raw, response.status),
+                    retry_after(response.headers),
+                )
             while True:
                 line = await response.content.readline()
                 if not line:
