@@ -27,6 +27,8 @@ from chaos import (
     bad_input,
     crash_loops,
     kube_leader_kills,
+    kube_outage,
+    kube_watch_cuts,
     leader_kills,
     signals,
     store_outage,
@@ -61,7 +63,17 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
             kube_leader_kills.QUICK if quick else kube_leader_kills.FULL, postgres, rng, workdir
         ),
     ),
+    "kube-outage": (
+        "the Kubernetes API server dark, then a storm of 500s and 429s",
+        lambda quick, postgres, rng, workdir: kube_outage.run(
+            kube_outage.QUICK if quick else kube_outage.FULL, postgres, rng, workdir
+        ),
     ),
+    "kube-watch-cuts": (
+        "watch streams cut every few seconds and a compaction (410)",
+        lambda quick, postgres, rng, workdir: kube_watch_cuts.run(
+            kube_watch_cuts.QUICK if quick else kube_watch_cuts.FULL, postgres, rng, workdir
+        ),
     ),
     "crash-loops": (
         "a crash-looping version, then a 10-minute model load",
@@ -84,11 +96,11 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
 }
 
 
-FULL_ONLY = {"crash-loops", "dynamodb-outage"}
+FULL_ONLY = {"crash-loops", "dynamodb-outage", "kube-outage", "kube-watch-cuts"}
 """Left out of `--quick` (CI, near its time budget): crash-loops' two held versions
 would take the quick run past a minute (tests/scenarios/test_replica_start_up.py
-checks the same reports in CI); dynamodb-outage costs 30 s even with short
-faults (tests/store checks the store's retries in CI)."""
+checks the same reports in CI); the other three cost 15-30 s each even with short
+faults (tests/kubernetes and tests/store check their parts in CI)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

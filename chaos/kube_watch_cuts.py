@@ -1,0 +1,138 @@
+"""Scenario: watch streams cut every few seconds, and the history compacted.
+
+One `servefleet reconcile --region k1` serves an endpoint on the test API server
+(`chaos.kube`) that is scaled to a random 1-3 replicas every `change_interval` s
+for `duration` s. Every `cut_interval` s every open watch stream is ended, either
+cleanly or by closing its connection (as a load balancer or an apiserver restart
+does), at random; halfway through, the server's history is compacted as well, so
+every watch opened again from an older resourceVersion is answered with an ERROR
+event of code 410 (Expired), as a real apiserver answers it.
+
+Invariants: no change is missed (the Deployments are rolled out by the server a
+moment after each change, and the region reports ready only once its watch has
+seen that: the last change reaches its final form, ready at its generation); no
+relist storm: a cut watch resumes from its resourceVersion without listing, so
+the lists are those of the start and one per watched kind after the compaction
+(plus one per kind for a watch that was itself cut during its relist); no status
+goes back to an older generation. Reported: the lists and watches opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.progress import show
+from chaos.fleet import ENDPOINT, changing, converged
+from chaos.kube import cluster
+from chaos.postgres import chaos_schema
+from chaos.report import Row
+from chaos.writes import reverted_statuses
+from servefleet.service import EndpointService
+from servefleet.spec import EndpointSpec
+from servefleet.store import open_store
+from tests.scenarios.harness import manifest, reconcile_process
+
+REGION = "k1"
+IMAGE = "vllm/vllm-openai:v0.6.3"
+
+
+@dataclass(frozen=True)
+class Plan:
+    duration: float
+    cut_interval: float
+    change_interval: float
+    within: float
+
+
+FULL = Plan(duration=60.0, cut_interval=3.0, change_interval=1.0, within=90.0)
+QUICK = Plan(duration=6.0, cut_interval=2.0, change_interval=1.0, within=60.0)
+
+
+async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) -> Row:
+    row = Row(
+        "watch cuts and compaction",
+        f"every watch stream ended every {plan.cut_interval:g} s for {plan.duration:g} s "
+        "(cleanly or by a closed connection, at random), the history compacted halfway "
+        "(410 Expired to every resumed watch); one `reconcile`, an endpoint scaled every "
+        f"{plan.change_interval:g} s",
+    )
+    cuts = 0
+    async with AsyncExitStack() as stack:
+        schema = await stack.enter_async_context(chaos_schema(postgres_url))
+        kube = await stack.enter_async_context(cluster(workdir))
+        store = await open_store(schema.url)
+        stack.push_async_callback(store.close)
+        await kube.register(store, REGION)
+        service = EndpointService(store)
+        await service.apply(manifest(ENDPOINT, EndpointSpec(image=IMAGE, replicas=2), [REGION]))
+        await stack.enter_async_context(
+            reconcile_process(
+                schema.url_for("chaos-reconcile"),
+                *("--region", REGION),
+                stderr=workdir / "reconcile.log",
+            )
+        )
+        await converged(store, replicas=2, processes=lambda: 2, within=plan.within, region=REGION)
+        server = kube.server
+        lists_at_start = server.count("list")
+        watched = {info.resource for info in server.request_log if info.verb == "watch"}
+        watches_at_start = server.count("watch")
+        compact_at = plan.duration / 2
+        async with changing(service, plan.change_interval, rng) as changes:
+            began = time.monotonic()
+            while (elapsed := time.monotonic() - began) < plan.duration:
+                show(f"cut {cuts + 1}: {elapsed:.0f}/{plan.duration:g} s")
+                pause = plan.cut_interval
+                if 0 <= compact_at - elapsed < pause:
+                    await asyncio.sleep(compact_at - elapsed)
+                    server.compact()
+                    server.drop_watches(abort=rng.random() < 0.5)
+                    pause -= compact_at - elapsed
+                await asyncio.sleep(pause)
+                server.drop_watches(abort=rng.random() < 0.5)
+                cuts += 1
+        ended = time.monotonic()
+        final = changes.asked[-1] if changes.asked else 2
+        show("waiting for the last change to arrive")
+        try:
+            await converged(
+                store, replicas=final, processes=lambda: final, within=plan.within, region=REGION
+            )
+        except TimeoutError:
+            row.broken.append(
+                f"the last change (scale to {final}) did not arrive within {plan.within:g} s"
+            )
+        else:
+            row.recovery_s = round(time.monotonic() - ended, 2)
+        # Every watch open again (after its relist, if it had to), before counting.
+        async with asyncio.timeout(plan.within):
+            while server.open_watches < len(watched):  # noqa: ASYNC110 - the server's own state
+                await asyncio.sleep(0.05)
+        lists = server.count("list") - lists_at_start
+        watches = server.count("watch") - watches_at_start
+        status_log = await schema.status_writes()
+    allowed = 2 * len(watched)
+    if lists > allowed:
+        row.broken.append(
+            f"a relist storm: {lists} lists after {cuts} cuts and one compaction "
+            f"({len(watched)} kinds watched; at most {allowed} expected)"
+        )
+    reverted = reverted_statuses(status_log)
+    row.broken += reverted[:10]
+    row.duplicate_writes = 0  # one reconciler: no second writer to catch
+    row.lost_writes = len(reverted) + (0 if row.recovery_s is not None else 1)
+    row.details = {
+        "cuts": cuts,
+        "spec_changes": len(changes.asked),
+        "final_replicas": final,
+        "kinds_watched": sorted(watched),
+        "lists_after_start": lists,
+        "watches_opened_after_start": watches,
+        "status_writes": len(status_log),
+    }
+    return row
