@@ -23,7 +23,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import coldstart, failover, gateway, kubernetes, propagation, steady, stepload
+from bench import (
+    coldstart,
+    failover,
+    gateway,
+    gateway_streams,
+    kubernetes,
+    propagation,
+    steady,
+    stepload,
+)
 from bench.child import child
 from bench.progress import console, stage
 from bench.report import NotAvailable, Row, machine, render, save
@@ -102,6 +111,8 @@ async def main(options: argparse.Namespace) -> int:
     if "gateway" in selected:
         gateway_plan = gateway.QUICK if quick else gateway.FULL
         await part("gateway overhead", lambda: gateway.run(gateway_plan))
+        streams_plan = gateway_streams.QUICK if quick else gateway_streams.FULL
+        await part("gateway under many token streams", lambda: gateway_streams.run(streams_plan))
     if "steady" in selected:
         steady_plan = steady.QUICK if quick else steady.FULL
         await part("steady state", lambda: steady.run(options.postgres, steady_plan))

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.child import Child, child, stop
 from bench.gateway_host import PREFIX
 from bench.progress import show
 from bench.report import REPO, Row, ms
@@ -72,20 +73,9 @@ def _free_port() -> int:
         return port
 
 
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.terminate()
-        try:
-            async with asyncio.timeout(10):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
 @asynccontextmanager
-async def demo_replica() -> AsyncIterator[str]:
-    """`python -m servefleet.demo --port P --token-delay 0`, once /health answers 200."""
+async def demo_replica(token_delay: float = 0.0) -> AsyncIterator[str]:
+    """`python -m servefleet.demo --port P --token-delay D`, once /health answers 200."""
     port = _free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -94,7 +84,7 @@ async def demo_replica() -> AsyncIterator[str]:
         "--port",
         str(port),
         "--token-delay",
-        "0",
+        str(token_delay),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -114,30 +104,15 @@ async def demo_replica() -> AsyncIterator[str]:
                 await asyncio.sleep(0.05)
         yield url
     finally:
-        await _stop(process)
+        await stop(process)
 
 
 @asynccontextmanager
-async def gateway_process(upstream: str) -> AsyncIterator[str]:
-    """A Gateway with one Router (/inference/demo → upstream) in a process of its own."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.gateway_host",
-        upstream,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert process.stdout is not None
-        async with asyncio.timeout(20):
-            line = await process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the gateway exited with {await process.wait()}")
-        yield line.decode().strip()
-    finally:
-        await _stop(process)
+async def gateway_process(primary: list[str], *options: str, log: Path) -> AsyncIterator[Child]:
+    """A Gateway with one Router (/inference/demo → the replicas) in a process of its
+    own (`bench.gateway_host`); its `hello["url"]` is its base URL."""
+    async with child("bench.gateway_host", *primary, *options, log=log) as host:
+        yield host
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[float, bool]:
@@ -164,10 +139,12 @@ async def _first_event(session: aiohttp.ClientSession, url: str) -> tuple[float,
 
 
 async def run(plan: Plan) -> list[Row]:
-    async with demo_replica() as replica, gateway_process(replica) as gateway:
-        targets = {"direct": replica, "gateway": gateway + PREFIX}
-        rows = await _sequential(plan, targets)
-        rows += await _under_load(plan, targets)
+    with tempfile.TemporaryDirectory(prefix="servefleet-bench-gateway-") as directory:
+        log = Path(directory) / "gateway.log"
+        async with demo_replica() as replica, gateway_process([replica], log=log) as gateway:
+            targets = {"direct": replica, "gateway": gateway.hello["url"] + PREFIX}
+            rows = await _sequential(plan, targets)
+            rows += await _under_load(plan, targets)
     return rows
 
 
@@ -304,6 +281,9 @@ def _load_row(
     added_p99 = (through["p99_us"] - direct["p99_us"]) / 1000
     ratio = through["requests_per_s"] / direct["requests_per_s"]
     failed = {label: f["errors"] + f["non_2xx"] for label, f in figures.items()}
+    # Issue 18 sets the added-latency goal for one connection; with more, requests
+    # queue for the two shared cores and added p50 measures the queue.
+    latency_goal = concurrency == 1
     failures = (
         f" · failed: {failed['direct']} direct, {failed['gateway']} gateway"
         if any(failed.values())
@@ -328,8 +308,11 @@ def _load_row(
             "added_p99_ms": round(added_p99, 3),
             "throughput_ratio": round(ratio, 3),
         },
-        goal=f"< {GOAL_ADDED_MS:g} ms added at p50; ≥ {GOAL_THROUGHPUT:.0%} of direct throughput",
-        met=added_p50 < GOAL_ADDED_MS and ratio >= GOAL_THROUGHPUT and not any(failed.values()),
+        goal=f"≥ {GOAL_THROUGHPUT:.0%} of direct throughput"
+        + (f"; < {GOAL_ADDED_MS:g} ms added at p50" if latency_goal else ""),
+        met=ratio >= GOAL_THROUGHPUT
+        and (added_p50 < GOAL_ADDED_MS or not latency_goal)
+        and not any(failed.values()),
     )
 
 
