@@ -75,6 +75,21 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
             kube_watch_cuts.QUICK if quick else kube_watch_cuts.FULL, postgres, rng, workdir
         ),
     ),
+    "clock-skew-local": (
+        "one `up`'s clock 30 s ahead, leaders killed (store lease)",
+        lambda quick, postgres, rng, workdir: leader_kills.run(
+            leader_kills.SKEW_QUICK if quick else leader_kills.SKEW_FULL, postgres, rng, workdir
+        ),
+    ),
+    "clock-skew-kube": (
+        "one `reconcile`'s clock 30 s ahead, leaders killed (Kubernetes Lease)",
+        lambda quick, postgres, rng, workdir: kube_leader_kills.run(
+            kube_leader_kills.SKEW_QUICK if quick else kube_leader_kills.SKEW_FULL,
+            postgres,
+            rng,
+            workdir,
+        ),
+    ),
     "crash-loops": (
         "a crash-looping version, then a 10-minute model load",
         lambda quick, postgres, rng, workdir: crash_loops.run(
@@ -96,11 +111,19 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
 }
 
 
-FULL_ONLY = {"crash-loops", "dynamodb-outage", "kube-outage", "kube-watch-cuts"}
+FULL_ONLY = {
+    "crash-loops",
+    "dynamodb-outage",
+    "kube-outage",
+    "kube-watch-cuts",
+    "clock-skew-local",
+    "clock-skew-kube",
+}
 """Left out of `--quick` (CI, near its time budget): crash-loops' two held versions
 would take the quick run past a minute (tests/scenarios/test_replica_start_up.py
-checks the same reports in CI); the other three cost 15-30 s each even with short
-faults (tests/kubernetes and tests/store check their parts in CI)."""
+checks the same reports in CI); the others cost 15-30 s each even with short
+faults (tests/kubernetes and tests/store check their parts in CI; the clock-skew
+ones are leader-kills and kube-leader-kills with one clock ahead)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -90,3 +90,10 @@ async def changing(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def skew_in_words(skew: float, what: str) -> str:
+    """The clock-skew part of a leader-kill scenario's fault, in words ("" for none)."""
+    if not skew:
+        return ""
+    return f"one {what}'s clock {skew:g} s ahead (and each replacement of it); "

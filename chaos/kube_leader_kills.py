@@ -38,11 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.progress import show
-from chaos.fleet import ENDPOINT, POLL, changing, converged
+from chaos.fleet import ENDPOINT, POLL, changing, converged, skew_in_words
 from chaos.kube import NAMESPACE, Cluster, LeaseChange, client_pid, cluster, writes
 from chaos.postgres import Schema, StatusWrite, chaos_schema
 from chaos.report import Row
-from chaos.writes import holder_pid, reverted_statuses
+from chaos.writes import heartbeat_lead, holder_pid, reverted_statuses
+from servefleet.cli.up import CLOCK_OFFSET_VARIABLE
 from servefleet.service import EndpointService
 from servefleet.spec import EndpointSpec
 from servefleet.store import open_store
@@ -62,10 +63,19 @@ class Plan:
     kill_window: float
     change_interval: float
     within: float
+    skew: float = 0.0
+    """Seconds one of the two processes' clock runs ahead (the clock-skew scenario):
+    the first started and every replacement of a killed one that was ahead."""
 
 
 FULL = Plan(kills=100, lease_ttl=2.0, kill_window=2.0, change_interval=0.5, within=90)
 QUICK = Plan(kills=1, lease_ttl=1.0, kill_window=1.0, change_interval=0.5, within=40)
+SKEW_FULL = Plan(
+    kills=20, lease_ttl=2.0, kill_window=2.0, change_interval=0.5, within=90, skew=30.0
+)
+SKEW_QUICK = Plan(
+    kills=2, lease_ttl=1.0, kill_window=1.0, change_interval=0.5, within=40, skew=30.0
+)
 
 
 @dataclass
@@ -80,9 +90,12 @@ class Reconcilers:
     living: dict[str, UpProcess] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     """Every writer name ever started, with its process id (the dead ones too)."""
+    ahead: set[str] = field(default_factory=set)
+    """The writers whose clock runs ahead."""
     started: int = 0
 
-    async def start(self) -> None:
+    async def start(self, ahead: bool = False) -> None:
+        """Start one more; `ahead`: with its clock `plan.skew` s ahead."""
         self.started += 1  # before the first await: starts may run at once
         writer = f"chaos-reconcile-{self.started}"
         reconciler = await self.stack.enter_async_context(
@@ -90,9 +103,12 @@ class Reconcilers:
                 self.schema.url_for(writer),
                 *("--region", REGION, "--lease-ttl", f"{self.plan.lease_ttl:g}"),
                 stderr=self.workdir / f"{writer}.log",
+                env={CLOCK_OFFSET_VARIABLE: f"{self.plan.skew:g}"} if ahead else None,
             )
         )
         self.living[writer] = reconciler
+        if ahead:
+            self.ahead.add(writer)
         self.pids[writer] = reconciler.pid
 
     def leader(self) -> tuple[str, UpProcess] | None:
@@ -147,8 +163,9 @@ def foreign_status_writes(
 
 async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) -> Row:
     row = Row(
-        "kube leader kills",
-        f"{plan.kills} SIGKILLs of the Lease holder (one of two `reconcile --lease-ttl "
+        "clock skew (Kubernetes Lease)" if plan.skew else "kube leader kills",
+        skew_in_words(plan.skew, "`reconcile`")
+        + f"{plan.kills} SIGKILLs of the Lease holder (one of two `reconcile --lease-ttl "
         f"{plan.lease_ttl:g}` for a region on the test API server), every other one within "
         f"{MID_APPLY * 1000:g} ms of a spec change, the others 0-{plan.kill_window:g} s after "
         f"it took the Lease, under a scale to 1-3 replicas every {plan.change_interval:g} s; "
@@ -158,6 +175,7 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
     victims: list[tuple[float, int]] = []
     """time.time() of each kill, with the pid killed."""
     mid_apply = 0
+    kills_ahead = 0
     async with AsyncExitStack() as stack:
         schema = await stack.enter_async_context(chaos_schema(postgres_url))
         kube = await stack.enter_async_context(cluster(workdir))
@@ -168,7 +186,7 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
         await service.apply(manifest(ENDPOINT, EndpointSpec(image=IMAGE, replicas=2), [REGION]))
         reconcilers = Reconcilers(schema, kube, plan, workdir, stack)
         show("starting two servefleet reconcile")
-        await asyncio.gather(reconcilers.start(), reconcilers.start())
+        await asyncio.gather(reconcilers.start(ahead=plan.skew != 0), reconcilers.start())
         await converged(store, replicas=2, processes=lambda: 2, within=plan.within, region=REGION)
         replacements: list[asyncio.Task[None]] = []
         async with changing(service, plan.change_interval, rng) as changes:
@@ -189,9 +207,12 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
                     os.killpg(leader.pid, signal.SIGKILL)
                 kills.append(time.monotonic())
                 victims.append((time.time(), leader.pid))
+                kills_ahead += writer in reconcilers.ahead
                 del reconcilers.living[writer]
                 await leader.process.wait()
-                replacements.append(asyncio.create_task(reconcilers.start()))
+                replacements.append(
+                    asyncio.create_task(reconcilers.start(ahead=writer in reconcilers.ahead))
+                )
             await asyncio.gather(*replacements)
         asked = changes.asked
         show("waiting for the last change to arrive")
@@ -223,6 +244,8 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
     takeovers = _takeovers(victims, holders)
     row.details = {
         "kills": len(kills),
+        "kills_of_one_ahead": kills_ahead,
+        "status_dated_ahead_by_s": heartbeat_lead(status_log, reconcilers.ahead),
         "kills_within_50ms_of_a_change": mid_apply,
         "lease_ttl_s": plan.lease_ttl,
         "spec_changes": len(asked),

@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.progress import show
-from chaos.fleet import ENDPOINT, POLL, REGION, changing, converged
+from chaos.fleet import ENDPOINT, POLL, REGION, changing, converged, skew_in_words
 from chaos.load import SteadyLoad
 from chaos.postgres import Schema, chaos_schema
 from chaos.report import Row
-from chaos.writes import foreign_writes, holder_pid, reverted_statuses
+from chaos.writes import foreign_writes, heartbeat_lead, holder_pid, reverted_statuses
+from servefleet.cli.up import CLOCK_OFFSET_VARIABLE
 from servefleet.service import EndpointService
 from servefleet.store import open_store
 from tests.scenarios.harness import UpProcess, demo_spec, gone, manifest, up_process
@@ -50,10 +51,19 @@ class Plan:
     change_interval: float
     rate: float
     within: float
+    skew: float = 0.0
+    """Seconds one of the two processes' clock runs ahead (the clock-skew scenario):
+    the first started and every replacement of a killed one that was ahead."""
 
 
 FULL = Plan(kills=100, lease_ttl=3.0, kill_window=3.0, change_interval=0.5, rate=10.0, within=90)
 QUICK = Plan(kills=5, lease_ttl=2.0, kill_window=2.5, change_interval=0.5, rate=10.0, within=40)
+SKEW_FULL = Plan(
+    kills=20, lease_ttl=3.0, kill_window=3.0, change_interval=0.5, rate=10.0, within=90, skew=30.0
+)
+SKEW_QUICK = Plan(
+    kills=2, lease_ttl=2.0, kill_window=2.5, change_interval=0.5, rate=10.0, within=40, skew=30.0
+)
 
 
 @dataclass
@@ -67,10 +77,13 @@ class Candidates:
     living: dict[str, UpProcess] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     """Every writer name ever started, with its process id (the dead ones too)."""
+    ahead: set[str] = field(default_factory=set)
+    """The writers whose clock runs ahead."""
 
     started: int = 0
 
-    async def start(self) -> None:
+    async def start(self, ahead: bool = False) -> None:
+        """Start one more; `ahead`: with its clock `plan.skew` s ahead."""
         self.started += 1  # before the first await: starts may run at once
         writer = f"chaos-up-{self.started}"
         up = await self.stack.enter_async_context(
@@ -78,10 +91,13 @@ class Candidates:
                 self.schema.url_for(writer),
                 *("--regions", REGION, "--port", "0", "--lease-ttl", f"{self.plan.lease_ttl:g}"),
                 stderr=self.workdir / f"{writer}.log",
+                env={CLOCK_OFFSET_VARIABLE: f"{self.plan.skew:g}"} if ahead else None,
                 log_dir=self.workdir / "logs",
             )
         )
         self.living[writer] = up
+        if ahead:
+            self.ahead.add(writer)
         self.pids[writer] = up.pid
 
     async def leader(self) -> tuple[str, UpProcess] | None:
@@ -104,12 +120,14 @@ class Candidates:
 
 async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) -> Row:
     row = Row(
-        "leader kills",
-        f"{plan.kills} SIGKILLs of the region's leader (one of two `up --lease-ttl "
+        "clock skew (store lease)" if plan.skew else "leader kills",
+        skew_in_words(plan.skew, "`up`")
+        + f"{plan.kills} SIGKILLs of the region's leader (one of two `up --lease-ttl "
         f"{plan.lease_ttl:g}`), each 0-{plan.kill_window:g} s after it took the lease, under "
         f"a scale to 1-3 replicas every {plan.change_interval:g} s; a new `up` replaces each",
     )
     kills: list[float] = []
+    kills_ahead = 0
     overlaps: list[dict[int, set[int]]] = []
     async with AsyncExitStack() as stack:
         schema = await stack.enter_async_context(chaos_schema(postgres_url))
@@ -118,7 +136,7 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
         service = EndpointService(store)
         candidates = Candidates(schema, plan, workdir, stack)
         show("starting two servefleet up")
-        await asyncio.gather(candidates.start(), candidates.start())
+        await asyncio.gather(candidates.start(ahead=plan.skew != 0), candidates.start())
 
         def processes() -> int:
             return sum(len(replicas) for replicas in candidates.running_replicas().values())
@@ -154,9 +172,12 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(leader.pid, signal.SIGKILL)
                 kills.append(time.monotonic())
+                kills_ahead += writer in candidates.ahead
                 del candidates.living[writer]
                 await leader.process.wait()
-                replacements.append(asyncio.create_task(candidates.start()))
+                replacements.append(
+                    asyncio.create_task(candidates.start(ahead=writer in candidates.ahead))
+                )
             await asyncio.gather(*replacements)
         show("waiting for the last change to arrive")
         final = asked[-1] if asked else 2
@@ -184,6 +205,8 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
     takeovers = [_answered_again(load, moment) for moment in kills]
     row.details = {
         "kills": len(kills),
+        "kills_of_one_ahead": kills_ahead,
+        "status_dated_ahead_by_s": heartbeat_lead(writes, candidates.ahead),
         "lease_ttl_s": plan.lease_ttl,
         "spec_changes": len(asked),
         "final_replicas": final,

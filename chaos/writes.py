@@ -56,3 +56,14 @@ def reverted_statuses(writes: Sequence[StatusWrite]) -> list[str]:
             )
         highest[key] = max(generation, highest.get(key, 0))
     return problems
+
+
+def heartbeat_lead(writes: Sequence[StatusWrite], writers: set[str]) -> float | None:
+    """How far ahead of the database's clock `writers` dated their statuses at most
+    (the proof that their clocks ran ahead); None if they wrote none."""
+    leads = [
+        write.status.heartbeat.timestamp() - write.at
+        for write in writes
+        if write.writer in writers and write.status.heartbeat is not None
+    ]
+    return round(max(leads), 1) if leads else None

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from servefleet.api.server import ServerSettings, serving_api
@@ -32,7 +33,7 @@ from servefleet.cli.logs import configure_logging
 from servefleet.cli.monitoring import MonitoringServer
 from servefleet.cli.output import err, out
 from servefleet.metrics import Metrics
-from servefleet.reconcile.controller import ControllerSettings
+from servefleet.reconcile.controller import Clock, ControllerSettings
 from servefleet.reconcile.leader import LeaseSettings
 from servefleet.reconcile.region import run_region
 from servefleet.runtime.base import Runtime
@@ -140,13 +141,33 @@ async def _cluster_runtime(
         await runtime.close()
 
 
-async def _cluster_lease(region: Region, *, in_cluster: bool) -> KubernetesLease:
+async def _cluster_lease(region: Region, *, in_cluster: bool, clock: Clock) -> KubernetesLease:
     """The Lease through which a kubernetes region's reconcilers elect a leader."""
     if in_cluster:
-        return KubernetesLease.in_cluster(region.namespace, region.name)
+        return KubernetesLease.in_cluster(region.namespace, region.name, clock=clock)
     return await KubernetesLease.from_kubeconfig(
-        region.namespace, region.name, region.kubeconfig, context=region.context
+        region.namespace, region.name, region.kubeconfig, context=region.context, clock=clock
     )
+
+
+CLOCK_OFFSET_VARIABLE = "SERVEFLEET_TEST_CLOCK_OFFSET"
+"""A test hook, not a setting: seconds added to this process's wall clock (`python
+-m chaos`'s clock-skew scenarios run a reconciler 30 s ahead through it)."""
+
+
+def _clock() -> Clock:
+    """The wall clock of the reconcilers and the Lease timestamps: `utc_now`, shifted
+    by `SERVEFLEET_TEST_CLOCK_OFFSET` seconds when that is set, as on a host whose
+    clock is off. The leases do not depend on it: PostgreSQL's and SQLite's expire
+    by the database's clock, a Kubernetes Lease by this process's monotonic clock.
+    (DynamoDB's expire by this host's real clock, which the hook leaves alone: that
+    store needs synchronised clocks.)"""
+    offset = float(os.environ.get(CLOCK_OFFSET_VARIABLE) or 0)
+    if not offset:
+        return utc_now
+    log.warning("%s=%g: this process's clock is shifted", CLOCK_OFFSET_VARIABLE, offset)
+    shift = timedelta(seconds=offset)
+    return lambda: utc_now() + shift
 
 
 async def run(options: UpOptions, started: Callable[[Running], None] | None = None) -> None:
@@ -156,6 +177,7 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
     store = await open_store(options.store_url)
     metrics = Metrics()
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    clock = _clock()
     async with AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         service = EndpointService(store)
@@ -237,7 +259,9 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
         for region in regions:
             if region.kind is not RegionKind.LOCAL:
                 in_cluster = region.name in options.in_cluster
-                leases[region.name] = await _cluster_lease(region, in_cluster=in_cluster)
+                leases[region.name] = await _cluster_lease(
+                    region, in_cluster=in_cluster, clock=clock
+                )
                 stack.push_async_callback(leases[region.name].close)
 
         _announce(running, regions, options)
@@ -251,7 +275,7 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
                         holder=holder,
                         settings=options.controller,
                         lease=options.lease,
-                        clock=utc_now,
+                        clock=clock,
                         leases=leases.get(region.name),
                         metrics=metrics,
                     ),

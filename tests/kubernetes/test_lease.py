@@ -24,7 +24,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from servefleet.reconcile.leader import LeaderElection, LeaseSettings
-from servefleet.runtime.kubernetes.lease import HeldLease, KubernetesLease, lease_name
+from servefleet.runtime.kubernetes.lease import Clock, HeldLease, KubernetesLease, lease_name
 from servefleet.store import LeaseLost
 from tests.kubeapi import matching
 from tests.kubernetes.conftest import ApiTarget, api_client, api_target, read_object
@@ -41,12 +41,19 @@ class Candidates:
     target: ApiTarget
     stack: AsyncExitStack
 
-    async def new(self, holder: str) -> KubernetesLease:
-        """A candidate's view of the Lease, on a client of its own."""
+    async def new(self, holder: str, clock: Clock | None = None) -> KubernetesLease:
+        """A candidate's view of the Lease, on a client of its own (its wall clock:
+        `clock`, by default the real one)."""
         api = await api_client(self.target.kubeconfig, user_agent=f"candidate-{holder}")
         # Connected before it is used, so that candidates started together race.
         await read_object(api, "Lease", self.target.namespace, NAME)
-        lease = KubernetesLease(api, self.target.namespace, REGION, owns_client=True)
+        lease = KubernetesLease(
+            api,
+            self.target.namespace,
+            REGION,
+            owns_client=True,
+            **({"clock": clock} if clock else {}),
+        )
         self.stack.push_async_callback(lease.close)
         return lease
 
@@ -164,6 +171,25 @@ async def test_expiry_is_judged_by_the_local_clock_not_the_remote_renew_time(
 
     await eventually(takes_over, within=10)
     assert (await candidates.read())["spec"]["leaseTransitions"] == 4
+
+
+async def test_lease_times_are_written_by_the_clock_given_and_a_clock_ahead_takes_nothing(
+    candidates: Candidates,
+) -> None:
+    """A candidate whose clock is 30 s ahead writes its times from that clock (as a
+    host with that clock would), and neither it nor a candidate with the right time
+    takes the other's live lease: expiry is never judged by the wall clock."""
+    ahead = timedelta(seconds=30)
+    a = await candidates.new("a", clock=lambda: datetime.now(UTC) + ahead)
+    b = await candidates.new("b")
+    assert await b.acquire_or_renew("b", LONG) is not None
+    assert await a.acquire_or_renew("a", LONG) is None
+    await b.release("b")
+    before = datetime.now(UTC)
+    assert await a.acquire_or_renew("a", LONG) is not None
+    renewed = _time((await candidates.read())["spec"]["renewTime"])
+    assert renewed >= before + ahead
+    assert await b.acquire_or_renew("b", LONG) is None
 
 
 async def test_a_released_lease_is_taken_at_once(candidates: Candidates) -> None:

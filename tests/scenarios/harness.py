@@ -445,10 +445,16 @@ _SIGINT_IGNORED = (
 
 
 async def _servefleet_process(
-    verb: str, store: str, *args: str, stderr: Path, stdout: int, sigint_ignored: bool
+    verb: str,
+    store: str,
+    *args: str,
+    stderr: Path,
+    stdout: int,
+    sigint_ignored: bool,
+    env: Mapping[str, str] | None = None,
 ) -> asyncio.subprocess.Process:
-    """`servefleet <verb> <args>` with `SERVEFLEET_STORE=<store>`, in a process group
-    of its own, so that a clean-up can end all of it by its id."""
+    """`servefleet <verb> <args>` with `SERVEFLEET_STORE=<store>` (and `env`), in a
+    process group of its own, so that a clean-up can end all of it by its id."""
     launcher = _SIGINT_IGNORED if sigint_ignored else ()
     with stderr.open("ab") as errors:
         return await asyncio.create_subprocess_exec(
@@ -459,7 +465,7 @@ async def _servefleet_process(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=stdout,
             stderr=errors,
-            env={**os.environ, "SERVEFLEET_STORE": store, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "SERVEFLEET_STORE": store, "PYTHONUNBUFFERED": "1"},
             cwd=REPO,
             start_new_session=True,
         )
@@ -478,12 +484,14 @@ async def up_process(
     stderr: Path,
     sigint_ignored: bool = False,
     log_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[UpProcess]:
     """`servefleet up <args>` with `SERVEFLEET_STORE=<store>`, once it has printed
     its announcement; killed on the way out if still running (its whole process
     group), with any replica left. With `sigint_ignored`, it inherits SIGINT as
     ignored. Replica logs go to `log_dir` (`up --log-dir`), by default beside a
-    SQLite store's file (a PostgreSQL store needs `log_dir` for the clean-up)."""
+    SQLite store's file (a PostgreSQL store needs `log_dir` for the clean-up).
+    `env`: variables added to its environment."""
     logs = ("--log-dir", str(log_dir)) if log_dir is not None else ()
     # Side by side, every `up` needs a port of its own for its API.
     api = () if "--api-port" in args or "--no-api" in args else ("--api-port", "0")
@@ -496,6 +504,7 @@ async def up_process(
         stderr=stderr,
         stdout=asyncio.subprocess.PIPE,
         sigint_ignored=sigint_ignored,
+        env=env,
     )
     up = UpProcess(process, store)
     try:
@@ -524,11 +533,16 @@ async def _announced(process: UpProcess, verb: str, stderr: Path) -> None:
 
 @asynccontextmanager
 async def reconcile_process(
-    store: str, *args: str, stderr: Path, sigint_ignored: bool = False
+    store: str,
+    *args: str,
+    stderr: Path,
+    sigint_ignored: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[UpProcess]:
     """`servefleet reconcile <args>` with `SERVEFLEET_STORE=<store>`, once it has
     printed its announcement; killed on the way out if still running (its whole
-    process group). With `sigint_ignored`, it inherits SIGINT as ignored."""
+    process group). With `sigint_ignored`, it inherits SIGINT as ignored; `env`:
+    variables added to its environment."""
     process = await _servefleet_process(
         "reconcile",
         store,
@@ -536,6 +550,7 @@ async def reconcile_process(
         stderr=stderr,
         stdout=asyncio.subprocess.PIPE,
         sigint_ignored=sigint_ignored,
+        env=env,
     )
     reconciler = UpProcess(process, store)
     try:

@@ -54,13 +54,18 @@ from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.api import make_api_client
 from servefleet.runtime.kubernetes.errors import status_message
 
-__all__ = ["HeldLease", "KubernetesLease", "lease_name"]
+__all__ = ["Clock", "HeldLease", "KubernetesLease", "lease_name"]
 
 _LOST: Final = 409
 _ABSENT: Final = 404
 _RAW: Final[dict[str, Any]] = {"_preload_content": False}
 
 Record = dict[str, Any]
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def lease_name(region: str) -> str:
@@ -91,8 +96,12 @@ class KubernetesLease:
         region: str,
         *,
         owns_client: bool = False,
+        clock: Clock = _utc_now,
     ) -> None:
         self.namespace = namespace
+        self._clock = clock
+        """What `acquireTime` and `renewTime` are written from (this host's wall clock,
+        which may be off: expiry is never judged by it)."""
         self.lease = lease_name(region)
         self._api_client = api_client
         # Typed loosely: the stubs promise V1Lease models, but with `_preload_content=False`
@@ -112,6 +121,7 @@ class KubernetesLease:
         path: Path | str | None = None,
         *,
         context: str | None = None,
+        clock: Clock = _utc_now,
     ) -> KubernetesLease:
         """The Lease on the cluster of a kubeconfig file (default: $KUBECONFIG or
         ~/.kube/config) and context (default: the current one)."""
@@ -121,14 +131,14 @@ class KubernetesLease:
             context=context,
             client_configuration=configuration,
         )
-        return cls(make_api_client(configuration), namespace, region, owns_client=True)
+        return cls(make_api_client(configuration), namespace, region, owns_client=True, clock=clock)
 
     @classmethod
-    def in_cluster(cls, namespace: str, region: str) -> KubernetesLease:
+    def in_cluster(cls, namespace: str, region: str, *, clock: Clock = _utc_now) -> KubernetesLease:
         """The Lease on the cluster this process runs in (the pod's service account)."""
         configuration = client.Configuration()
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return cls(make_api_client(configuration), namespace, region, owns_client=True)
+        return cls(make_api_client(configuration), namespace, region, owns_client=True, clock=clock)
 
     async def close(self) -> None:
         if self._owns_client:
@@ -162,7 +172,7 @@ class KubernetesLease:
             return
         assert self._record is not None
         spec = self._record.get("spec") or {}
-        now = _micro_time(datetime.now(UTC))
+        now = _micro_time(self._clock())
         released = {
             "holderIdentity": "",
             "leaseDurationSeconds": 1,
@@ -189,7 +199,7 @@ class KubernetesLease:
         """The spec that gives (or keeps) the lease to `holder`."""
         if previous is None:
             previous = (self._record or {}).get("spec") or {}
-        now = _micro_time(datetime.now(UTC))
+        now = _micro_time(self._clock())
         transitions: int = previous.get("leaseTransitions") or 0
         if previous.get("holderIdentity") == holder and previous.get("acquireTime"):
             acquired = previous["acquireTime"]
