@@ -192,6 +192,7 @@ class EndpointService:
         _check_region_images(registered, spec)
         _check_scale_to_zero(known, spec, targets)
         endpoint = self._new_record(name, spec, targets, stopped=stopped)
+        _check_rollout(endpoint)
         return await self._store.create_endpoint(endpoint)
 
     def _new_record(
@@ -235,6 +236,7 @@ class EndpointService:
             _refuse_if_deleted(current)
             record = self._next_record(current, _declaration(manifest)(current))
         _check_scale_to_zero(known, record.spec, record.target_regions)
+        _check_rollout(record)
         self._store.check_endpoint(record)
 
     async def apply_all(self, manifests: list[EndpointManifest]) -> list[Applied]:
@@ -490,6 +492,13 @@ class EndpointService:
 
     # The machinery.
 
+    async def change(
+        self, name: str, change: Change, *, expected_revision: int | None = None
+    ) -> Endpoint:
+        """Apply `change` to the record under every rule of `_mutate`, for operations
+        kept beside this class (`servefleet.rollout_service`)."""
+        return await self._mutate(name, change, expected_revision)
+
     async def _mutate(
         self,
         name: str,
@@ -533,7 +542,12 @@ class EndpointService:
             _refuse_if_deleted(current)
         wanted = change(current)
         if wanted.intent() == current.intent():
-            return current
+            if wanted.rollout == current.rollout:
+                return current
+            # A rollout's pause or reason: written, but nothing for a region to do.
+            record = wanted.model_copy(update={"updated_at": self._clock()})
+            return await self._write(current, record, expected_revision)
+        _check_rollout(wanted)
         if wanted.spec.region_images != current.spec.region_images:
             _check_region_images(await self._registered(), wanted.spec)
         if (wanted.spec.autoscaling, wanted.target_regions) != (
@@ -543,10 +557,13 @@ class EndpointService:
             _check_scale_to_zero(
                 await self._store.list_regions(), wanted.spec, wanted.target_regions
             )
+        return await self._write(current, self._next_record(current, wanted), expected_revision)
+
+    async def _write(
+        self, current: Endpoint, record: Endpoint, expected_revision: int | None
+    ) -> Endpoint | None:
         try:
-            return await self._store.update_endpoint(
-                self._next_record(current, wanted), expected_revision=current.revision
-            )
+            return await self._store.update_endpoint(record, expected_revision=current.revision)
         except RevisionConflict:
             if expected_revision is not None:
                 raise
@@ -621,6 +638,21 @@ def _check_scale_to_zero(known: list[Region], spec: EndpointSpec, targets: list[
                     )
                 ]
             )
+
+
+def _check_rollout(endpoint: Endpoint) -> None:
+    """The rollout policy's waves against the targets; and no manual canary beside a
+    rollout under way, whose new version is the canary wherever it has reached."""
+    if endpoint.spec.rollout is not None:
+        problems = endpoint.spec.rollout.wave_problems(endpoint.target_regions)
+        if problems:
+            raise InvalidInput(problems)
+    rollout = endpoint.rollout
+    if rollout is not None and rollout.phase.active and endpoint.spec.canary is not None:
+        raise OperationRefused(
+            f"canary: {endpoint.name!r} is rolling out {rollout.image}, whose canary it is; "
+            f"abort the rollout first (servefleet rollout abort {endpoint.name})"
+        )
 
 
 def _declaration(manifest: EndpointManifest) -> Change:

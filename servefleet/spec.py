@@ -994,10 +994,11 @@ class EndpointManifest(_Model):
 
 
 def status_section(endpoint: Endpoint, statuses: list[RegionStatus]) -> dict[str, object]:
-    """The `status` part of a declaration as `get` shows it: the desired state and one
-    report per target region (`pending` until the region has written one)."""
+    """The `status` part of a declaration as `get` shows it: the desired state, one
+    report per target region (`pending` until the region has written one) and the
+    rollout's wave, step, weights and last decision when there is one."""
     by_region = {status.region: status for status in statuses}
-    return {
+    section: dict[str, object] = {
         "desiredState": endpoint.desired_state.value,
         "regions": {
             region: by_region[region].model_dump(mode="json", exclude={"endpoint", "region"})
@@ -1006,6 +1007,9 @@ def status_section(endpoint: Endpoint, statuses: list[RegionStatus]) -> dict[str
             for region in endpoint.target_regions
         },
     }
+    if endpoint.rollout is not None:
+        section["rollout"] = endpoint.rollout.model_dump(mode="json")
+    return section
 
 
 def declared_more_than_once(manifests: Sequence[EndpointManifest]) -> list[str]:
