@@ -88,7 +88,8 @@ async def run(plan: Plan) -> list[Row]:
             reference = await _reference(replicas[0])
             show(f"{plan.streams} streams straight at {REPLICAS} replicas")
             direct = await _drive(drivers, [r + PATH for r in replicas], plan, reference)
-            connections = str(plan.streams + 100)
+            # Room for every stream and for connections closing while new ones open.
+            connections = str(2 * plan.streams + 100)
             async with gateway_process(
                 replicas, "--max-connections", connections, log=logs / "gateway.log"
             ) as gateway:
@@ -354,7 +355,7 @@ def _split_row(plan: Plan, split: dict[str, Any]) -> Row:
         f"completed {load['completed']:,}, failed {load['failed']}, not identical "
         f"{load['mismatched']}",
         {k: v for k, v in split.items() if k != "load"}
-        | {"completed": load["completed"], "failed": load["failed"]},
+        | {"completed": load["completed"], "failed": load["failed"], "errors": load["errors"]},
         goal=f"the new split holds within {GOAL_SPLIT_S:g} s",
         met=holds is not None and holds <= GOAL_SPLIT_S and not load["failed"],
     )

@@ -75,6 +75,8 @@ async def _stream(
     finally:
         tally.open -= 1
     if status != 200 or not received.endswith(b"data: [DONE]\n\n"):
+        name = f"status {status}" if status != 200 else "incomplete"
+        tally.errors[name] = tally.errors.get(name, 0) + 1
         tally.failed += 1
         return None
     tally.completed += 1

@@ -265,7 +265,11 @@ class Gateway:
         self._runner = runner
         try:
             await runner.setup()
-            await web.TCPSite(runner, host, port).start()
+            # A listen backlog as deep as the connections it may hold: a burst of
+            # new clients (thousands of streams opening at once) then waits in the
+            # kernel's queue for the accept, not for a SYN retried 1, 3, 7 s later
+            # (the default backlog of 128 dropped the rest).
+            await web.TCPSite(runner, host, port, backlog=settings.max_connections).start()
         except BaseException:
             await self.close()
             raise
