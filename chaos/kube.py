@@ -12,7 +12,7 @@ host and process id (`servefleet.runtime.kubernetes.api.user_agent`), the same
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +20,22 @@ from typing import Any
 
 import yaml
 
+from chaos.fleet import ENDPOINT, converged
+from chaos.postgres import Schema, chaos_schema
 from chaos.writes import holder_pid
 from servefleet.runtime.kubernetes.lease import lease_name
-from servefleet.spec import Region, RegionKind
-from servefleet.store import Store
+from servefleet.service import EndpointService
+from servefleet.spec import EndpointSpec, Region, RegionKind
+from servefleet.store import Store, open_store
 from tests.kubeapi import KubeApiServer, RequestInfo
 from tests.kubeapi.resources import LEASES, ResourceType
+from tests.scenarios.harness import UpProcess, manifest, reconcile_process
 from tests.scenarios.proxy import TcpProxy
 
 NAMESPACE = "chaos"
+REGION = "k1"
+"""The kubernetes region of the scenarios that run `reconcile` on one."""
+IMAGE = "vllm/vllm-openai:v0.6.3"
 AUTO_READY = 0.05
 """Seconds after a Deployment change until the test server reports it rolled out."""
 MUTATING = frozenset({"create", "update", "patch", "delete", "deletecollection"})
@@ -109,3 +116,57 @@ async def cluster(workdir: Path) -> AsyncIterator[Cluster]:
         found = Cluster(server, proxy, kubeconfig)
         server.engine.hooks.append(found._record_lease)
         yield found
+
+
+@dataclass
+class KubeFleet:
+    """A scenario's store (a PostgreSQL schema with its status write log), the test
+    API server and region `REGION` on it, and the `reconcile` processes started."""
+
+    schema: Schema
+    cluster: Cluster
+    store: Store
+    service: EndpointService
+    workdir: Path
+    stack: AsyncExitStack
+
+    async def reconciler(
+        self, writer: str, *args: str, env: Mapping[str, str] | None = None
+    ) -> UpProcess:
+        """`reconcile --region REGION <args>`, its status writes logged as `writer`;
+        killed (its process group) when the scenario's stack closes."""
+        return await self.stack.enter_async_context(
+            reconcile_process(
+                self.schema.url_for(writer),
+                *("--region", REGION, *args),
+                stderr=self.workdir / f"{writer}.log",
+                env=env,
+            )
+        )
+
+    async def converged(self, replicas: int, within: float, endpoint: str = ENDPOINT) -> None:
+        """`chaos.fleet.converged` in `REGION` (no replica processes to count here)."""
+        await converged(
+            self.store,
+            replicas=replicas,
+            processes=lambda: replicas,
+            within=within,
+            endpoint=endpoint,
+            region=REGION,
+        )
+
+
+async def kube_fleet(
+    stack: AsyncExitStack, postgres_url: str, workdir: Path, endpoints: Sequence[str] = (ENDPOINT,)
+) -> KubeFleet:
+    """A `KubeFleet` with `endpoints` (an image, 2 replicas) declared in `REGION`,
+    taken down by `stack`; no reconciler yet."""
+    schema = await stack.enter_async_context(chaos_schema(postgres_url))
+    kube = await stack.enter_async_context(cluster(workdir))
+    store = await open_store(schema.url)
+    stack.push_async_callback(store.close)
+    await kube.register(store, REGION)
+    service = EndpointService(store)
+    for name in endpoints:
+        await service.apply(manifest(name, EndpointSpec(image=IMAGE, replicas=2), [REGION]))
+    return KubeFleet(schema, kube, store, service, workdir, stack)

@@ -38,20 +38,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.progress import show
-from chaos.fleet import ENDPOINT, POLL, changing, converged, skew_in_words
-from chaos.kube import NAMESPACE, Cluster, LeaseChange, client_pid, cluster, writes
-from chaos.postgres import Schema, StatusWrite, chaos_schema
+from chaos.fleet import POLL, changing, skew_in_words
+from chaos.kube import (
+    NAMESPACE,
+    REGION,
+    KubeFleet,
+    LeaseChange,
+    client_pid,
+    kube_fleet,
+    writes,
+)
+from chaos.postgres import StatusWrite
 from chaos.report import Row
 from chaos.writes import heartbeat_lead, holder_pid, reverted_statuses
 from servefleet.cli.up import CLOCK_OFFSET_VARIABLE
-from servefleet.service import EndpointService
-from servefleet.spec import EndpointSpec
-from servefleet.store import open_store
 from tests.kubeapi import RequestInfo
-from tests.scenarios.harness import UpProcess, manifest, reconcile_process
+from tests.scenarios.harness import UpProcess
 
-REGION = "k1"
-IMAGE = "vllm/vllm-openai:v0.6.3"
 MID_APPLY = 0.05
 """A kill aimed at an apply lands this many seconds after a spec change at most."""
 
@@ -82,11 +85,8 @@ SKEW_QUICK = Plan(
 class Reconcilers:
     """The `reconcile` processes started so far, by writer name."""
 
-    schema: Schema
-    kube: Cluster
+    fleet: KubeFleet
     plan: Plan
-    workdir: Path
-    stack: AsyncExitStack
     living: dict[str, UpProcess] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     """Every writer name ever started, with its process id (the dead ones too)."""
@@ -98,13 +98,10 @@ class Reconcilers:
         """Start one more; `ahead`: with its clock `plan.skew` s ahead."""
         self.started += 1  # before the first await: starts may run at once
         writer = f"chaos-reconcile-{self.started}"
-        reconciler = await self.stack.enter_async_context(
-            reconcile_process(
-                self.schema.url_for(writer),
-                *("--region", REGION, "--lease-ttl", f"{self.plan.lease_ttl:g}"),
-                stderr=self.workdir / f"{writer}.log",
-                env={CLOCK_OFFSET_VARIABLE: f"{self.plan.skew:g}"} if ahead else None,
-            )
+        reconciler = await self.fleet.reconciler(
+            writer,
+            *("--lease-ttl", f"{self.plan.lease_ttl:g}"),
+            env={CLOCK_OFFSET_VARIABLE: f"{self.plan.skew:g}"} if ahead else None,
         )
         self.living[writer] = reconciler
         if ahead:
@@ -112,7 +109,7 @@ class Reconcilers:
         self.pids[writer] = reconciler.pid
 
     def leader(self) -> tuple[str, UpProcess] | None:
-        pid = self.kube.holder_pid(REGION)
+        pid = self.fleet.cluster.holder_pid(REGION)
         for writer, reconciler in self.living.items():
             if reconciler.pid == pid:
                 return writer, reconciler
@@ -177,19 +174,14 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
     mid_apply = 0
     kills_ahead = 0
     async with AsyncExitStack() as stack:
-        schema = await stack.enter_async_context(chaos_schema(postgres_url))
-        kube = await stack.enter_async_context(cluster(workdir))
-        store = await open_store(schema.url)
-        stack.push_async_callback(store.close)
-        await kube.register(store, REGION)
-        service = EndpointService(store)
-        await service.apply(manifest(ENDPOINT, EndpointSpec(image=IMAGE, replicas=2), [REGION]))
-        reconcilers = Reconcilers(schema, kube, plan, workdir, stack)
+        fleet = await kube_fleet(stack, postgres_url, workdir)
+        kube = fleet.cluster
+        reconcilers = Reconcilers(fleet, plan)
         show("starting two servefleet reconcile")
         await asyncio.gather(reconcilers.start(ahead=plan.skew != 0), reconcilers.start())
-        await converged(store, replicas=2, processes=lambda: 2, within=plan.within, region=REGION)
+        await fleet.converged(2, plan.within)
         replacements: list[asyncio.Task[None]] = []
-        async with changing(service, plan.change_interval, rng) as changes:
+        async with changing(fleet.service, plan.change_interval, rng) as changes:
             for kill in range(plan.kills):
                 show(f"kill {kill + 1}/{plan.kills}: waiting for a leader")
                 async with asyncio.timeout(plan.within):
@@ -218,9 +210,7 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
         show("waiting for the last change to arrive")
         final = asked[-1] if asked else 2
         try:
-            await converged(
-                store, replicas=final, processes=lambda: final, within=plan.within, region=REGION
-            )
+            await fleet.converged(final, plan.within)
         except TimeoutError:
             row.broken.append(
                 f"the last change (scale to {final}) did not arrive within {plan.within:g} s"
@@ -231,7 +221,7 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
         applied = sorted(int(d["spec"].get("replicas", 1)) for d in deployments)
         if applied != [final]:
             row.broken.append(f"Deployments at {applied} replicas, not [{final}]")
-        status_log = await schema.status_writes()
+        status_log = await fleet.schema.status_writes()
         request_log = list(kube.server.request_log)
         lease_changes = list(kube.lease_changes)
     foreign = foreign_requests(request_log, lease_changes)

@@ -29,20 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.progress import show
-from chaos.fleet import ENDPOINT, changing, converged
-from chaos.kube import NAMESPACE, Cluster, client_pid, cluster
-from chaos.postgres import chaos_schema
+from chaos.fleet import ENDPOINT, changing
+from chaos.kube import NAMESPACE, Cluster, client_pid, kube_fleet
 from chaos.report import Row
 from chaos.writes import reverted_statuses
-from servefleet.service import EndpointService
-from servefleet.spec import EndpointSpec
-from servefleet.store import open_store
 from tests.kubeapi import RequestInfo
-from tests.scenarios.harness import manifest, reconcile_process
 
-REGION = "k1"
 OTHER = "chaos-steady"
-IMAGE = "vllm/vllm-openai:v0.6.3"
 RETRY_AFTER = 1
 KINDS = ("deployments", "services", "horizontalpodautoscalers", "ingresses")
 
@@ -121,36 +114,17 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
         return decide
 
     async with AsyncExitStack() as stack:
-        schema = await stack.enter_async_context(chaos_schema(postgres_url))
-        kube = await stack.enter_async_context(cluster(workdir))
-        store = await open_store(schema.url)
-        stack.push_async_callback(store.close)
-        await kube.register(store, REGION)
-        service = EndpointService(store)
-        for name in (ENDPOINT, OTHER):
-            await service.apply(manifest(name, EndpointSpec(image=IMAGE, replicas=2), [REGION]))
-        await stack.enter_async_context(
-            reconcile_process(
-                schema.url_for("chaos-reconcile"),
-                *("--region", REGION),
-                stderr=workdir / "reconcile.log",
-            )
-        )
+        fleet = await kube_fleet(stack, postgres_url, workdir, (ENDPOINT, OTHER))
+        kube = fleet.cluster
+        await fleet.reconciler("chaos-reconcile")
         show("waiting for both endpoints")
         for name in (ENDPOINT, OTHER):
-            await converged(
-                store,
-                replicas=2,
-                processes=lambda: 2,
-                within=plan.within,
-                region=REGION,
-                endpoint=name,
-            )
+            await fleet.converged(2, plan.within, name)
         before = objects(kube)
         calm_start = time.time()
         await asyncio.sleep(min(plan.storm, 10.0))
         calm_end = time.time()
-        async with changing(service, plan.change_interval, rng) as changes:
+        async with changing(fleet.service, plan.change_interval, rng) as changes:
             show(f"blackout: {plan.blackout:g} s")
             await kube.proxy.cut()
             await asyncio.sleep(plan.blackout)
@@ -171,17 +145,8 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
         final = changes.asked[-1] if changes.asked else 2
         show("waiting for the last change to arrive")
         try:
-            await converged(
-                store, replicas=final, processes=lambda: final, within=plan.within, region=REGION
-            )
-            await converged(
-                store,
-                replicas=2,
-                processes=lambda: 2,
-                within=plan.within,
-                region=REGION,
-                endpoint=OTHER,
-            )
+            await fleet.converged(final, plan.within)
+            await fleet.converged(2, plan.within, OTHER)
         except TimeoutError:
             row.broken.append(
                 f"not converged {plan.within:g} s after the storm (last change: scale to {final})"
@@ -190,7 +155,7 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
             row.recovery_s = round(time.monotonic() - ended, 2)
         after = objects(kube)
         log = list(kube.server.request_log)
-        status_log = await schema.status_writes()
+        status_log = await fleet.schema.status_writes()
     deletes = [info for info in log if info.verb in ("delete", "deletecollection")]
     gone = sorted(before - after)
     early = early_retries(log, refused)

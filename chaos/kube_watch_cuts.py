@@ -27,18 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.progress import show
-from chaos.fleet import ENDPOINT, changing, converged
-from chaos.kube import cluster
-from chaos.postgres import chaos_schema
+from chaos.fleet import changing
+from chaos.kube import kube_fleet
 from chaos.report import Row
 from chaos.writes import reverted_statuses
-from servefleet.service import EndpointService
-from servefleet.spec import EndpointSpec
-from servefleet.store import open_store
-from tests.scenarios.harness import manifest, reconcile_process
-
-REGION = "k1"
-IMAGE = "vllm/vllm-openai:v0.6.3"
 
 
 @dataclass(frozen=True)
@@ -63,27 +55,15 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
     )
     cuts = 0
     async with AsyncExitStack() as stack:
-        schema = await stack.enter_async_context(chaos_schema(postgres_url))
-        kube = await stack.enter_async_context(cluster(workdir))
-        store = await open_store(schema.url)
-        stack.push_async_callback(store.close)
-        await kube.register(store, REGION)
-        service = EndpointService(store)
-        await service.apply(manifest(ENDPOINT, EndpointSpec(image=IMAGE, replicas=2), [REGION]))
-        await stack.enter_async_context(
-            reconcile_process(
-                schema.url_for("chaos-reconcile"),
-                *("--region", REGION),
-                stderr=workdir / "reconcile.log",
-            )
-        )
-        await converged(store, replicas=2, processes=lambda: 2, within=plan.within, region=REGION)
-        server = kube.server
+        fleet = await kube_fleet(stack, postgres_url, workdir)
+        await fleet.reconciler("chaos-reconcile")
+        await fleet.converged(2, plan.within)
+        server = fleet.cluster.server
         lists_at_start = server.count("list")
         watched = {info.resource for info in server.request_log if info.verb == "watch"}
         watches_at_start = server.count("watch")
         compact_at = plan.duration / 2
-        async with changing(service, plan.change_interval, rng) as changes:
+        async with changing(fleet.service, plan.change_interval, rng) as changes:
             began = time.monotonic()
             while (elapsed := time.monotonic() - began) < plan.duration:
                 show(f"cut {cuts + 1}: {elapsed:.0f}/{plan.duration:g} s")
@@ -100,9 +80,7 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
         final = changes.asked[-1] if changes.asked else 2
         show("waiting for the last change to arrive")
         try:
-            await converged(
-                store, replicas=final, processes=lambda: final, within=plan.within, region=REGION
-            )
+            await fleet.converged(final, plan.within)
         except TimeoutError:
             row.broken.append(
                 f"the last change (scale to {final}) did not arrive within {plan.within:g} s"
@@ -115,7 +93,7 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
                 await asyncio.sleep(0.05)
         lists = server.count("list") - lists_at_start
         watches = server.count("watch") - watches_at_start
-        status_log = await schema.status_writes()
+        status_log = await fleet.schema.status_writes()
     allowed = 2 * len(watched)
     if lists > allowed:
         row.broken.append(
