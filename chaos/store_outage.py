@@ -177,6 +177,7 @@ async def _promote_through_outage(
         "status_writes_seen": "every one" if attributed else f"sampled every {SAMPLE:g} s",
         "rate_per_s": plan.rate,
         "status_writes": len(writes),
-        "lease_tokens": sorted({write.lease_token or 0 for write in writes}),
         "request_errors": load.errors(),
     }
+    if attributed:
+        row.details["lease_tokens"] = sorted({write.lease_token or 0 for write in writes})
