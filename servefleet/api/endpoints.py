@@ -1,4 +1,5 @@
-"""`/v1/endpoints` and `/v1/apply`: the service's endpoint operations over HTTP.
+"""`/v1/endpoints` and `/v1/apply`: the service's endpoint operations over HTTP,
+and the rollout verbs (`/v1/endpoints/{name}/rollout/...`).
 
 Bodies are the documents `servefleet get -o json` prints and `apply -f` takes
 (`EndpointManifest`). Every answer about one endpoint carries its revision as
@@ -9,7 +10,7 @@ record still at that revision (409 otherwise), without the service's retry.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from servefleet.api.auth import allow
 from servefleet.api.context import Endpoints
 from servefleet.api.errors import ERROR_RESPONSES
+from servefleet.rollout_service import RolloutService
 from servefleet.service import Applied, ApplyOutcome, EndpointService
 from servefleet.spec import (
     AutoscalingMetric,
@@ -28,6 +30,7 @@ from servefleet.spec import (
     Problem,
     RegionName,
     Role,
+    RolloutState,
     status_section,
 )
 
@@ -117,6 +120,7 @@ class StatusDocument(BaseModel):
     generation: int
     desired_state: DesiredState = Field(alias="desiredState")
     regions: dict[str, dict[str, Any]]
+    rollout: RolloutState | None = None
 
 
 def _revision(if_match: str | None) -> int | None:
@@ -203,6 +207,7 @@ async def get_endpoint(name: Name, response: Response, endpoints: Endpoints) -> 
     "/endpoints/{name}/status",
     dependencies=[allow(Role.VIEWER)],
     summary="How each region is doing (as `servefleet status NAME -o json`)",
+    response_model_exclude_none=True,  # `rollout` only where there is one
 )
 async def endpoint_status(name: Name, response: Response, endpoints: Endpoints) -> StatusDocument:
     endpoint, statuses = await endpoints.status(name)
@@ -372,3 +377,63 @@ async def delete(
 ) -> EndpointManifest:
     deleted = await endpoints.delete(name, expected_revision=_revision(if_match))
     return _with_etag(response, deleted)
+
+
+# Progressive rollouts: each answers the document with its status section (as
+# `GET /v1/endpoints/{name}`), whose `rollout` shows the wave, step, weights and
+# last decision.
+
+
+class StartRequest(_Body):
+    image: str
+    """The new version's image, brought in wave by wave (`spec.rollout`)."""
+
+
+async def _with_rollout_status(
+    response: Response, endpoints: Endpoints, changed: Endpoint
+) -> EndpointManifest:
+    _, statuses = await endpoints.status(changed.name)
+    _tag(response, changed)
+    return EndpointManifest.of(changed, status_section(changed, statuses))
+
+
+@router.post(
+    "/endpoints/{name}/rollout/start",
+    dependencies=[allow(Role.DEPLOYER)],
+    summary="Roll a new image out wave by wave, rolled back everywhere on a breach",
+    response_model_exclude_none=True,
+)
+async def start(
+    name: Name,
+    request: StartRequest,
+    response: Response,
+    endpoints: Endpoints,
+    if_match: IfMatch = None,
+) -> EndpointManifest:
+    started = await RolloutService(endpoints).start(
+        name, request.image, expected_revision=_revision(if_match)
+    )
+    return await _with_rollout_status(response, endpoints, started)
+
+
+def _rollout_verb(verb: Literal["pause", "resume", "abort"], summary: str) -> None:
+    async def operation(
+        name: Name, response: Response, endpoints: Endpoints, if_match: IfMatch = None
+    ) -> EndpointManifest:
+        rollouts = RolloutService(endpoints)
+        call = {"pause": rollouts.pause, "resume": rollouts.resume, "abort": rollouts.abort}[verb]
+        changed = await call(name, expected_revision=_revision(if_match))
+        return await _with_rollout_status(response, endpoints, changed)
+
+    operation.__name__ = f"rollout_{verb}"
+    router.post(
+        f"/endpoints/{{name}}/rollout/{verb}",
+        dependencies=[allow(Role.DEPLOYER)],
+        summary=summary,
+        response_model_exclude_none=True,
+    )(operation)
+
+
+_rollout_verb("pause", "Hold the rollout's weights (guard rails still roll back)")
+_rollout_verb("resume", "Go on after a pause, or start the next wave")
+_rollout_verb("abort", "Roll back now: the old version in every region")

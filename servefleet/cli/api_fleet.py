@@ -31,7 +31,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from servefleet.cli.api_watch import watched
-from servefleet.cli.fleet import ApiError, Applied, Changes, renamed
+from servefleet.cli.fleet import ApiError, Applied, Changes, RolloutVerb, renamed
 from servefleet.service import ApplyOutcome, OperationRefused
 from servefleet.spec import (
     DesiredState,
@@ -181,6 +181,15 @@ class ApiFleet:
         deleted = await self._call("DELETE", f"/endpoints/{name}", missing=EndpointNotFound(name))
         return _read(lambda: _endpoint(deleted))
 
+    async def rollout(self, name: str, verb: RolloutVerb, image: str | None = None) -> Endpoint:
+        changed = await self._call(
+            "POST",
+            f"/endpoints/{name}/rollout/{verb}",
+            {"image": image} if verb == "start" else {},
+            missing=EndpointNotFound(name),
+        )
+        return _read(lambda: _with_status(changed)[0])
+
     async def _change(self, name: str, verb: str, request: Any = None) -> Endpoint:
         """`POST /v1/endpoints/NAME/VERB`, whose answer is the changed declaration."""
         changed = await self._call(
@@ -283,8 +292,9 @@ def _read(make: Callable[[], Read]) -> Read:
         raise ApiError(f"the API answered a document the CLI cannot read: {error}") from None
 
 
-def _endpoint(document: Any, desired_state: str | None = None) -> Endpoint:
-    """The record an endpoint document (`get -o json`) shows."""
+def _endpoint(document: Any, desired_state: str | None = None, rollout: Any = None) -> Endpoint:
+    """The record an endpoint document (`get -o json`) shows; its status section
+    holds the exact desired state and the rollout."""
     manifest = EndpointManifest.model_validate(document)
     metadata = manifest.metadata
     return Endpoint.model_validate(
@@ -297,6 +307,7 @@ def _endpoint(document: Any, desired_state: str | None = None) -> Endpoint:
             "revision": metadata.revision,
             "created_at": metadata.created_at,
             "updated_at": metadata.updated_at,
+            "rollout": rollout,
         }
     )
 
@@ -304,7 +315,7 @@ def _endpoint(document: Any, desired_state: str | None = None) -> Endpoint:
 def _with_status(document: Any) -> tuple[Endpoint, list[RegionStatus]]:
     """The record and the regions' reports of a document with its status section."""
     section = document["status"]
-    endpoint = _endpoint(document, section["desiredState"])
+    endpoint = _endpoint(document, section["desiredState"], section.get("rollout"))
     reports = [
         RegionStatus.model_validate({**report, "endpoint": endpoint.name, "region": region})
         for region, report in section["regions"].items()

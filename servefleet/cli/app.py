@@ -21,6 +21,7 @@ __all__ = [
     "default_store_url",
     "models_app",
     "regions_app",
+    "rollout_app",
     "state",
     "store_app",
     "tokens_app",
@@ -38,6 +39,11 @@ regions_app = typer.Typer(help="Register, list and remove regions.", no_args_is_
 store_app = typer.Typer(help="Set up the store.", no_args_is_help=True)
 tokens_app = typer.Typer(
     help="API tokens: create (shown once), list, revoke.", no_args_is_help=True
+)
+rollout_app = typer.Typer(
+    help="Progressive rollouts: a new image wave by wave, by the endpoint's `rollout` "
+    "policy, rolled back in every region when a guard rail breaks.",
+    no_args_is_help=True,
 )
 
 SERVED = "served"
@@ -74,6 +80,7 @@ app.add_typer(regions_app, name="regions")
 app.add_typer(store_app, name="store")
 app.add_typer(models_app, name="models")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(rollout_app, name="rollout")
 
 
 def default_store_url() -> str:

@@ -266,6 +266,16 @@ def status(
         f"endpoint/{name}: {endpoint.desired_state.value}, generation {endpoint.generation}",
         markup=False,
     )
+    rollout = endpoint.rollout
+    if rollout is not None:  # the details: `servefleet rollout status NAME`
+        weights = ", ".join(f"{region} {weight} %" for region, weight in rollout.weights.items())
+        paused = ", paused" if rollout.paused else ""
+        out.print(
+            f"rollout of {rollout.image}: {rollout.phase.value}{paused}"
+            + (f" ({weights})" if weights else "")
+            + f"; {rollout.reason}",
+            markup=False,
+        )
     # READY is ready/desired: the count the region's autoscaler chose, where it has
     # one, whose reason then has a column.
     scaling = any(status.scale_reason for status in statuses)

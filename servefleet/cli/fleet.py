@@ -16,8 +16,9 @@ import dataclasses
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+from servefleet.rollout_service import RolloutService
 from servefleet.service import ApplyOutcome, EndpointService, OperationRefused
 from servefleet.spec import (
     Endpoint,
@@ -36,9 +37,12 @@ __all__ = [
     "Changes",
     "Fleet",
     "Polled",
+    "RolloutVerb",
     "StoreFleet",
     "renamed",
 ]
+
+RolloutVerb = Literal["start", "pause", "resume", "abort"]
 
 POLL_INTERVAL = 0.25
 """Seconds between looks where nothing announces a change."""
@@ -117,6 +121,10 @@ class Fleet(Protocol):
     async def rollback(self, name: str) -> Endpoint: ...
 
     async def delete(self, name: str) -> Endpoint: ...
+
+    async def rollout(self, name: str, verb: RolloutVerb, image: str | None = None) -> Endpoint:
+        """`servefleet rollout VERB NAME`: start (with `image`), pause, resume or abort."""
+        ...
 
     async def list_regions(self) -> list[Region]: ...
 
@@ -199,6 +207,14 @@ class StoreFleet:
 
     async def delete(self, name: str) -> Endpoint:
         return await self._service.delete(name)
+
+    async def rollout(self, name: str, verb: RolloutVerb, image: str | None = None) -> Endpoint:
+        rollouts = RolloutService(self._service)
+        if verb == "start":
+            assert image is not None
+            return await rollouts.start(name, image)
+        operation = {"pause": rollouts.pause, "resume": rollouts.resume, "abort": rollouts.abort}
+        return await operation[verb](name)
 
     async def list_regions(self) -> list[Region]:
         return await self._service.list_regions()

@@ -17,6 +17,7 @@ from servefleet.cli import (  # noqa: F401 - imported for the verbs they registe
     models,
     reconcilers,
     regions,
+    rollout,
     serve_api,
     served,
     store,

@@ -12,6 +12,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 from servefleet.api import PUBLIC_PATHS
+from servefleet.rollout_service import RolloutService
 from servefleet.spec import Region, RegionKind, Role
 from servefleet.tokens import TokenService
 from tests.api.conftest import API_LOOP, Api, unique
@@ -32,6 +33,16 @@ async def _endpoint(api: Api, name: str) -> None:
 async def _endpoint_with_canary(api: Api, name: str) -> None:
     await api.endpoint(name)
     await api.service.canary(name, image="ghcr.io/org/server:2.0")
+
+
+async def _endpoint_rolling_out(api: Api, name: str) -> None:
+    await api.endpoint(name)
+    await RolloutService(api.service).start(name, "ghcr.io/org/server:2.0")
+
+
+async def _endpoint_rolling_out_paused(api: Api, name: str) -> None:
+    await _endpoint_rolling_out(api, name)
+    await RolloutService(api.service).pause(name)
 
 
 async def _unused_region(api: Api, name: str) -> None:
@@ -82,6 +93,14 @@ ROUTES: dict[tuple[str, str], Case] = {
     ("POST", "/v1/endpoints/{name}/promote"): Case(Role.DEPLOYER, _endpoint_with_canary),
     ("POST", "/v1/endpoints/{name}/rollback"): Case(Role.DEPLOYER, _endpoint_with_canary),
     ("DELETE", "/v1/endpoints/{name}"): Case(Role.DEPLOYER, _endpoint),
+    ("POST", "/v1/endpoints/{name}/rollout/start"): Case(
+        Role.DEPLOYER, _endpoint, lambda name: {"image": "ghcr.io/org/server:2.0"}
+    ),
+    ("POST", "/v1/endpoints/{name}/rollout/pause"): Case(Role.DEPLOYER, _endpoint_rolling_out),
+    ("POST", "/v1/endpoints/{name}/rollout/resume"): Case(
+        Role.DEPLOYER, _endpoint_rolling_out_paused
+    ),
+    ("POST", "/v1/endpoints/{name}/rollout/abort"): Case(Role.DEPLOYER, _endpoint_rolling_out),
     ("GET", "/v1/regions"): Case(Role.VIEWER),
     ("GET", "/v1/regions/{name}"): Case(Role.VIEWER, _unused_region),
     ("POST", "/v1/regions"): Case(Role.ADMIN, body=lambda name: {"name": name, "kind": "local"}),

@@ -176,6 +176,12 @@ SCRIPT: list[tuple[list[str], str | None]] = [
     (["start", "llm"], None),
     (["promote", "llm"], None),
     (["rollback", "llm"], None),  # 409: no canary any more
+    (["rollout", "start", "llm", "--image", "Not An Image"], None),  # 422, named image
+    (["rollout", "start", "llm", "--image", IMAGE_3], None),
+    (["rollout", "pause", "llm"], None),
+    (["rollout", "status", "llm"], None),
+    (["rollout", "abort", "llm"], None),
+    (["rollout", "resume", "llm"], None),  # 409: rolled back
     (["health", "llm", "-o", "json"], None),
     (["delete", "llm"], None),
     (["scale", "llm", "3"], None),  # 409: being deleted
@@ -199,7 +205,7 @@ async def test_every_verb_prints_through_the_api_what_it_prints_on_the_store(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     """Both sides on SQLite: the API's routes run over PostgreSQL too in tests/api,
-    and this script's 39 steps over it would cost the suite another worker-minute."""
+    and this script's 50 steps over it would cost the suite another worker-minute."""
     async with running_fleet(tmp_path, sqlite_url) as fleet:
         await _compare_script(fleet, tmp_path)
 
