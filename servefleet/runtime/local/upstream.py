@@ -31,7 +31,7 @@ request without a body is then sent once more on a new connection.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import cast
 from urllib.parse import urlsplit
@@ -62,13 +62,21 @@ class UpstreamTimeout(UpstreamError):
 class _Connection(asyncio.Protocol):
     """One connection to a replica, carrying one request at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        read_timeout: float,
+        lost: Callable[[_Connection], None],
+    ) -> None:
         self._loop = loop
+        self._lost = lost
         self._read_timeout = read_timeout
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.base = ""
+        """The replica's base URL, once kept in the pool."""
         self.reused = False
         self._reset()
 
@@ -110,6 +118,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._lost(self)
         if self._watch is not None:
             self._watch.cancel()
         if self.head_done and self._until_close and exc is None and not self.complete:
@@ -358,7 +367,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _Connection(loop, self._read_timeout), host, port
+                    lambda: _Connection(loop, self._read_timeout, self._lost), host, port
                 )
         except TimeoutError as error:
             raise UpstreamConnectError(
@@ -369,8 +378,19 @@ class UpstreamPool:
         self._open.add(protocol)
         return protocol
 
+    def _lost(self, connection: _Connection) -> None:
+        """A connection closed (by either side): forget it, kept or not, so that
+        the pool holds nothing of replicas long gone."""
+        self._open.discard(connection)
+        idle = self._idle.get(connection.base)
+        if idle is not None and connection in idle:
+            idle.remove(connection)
+            if not idle:
+                del self._idle[connection.base]
+
     def _keep(self, base: str, connection: _Connection) -> None:
         connection.idle_since = asyncio.get_running_loop().time()
+        connection.base = base
         self._idle.setdefault(base, []).append(connection)
 
     def _forget(self, connection: _Connection) -> None:
