@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 from chaos.fleet import ENDPOINT, converged
@@ -76,6 +77,22 @@ class Cluster:
     def holder_pid(self, region: str) -> int | None:
         holder = self.holder(region)
         return holder_pid(holder) if holder else None
+
+    def ingress_name(self) -> str:
+        """The name of the one Ingress in the namespace."""
+        (ingress,) = self.server.objects("ingresses", NAMESPACE)
+        return str(ingress["metadata"]["name"])
+
+    async def delete_ingress_by_hand(self, name: str) -> int:
+        """DELETE the Ingress as a user's kubectl would (straight to the server, with
+        kubectl's User-Agent); the answer's status."""
+        url = f"{self.server.url}/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/ingresses/{name}"
+        headers = {"User-Agent": "kubectl/v1.36.2 (linux/amd64) kubernetes/chaos"}
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.delete(url) as response,
+        ):
+            return response.status
 
     async def register(self, store: Store, region: str) -> None:
         await store.put_region(

@@ -8,9 +8,14 @@ does), at random; halfway through, the server's history is compacted as well, so
 every watch opened again from an older resourceVersion is answered with an ERROR
 event of code 410 (Expired), as a real apiserver answers it.
 
+The Ingress is deleted by hand (as a user's kubectl would) right after the first
+cut and right after the compaction, while the watches are down.
+
 Invariants: no change is missed (the Deployments are rolled out by the server a
 moment after each change, and the region reports ready only once its watch has
-seen that: the last change reaches its final form, ready at its generation); no
+seen that: the last change reaches its final form, ready at its generation; the
+Ingress deleted while the watches were down is put back, which needs its DELETED
+event replayed on the resumed watch, or the relist after the 410); no
 relist storm: a cut watch resumes from its resourceVersion without listing, so
 the lists are those of the start and one per watched kind after the compaction
 (plus one per kind for a watch that was itself cut during its relist); no status
@@ -28,7 +33,7 @@ from pathlib import Path
 
 from bench.progress import show
 from chaos.fleet import changing
-from chaos.kube import kube_fleet
+from chaos.kube import NAMESPACE, kube_fleet
 from chaos.report import Row
 from chaos.writes import reverted_statuses
 
@@ -63,6 +68,9 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
         watched = {info.resource for info in server.request_log if info.verb == "watch"}
         watches_at_start = server.count("watch")
         compact_at = plan.duration / 2
+        ingress = fleet.cluster.ingress_name()
+        deleted: list[int] = []
+        """The answers to the hand deletions of the Ingress while the watches were down."""
         async with changing(fleet.service, plan.change_interval, rng) as changes:
             began = time.monotonic()
             while (elapsed := time.monotonic() - began) < plan.duration:
@@ -72,9 +80,12 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
                     await asyncio.sleep(compact_at - elapsed)
                     server.compact()
                     server.drop_watches(abort=rng.random() < 0.5)
+                    deleted.append(await fleet.cluster.delete_ingress_by_hand(ingress))
                     pause -= compact_at - elapsed
                 await asyncio.sleep(pause)
                 server.drop_watches(abort=rng.random() < 0.5)
+                if cuts == 0:
+                    deleted.append(await fleet.cluster.delete_ingress_by_hand(ingress))
                 cuts += 1
         ended = time.monotonic()
         final = changes.asked[-1] if changes.asked else 2
@@ -87,6 +98,15 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
             )
         else:
             row.recovery_s = round(time.monotonic() - ended, 2)
+        try:
+            async with asyncio.timeout(plan.within):
+                while server.get_object("ingresses", NAMESPACE, ingress) is None:  # noqa: ASYNC110 - the server's own state
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            row.broken.append(
+                f"a missed change: the Ingress deleted by hand while the watches were down "
+                f"(answers {deleted}) was not put back within {plan.within:g} s"
+            )
         # Every watch open again (after its relist, if it had to), before counting.
         async with asyncio.timeout(plan.within):
             while server.open_watches < len(watched):  # noqa: ASYNC110 - the server's own state
@@ -112,5 +132,6 @@ async def run(plan: Plan, postgres_url: str, rng: random.Random, workdir: Path) 
         "lists_after_start": lists,
         "watches_opened_after_start": watches,
         "status_writes": len(status_log),
+        "ingress_deleted_by_hand": deleted,
     }
     return row
