@@ -34,8 +34,9 @@ from servefleet.cli.monitoring import MonitoringServer
 from servefleet.cli.output import err, out
 from servefleet.metrics import Metrics
 from servefleet.reconcile.controller import Clock, ControllerSettings
-from servefleet.reconcile.leader import LeaseSettings
+from servefleet.reconcile.leader import LeaderElection, LeaseSettings, StoreLeases
 from servefleet.reconcile.region import run_region
+from servefleet.rollout_driver import ROLLOUT_LEASE, drive_rollouts
 from servefleet.runtime.base import Runtime
 from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
 from servefleet.runtime.kubernetes.install import region_settings
@@ -281,6 +282,12 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
                     ),
                     name=f"region-{region.name}",
                 )
+            # One `up` process at a time moves every rollout on (`rollout_driver`).
+            rollouts = LeaderElection(StoreLeases(store, ROLLOUT_LEASE), holder, options.lease)
+            tasks.create_task(
+                rollouts.run(functools.partial(drive_rollouts, store, clock=clock)),
+                name="rollouts",
+            )
             if started is not None:
                 started(running)
 

@@ -1,0 +1,89 @@
+"""Who moves rollouts on: one process at a time, elected through the store's lease
+`rollouts`, looks every `interval` at each endpoint with a rollout under way and
+takes its next step (`RolloutService.advance`) from the regions' signals.
+
+The state is the endpoint record's, so a leader change or a restart of every
+process resumes each rollout where the store says it is; each step is a CAS write
+on the record, so even two drivers overlapping for a moment (a lease lapsing
+during a step) decide from the record as stored and never undo each other.
+
+Signals come from what the regions already write to the store: a region's canary
+is ready when its report counts every desired canary replica ready. Request
+counts, 5xx and latency are not reported by regions yet (the local gateway counts
+them per version, but into the metrics of whichever process leads the region),
+so until they are, only the readiness rail can break: `signals_from_reports` says
+so in one place and `rollout status` says it to the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from servefleet.rollout import RegionSignals
+from servefleet.rollout_service import RolloutService
+from servefleet.service import EndpointService, OperationRefused
+from servefleet.spec import Endpoint, RegionStatus
+from servefleet.store import Store, StoreError
+
+__all__ = [
+    "DRIVE_INTERVAL",
+    "ROLLOUT_LEASE",
+    "drive_once",
+    "drive_rollouts",
+    "signals_from_reports",
+]
+
+log = logging.getLogger(__name__)
+
+ROLLOUT_LEASE = "rollouts"
+"""The store lease whose holder drives every rollout."""
+DRIVE_INTERVAL = 2.0
+"""Seconds between looks: a step's hold and a breach are seen this much late at most."""
+
+
+def signals_from_reports(
+    endpoint: Endpoint, statuses: Sequence[RegionStatus]
+) -> dict[str, RegionSignals]:
+    """Each reporting target region's signals, from its last report: readiness only."""
+    return {
+        status.region: RegionSignals(canary_ready=0 < status.canary_desired <= status.canary_ready)
+        for status in statuses
+        if status.region in endpoint.target_regions
+    }
+
+
+async def drive_once(rollouts: RolloutService, store: Store) -> None:
+    """One step of every rollout under way."""
+    for endpoint in await store.list_endpoints():
+        if endpoint.rollout is None or not endpoint.rollout.phase.active:
+            continue
+        statuses = await store.list_region_status(endpoint=endpoint.name)
+        try:
+            _, decision = await rollouts.advance(
+                endpoint.name, signals_from_reports(endpoint, statuses)
+            )
+        except OperationRefused as refused:  # deleted or changed meanwhile: next look
+            log.info("rollout of %s: %s", endpoint.name, refused)
+            continue
+        if decision.state != endpoint.rollout:
+            log.info("rollout of %s: %s", endpoint.name, decision.reason)
+
+
+async def drive_rollouts(
+    store: Store,
+    *,
+    clock: Callable[[], datetime],
+    interval: float = DRIVE_INTERVAL,
+) -> None:
+    """Drive rollouts until cancelled (the caller holds the `rollouts` lease); a store
+    that does not answer is tried again at the next look."""
+    rollouts = RolloutService(EndpointService(store, clock), clock)
+    while True:
+        try:
+            await drive_once(rollouts, store)
+        except StoreError as error:
+            log.warning("rollouts: %s; trying again in %g s", error, interval)
+        await asyncio.sleep(interval)

@@ -1,0 +1,163 @@
+"""The rollout driver (`servefleet.rollout_driver`) on a real SQLite store: it moves
+rollouts on from the regions' reports, and under the store's `rollouts` lease a
+standby takes over a rollout where a stopped leader left it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime, timedelta
+
+import pytest
+
+from servefleet.reconcile.leader import LeaderElection, LeaseSettings, StoreLeases
+from servefleet.rollout import RegionSignals
+from servefleet.rollout_driver import (
+    ROLLOUT_LEASE,
+    drive_once,
+    drive_rollouts,
+    signals_from_reports,
+)
+from servefleet.rollout_service import RolloutService
+from servefleet.service import EndpointService
+from servefleet.spec import Region, RegionKind, RolloutPhase
+from servefleet.store import Store
+from tests.factories import T0, make_endpoint, make_spec, make_status
+from tests.waiting import eventually
+
+NEW = "ghcr.io/example/server:2.0"
+POLICY = {
+    "waves": [["r1"], ["r2"]],
+    "steps": [{"weight": 10, "hold": 30}],
+    "guard_rails": {"readiness_deadline": 120},
+}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def rolling(store: Store, clock: Clock) -> RolloutService:
+    service = EndpointService(store, clock=clock)
+    for region in ("r1", "r2"):
+        await service.add_region(Region(name=region, kind=RegionKind.LOCAL))
+    await service.deploy("llm", make_spec(rollout=POLICY), ["r1", "r2"])
+    rollouts = RolloutService(service, clock)
+    await rollouts.start("llm", NEW)
+    return rollouts
+
+
+async def report_canary_ready(store: Store, region: str) -> None:
+    await store.put_region_status(
+        make_status("llm", region, canary_ready=1, canary_desired=1, replicas_desired=3)
+    )
+
+
+def test_a_region_is_ready_when_it_reports_every_canary_replica_ready() -> None:
+    endpoint = make_endpoint(regions=["r1", "r2"])
+    reports = [
+        make_status("llm", "r1", canary_ready=2, canary_desired=2),
+        make_status("llm", "r2", canary_ready=1, canary_desired=2),
+        make_status("llm", "gone", canary_ready=1, canary_desired=1),
+    ]
+
+    assert signals_from_reports(endpoint, reports) == {
+        "r1": RegionSignals(canary_ready=True),
+        "r2": RegionSignals(canary_ready=False),
+    }
+    no_canary = [make_status("llm", "r1")]
+    assert signals_from_reports(endpoint, no_canary)["r1"].canary_ready is False
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_the_driver_goes_wave_by_wave_on_the_regions_reports(store: Store) -> None:
+    clock = Clock()
+    rollouts = await rolling(store, clock)
+
+    clock.now += timedelta(seconds=31)
+    await drive_once(rollouts, store)  # r1 has not reported its canary ready: hold
+    first = (await store.get_endpoint("llm")).rollout
+    assert first is not None
+    assert (first.wave, first.reason) == (
+        0,
+        "waiting for the new version to be ready in r1 (deadline 00:02:00)",
+    )
+    await report_canary_ready(store, "r1")
+    await drive_once(rollouts, store)
+    second = (await store.get_endpoint("llm")).rollout
+    assert second is not None
+    assert (second.wave, second.weights) == (1, {"r1": 10, "r2": 10})
+    await report_canary_ready(store, "r2")
+    clock.now += timedelta(seconds=31)
+    await drive_once(rollouts, store)
+
+    done = await store.get_endpoint("llm")
+    assert done.rollout is not None
+    assert done.rollout.phase is RolloutPhase.PROMOTED
+    assert done.spec.image == NEW
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_a_region_never_ready_by_the_deadline_rolls_every_region_back(
+    store: Store,
+) -> None:
+    clock = Clock()
+    rollouts = await rolling(store, clock)
+    await report_canary_ready(store, "r1")
+    clock.now += timedelta(seconds=31)
+    await drive_once(rollouts, store)  # wave 2 starts; r2 never reports its canary
+
+    clock.now += timedelta(seconds=121)
+    await drive_once(rollouts, store)
+
+    back = await store.get_endpoint("llm")
+    assert back.rollout is not None
+    assert back.rollout.phase is RolloutPhase.ROLLED_BACK
+    assert back.rollout.reason == (
+        "rolled back everywhere: the new version not ready within the readiness deadline in r2"
+    )
+    assert back.rollout.weights == {}
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+@pytest.mark.timeout(60)
+async def test_a_standby_driver_takes_the_rollout_over_from_a_stopped_leader(
+    store: Store,
+) -> None:
+    clock = Clock()
+    await rolling(store, clock)
+    await report_canary_ready(store, "r1")
+    settings = LeaseSettings(ttl=1.5, renew_interval=0.2, retry_interval=0.1)
+
+    def driver(holder: str) -> asyncio.Task[None]:
+        election = LeaderElection(StoreLeases(store, ROLLOUT_LEASE), holder, settings)
+        drive = lambda: drive_rollouts(store, clock=clock, interval=0.05)  # noqa: E731
+        return asyncio.create_task(election.run(drive))
+
+    async def in_wave(number: int) -> bool:
+        rollout = (await store.get_endpoint("llm")).rollout
+        assert rollout is not None
+        return rollout.wave == number
+
+    async def promoted() -> bool:
+        return (await store.get_endpoint("llm")).spec.image == NEW
+
+    first = driver("first")
+    clock.now += timedelta(seconds=31)
+    await eventually(lambda: in_wave(1), within=30)
+    first.cancel()  # the leader stops; it releases its lease on the way out
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    await report_canary_ready(store, "r2")
+    second = driver("second")
+    try:
+        clock.now += timedelta(seconds=31)
+        await eventually(promoted, within=30)
+    finally:
+        second.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await second
