@@ -1,7 +1,8 @@
 """A progressive rollout on two local regions with every real part running: `up`'s
 elected rollout driver moves it on from the regions' reports, the reconcilers run
-the new version beside the old in the first wave's region only, then in both, and
-the promotion replaces every replica."""
+the new version beside the old in the first wave's region only, and after a Ctrl-C
+of `up` mid-rollout a new `up` on the same store takes it on: to the end of wave 1,
+then (resumed) through wave 2 to the promotion, which replaces every replica."""
 
 from __future__ import annotations
 
@@ -15,34 +16,42 @@ from tests.scenarios.harness import SETTLE, demo_spec, local_fleet, manifest
 from tests.waiting import eventually
 
 NEW = "ghcr.io/example/server:2.0"
+REGIONS = ("r1", "r2")
 POLICY = {
     "waves": [["r1"], ["r2"]],
-    "steps": [{"weight": 50, "hold": 1}],
+    "steps": [{"weight": 50, "hold": 2}],
     "guard_rails": {"readiness_deadline": 120},
+    "between_waves": "wait",
 }
 
 
-@pytest.mark.slow(seconds=20)
-async def test_a_rollout_goes_wave_by_wave_to_promotion_on_its_own(
+@pytest.mark.slow(seconds=25)
+async def test_a_rollout_survives_a_restart_of_up_and_goes_on_to_promotion(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    async with local_fleet(sqlite_url, tmp_path, ("r1", "r2")) as fleet:
+    async with local_fleet(sqlite_url, tmp_path, REGIONS) as fleet:
         spec = demo_spec(replicas=1, image="ghcr.io/example/server:1.0", rollout=POLICY)
-        await fleet.service.apply(manifest("llm", spec, ["r1", "r2"]))
-        await fleet.settled("llm", replicas=1, regions=("r1", "r2"))
+        await fleet.service.apply(manifest("llm", spec, list(REGIONS)))
+        await fleet.settled("llm", replicas=1, regions=REGIONS)
 
         await RolloutService(fleet.service).start("llm", NEW)
 
         # Wave 1: the new version runs in r1 only.
         await fleet.settled("llm", replicas=1, canary=1, regions=("r1",))
         assert fleet.pids("llm", "r2", role="canary") == set()
+    # Ctrl-C: every process of the fleet is gone; the rollout is where the store says.
 
-        async def promoted() -> bool:
+    async with local_fleet(sqlite_url, tmp_path / "again", REGIONS) as fleet:
+
+        async def reached(phase: RolloutPhase) -> bool:
             rollout = (await fleet.store.get_endpoint("llm")).rollout
             assert rollout is not None
             assert rollout.phase is not RolloutPhase.ROLLED_BACK, rollout.reason
-            return rollout.phase is RolloutPhase.PROMOTED
+            return rollout.phase is phase
 
-        await eventually(promoted, within=SETTLE)
-        done = await fleet.settled("llm", replicas=1, regions=("r1", "r2"))
+        # Wave 1 held (before the Ctrl-C or after it), the rollout waits for resume.
+        await eventually(lambda: reached(RolloutPhase.WAITING), within=SETTLE)
+        await RolloutService(fleet.service).resume("llm")
+        await eventually(lambda: reached(RolloutPhase.PROMOTED), within=SETTLE)
+        done = await fleet.settled("llm", replicas=1, regions=REGIONS)
         assert done.spec.image == NEW
