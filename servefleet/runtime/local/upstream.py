@@ -92,7 +92,6 @@ class _Connection(asyncio.Protocol):
         self.error: UpstreamError | None = None
         self._head_only = False
         self._informational = False
-        self._until_close = False
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
@@ -121,7 +120,7 @@ class _Connection(asyncio.Protocol):
         self._lost(self)
         if self._watch is not None:
             self._watch.cancel()
-        if self.head_done and self._until_close and exc is None and not self.complete:
+        if self.head_done and self._until_close() and exc is None and not self.complete:
             self.complete = True  # an answer without length ends with its connection
             self._wake()
         elif not self.complete:
@@ -129,6 +128,13 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamError(f"the replica closed the connection{cause}"))
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+
+    def _until_close(self) -> bool:
+        """Whether the answer has no length and so ends with its connection (asked
+        only then: looking through the headers of every answer costs time)."""
+        framing = (b"content-length", b"transfer-encoding")
+        framed = any(name.lower() in framing for name, _ in self.headers)
+        return not framed and self.status not in (204, 304)
 
     def pause_writing(self) -> None:
         self._drain = self._loop.create_future()
@@ -155,10 +161,6 @@ class _Connection(asyncio.Protocol):
             return
         self.status = status
         self.head_done = True
-        framed = any(
-            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers
-        )
-        self._until_close = not framed and status not in (204, 304)
         if self._head_only:
             # llhttp cannot be told the answer to HEAD has no body: take it as
             # complete and never reuse the connection.
@@ -268,7 +270,7 @@ class Answer:
         self.status = connection.status
         self.reason = connection.reason
         self.headers: CIMultiDict[str] = CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in connection.headers
+            [(name.decode("latin-1"), text.decode("latin-1")) for name, text in connection.headers]
         )
         self._released = False
 
@@ -423,10 +425,10 @@ class _Exchange:
         headers = self._headers
         if "host" not in headers:
             lines.append(b"Host: %s\r\n" % netloc)
-        lines.extend(
+        lines += [
             f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
             for name, value in headers.items()
-        )
+        ]
         if chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         lines.append(b"\r\n")
