@@ -85,6 +85,11 @@ def rollout_status(
             weight = state.weights.get(region)
             table.add_row(str(number), region, f"{weight} %" if weight else "-")
     out.print(table)
+    out.print(
+        "judged on readiness only: regions do not report request counts yet, so the 5xx "
+        "and latency guard rails cannot break",
+        markup=False,
+    )
 
 
 def _rollout_verb(verb: RolloutVerb, help_text: str) -> None:
