@@ -21,8 +21,10 @@ from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
 from servefleet.runtime.kubernetes.drift import (
     DriftRepairs,
     DriftSettings,
+    LiveDigests,
     drift_of,
     fields_digest,
+    live_digest,
 )
 from servefleet.runtime.kubernetes.render import FIELD_MANAGER, RegionSettings
 from tests.kubernetes.conftest import AS_MERGE, FAST, Cluster, api_client, api_target, read_object
@@ -161,6 +163,22 @@ def test_the_digest_compares_values_not_spellings() -> None:
     drift = drift_of(served)
     assert drift is not None
     assert drift.changes == ()  # changed, yet no other manager claims it
+
+
+def test_the_live_digest_of_a_resource_version_is_taken_once() -> None:
+    """The apply answer and the watch event of one write carry one object: the second
+    reuses the first's digest; another resourceVersion is digested anew."""
+    fields: dict[str, Any] = {"f:spec": {"f:image": {}}}
+    written = _live({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"image": "a"}}, fields)
+    written["metadata"]["resourceVersion"] = "7"
+    digests = LiveDigests()
+    assert digests.of(written) == live_digest(written)
+    # The same resourceVersion is the same object: not looked at again.
+    assert digests.of({**written, "spec": {"image": "b"}}) == live_digest(written)
+    edited = {**written, "metadata": {**written["metadata"], "resourceVersion": "8"}}
+    edited["spec"] = {"image": "b"}
+    assert digests.of(edited) == live_digest(edited) != live_digest(written)
+    assert drift_of(edited, digests) == drift_of(edited)
 
 
 class _Clock:

@@ -43,8 +43,8 @@ from servefleet.runtime.kubernetes.applied import AppliedWorkloads
 from servefleet.runtime.kubernetes.drift import (
     ANNOTATION_FIELDS,
     DriftRepairs,
+    LiveDigests,
     fields_digest,
-    live_digest,
     rendered_paths,
 )
 from servefleet.runtime.kubernetes.events import EndpointEvents, Written
@@ -94,6 +94,7 @@ class Writer:
         events: EndpointEvents,
         repairs: DriftRepairs,
         applied: AppliedWorkloads,
+        digests: LiveDigests,
         sync_timeout: float,
     ) -> None:
         self.region = region
@@ -104,6 +105,7 @@ class Writer:
         self._events = events
         self._repairs = repairs
         self._applied = applied
+        self._digests = digests
         self._sync_timeout = sync_timeout
 
     async def apply(self, workload: Workload) -> None:
@@ -128,7 +130,7 @@ class Writer:
                 if step.verb == "delete":
                     if self._held(workload.endpoint, step.ref):
                         await self._api.delete(step.ref)
-                        self._repairs.forget(_key(step.ref))
+                        self._forget(step.ref)
                         written.append((step.ref, None))
                     continue
                 assert step.manifest is not None
@@ -150,7 +152,7 @@ class Writer:
                 digests[_key(step.ref)] = digest
                 self._note_repair(workload.endpoint, step.ref, manifest)
                 result = await self._api.apply(step.ref, manifest, FIELD_MANAGER, force=True)
-                if not self._repairs.applied(_key(step.ref), digest, live_digest(result)):
+                if not self._repairs.applied(_key(step.ref), digest, self._digests.of(result)):
                     log.warning(
                         "%s/%s: the API server changed fields servefleet set while applying "
                         "%s (a mutating webhook?); its drift is judged against what it served",
@@ -172,7 +174,7 @@ class Writer:
         with self._events.holding(endpoint, written):
             for ref in refs:
                 await self._api.delete(ref)
-                self._repairs.forget(_key(ref))
+                self._forget(ref)
                 written.append((ref, None))
             await self._synced(written)
 
@@ -213,6 +215,11 @@ class Writer:
             await self._api.apply(ref, body, HANDOFF_MANAGER, force=False)
             log.info("%s/%s: spec.replicas (%d) handed over", self.region, ref.name, replicas)
         return manifest
+
+    def _forget(self, ref: ObjectRef) -> None:
+        """`ref` was deleted."""
+        self._repairs.forget(_key(ref))
+        self._digests.forget(_key(ref))
 
     def _in_place(self, ref: ObjectRef, manifest: Manifest) -> bool:
         """Whether the cached object holds every field of `manifest` as servefleet

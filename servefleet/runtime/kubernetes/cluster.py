@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
@@ -39,7 +40,7 @@ from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.api import PODS, ClusterApi, make_api_client, managed_kinds
 from servefleet.runtime.kubernetes.applied import AppliedWorkloads
 from servefleet.runtime.kubernetes.apply import Writer
-from servefleet.runtime.kubernetes.drift import DriftRepairs
+from servefleet.runtime.kubernetes.drift import DriftRepairs, LiveDigests
 from servefleet.runtime.kubernetes.events import EndpointEvents
 from servefleet.runtime.kubernetes.observe import observe
 from servefleet.runtime.kubernetes.render import RegionSettings
@@ -74,12 +75,14 @@ class KubernetesRuntime:
         self._owns_client = owns_client
         api = ClusterApi(region, settings.namespace, api_client, cluster, metrics=metrics)
         self._events = EndpointEvents()
+        digests = LiveDigests()
+        entry = functools.partial(managed_entry, digests=digests)
         self._watches = Watches(
             region,
             api,
             cluster,
             self._events,
-            managed=[Cache(kind, managed_entry) for kind in managed_kinds(settings)],
+            managed=[Cache(kind, entry) for kind in managed_kinds(settings)],
             pods=Cache(PODS, pod_entry, stage_unchanged),
         )
         self._staging = StagingProgress(region, api, cluster, self._events, self._watches.pods)
@@ -95,6 +98,7 @@ class KubernetesRuntime:
             self._events,
             self._repairs,
             self._applied,
+            digests,
             cluster.sync_timeout,
         )
         self._tasks: list[asyncio.Task[None]] = []

@@ -50,6 +50,7 @@ __all__ = [
     "Drift",
     "DriftRepairs",
     "DriftSettings",
+    "LiveDigests",
     "drift_of",
     "fields_digest",
     "live_digest",
@@ -108,14 +109,42 @@ def live_digest(obj: Manifest) -> str | None:
     return _digest(obj, projected)
 
 
-def drift_of(obj: Manifest) -> Drift | None:
+class LiveDigests:
+    """`live_digest` computed once per object and resourceVersion: the answer to an
+    apply and the watch event of that write carry the same object, and both are
+    judged (each digest is about a millisecond of CPU; bench/: Kubernetes
+    convergence). Keeps the last digest of each object until it is used again or
+    the object is forgotten."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[str, str | None]] = {}
+        """By `Kind/name`: (resourceVersion, live digest)."""
+
+    def of(self, obj: Manifest) -> str | None:
+        """`live_digest(obj)`; `obj` names its kind."""
+        metadata = obj.get("metadata") or {}
+        key = f"{obj.get('kind')}/{metadata.get('name')}"
+        version = str(metadata.get("resourceVersion") or "")
+        last = self._last.pop(key, None)
+        if last is not None and version and last[0] == version:
+            return last[1]
+        live = live_digest(obj)
+        self._last[key] = (version, live)
+        return live
+
+    def forget(self, key: str) -> None:
+        """Object `key` (`Kind/name`) was deleted."""
+        self._last.pop(key, None)
+
+
+def drift_of(obj: Manifest, digests: LiveDigests | None = None) -> Drift | None:
     """None if the live object still holds every field servefleet set on it, as
     servefleet set it (or records no digest to compare: applied by an older
     version, it gets one at its next apply); else the fields other managers hold
     that servefleet does not, with their managers — servefleet's lost fields among
-    them (`rendered_paths` tells which are)."""
+    them (`rendered_paths` tells which are). `digests` may know the live digest."""
     recorded = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_FIELDS)
-    live = live_digest(obj)
+    live = digests.of(obj) if digests is not None else live_digest(obj)
     if not recorded or live is None or live == recorded:
         return None
     ours = set(_leaf_paths(obj, _servefleet_fields(obj) or {}))

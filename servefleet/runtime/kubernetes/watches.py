@@ -21,7 +21,8 @@ for Deployments also generation, status, `spec.replicas` and which managers own 
 (managedFields). managedFields and the spec are most of an object's size (about
 1.6 GB for 10,000 endpoints in 3 regions, bench/: Kubernetes convergence). Whether
 servefleet's own fields drifted is decided from the whole object as it arrives
-(`drift.drift_of`); an entry keeps the answer, `drift`, only when they did.
+(`drift.drift_of`; the digest apply() took of its answer is reused for the event of
+that write, `drift.LiveDigests`); an entry keeps the answer, `drift`, only when they did.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ import aiohttp
 
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.api import ClusterApi, Kind
-from servefleet.runtime.kubernetes.drift import ANNOTATION_FIELDS, ANNOTATION_OBJECTS, drift_of
+from servefleet.runtime.kubernetes.drift import (
+    ANNOTATION_FIELDS,
+    ANNOTATION_OBJECTS,
+    LiveDigests,
+    drift_of,
+)
 from servefleet.runtime.kubernetes.errors import (
     WatchExpired,
     WatchFailed,
@@ -118,11 +124,12 @@ _CACHED_DEPLOYMENT_STATUS: Final = (
 )
 
 
-def managed_entry(kind: str, obj: Manifest) -> Manifest:
+def managed_entry(kind: str, obj: Manifest, digests: LiveDigests | None = None) -> Manifest:
     """What a cache keeps of an object servefleet manages: only what observe(),
     apply() and remove() read. Of a Deployment's spec and managedFields only
     `spec.replicas` and which managers own it are read (the replicas hand-off); of
-    every object's fields, only whether servefleet's drifted and who changed them."""
+    every object's fields, only whether servefleet's drifted and who changed them
+    (`digests`: the live digests apply() already took)."""
     metadata = obj.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     kept: Manifest = {key: metadata[key] for key in _CACHED_METADATA if key in metadata}
@@ -130,7 +137,7 @@ def managed_entry(kind: str, obj: Manifest) -> Manifest:
         key: annotations[key] for key in _CACHED_ANNOTATIONS if key in annotations
     }
     entry: Manifest = {"apiVersion": obj.get("apiVersion", ""), "kind": kind, "metadata": kept}
-    drift = drift_of({**obj, "kind": kind})
+    drift = drift_of({**obj, "kind": kind}, digests)
     if drift is not None:
         entry["drift"] = drift
     if kind == "Deployment":
