@@ -234,3 +234,31 @@ async def test_a_malformed_request_is_400_and_never_reaches_a_replica(
         writer.close()
     assert head.split(b"\r\n")[0].split(b" ")[1] == b"400"
     assert reached == []
+
+
+async def test_a_get_whose_replica_drops_it_unanswered_goes_to_another_replica(
+    serve: Serve, gateways: Start, client: aiohttp.ClientSession
+) -> None:
+    """A replica killed as it is asked accepts the connection and resets it; a
+    request that may be repeated (GET, no body) then goes to another replica, as
+    one refused at connect would. A POST with a body does not: 502."""
+
+    async def drops(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+        finally:
+            writer.transport.abort()
+
+    async with _raw_replica(drops) as dropping:
+        dead = Backend("llm/primary-0", dropping)
+        alive = Backend("llm/primary-1", await serve(echo))
+        alive.acquire()  # so the dropping replica, less busy, is always tried first
+        router = Router("r1")
+        route(router, primary=[dead, alive])
+        url = await gateways([router])
+        async with client.get(f"{url}/inference/llm/x") as response:
+            assert response.status == 200
+            assert response.headers["x-servefleet-replica"] == "llm/primary-1"
+        async with client.post(f"{url}/inference/llm/x", data=b"{}") as response:
+            assert response.status == 502
+        alive.release()

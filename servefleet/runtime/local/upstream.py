@@ -51,8 +51,13 @@ class UpstreamError(Exception):
 
 
 class UpstreamConnectError(UpstreamError):
-    """No connection to the replica (refused, or not within the connect timeout):
-    nothing of the request reached it."""
+    """The request may go to another replica: no connection to this one (refused,
+    or not within the connect timeout), or a request that may be repeated (no body,
+    GET, HEAD or OPTIONS, as nginx's `proxy_next_upstream` judges) lost its
+    connection before any byte of the answer (a replica killed as it was asked)."""
+
+
+_REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class UpstreamTimeout(UpstreamError):
@@ -452,6 +457,16 @@ class _Exchange:
         connection = await pool._connect(self._base)
         try:
             return await self._exchange(connection)
+        except UpstreamError as error:
+            pool._forget(connection)
+            if (
+                self._body is None
+                and self._method in _REPEATABLE
+                and not connection.head_done
+                and not isinstance(error, UpstreamTimeout)
+            ):
+                raise UpstreamConnectError(str(error)) from error
+            raise
         except BaseException:
             pool._forget(connection)
             raise
