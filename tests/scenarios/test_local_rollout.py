@@ -1,4 +1,4 @@
-"""A progressive rollout on two local regions with every real part running: `up`'s
+"""A progressive rollout on three local regions with every real part running: `up`'s
 elected rollout driver moves it on from the regions' reports, the reconcilers run
 the new version beside the old in the first wave's region only, and after a Ctrl-C
 of `up` mid-rollout a new `up` on the same store takes it on: to the end of wave 1,
@@ -16,9 +16,9 @@ from tests.scenarios.harness import SETTLE, demo_spec, local_fleet, manifest
 from tests.waiting import eventually
 
 NEW = "ghcr.io/example/server:2.0"
-REGIONS = ("r1", "r2")
+REGIONS = ("r1", "r2", "r3")
 POLICY = {
-    "waves": [["r1"], ["r2"]],
+    "waves": [["r1"], ["r2", "r3"]],
     "steps": [{"weight": 50, "hold": 2}],
     "guard_rails": {"readiness_deadline": 120},
     "between_waves": "wait",
@@ -36,9 +36,10 @@ async def test_a_rollout_survives_a_restart_of_up_and_goes_on_to_promotion(
 
         await RolloutService(fleet.service).start("llm", NEW)
 
-        # Wave 1: the new version runs in r1 only.
+        # Wave 1: the new version runs in r1 only; r2 and r3 are untouched.
         await fleet.settled("llm", replicas=1, canary=1, regions=("r1",))
-        assert fleet.pids("llm", "r2", role="canary") == set()
+        for untouched in ("r2", "r3"):
+            assert fleet.pids("llm", untouched, role="canary") == set()
     # Ctrl-C: every process of the fleet is gone; the rollout is where the store says.
 
     async with local_fleet(sqlite_url, tmp_path / "again", REGIONS) as fleet:
