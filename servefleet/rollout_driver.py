@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -26,11 +27,12 @@ from servefleet.rollout import RegionSignals
 from servefleet.rollout_service import RolloutService
 from servefleet.service import EndpointService, OperationRefused
 from servefleet.spec import Endpoint, RegionStatus
-from servefleet.store import Store, StoreError
+from servefleet.store import EndpointNotFound, Store, StoreError
 
 __all__ = [
     "DRIVE_INTERVAL",
     "ROLLOUT_LEASE",
+    "ActiveRollouts",
     "drive_once",
     "drive_rollouts",
     "signals_from_reports",
@@ -55,11 +57,52 @@ def signals_from_reports(
     }
 
 
-async def drive_once(rollouts: RolloutService, store: Store) -> None:
+class ActiveRollouts:
+    """The endpoints with a rollout under way, found without listing every endpoint
+    at every look: the store is listed again only after the change feed has moved,
+    and then no sooner than `LISTING_FACTOR` times the last listing's duration, so
+    a large fleet spends a bounded share of the driver's time listing. In between,
+    the endpoints known to be rolling out are read one by one."""
+
+    LISTING_FACTOR = 20.0
+
+    def __init__(self, store: Store, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self._monotonic = monotonic
+        self._position: int | None = None
+        self._names: set[str] = set()
+        self._next_listing = 0.0
+
+    async def endpoints(self) -> list[Endpoint]:
+        position = await self._store.feed_position()
+        if position != self._position and self._monotonic() >= self._next_listing:
+            started = self._monotonic()
+            rolling = [e for e in await self._store.list_endpoints() if _rolling_out(e)]
+            finished = self._monotonic()
+            self._next_listing = finished + self.LISTING_FACTOR * (finished - started)
+            self._position = position
+            self._names = {endpoint.name for endpoint in rolling}
+            return rolling
+        found = []
+        for name in sorted(self._names):
+            try:
+                endpoint = await self._store.get_endpoint(name)
+            except EndpointNotFound:
+                endpoint = None
+            if endpoint is not None and _rolling_out(endpoint):
+                found.append(endpoint)
+            else:
+                self._names.discard(name)
+        return found
+
+
+def _rolling_out(endpoint: Endpoint) -> bool:
+    return endpoint.rollout is not None and endpoint.rollout.phase.active
+
+
+async def drive_once(rollouts: RolloutService, store: Store, active: ActiveRollouts) -> None:
     """One step of every rollout under way."""
-    for endpoint in await store.list_endpoints():
-        if endpoint.rollout is None or not endpoint.rollout.phase.active:
-            continue
+    for endpoint in await active.endpoints():
         statuses = await store.list_region_status(endpoint=endpoint.name)
         try:
             _, decision = await rollouts.advance(
@@ -81,9 +124,10 @@ async def drive_rollouts(
     """Drive rollouts until cancelled (the caller holds the `rollouts` lease); a store
     that does not answer is tried again at the next look."""
     rollouts = RolloutService(EndpointService(store, clock), clock)
+    active = ActiveRollouts(store)
     while True:
         try:
-            await drive_once(rollouts, store)
+            await drive_once(rollouts, store, active)
         except StoreError as error:
             log.warning("rollouts: %s; trying again in %g s", error, interval)
         await asyncio.sleep(interval)

@@ -14,6 +14,7 @@ from servefleet.reconcile.leader import LeaderElection, LeaseSettings, StoreLeas
 from servefleet.rollout import RegionSignals
 from servefleet.rollout_driver import (
     ROLLOUT_LEASE,
+    ActiveRollouts,
     drive_once,
     drive_rollouts,
     signals_from_reports,
@@ -77,9 +78,10 @@ def test_a_region_is_ready_when_it_reports_every_canary_replica_ready() -> None:
 async def test_the_driver_goes_wave_by_wave_on_the_regions_reports(store: Store) -> None:
     clock = Clock()
     rollouts = await rolling(store, clock)
+    active = ActiveRollouts(store)
 
     clock.now += timedelta(seconds=31)
-    await drive_once(rollouts, store)  # r1 has not reported its canary ready: hold
+    await drive_once(rollouts, store, active)  # r1 has not reported its canary ready: hold
     first = (await store.get_endpoint("llm")).rollout
     assert first is not None
     assert (first.wave, first.reason) == (
@@ -87,13 +89,13 @@ async def test_the_driver_goes_wave_by_wave_on_the_regions_reports(store: Store)
         "waiting for the new version to be ready in r1 (deadline 00:02:00)",
     )
     await report_canary_ready(store, "r1")
-    await drive_once(rollouts, store)
+    await drive_once(rollouts, store, active)
     second = (await store.get_endpoint("llm")).rollout
     assert second is not None
     assert (second.wave, second.weights) == (1, {"r1": 10, "r2": 10})
     await report_canary_ready(store, "r2")
     clock.now += timedelta(seconds=31)
-    await drive_once(rollouts, store)
+    await drive_once(rollouts, store, active)
 
     done = await store.get_endpoint("llm")
     assert done.rollout is not None
@@ -107,12 +109,13 @@ async def test_a_region_never_ready_by_the_deadline_rolls_every_region_back(
 ) -> None:
     clock = Clock()
     rollouts = await rolling(store, clock)
+    active = ActiveRollouts(store)
     await report_canary_ready(store, "r1")
     clock.now += timedelta(seconds=31)
-    await drive_once(rollouts, store)  # wave 2 starts; r2 never reports its canary
+    await drive_once(rollouts, store, active)  # wave 2 starts; r2 never reports its canary
 
     clock.now += timedelta(seconds=121)
-    await drive_once(rollouts, store)
+    await drive_once(rollouts, store, active)
 
     back = await store.get_endpoint("llm")
     assert back.rollout is not None
@@ -161,3 +164,36 @@ async def test_a_standby_driver_takes_the_rollout_over_from_a_stopped_leader(
         second.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await second
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_the_store_is_listed_again_only_after_a_change_and_a_pause_its_cost_sets(
+    store: Store,
+) -> None:
+    clock = Clock()
+    service = EndpointService(store, clock=clock)
+    await service.add_region(Region(name="r1", kind=RegionKind.LOCAL))
+    for name in ("a", "b", "idle"):
+        await service.deploy(name, make_spec(), ["r1"])
+    rollouts = RolloutService(service, clock)
+    await rollouts.start("a", NEW)
+    # The first listing takes 1 s (by this clock): the next waits 20 s more.
+    ticks = iter([0.0, 0.0, 1.0])  # the look, the listing started, ended
+    seconds = [0.0]
+
+    def monotonic() -> float:
+        seconds[0] = next(ticks, seconds[0])
+        return seconds[0]
+
+    active = ActiveRollouts(store, monotonic)
+    assert [endpoint.name for endpoint in await active.endpoints()] == ["a"]
+
+    await rollouts.start("b", NEW)  # the feed moves, but the listing is not due
+    seconds[0] = 20.0
+    assert [endpoint.name for endpoint in await active.endpoints()] == ["a"]
+    seconds[0] = 21.0
+    assert [endpoint.name for endpoint in await active.endpoints()] == ["a", "b"]
+
+    await rollouts.abort("a")  # a known one that ends is dropped without a listing
+    seconds[0] = 22.0
+    assert [endpoint.name for endpoint in await active.endpoints()] == ["b"]
