@@ -231,13 +231,17 @@ def _split(
     after, after_n = _share(samples, changed_at + 1.0, load_ends)
     target = WEIGHT_AFTER / 100
     holds_from: float | None = None
+    windows: list[tuple[float, float, int]] = []
     for sample in samples:
         offset = sample[0] - changed_at
         if offset < 0 or sample[0] + 1.0 > load_ends:
             continue
         share, count = _share(samples, sample[0], sample[0] + 1.0)
-        tolerance = max(0.05, 3 * sqrt(target * (1 - target) / count)) if count else 1.0
-        if count and abs(share - target) <= tolerance:
+        if not count:
+            continue  # no request began in it (the users' streams run in waves)
+        windows.append((round(offset, 3), round(share, 4), count))
+        tolerance = max(0.05, 3 * sqrt(target * (1 - target) / count))
+        if abs(share - target) <= tolerance:
             holds_from = offset if holds_from is None else holds_from
         else:
             holds_from = None
@@ -249,6 +253,8 @@ def _split(
         "share_after": round(after, 4),
         "arrivals_after": after_n,
         "holds_from_s": None if holds_from is None else round(holds_from, 3),
+        # (seconds after the change, the canary's share, requests) per 1-s window
+        "windows_after": windows,
     }
 
 
