@@ -26,7 +26,7 @@ NEW = "ghcr.io/example/server:2.0"
 POLICY = {
     "waves": [["a"], ["b"]],
     "steps": [{"weight": 30, "hold": 1}],
-    "guard_rails": {"readiness_deadline": 15},
+    "guard_rails": {"readiness_deadline": 10},
 }
 
 
@@ -41,7 +41,7 @@ def canary_weight(ingress: dict[str, object]) -> int | None:
 
 
 @pytest.mark.skipif(bool(REAL_KUBECONFIG), reason="needs the test servers' kubelet")
-@pytest.mark.slow(seconds=20)
+@pytest.mark.slow(seconds=15)
 async def test_unready_in_wave_2_rolls_wave_1_back_too(sqlite_url: str, tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
         store = await open_store(sqlite_url)
