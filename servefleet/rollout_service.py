@@ -42,6 +42,11 @@ class RolloutService:
                 raise OperationRefused(
                     f"canary: {name!r} has a canary; promote or roll it back before a rollout"
                 )
+            if not current.desired_state.runs:
+                # Its new version would never be ready: rolled back at the deadline.
+                raise OperationRefused(
+                    f"state: {name!r} is {current.desired_state.value}; start it before a rollout"
+                )
             if image == current.spec.image and not current.spec.region_images:
                 raise OperationRefused(f"image: {image!r} is what {name!r} runs already")
             policy = current.spec.rollout_policy

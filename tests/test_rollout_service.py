@@ -240,6 +240,12 @@ async def test_refusals_name_the_field_and_write_nothing(store: Store, clock: Cl
         await rollouts.start("llm", OLD)
     with pytest.raises(OperationRefused, match="no rollout under way to pause"):
         await rollouts.pause("llm")
+    assert await store.get_endpoint("llm") == before
+    stopped = await service.stop("llm")
+    with pytest.raises(OperationRefused, match="'llm' is stopped; start it before a rollout"):
+        await rollouts.start("llm", NEW)
+    assert await store.get_endpoint("llm") == stopped
+    before = await service.start("llm")
     # Leaving a wave's region out of the targets breaks the policy.
     with pytest.raises(InvalidInput) as untargeted:
         await service.apply(
