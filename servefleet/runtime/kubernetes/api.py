@@ -77,7 +77,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_APPLY: Final = "application/apply-patch+yaml"
+_APPLY: Final = "application/apply-patch+yaml; charset=utf-8"
+"""With a parameter, kubernetes-asyncio sends a body already encoded (bytes) as it is;
+without one it would walk and encode the manifest again (its sanitizer and
+json.dumps: several per cent of the reconciler's CPU while a fleet converges, bench/).
+API servers read the media type without its parameters."""
 
 
 @dataclass(frozen=True)
@@ -176,10 +180,11 @@ class ClusterApi:
         }
         if force:
             options["force"] = True
+        encoded = json.dumps(body, separators=(",", ":")).encode()
         result = await self._request(
             "apply",
             f"apply {ref.kind} {ref.name}",
-            lambda: patch(ref.name, ref.namespace, body, **options),
+            lambda: patch(ref.name, ref.namespace, encoded, **options),
         )
         assert result is not None
         return result
