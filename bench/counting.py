@@ -141,3 +141,7 @@ class CountingStore:
     async def release_lease(self, lease: Lease) -> None:
         self.calls["release_lease"] += 1
         await self.inner.release_lease(lease)
+
+    async def record_fence(self, name: str, holder: str, token: int) -> Lease | None:
+        self.calls["record_fence"] += 1
+        return await self.inner.record_fence(name, holder, token)

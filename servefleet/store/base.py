@@ -20,6 +20,10 @@ Every backend keeps the same promises, proven by one contract suite
   the lease's `token`; a write made with a lease (`put_region_status(..., lease=)`)
   is refused with `LeaseLost` once the token is no longer current, which is the
   fencing that keeps a deposed leader from writing.
+- A lock kept outside the store (a Kubernetes Lease) fences status writes the same
+  way through `record_fence`: its holder records the lock's own fencing token as a
+  lease of the store that never expires there, and a token recorded only ever goes
+  up, so a write under an older token is refused once a newer one is recorded.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -137,6 +141,10 @@ class Change:
     kind: ChangeKind
 
 
+FENCE_EXPIRES_AT = datetime(9999, 12, 31, tzinfo=UTC)
+"""The expiry of a fence's lease (`Store.record_fence`): none the store checks."""
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     name: str
@@ -231,6 +239,15 @@ class Store(Protocol):
 
     async def release_lease(self, lease: Lease) -> None:
         """Give the lease up early so a standby need not wait for the TTL."""
+        ...
+
+    async def record_fence(self, name: str, holder: str, token: int) -> Lease | None:
+        """Record that `holder` holds the lock `name`, kept outside the store, under
+        the lock's fencing `token` (which grows at every change of holder), unless a
+        higher token is recorded, or the same one for another holder. The lease to
+        fence status writes with (it never expires in the store: the lock's own
+        expiry is its keeper's business), or None when this holder is deposed already.
+        """
         ...
 
 

@@ -52,7 +52,9 @@ endpoint, then region.
   as read; a change of holder increments `token`. Expiry uses this host's clock
   (DynamoDB has none to offer), so hosts need synchronised clocks (NTP), which AWS
   provides. `purge_after` is the table's TTL attribute: abandoned leases are removed
-  a day after they lapse.
+  a day after they lapse. A fence (`record_fence`: a Kubernetes Lease's token) is a
+  lease item without `purge_after`, written by one `PutItem` conditional on the
+  token it replaces being lower.
 - **Item size**: a record larger than a DynamoDB item (400 KB) is refused with
   `InvalidInput` before anything is written; `check_endpoint` is the same refusal
   without a write, for checking a whole `apply -f` first.
@@ -101,6 +103,7 @@ from servefleet.spec import (
     RegionStatus,
 )
 from servefleet.store.base import (
+    FENCE_EXPIRES_AT,
     Change,
     ChangeKind,
     EndpointExists,
@@ -739,6 +742,30 @@ class DynamoStore(PolledFeed):
                     ":token": _number(lease.token),
                 },
             )
+
+    async def record_fence(self, name: str, holder: str, token: int) -> Lease | None:
+        # A lease item without `purge_after`: the table's TTL never removes a fence,
+        # whose token must never go down.
+        item = {
+            **_key("lease", name),
+            "holder": _string(holder),
+            "token": _number(token),
+            "expires_at": _number(FENCE_EXPIRES_AT.timestamp()),
+        }
+        try:
+            # The same token and holder again (a retry after a lost answer) holds.
+            await self._client.call(
+                "put_item",
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk) OR #token < :token "
+                "OR (#token = :token AND holder = :holder)",
+                ExpressionAttributeNames={"#token": "token"},
+                ExpressionAttributeValues={":token": _number(token), ":holder": _string(holder)},
+            )
+        except ConditionFailed:
+            return None
+        return Lease(name, holder, token, FENCE_EXPIRES_AT)
 
 
 def _is_own_write(failed: ConditionFailed, written: dict[str, Any]) -> bool:

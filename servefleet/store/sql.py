@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from servefleet.spec import STORED, ApiToken, DesiredState, Endpoint, Region, RegionStatus
 from servefleet.store.base import (
+    FENCE_EXPIRES_AT,
     Change,
     ChangeKind,
     EndpointExists,
@@ -352,3 +353,21 @@ class SqlStore(PolledFeed):
                 lease.holder,
                 lease.token,
             )
+
+    async def record_fence(self, name: str, holder: str, token: int) -> Lease | None:
+        # One statement raises the token, so a lower one can never overwrite a higher;
+        # the same token and holder again (a retry) writes what is there.
+        async with self._transaction() as session:
+            rows = await session.fetch(
+                "INSERT INTO leases (name, holder, token, expires_at) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                "token = excluded.token, expires_at = excluded.expires_at "
+                "WHERE leases.token < excluded.token "
+                "OR (leases.token = excluded.token AND leases.holder = excluded.holder) "
+                "RETURNING token",
+                name,
+                holder,
+                token,
+                FENCE_EXPIRES_AT.timestamp(),
+            )
+        return Lease(name, holder, token, FENCE_EXPIRES_AT) if rows else None

@@ -17,12 +17,14 @@ from servefleet.store import (
     EndpointExists,
     EndpointNotFound,
     FeedCompacted,
+    Lease,
     LeaseLost,
     RegionNotFound,
     RevisionConflict,
     Store,
     open_store,
 )
+from servefleet.store.base import FENCE_EXPIRES_AT
 from servefleet.store.dynamodb import DynamoStore
 from servefleet.store.sql import SqlStore
 from tests.conftest import EVERY_STORE
@@ -335,6 +337,37 @@ async def test_an_expired_lease_fences_even_before_anyone_takes_over(store: Stor
     with pytest.raises(LeaseLost):
         await store.put_region_status(make_status(), lease=lapsed)
     assert await store.list_region_status() == []
+
+
+async def test_a_status_write_under_an_older_fence_token_is_refused(store: Store) -> None:
+    older = await store.record_fence("kubernetes/r1", "a", 3)
+    assert older is not None
+    await store.put_region_status(make_status(state=RegionState.READY), lease=older)
+    newer = await store.record_fence("kubernetes/r1", "b", 4)
+    assert newer is not None
+
+    with pytest.raises(LeaseLost, match="no longer held by 'a'"):
+        await store.put_region_status(make_status(state=RegionState.FAILED), lease=older)
+
+    (status,) = await store.list_region_status()
+    assert status.state is RegionState.READY
+    await store.put_region_status(make_status(state=RegionState.DEGRADED), lease=newer)
+    (status,) = await store.list_region_status()
+    assert status.state is RegionState.DEGRADED
+
+
+async def test_a_fence_token_never_goes_down(store: Store) -> None:
+    newer = await store.record_fence("kubernetes/r1", "b", 4)
+    assert newer is not None
+
+    assert await store.record_fence("kubernetes/r1", "a", 3) is None
+    assert await store.record_fence("kubernetes/r1", "a", 4) is None
+    assert await store.record_fence("kubernetes/r1", "b", 4) == newer
+    with pytest.raises(LeaseLost):
+        await store.put_region_status(
+            make_status(), lease=Lease("kubernetes/r1", "a", 3, FENCE_EXPIRES_AT)
+        )
+    await store.put_region_status(make_status(), lease=newer)
 
 
 async def test_concurrent_candidates_get_exactly_one_lease(store: Store, store_url: str) -> None:
