@@ -17,10 +17,11 @@ cancelled); a standby takes over only once `ttl` has passed without a renewal.
 `fence()` is called before every write to a runtime: it refuses once the renew
 deadline has passed, counted from when the last successful renewal was *sent*,
 so the answer errs on the safe side and does not wait for the renewal task to
-notice. Status writes are fenced again inside the store's transaction by the
-lease's token — for store leases only, the one kind of lease whose token the
-store can check; with another backend `fence()` hands the store no lease and
-status writes rest on the local check alone.
+notice. Status writes are fenced again inside the store's transaction by a
+token: a store lease's own; for a lease kept elsewhere (a Kubernetes Lease), the
+lease's fencing token as its holder recorded it in the store on taking the lease
+(`StoreFencedLeases`), so a write that passed `fence()` in time but reaches the
+store after a successor recorded its token is refused.
 
 What a leader does at its renew deadline depends on why it could not renew:
 
@@ -39,9 +40,9 @@ What a leader does at its renew deadline depends on why it could not renew:
   the region is stale), it stops leading. A process that took the lease during
   the outage writes under a newer token, so anything the stale leader still
   sends is refused by the store.
-- With a Kubernetes Lease, as client-go: it stops leading at the deadline. The
-  store cannot check that lease's writes, and closing a Kubernetes runtime stops
-  nothing in the cluster, so a region keeps serving anyway.
+- With a Kubernetes Lease, as client-go: it stops leading at the deadline
+  (closing a Kubernetes runtime stops nothing in the cluster, so a region keeps
+  serving anyway).
 """
 
 from __future__ import annotations
@@ -57,7 +58,17 @@ from typing import Protocol
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.store import Lease, LeaseLost, Store, StoreError, StoreUnavailable
 
-__all__ = ["LeaderElection", "LeaseBackend", "LeaseSettings", "LeaseUnconfirmed", "StoreLeases"]
+__all__ = [
+    "Fenced",
+    "LeaderElection",
+    "LeaseBackend",
+    "LeaseSettings",
+    "LeaseUnconfirmed",
+    "StoreFencedLeases",
+    "StoreLeases",
+    "TokenLease",
+    "TokenLeaseBackend",
+]
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +154,69 @@ class StoreLeases:
             await self._store.release_lease(held)
 
 
+class TokenLease(Protocol):
+    """A held lease whose keeper hands out a fencing token that grows at every
+    change of holder (a Kubernetes Lease's `leaseTransitions`)."""
+
+    @property
+    def holder(self) -> str: ...
+
+    @property
+    def token(self) -> int: ...
+
+
+class TokenLeaseBackend(LeaseBackend, Protocol):
+    async def acquire_or_renew(self, holder: str, ttl: float) -> TokenLease | None: ...
+
+
+@dataclass(frozen=True)
+class Fenced:
+    """A lease kept outside the store, held, with its token recorded in the store."""
+
+    fence: Lease
+    """The store's record of the token, which status writes are fenced with."""
+
+
+class StoreFencedLeases:
+    """The `LeaseBackend` of a lease the store cannot check (a Kubernetes Lease),
+    whose status writes the store fences all the same: whenever this process takes
+    the lease under a new token, the token is recorded in the store under `fence`
+    (`Store.record_fence`, which only raises it) before `acquire_or_renew` answers,
+    so before the leader acts; `fence()` then hands the store that record. A status
+    write still in flight from a deposed leader reaches the store after its
+    successor recorded a higher token, and is refused."""
+
+    def __init__(self, backend: TokenLeaseBackend, store: Store, fence: str) -> None:
+        self._backend = backend
+        self._store = store
+        self._fence = fence
+        self._held: Fenced | None = None
+
+    @property
+    def name(self) -> str:
+        return self._backend.name
+
+    async def acquire_or_renew(self, holder: str, ttl: float) -> Fenced | None:
+        held = await self._backend.acquire_or_renew(holder, ttl)
+        if held is None:
+            self._held = None
+        elif self._held is None or self._held.fence.token != held.token:
+            fence = await self._store.record_fence(self._fence, holder, held.token)
+            if fence is None:
+                log.error(
+                    "%s: %s took the lease under token %d, but the store holds a higher one "
+                    "for %s (someone took it since, or the lease was deleted and started "
+                    "over): not acting on it",
+                    *(self.name, holder, held.token, self._fence),
+                )
+            self._held = None if fence is None else Fenced(fence)
+        return self._held
+
+    async def release(self, holder: str) -> None:
+        self._held = None
+        await self._backend.release(holder)
+
+
 class LeaderElection:
     def __init__(
         self,
@@ -171,13 +245,16 @@ class LeaderElection:
     def fence(self) -> Lease | None:
         """Raise `LeaseLost` unless this process may still act on the lease
         (`LeaseUnconfirmed` while a store lease cannot be renewed); the store lease
-        to fence status writes with, when the lease is the store's."""
+        to fence status writes with: the lease itself when it is the store's, its
+        recorded token when it is `StoreFencedLeases`'."""
         if self._held is None:
             raise LeaseLost(self._name, self._holder)
         if self._monotonic() >= self._valid_until:
             if isinstance(self._held, Lease):
                 raise LeaseUnconfirmed(self._name, self._holder)
             raise LeaseLost(self._name, self._holder)
+        if isinstance(self._held, Fenced):
+            return self._held.fence
         return self._held if isinstance(self._held, Lease) else None
 
     async def run(self, lead: Callable[[], Awaitable[None]]) -> None:

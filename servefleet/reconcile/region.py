@@ -8,7 +8,9 @@ deadline, only acting (`servefleet.reconcile.leader`): its runtime stays open
 and the region keeps serving.
 
 The region's lease is the store's (`region/<name>`) unless the caller passes
-another backend (for a Kubernetes region, a Lease in its namespace).
+another backend (for a Kubernetes region, a Lease in its namespace), whose token
+its holder then records in the store under that same name, the fence of the
+region's status writes (`StoreFencedLeases`).
 
 Each region is supervised on its own. An error that escapes its reconciler or
 its election (a store failing in a way no retry mends: a missing table, a
@@ -29,7 +31,13 @@ from contextlib import AbstractAsyncContextManager
 
 from servefleet.metrics import Metrics
 from servefleet.reconcile.controller import Clock, Controller, ControllerSettings
-from servefleet.reconcile.leader import LeaderElection, LeaseBackend, LeaseSettings, StoreLeases
+from servefleet.reconcile.leader import (
+    LeaderElection,
+    LeaseSettings,
+    StoreFencedLeases,
+    StoreLeases,
+    TokenLeaseBackend,
+)
 from servefleet.runtime.base import Runtime
 from servefleet.store import Store
 
@@ -50,15 +58,18 @@ async def run_region(
     lease: LeaseSettings,
     clock: Clock,
     on_controller: Callable[[Controller], None] = lambda _controller: None,
-    leases: LeaseBackend | None = None,
+    leases: TokenLeaseBackend | None = None,
     metrics: Metrics | None = None,
 ) -> None:
     """Reconcile `region` whenever this process holds its lease (kept by `leases`,
     by default in the store), until cancelled; an error stops only this region for
     a while (see the module doc)."""
     metrics = metrics or Metrics()
+    lease_name = f"region/{region}"
     election = LeaderElection(
-        leases or StoreLeases(store, f"region/{region}"),
+        StoreFencedLeases(leases, store, lease_name)
+        if leases is not None
+        else StoreLeases(store, lease_name),
         holder,
         lease,
         on_leading=lambda leading: metrics.set_leader(region, leading),

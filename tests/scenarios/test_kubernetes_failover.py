@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes_asyncio import client
 
 from servefleet.cli.up import Running, UpOptions, run
@@ -34,8 +35,8 @@ from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
 from servefleet.runtime.kubernetes.lease import KubernetesLease, lease_name
 from servefleet.runtime.kubernetes.render import RegionSettings
 from servefleet.service import EndpointService, utc_now
-from servefleet.spec import EndpointSpec, Region, RegionKind
-from servefleet.store import Store, open_store
+from servefleet.spec import EndpointSpec, Region, RegionKind, RegionStatus
+from servefleet.store import Lease, LeaseLost, Store, open_store
 from tests.kubeapi.server import RequestInfo
 from tests.kubernetes.conftest import FAST, ApiTarget, api_client, api_target, read_object
 from tests.scenarios.harness import LOCAL, SETTLE
@@ -55,6 +56,28 @@ class Note:
     """Requests the test server had received by then (0 on a real cluster)."""
 
 
+class InFlightStatusWrites:
+    """A reconciler's store, through which its status writes can be caught on the way:
+    once `catching`, a status write never answers (sent, its answer not back yet) and
+    is kept in `caught`, for the test to deliver to the store later, as a slow network
+    would."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.catching = False
+        self.caught: list[tuple[RegionStatus, Lease | None]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def put_region_status(self, status: RegionStatus, *, lease: Lease | None = None) -> None:
+        if not self.catching:
+            await self._store.put_region_status(status, lease=lease)
+            return
+        self.caught.append((status, lease))
+        await asyncio.Event().wait()
+
+
 @dataclass
 class Reconciler:
     holder: str
@@ -62,6 +85,7 @@ class Reconciler:
     notes: list[Note]
     task: asyncio.Task[None] | None = None
     leading: bool = False
+    store: InFlightStatusWrites | None = None
 
     @property
     def user_agent(self) -> str:
@@ -89,12 +113,13 @@ class Reconciler:
     async def start(self, store_url: str, stack: AsyncExitStack) -> None:
         store = await open_store(store_url)
         stack.push_async_callback(store.close)
+        self.store = InFlightStatusWrites(store)
         api = await api_client(self.target.kubeconfig, user_agent=self.user_agent)
         leases = KubernetesLease(api, self.target.namespace, REGION, owns_client=True)
         stack.push_async_callback(leases.close)
         self.task = asyncio.create_task(
             run_region(
-                store,
+                self.store,  # type: ignore[arg-type]
                 REGION,
                 self.open_runtime,
                 holder=self.holder,
@@ -268,6 +293,32 @@ async def test_a_leader_cut_off_from_its_lease_stops_before_the_standby_starts(
 
         region.check_one_leader_at_a_time()
         region.check_handover(old, new)
+
+
+async def test_a_deposed_leaders_status_write_in_flight_is_refused(tmp_path: Path) -> None:
+    async with region_with_two_reconcilers(tmp_path) as region:
+        old = await region.leader()
+        assert old.store is not None
+        await region.service.deploy("llm", EndpointSpec(image="vllm/vllm-openai:v0.6.3"), [REGION])
+        await region.has_replicas(1)
+        old.store.catching = True
+        await region.service.scale("llm", 3)
+
+        async def caught() -> bool:
+            assert old.store is not None
+            return bool(old.store.caught)
+
+        await eventually(caught, within=SETTLE)
+        await old.stop()
+        # Leading, the new leader has recorded its token in the store.
+        new = await region.standby_takes_over(old)
+        await new.stop()
+        stored = await region.store.list_region_status()
+
+        (status, lease), *_ = old.store.caught
+        with pytest.raises(LeaseLost):
+            await region.store.put_region_status(status, lease=lease)
+        assert await region.store.list_region_status() == stored
 
 
 async def test_up_elects_the_leader_of_a_kubernetes_region_through_its_lease(

@@ -22,13 +22,17 @@ the region's namespace, kept as client-go's `leaderelection` keeps its Lease:
   `holderIdentity` and sets `leaseDurationSeconds` to 1, so a standby takes over
   at once instead of waiting for the lease to run out.
 
-Fencing: the store checks the token of its own leases on every status write; it
-cannot check a Kubernetes Lease. With this backend `fence()` therefore gives the
-store no lease, and status writes are fenced by the local validity check alone
-(the renew deadline, counted from when the last renewal was sent). A deposed
-leader stops writing to the cluster and to the store at that deadline, before
-the lease has run out for anyone else; what it cannot prevent is a status write
-that was already in flight, which the new leader's next report replaces.
+Fencing: `leaseTransitions` is the Lease's fencing token (`HeldLease.token`). The
+store cannot read a Kubernetes Lease, so its holder tells it: on taking the Lease,
+before acting, it records the token as the region's fence in the store
+(`servefleet.reconcile.leader.StoreFencedLeases`, `Store.record_fence`, which only
+ever raises it), and every status write carries that token, refused by the store
+in the same statement or transaction once a higher one is recorded. A deposed
+leader stops writing at its renew deadline (counted from when the last renewal
+was sent), before the Lease has run out for anyone else; a status write it had
+already sent that lands after the new holder recorded its token is refused. One
+that lands between the takeover and that record is still accepted: the new
+holder has not acted yet, and its first report replaces it.
 
 Errors: timeouts are left to the caller (the election bounds every attempt);
 connection errors and any answer other than success, 404 or 409 raise
@@ -78,6 +82,11 @@ class HeldLease:
 
     holder: str
     transitions: int
+
+    @property
+    def token(self) -> int:
+        """The fencing token: `leaseTransitions`, which grows at every change of holder."""
+        return self.transitions
 
 
 def _micro_time(moment: datetime) -> str:
