@@ -202,14 +202,17 @@ class StoreFencedLeases:
             self._held = None
         elif self._held is None or self._held.fence.token != held.token:
             fence = await self._store.record_fence(self._fence, holder, held.token)
+            self._held = None if fence is None else Fenced(fence)
             if fence is None:
+                # Let go rather than renew: each take counts one more, so a lease
+                # that started over (deleted and made again) climbs past the record.
                 log.error(
                     "%s: %s took the lease under token %d, but the store holds a higher one "
                     "for %s (someone took it since, or the lease was deleted and started "
-                    "over): not acting on it",
+                    "over): letting it go without acting",
                     *(self.name, holder, held.token, self._fence),
                 )
-            self._held = None if fence is None else Fenced(fence)
+                await self._backend.release(holder)
         return self._held
 
     async def release(self, holder: str) -> None:

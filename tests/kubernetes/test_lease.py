@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client
 
-from servefleet.reconcile.leader import LeaderElection, LeaseSettings
+from servefleet.reconcile.leader import LeaderElection, LeaseSettings, StoreFencedLeases
 from servefleet.runtime.kubernetes.lease import Clock, HeldLease, KubernetesLease, lease_name
-from servefleet.store import LeaseLost
+from servefleet.store import LeaseLost, open_store
 from tests.kubeapi import matching
 from tests.kubernetes.conftest import ApiTarget, api_client, api_target, read_object
 from tests.waiting import eventually
@@ -336,3 +336,21 @@ async def test_requests_name_servefleet_and_this_process_in_their_user_agent(
         # The API server names the writer of a field after the User-Agent's product.
         managers = {entry["manager"] for entry in written["metadata"]["managedFields"]}
         assert managers == {"servefleet"}
+
+
+async def test_a_lease_made_again_climbs_past_the_token_the_store_recorded(
+    candidates: Candidates, sqlite_url: str
+) -> None:
+    store = await open_store(sqlite_url)
+    candidates.stack.push_async_callback(store.close)
+    # The Lease counted to 2 under "old" before someone deleted it.
+    assert await store.record_fence("region/r1", "old", 2) is not None
+    fenced = StoreFencedLeases(await candidates.new("a"), store, "region/r1")
+
+    taken = None
+    async with asyncio.timeout(30):
+        while taken is None:
+            taken = await fenced.acquire_or_renew("a", LONG)
+
+    assert taken.fence.token == 3
+    assert (await candidates.read())["spec"]["leaseTransitions"] == 3
