@@ -72,15 +72,12 @@ class Plan:
 
 
 FULL = Plan(kills=100, lease_ttl=2.0, kill_window=2.0, change_interval=0.5, within=90)
-QUICK = Plan(kills=1, lease_ttl=2.0, kill_window=1.0, change_interval=0.5, within=40)
-"""In CI: a TTL of 2 s, not 1, leaves a leader starved by a loaded machine time to
-renew (a leader that misses its renew deadline stops writing, but a status write
-already in flight then can land after the takeover: `runtime/kubernetes/lease.py`)."""
+QUICK = Plan(kills=1, lease_ttl=1.0, kill_window=1.0, change_interval=0.5, within=40)
 SKEW_FULL = Plan(
     kills=20, lease_ttl=2.0, kill_window=2.0, change_interval=0.5, within=90, skew=30.0
 )
 SKEW_QUICK = Plan(
-    kills=2, lease_ttl=2.0, kill_window=1.0, change_interval=0.5, within=40, skew=30.0
+    kills=2, lease_ttl=1.0, kill_window=1.0, change_interval=0.5, within=40, skew=30.0
 )
 
 
