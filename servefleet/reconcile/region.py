@@ -9,8 +9,10 @@ and the region keeps serving.
 
 The region's lease is the store's (`region/<name>`) unless the caller passes
 another backend (for a Kubernetes region, a Lease in its namespace), whose token
-its holder then records in the store under that same name, the fence of the
-region's status writes (`StoreFencedLeases`).
+its holder then records in the store as `region/<name>/fence`, the fence of the
+region's status writes (`StoreFencedLeases`). A name apart from the store lease's:
+a fence never expires in the store, so a region that turned from Kubernetes to
+local would otherwise never elect a leader.
 
 Each region is supervised on its own. An error that escapes its reconciler or
 its election (a store failing in a way no retry mends: a missing table, a
@@ -65,11 +67,10 @@ async def run_region(
     by default in the store), until cancelled; an error stops only this region for
     a while (see the module doc)."""
     metrics = metrics or Metrics()
-    lease_name = f"region/{region}"
     election = LeaderElection(
-        StoreFencedLeases(leases, store, lease_name)
+        StoreFencedLeases(leases, store, f"region/{region}/fence")
         if leases is not None
-        else StoreLeases(store, lease_name),
+        else StoreLeases(store, f"region/{region}"),
         holder,
         lease,
         on_leading=lambda leading: metrics.set_leader(region, leading),
