@@ -1,0 +1,54 @@
+"""Registering regions, and removing them once no endpoint uses them."""
+
+from __future__ import annotations
+
+from servefleet.service.records import EndpointRecords
+from servefleet.service.refusals import OperationRefused
+from servefleet.spec import DesiredState, Region
+
+__all__ = [
+    "RegionOperations",
+]
+
+
+class RegionOperations(EndpointRecords):
+    """Registering, reading and removing regions."""
+
+    async def add_region(self, region: Region) -> None:
+        """Register `region`, or change how it is registered."""
+        if not region.scales_to_zero:
+            # The rule `check_scale_to_zero` applies to endpoints, seen from the region.
+            to_zero = [
+                endpoint.name
+                for endpoint in await self._store.list_endpoints(region=region.name)
+                if endpoint.spec.autoscaling.min_replicas == 0
+                and endpoint.desired_state is not DesiredState.DELETED
+            ]
+            if to_zero:
+                raise OperationRefused(
+                    f"autoscaler: {', '.join(to_zero)} scale to zero in {region.name!r} "
+                    "(autoscaling.min_replicas 0), which its HorizontalPodAutoscaler "
+                    "cannot: it keeps at least 1 replica; register the region with "
+                    "--autoscaler keda, or raise their min_replicas or move them first"
+                )
+        await self._store.put_region(region)
+
+    async def list_regions(self) -> list[Region]:
+        return await self._store.list_regions()
+
+    async def get_region(self, name: str) -> Region:
+        return await self._store.get_region(name)
+
+    async def remove_region(self, name: str) -> None:
+        await self._store.get_region(name)
+        users = [
+            endpoint.name
+            for endpoint in await self._store.list_endpoints()
+            if name in endpoint.target_regions or name in endpoint.spec.region_images
+        ]
+        if users:
+            raise OperationRefused(
+                f"region: {name!r} is still a target of {', '.join(users)}; "
+                "move or delete those endpoints first"
+            )
+        await self._store.delete_region(name)

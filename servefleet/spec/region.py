@@ -1,0 +1,182 @@
+"""The regions endpoints run in, as registered: this machine or a Kubernetes cluster."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from servefleet.spec.rules import (
+    DnsSubdomain,
+    Image,
+    RegionName,
+    Rfc1123Label,
+    SpecModel,
+    env_names,
+    label_key,
+    parse_quantity,
+    shown,
+)
+
+__all__ = [
+    "Region",
+    "RegionKind",
+]
+
+
+class RegionKind(StrEnum):
+    LOCAL = "local"
+    KUBERNETES = "kubernetes"
+
+
+def _annotation_keys(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        label_key(key)
+    return value
+
+
+def _annotation_key_or_none(value: str) -> str:
+    """An annotation key, or "" for none."""
+    if value:
+        label_key(value)
+    return value
+
+
+def _quantity(value: str) -> str:
+    if parse_quantity(value) < 0:
+        raise ValueError(f"must not be negative (got {shown(value)})")
+    return value
+
+
+def _metric_name(value: str) -> str:
+    if not _METRIC_NAME.match(value):
+        raise ValueError(
+            "must be a metric name: a letter, '_' or ':', then letters, digits, '_', ':', "
+            f"'.' or '-', at most 253 (got {shown(value)})"
+        )
+    return value
+
+
+_METRIC_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:.-]{0,252}\Z")
+MetricName = Annotated[str, AfterValidator(_metric_name)]
+"""A metric as a custom metrics API serves it (one path segment; Prometheus names
+such as `vllm:num_requests_running` included)."""
+
+
+def _http_url(value: str) -> str:
+    if len(value) > 2048 or not _HTTP_URL.match(value):
+        raise ValueError(
+            "must be an http:// or https:// URL with a host and no spaces, such as "
+            f"http://prometheus.monitoring:9090 (got {shown(value)})"
+        )
+    return value
+
+
+_HTTP_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/\S*)?\Z")
+
+
+def _pass_env(names: list[str]) -> list[str]:
+    env_names(dict.fromkeys(names, ""))
+    for name in names:
+        if name.startswith("SERVEFLEET_"):
+            raise ValueError(
+                "servefleet's own variables never reach a replica (SERVEFLEET_STORE is the "
+                f"store's URL with its password); set what an endpoint needs in its env "
+                f"(got {shown(name)})"
+            )
+    return names
+
+
+class Region(SpecModel):
+    """A place endpoints run: this machine (`local`) or a Kubernetes cluster.
+
+    A kubernetes region also says how its workloads are rendered; a setting left
+    None takes the renderer's default (`runtime.kubernetes.install.region_settings`).
+    """
+
+    name: RegionName
+    kind: RegionKind
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: Rfc1123Label = "default"
+    ingress_class: DnsSubdomain | None = None
+    ingress_annotations: Annotated[dict[str, str], AfterValidator(_annotation_keys)] | None = None
+    """Every Ingress's annotations (replacing the defaults)."""
+    healthcheck_annotation: Annotated[str, AfterValidator(_annotation_key_or_none)] | None = None
+    """The annotation key that receives an endpoint's health path; "" for none."""
+    canary_routing: Literal["alb", "nginx"] | None = None
+    service_account: DnsSubdomain | None = None
+    """The service account of every workload pod."""
+    stage_image: Image | None = None
+    """The image of the model-staging init container."""
+    startup_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    model_volume_size_limit: Annotated[str, AfterValidator(_quantity)] | None = None
+    pods_metrics: bool | None = None
+    """Whether concurrency/rps autoscaling metrics are rendered (needs a metrics adapter)."""
+    concurrency_metric: MetricName | None = None
+    """The per-pod metric a `concurrency` target is rendered on (the metrics adapter's
+    name for requests in flight)."""
+    rps_metric: MetricName | None = None
+    """The per-pod metric an `rps` target is rendered on (requests per second)."""
+    autoscaler: Literal["hpa", "keda"] | None = None
+    """What scales autoscaled endpoints: a HorizontalPodAutoscaler (the default), or
+    a KEDA ScaledObject, which can scale to zero (`min_replicas: 0`)."""
+    prometheus_url: Annotated[str, AfterValidator(_http_url)] | None = None
+    """The Prometheus a keda region's request-metric triggers query (KEDA's
+    `serverAddress`), e.g. http://prometheus.monitoring:9090."""
+    pass_env: Annotated[list[str], AfterValidator(_pass_env)] | None = None
+    """Variables of `servefleet up`'s environment its local replicas and staging
+    children get besides the allowlist (`runtime.local.environment`)."""
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> Region:
+        if self.kind is RegionKind.LOCAL and (self.kubeconfig or self.context):
+            raise ValueError("kubeconfig: only kubernetes regions take a kubeconfig or context")
+        if self.kind is RegionKind.LOCAL:
+            for name in _KUBERNETES_ONLY:
+                value = getattr(self, name)
+                if value is not None:
+                    raise ValueError(
+                        f"{name}: only kubernetes regions take this setting (got {shown(value)})"
+                    )
+        elif self.pass_env is not None:
+            raise ValueError(
+                "pass_env: only local regions take this setting; a kubernetes pod's "
+                f"environment is its spec's env (got {shown(self.pass_env)})"
+            )
+        elif self.autoscaler == "keda" and self.prometheus_url is None:
+            raise ValueError(
+                "prometheus_url: a keda region needs the Prometheus its concurrency and "
+                "rps triggers query (--prometheus-url)"
+            )
+        elif self.autoscaler != "keda" and self.prometheus_url is not None:
+            raise ValueError(
+                "prometheus_url: only a region with autoscaler keda queries Prometheus "
+                f"(got {shown(self.prometheus_url)})"
+            )
+        return self
+
+    @property
+    def scales_to_zero(self) -> bool:
+        """Whether an endpoint may autoscale to zero replicas here: a local region's
+        own autoscaler can, a kubernetes region's only through KEDA."""
+        return self.kind is RegionKind.LOCAL or self.autoscaler == "keda"
+
+
+_KUBERNETES_ONLY = (
+    "ingress_class",
+    "ingress_annotations",
+    "healthcheck_annotation",
+    "canary_routing",
+    "service_account",
+    "stage_image",
+    "startup_timeout",
+    "model_volume_size_limit",
+    "pods_metrics",
+    "concurrency_metric",
+    "rps_metric",
+    "autoscaler",
+    "prometheus_url",
+)
