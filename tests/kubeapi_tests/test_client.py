@@ -244,7 +244,9 @@ async def test_watch_events_bookmarks_and_expiry(kube: KubeApiServer, api: ApiCl
             NS,
             resource_version=listed.metadata.resource_version,
             allow_watch_bookmarks=True,
-            timeout_seconds=1,
+            # Long enough for the writes on a loaded machine: the server ends the
+            # stream after this, whatever it has still to send.
+            timeout_seconds=4,
             **selection,
         )
         async with stream:
