@@ -300,6 +300,7 @@ async def _converge(size: int, plan: Plan, *, max_in_flight: int | None = None) 
         "requests_by_verb": dict(sorted(by_verb.items())),
         "runtime_writes": usage["runtime_writes"],
         "status_writes": usage["status_writes"],
+        "passes_per_endpoint_region": round(usage["passes"] / target, 3),
         "store_writes": writes,
         "store_calls": usage["store_calls"],
         "create_s": round(create_s, 1),

@@ -9,7 +9,7 @@ from the region's registered kubeconfig under a `Controller` with the default
 settings, the client-side rate included). The store is wrapped in a counting proxy.
 
 Says `{"started_s": ...}` once every region leads and its runtime has listed, then
-answers `snapshot`: store calls so far, the controllers' runtime and status writes,
+answers `snapshot`: store calls so far, the controllers' passes, runtime and status writes,
 whether every queue is idle, and its own CPU time and memory (see `bench.child`).
 """
 
@@ -77,6 +77,7 @@ async def main(options: argparse.Namespace) -> None:
             "store_calls": dict(store.snapshot()),
             "runtime_writes": sum(c.runtime_writes for c in controllers.values()),
             "status_writes": sum(c.status_writes for c in controllers.values()),
+            "passes": sum(sum(c.outcomes.values()) for c in controllers.values()),
             "idle": all(c.queue.idle for c in controllers.values()),
             **own_usage(),
         }
