@@ -12,6 +12,9 @@ to misbehave in the ways that matter:
   outside: while the file exists `/health` answers 503 `{"status": "unhealthy"}`.
 - `--token-delay` paces generation, so streamed responses visibly arrive token by
   token.
+- `--error-percent` (or `$DEMO_ERROR_PERCENT`) makes it answer 500 to that share
+  of its requests, spread evenly (every tenth for 10), `/health` excepted: a
+  version that is ready but hurts, for a rollout's guard rails to catch.
 - `--version` is echoed in every response (header `x-demo-version`, and
   `system_fingerprint` in completions) next to the process id (`x-demo-pid`), so a
   canary rollout can be watched and asserted on.
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 OWNED_BY = "servefleet-demo"
 DEFAULT_MAX_TOKENS = 16
@@ -56,9 +60,11 @@ class Settings:
     startup_delay: float = 0.0
     token_delay: float = 0.01
     unhealthy_file: Path | None = None
+    error_percent: float = 0.0
 
 
 SETTINGS = web.AppKey("settings", Settings)
+ERROR_PERCENT_VARIABLE = "DEMO_ERROR_PERCENT"
 # time.monotonic() when the app started, i.e. when the port began to listen.
 STARTED_AT = web.AppKey("started_at", float)
 
@@ -104,12 +110,36 @@ def make_app(settings: Settings) -> web.Application:
     # A signal rather than a middleware: it also stamps streamed responses, whose
     # headers are sent before the handler returns.
     app.on_response_prepare.append(_stamp_headers)
+    if settings.error_percent:
+        app.middlewares.append(_failing_share(settings.error_percent))
     app.router.add_get("/", _index)
     app.router.add_get("/health", _health)
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/v1/completions", _completions)
     app.router.add_post("/v1/chat/completions", _chat_completions)
     return app
+
+
+def _failing_share(percent: float) -> Middleware:
+    """Answer 500 to `percent` of the requests, `/health` excepted: request n fails
+    when it takes the failures counted so far past n x percent / 100, so the
+    share holds over any run of requests, not only on average."""
+    answered = 0
+
+    @web.middleware
+    async def fail_some(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal answered
+        if request.path == "/health":
+            return await handler(request)
+        answered += 1
+        if int(answered * percent / 100) > int((answered - 1) * percent / 100):
+            return web.json_response(
+                {"error": {"message": "demo: a failure asked for by --error-percent"}},
+                status=500,
+            )
+        return await handler(request)
+
+    return fail_some
 
 
 async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -331,6 +361,16 @@ def _non_negative_seconds(text: str) -> float:
     return value
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percent: {text!r}") from None
+    if not 0 <= value <= 100:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"must be a percent from 0 to 100 (got {text!r})")
+    return value
+
+
 def port_number(text: str) -> int:
     """argparse's `type=` for a port (shared with the example servers)."""
     try:
@@ -378,7 +418,21 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         metavar="PATH",
         help="/health answers 503 unhealthy while this file exists",
     )
+    parser.add_argument(
+        "--error-percent",
+        type=_percent,
+        default=None,
+        metavar="PERCENT",
+        help=f"answer 500 to this share of requests but /health (default: ${ERROR_PERCENT_VARIABLE}"
+        ", else 0)",
+    )
     args = parser.parse_args(argv)
+    error_percent = args.error_percent
+    if error_percent is None:
+        try:
+            error_percent = _percent(os.environ.get(ERROR_PERCENT_VARIABLE, "0"))
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"{ERROR_PERCENT_VARIABLE}: {error}")
     return Settings(
         host=args.host,
         port=args.port,
@@ -387,6 +441,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         startup_delay=args.startup_delay,
         token_delay=args.token_delay,
         unhealthy_file=args.unhealthy_file,
+        error_percent=error_percent,
     )
 
 

@@ -23,6 +23,8 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
+from servefleet.demo.server import parse_args
+
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -300,3 +302,48 @@ def _sse_data(line: bytes) -> str:
     text = line.decode().strip()
     assert text.startswith("data: "), text
     return text.removeprefix("data: ")
+
+
+async def test_error_percent_answers_500_to_that_share_of_requests_but_health(
+    demo_factory: DemoFactory, http: aiohttp.ClientSession
+) -> None:
+    demo = demo_factory("--error-percent", "10", "--token-delay", "0")
+    statuses = []
+    for _ in range(20):
+        async with http.get(f"{demo.url}/v1/models") as resp:
+            statuses.append(resp.status)
+    assert statuses.count(500) == 2
+    assert statuses.count(200) == 18
+    for _ in range(20):
+        async with http.get(f"{demo.url}/health") as resp:
+            assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    ("argv", "environment", "expected"),
+    [
+        (["--error-percent", "150"], {}, "argument --error-percent: must be a percent"),
+        (["--error-percent", "many"], {}, "argument --error-percent: not a percent"),
+        ([], {"DEMO_ERROR_PERCENT": "-1"}, "DEMO_ERROR_PERCENT: must be a percent"),
+    ],
+)
+def test_an_error_percent_out_of_range_is_refused_by_name(
+    argv: list[str],
+    environment: dict[str, str],
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert expected in capsys.readouterr().err
+
+
+def test_the_error_percent_comes_from_the_environment_without_the_flag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DEMO_ERROR_PERCENT", "12.5")
+    assert parse_args([]).error_percent == 12.5
+    assert parse_args(["--error-percent", "0"]).error_percent == 0
