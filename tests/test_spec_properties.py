@@ -84,7 +84,6 @@ TRICKY_TEXT = (
     "\x85",
     "\u2028",
     "\ufeff",
-    "\x00",
     "\x1b[31m",
     "😀",
     "\U0001f680 rocket",
@@ -99,10 +98,14 @@ TRICKY_TEXT = (
     ">",
     "$HOME; rm -rf /",
 )
+# Any text a process can be given: exec() cannot pass a NUL (the "nul" rule breaks that).
+_process_characters = st.characters(codec="utf-8", exclude_characters="\x00")
 free_text = st.one_of(
-    st.text(max_size=20),
+    st.text(_process_characters, max_size=20),
     st.sampled_from(TRICKY_TEXT),
-    st.lists(st.sampled_from(TRICKY_TEXT) | st.text(max_size=4), max_size=3).map("".join),
+    st.lists(
+        st.sampled_from(TRICKY_TEXT) | st.text(_process_characters, max_size=4), max_size=3
+    ).map("".join),
 )
 text_lists = st.lists(free_text, max_size=3)
 
@@ -534,6 +537,22 @@ def _break_env(draw: st.DrawFn, document: Document) -> str:
     return "spec.env" if where == "spec" else "spec.canary.env"
 
 
+def _break_with_nul(draw: st.DrawFn, document: Document) -> str:
+    holder = document["spec"]
+    where = draw(st.sampled_from(["spec", "spec.canary"]))
+    if where == "spec.canary":
+        holder = dict(holder.get("canary") or {})
+        document["spec"]["canary"] = holder
+    with_nul = draw(_with_one_of(free_text, "\x00"))
+    field = draw(st.sampled_from(["command", "args", "env"]))
+    if field == "env":
+        name = draw(env_names)
+        holder["env"] = {**(holder.get("env") or {}), name: with_nul}
+        return f"{where}.env.{name}"
+    holder[field] = [*draw(text_lists), with_nul]
+    return f"{where}.{field}"
+
+
 def _break_requests_over_limits(draw: st.DrawFn, document: Document) -> str:
     name = draw(resource_names)
     low, high = _ordered((draw(quantities), draw(quantities)))
@@ -721,6 +740,7 @@ BREAKERS: dict[str, Breaker] = {
     "accelerator": _set("accelerator", st.sampled_from(["amd", "NVIDIA", "gpu", ""])),
     "capacity_type": _set("capacity_type", st.sampled_from(["preemptible", "Spot", "ondemand"])),
     "env": _break_env,
+    "nul": _break_with_nul,
     "health_path": _set("health_path", bad_url_paths),
     "ingress_path": _set("ingress_path", bad_url_paths),
     "model_source": _set("model_source", bad_model_sources),
@@ -897,6 +917,8 @@ KNOWN_CASES = [
     # A pattern ending in `$` matched before a final newline, so these were accepted.
     _example("spec.model_source", {"model_source": "s3://bucket/key\n"}),
     _example("spec.env", {"env": {"TOKEN\n": "x"}}),
+    _example("spec.env.TOKEN", {"env": {"TOKEN": "x\x00"}}),
+    _example("spec.args", {"args": ["--flag", "\x00"]}),
     _example("spec.image", {"image": "ghcr.io/example/server:1.0\n"}),
     _example("spec.health_path", {"health_path": "/health\n"}),
     _example("spec.labels", {"labels": {"team": "ml\n"}}),
@@ -1130,7 +1152,7 @@ ROUND_TRIP_CASES = [
     # "E" is exa, "Ei" exbi: both were parsed as a malformed exponent and refused.
     {"resources": {"requests": {"memory": "1E"}, "limits": {"memory": "1Ei"}}},
     {"autoscaling": {"enabled": True, "metrics": [{"type": "rps", "target": 1e-300}]}},
-    {"env": {"A": "\x00\x85\u2028\t\r\n", "B": "yes", "C": "~", "D": "1e3", "E": "- x"}},
+    {"env": {"A": "\x85\u2028\t\r\n\x1b", "B": "yes", "C": "~", "D": "1e3", "E": "- x"}},
 ]
 
 

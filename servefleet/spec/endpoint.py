@@ -9,11 +9,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from servefleet.spec.autoscaling import AutoscalingSpec
 from servefleet.spec.rollout import RolloutPolicy, RolloutState
 from servefleet.spec.rules import (
+    Argv,
     EndpointName,
     Image,
     Labels,
@@ -23,6 +24,7 @@ from servefleet.spec.rules import (
     SpecModel,
     distinct,
     env_names,
+    env_values,
     parse_quantity,
     shown,
 )
@@ -74,24 +76,24 @@ class CanarySpec(SpecModel):
     """
 
     image: Image | None = None
-    command: list[str] | None = None
-    args: list[str] | None = None
+    command: Argv = None
+    args: Argv = None
     env: dict[str, str] = Field(default_factory=dict)
     weight: int = Field(default=10, ge=1, le=99)
     replicas: int = Field(default=1, ge=1, le=1000)
 
     @field_validator("env")
     @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        return env_names(value)
+    def _env(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        return env_values(env_names(value), info)
 
 
 class EndpointSpec(SpecModel):
     """What to run: everything a user declares about an endpoint except its regions."""
 
     image: Image | None = None
-    command: list[str] | None = None
-    args: list[str] | None = None
+    command: Argv = None
+    args: Argv = None
     replicas: int = Field(default=1, ge=0, le=1000)
     port: int = Field(default=8000, ge=1, le=65535)
     health_path: str = "/health"
@@ -124,8 +126,8 @@ class EndpointSpec(SpecModel):
 
     @field_validator("env")
     @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        return env_names(value)
+    def _env(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        return env_values(env_names(value), info)
 
     @field_validator("model_source")
     @classmethod

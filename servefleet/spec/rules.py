@@ -13,11 +13,19 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+)
 
 __all__ = [
     "MAX_NAME_LENGTH",
     "STORED",
+    "Argv",
     "DnsSubdomain",
     "EndpointName",
     "Image",
@@ -28,6 +36,7 @@ __all__ = [
     "SpecModel",
     "distinct",
     "env_names",
+    "env_values",
     "label_key",
     "parse_quantity",
     "shown",
@@ -206,6 +215,36 @@ def distinct(regions: list[str]) -> list[str]:
     if duplicates:
         raise ValueError(f"each region may appear once (got {duplicates} more than once)")
     return regions
+
+
+def _no_nul(texts: list[str], info: ValidationInfo) -> str | None:
+    """The first of `texts` that holds a NUL, unless read back from a store (a record
+    written before this rule must stay readable)."""
+    if info.context == STORED:
+        return None
+    return next((text for text in texts if "\x00" in text), None)
+
+
+def _argv(value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+    # exec() takes NUL-terminated strings: an argument holding one cannot be passed
+    # to any process, on either runtime, so it is refused before it is stored.
+    held = _no_nul(value or [], info)
+    if held is not None:
+        raise ValueError(f"arguments must not contain a NUL character (got {shown(held)})")
+    return value
+
+
+Argv = Annotated[list[str] | None, AfterValidator(_argv)]
+"""A command or its arguments: any text but NUL, never joined into a shell string."""
+
+
+def env_values(value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    """Env values hold any text but NUL, which no process environment can carry."""
+    held = _no_nul(list(value.values()), info)
+    if held is not None:
+        name = next(name for name, text in value.items() if text == held)
+        raise ValueError(f"{name}: a value must not contain a NUL character (got {shown(held)})")
+    return value
 
 
 def env_names(value: dict[str, str]) -> dict[str, str]:

@@ -399,19 +399,38 @@ async def test_a_cancelled_write_leaves_no_transaction_open(store: Store, store_
         await other.close()
 
 
-async def test_a_record_written_before_a_newer_input_rule_still_reads_back(store: Store) -> None:
-    """`min_replicas: 0` with only a cpu metric was accepted before scale to zero
-    needed a request metric; such a record must not stop every listing that holds it."""
-    written = make_endpoint("legacy").model_dump(mode="json")
-    written["spec"]["autoscaling"] = {
-        "enabled": True,
-        "min_replicas": 0,
-        "max_replicas": 4,
-        "metrics": [{"type": "cpu", "target": 70}],
-    }
-    with pytest.raises(ValueError, match="min_replicas: 0 needs a concurrency or rps metric"):
-        Endpoint.model_validate(written)
-    await store.create_endpoint(Endpoint.model_validate(written, context=STORED))
+LEGACY_SPECS = {
+    # Accepted before scale to zero needed a request metric.
+    "cpu_only_to_zero": (
+        {
+            "autoscaling": {
+                "enabled": True,
+                "min_replicas": 0,
+                "max_replicas": 4,
+                "metrics": [{"type": "cpu", "target": 70}],
+            }
+        },
+        "min_replicas: 0 needs a concurrency or rps metric",
+    ),
+    # Accepted before a NUL was refused in what reaches exec().
+    "nul_in_argv_and_env": (
+        {"command": ["serve", "--tag=\x00"], "env": {"A": "x\x00y"}},
+        "must not contain a NUL character",
+    ),
+}
 
-    assert (await store.get_endpoint("legacy")).spec.autoscaling.min_replicas == 0
+
+@pytest.mark.parametrize(("changed", "refusal"), LEGACY_SPECS.values(), ids=LEGACY_SPECS.keys())
+async def test_a_record_written_before_a_newer_input_rule_still_reads_back(
+    store: Store, changed: dict[str, object], refusal: str
+) -> None:
+    """A record a newer input rule refuses must not stop every listing that holds it."""
+    written = make_endpoint("legacy").model_dump(mode="json")
+    written["spec"].update(changed)
+    with pytest.raises(ValueError, match=refusal):
+        Endpoint.model_validate(written)
+    legacy = Endpoint.model_validate(written, context=STORED)
+    await store.create_endpoint(legacy)
+
+    assert (await store.get_endpoint("legacy")).spec == legacy.spec
     assert [endpoint.name for endpoint in await store.list_endpoints()] == ["legacy"]
