@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
-from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
+from multidict import CIMultiDict, MultiMapping
 
 __all__ = ["HOP_BY_HOP", "ProxyNetwork", "is_trusted", "upstream_headers", "without"]
 
@@ -78,7 +78,7 @@ def is_trusted(peer: str | None, proxies: Collection[ProxyNetwork]) -> bool:
 
 
 def upstream_headers(
-    incoming: CIMultiDictProxy[str],
+    incoming: MultiMapping[str],
     *,
     peer: str | None,
     scheme: str,

@@ -1,0 +1,697 @@
+"""The gateway's HTTP/1.1 server toward its clients: an asyncio `Protocol`, raw.
+
+aiohttp's server cost the gateway more CPU per proxied request than anything else
+once its client side was raw (`upstream`, issue 18): a request object, a response
+object, header dictionaries built and serialised twice, a payload stream, a task
+context per request. Here `llhttp` (`httptools`) parses each connection's bytes
+inside the protocol, a request is one small object (`ClientRequest`), and its
+answer is written straight to the transport: a complete answer in one write with
+its head, a streamed one chunk by chunk.
+
+What it keeps of aiohttp's server as the gateway used it:
+- keep-alive (HTTP/1.1 by default, HTTP/1.0 when asked) and pipelining: requests
+  of one connection are answered one at a time, in order; reading pauses while one
+  is waiting behind another, or while more than `_HIGH_WATER` bytes of a body wait
+  for the handler;
+- request bodies with a Content-Length or chunked, handed over as they arrive, and
+  `Expect: 100-continue` answered when the handler first asks for the body;
+- the answer framed for the client: a Content-Length, else chunked (HTTP/1.1) or
+  ended by closing the connection (HTTP/1.0); no body for HEAD, 204 and 304;
+- a client that goes away cancels its request's handler (so the request to the
+  replica is abandoned too);
+- limits (see `GatewaySettings`): `max_connections` open at once (one more gets a
+  503 and is closed), a request head complete within `header_timeout` of the
+  connection opening or of its previous answer (so idle keep-alive connections
+  close after it too), request lines up to `max_request_line` bytes (else 414) and
+  heads up to `max_head_size` (else 431); what does not parse is answered 400.
+
+An answer that ends before its request's body was read to the end closes the
+connection (aiohttp read and dropped the rest first, for up to 10 s). An upgrade
+(`Connection: upgrade`) is not done: the request is answered over HTTP/1.1 and the
+connection closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import cast
+
+import httptools
+from multidict import CIMultiDict
+
+__all__ = ["ClientRequest", "DownstreamServer", "error_body"]
+
+log = logging.getLogger(__name__)
+
+_HIGH_WATER = 256 * 1024
+"""Request body bytes buffered for the handler at which reading pauses."""
+_WRITE_HIGH_WATER = 64 * 1024
+_LINGER = 5.0
+"""How long a connection the gateway closed may go on sending before it is cut."""
+
+Handler = Callable[["ClientRequest"], Awaitable[None]]
+
+
+def error_body(status: int, message: str) -> bytes:
+    """The JSON every answer of the gateway's own carries."""
+    return json.dumps({"error": {"code": status, "message": message}}).encode()
+
+
+def _status_line(version: bytes, status: int, reason: str) -> bytes:
+    if not reason:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
+    return b"HTTP/%s %d %s\r\n" % (version, status, reason.encode("latin-1", "replace"))
+
+
+_STATUS_LINES: dict[tuple[bytes, int], bytes] = {}
+"""Status lines without a reason of their own, built once each."""
+_BODILESS = frozenset({204, 304})
+
+
+def _date() -> str:
+    """The Date header of the gateway's own answers, made again once a second."""
+    now = int(time.time())
+    if now != _date_cache[0]:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True)
+    return cast(str, _date_cache[1])
+
+
+_date_cache: list[int | str] = [0, ""]
+
+
+class _Refused(Exception):
+    """A request the server answers itself, before any handler sees it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ClientRequest:
+    """One request as the client sent it, and its answer.
+
+    The head is all here (`method`, `path`, `query`, `headers`...); the body
+    arrives as it is sent (`read`). The answer is written either whole (`respond`)
+    or streamed (`start`, then `write`, then `finish`)."""
+
+    __slots__ = (
+        "_body",
+        "_buffered",
+        "_connection",
+        "_continue",
+        "_waiter",
+        "body_done",
+        "chunked",
+        "has_body",
+        "head_sent",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "status",
+        "version",
+    )
+
+    def __init__(
+        self,
+        connection: _ClientConnection,
+        method: str,
+        target: bytes,
+        version: bytes,
+        headers: CIMultiDict[str],
+        *,
+        keep_alive: bool,
+        has_body: bool,
+        expects_continue: bool,
+    ) -> None:
+        self._connection = connection
+        self.method = method
+        if target.startswith(b"/"):
+            path, _, query = target.partition(b"?")
+        else:  # absolute form ("http://host/path") or "*"
+            parsed = httptools.parse_url(target)
+            path, query = parsed.path or b"/", parsed.query or b""
+        self.path = path.decode("latin-1")
+        """The raw path, still percent-encoded, as routes are matched."""
+        self.query = query.decode("latin-1")
+        """The raw query string without its "?", "" when there is none."""
+        self.version = version
+        """b"1.1" or b"1.0"; the answer's status line says the same."""
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.has_body = has_body
+        self._continue = expects_continue
+        self._body: deque[bytes] = deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self.body_done = not has_body
+        self.head_sent = False
+        self.chunked = False
+        self.status = 0
+        """The status of the answer, once its head is written."""
+
+    @property
+    def peer(self) -> str | None:
+        """The address of the client (or front proxy) that connected."""
+        return self._connection.peer
+
+    # The body
+
+    def _received(self, chunk: bytes) -> None:
+        self._body.append(chunk)
+        self._buffered += len(chunk)
+        self._wake()
+
+    def _complete(self) -> None:
+        self.body_done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read(self) -> bytes:
+        """The body bytes that arrived since the last call, waiting for some; b""
+        once the body is over. The first call answers `Expect: 100-continue`."""
+        connection = self._connection
+        if self._continue:
+            self._continue = False
+            connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while not self._body:
+            if self.body_done:
+                return b""
+            self._waiter = connection.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        body = self._body
+        data = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self._buffered = 0
+        connection.flow()
+        return data
+
+    # The answer
+
+    def _head(self, status: int, reason: str, headers: Iterable[tuple[str, str]]) -> list[bytes]:
+        self.status = status
+        self.head_sent = True
+        if reason:
+            line = _status_line(self.version, status, reason)
+        else:
+            key = (self.version, status)
+            line = _STATUS_LINES.get(key) or _STATUS_LINES.setdefault(
+                key, _status_line(self.version, status, "")
+            )
+        parts = [line]
+        parts += [
+            f"{name}: {value}\r\n".encode("utf-8", "surrogateescape") for name, value in headers
+        ]
+        return parts
+
+    def _end_of_head(self) -> bytes:
+        if not self.keep_alive:
+            return b"Connection: close\r\n\r\n"
+        if self.version == b"1.0":
+            return b"Connection: keep-alive\r\n\r\n"
+        return b"\r\n"
+
+    def _bodiless(self) -> bool:
+        return self.method == "HEAD" or self.status in _BODILESS or self.status < 200
+
+    def respond(
+        self,
+        status: int,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        *,
+        reason: str = "",
+        length: str | None = None,
+    ) -> None:
+        """Write the whole answer in one go. Its Content-Length is the body's,
+        except for HEAD, 204 and 304, which have none: `length` (what the replica
+        said, if anything) is written for them as it is."""
+        if not self.body_done:
+            self.keep_alive = False  # the rest of the body is not read: close
+        parts = self._head(status, reason, headers)
+        if not self._bodiless():
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+            parts.append(self._end_of_head())
+            parts.append(body)
+        else:
+            if length is not None:
+                parts.append(b"Content-Length: %s\r\n" % length.encode("latin-1"))
+            parts.append(self._end_of_head())
+        self._connection.write(b"".join(parts))
+
+    def refuse(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+        """Answer with the gateway's own JSON error."""
+        headers = [("Content-Type", "application/json; charset=utf-8"), ("Date", _date())]
+        if retry_after is not None:
+            headers.append(("Retry-After", str(retry_after)))
+        self.respond(status, headers, error_body(status, message))
+
+    async def start(
+        self,
+        status: int,
+        headers: Iterable[tuple[str, str]],
+        *,
+        reason: str = "",
+        length: str | None = None,
+    ) -> None:
+        """Write the head of a streamed answer: with `length` (the replica's
+        Content-Length) if it has one, else chunked, or ended by closing for an
+        HTTP/1.0 client."""
+        if not self.body_done:
+            self.keep_alive = False
+        parts = self._head(status, reason, headers)
+        if length is not None:
+            parts.append(b"Content-Length: %s\r\n" % length.encode("latin-1"))
+        elif not self._bodiless():
+            if self.version == b"1.1":
+                self.chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # its end is the connection's
+        parts.append(self._end_of_head())
+        await self._connection.send(b"".join(parts))
+
+    async def write(self, chunk: bytes) -> None:
+        """One more piece of a streamed answer, sent once the client takes it."""
+        if not chunk or self._bodiless():
+            return
+        if self.chunked:
+            chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        await self._connection.send(chunk)
+
+    def finish(self, chunk: bytes = b"") -> None:
+        """The last piece of a streamed answer, and its end, in one write."""
+        if self._bodiless():
+            return
+        if self.chunked:
+            self._connection.write(
+                b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk) if chunk else b"0\r\n\r\n"
+            )
+        elif chunk:
+            self._connection.write(chunk)
+
+    def abort(self) -> None:
+        """Cut the client's connection: all that is left to say of an answer whose
+        head is sent and whose rest cannot come."""
+        self._connection.abort()
+
+
+class _ClientConnection(asyncio.Protocol):
+    """One client's connection: parses its requests and answers them in order."""
+
+    def __init__(self, server: DownstreamServer) -> None:
+        self._server = server
+        self.loop = server.loop
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.peer: str | None = None
+        self._pending: deque[ClientRequest] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._busy = False
+        self._closing = False
+        """No more requests: the connection closes once the current answer is out."""
+        self._input_over = False
+        """What the client sends is ignored from now on (after an upgrade or an error)."""
+        self._last_words: bytes | None = None
+        """An error answer for a bad request that came behind one being answered."""
+        self._paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        """Ends a connection that waits too long: for a request head, or for the
+        client to close after the gateway did."""
+        # The request being parsed.
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._head_size = 0
+        """Bytes of the head so far: its fields as parsed, and every packet received
+        while it is incomplete (llhttp keeps a half-received field to itself)."""
+        self._in_head = False
+        self._expects_continue = False
+        self._parsing: ClientRequest | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport; same methods.
+        self.transport = cast(asyncio.Transport, transport)
+        if not self._server._admit(self):
+            self.transport.write(self._server._full)
+            self.transport.close()
+            self._closing = self._input_over = True
+            return
+        self.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else None
+        self._arm_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._input_over:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Not done: the request is answered over HTTP/1.1 and the connection
+            # closed, since what follows its head is another protocol.
+            self._input_over = True
+            for request in self._pending:
+                request.keep_alive = False
+            return
+        except httptools.HttpParserCallbackError as error:
+            cause = error.__context__
+            if not isinstance(cause, _Refused):
+                raise
+            self._refuse(cause.status, str(cause))
+            return
+        except httptools.HttpParserError as error:
+            self._refuse(400, f"the request is not valid HTTP/1.1: {error}")
+            return
+        if self._in_head:
+            self._head_size += len(data)
+            if self._head_size > self._server.max_head_size:
+                self._refuse(431, self._head_too_large())
+
+    def eof_received(self) -> bool:
+        # A client that stops sending is taken as gone, as aiohttp did: a client
+        # that goes away mostly closes both ways at once, and its request to the
+        # replica is to end now, not when writing to it fails.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._server._gone(self)
+        self._pending.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            self._task.cancel()  # the client is gone: so is its request's handler
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        if self._parsing is not None:
+            self._parsing._wake()
+
+    def pause_writing(self) -> None:
+        self._drain = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_size = 0
+        self._url = b""
+        self._headers = []
+        self._expects_continue = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._server.max_request_line:
+            raise _Refused(
+                414, f"the request target is longer than {self._server.max_request_line} bytes"
+            )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self._server.max_head_size:
+            raise _Refused(431, self._head_too_large())
+        text = value.decode("utf-8", "surrogateescape")
+        field = name.decode("latin-1")
+        if field.lower() == "expect" and text.lower() == "100-continue":
+            self._expects_continue = True
+        self._headers.append((field, text))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        self._in_head = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        version = parser.get_http_version().encode()
+        headers = CIMultiDict(self._headers)
+        length = headers.get("content-length")
+        has_body = "transfer-encoding" in headers or (length is not None and length != "0")
+        request = ClientRequest(
+            self,
+            parser.get_method().decode("ascii"),
+            self._url,
+            version,
+            headers,
+            keep_alive=parser.should_keep_alive(),
+            has_body=has_body,
+            expects_continue=self._expects_continue and version == b"1.1" and has_body,
+        )
+        self._parsing = request
+        self._pending.append(request)
+        if self._task is None:
+            self._task = self.loop.create_task(self._serve())
+        self.flow()
+
+    def on_body(self, body: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing._received(body)
+            if self._parsing._buffered > _HIGH_WATER:
+                self.flow()
+
+    def on_message_complete(self) -> None:
+        if self._parsing is not None:
+            self._parsing._complete()
+            self._parsing = None
+
+    # Serving
+
+    async def _serve(self) -> None:
+        """Answer the requests parsed so far, one after another, then wait for the
+        next head (or close)."""
+        try:
+            while self._pending:
+                request = self._pending.popleft()
+                self._busy = True
+                self.flow()
+                await self._answer(request)
+                self._busy = False
+                if not (request.keep_alive and request.body_done) or self._server.closing:
+                    self._close()
+                    return
+        finally:
+            self._task = None
+            self._busy = False
+        if self._closing:
+            self._close()
+        else:
+            self._arm_timer()
+            self.flow()
+
+    async def _answer(self, request: ClientRequest) -> None:
+        try:
+            await self._server.handler(request)
+        except Exception:
+            log.exception("gateway: the handler of %s %s failed", request.method, request.path)
+            if request.head_sent:
+                self.abort()
+            else:
+                request.keep_alive = False
+                request.refuse(500, "the gateway failed to answer; see its log")
+
+    def flow(self) -> None:
+        """Pause reading while a request waits behind the one being answered or a
+        body piles up for the handler; resume once neither holds."""
+        parsing = self._parsing
+        pause = (self._busy and bool(self._pending)) or (
+            parsing is not None and parsing._buffered > _HIGH_WATER
+        )
+        transport = self.transport
+        if transport is None or pause == self._paused or self._closing:
+            return
+        self._paused = pause
+        if pause:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def send(self, data: bytes) -> None:
+        """Write, then wait while the client has more than it takes buffered."""
+        self.write(data)
+        if self._drain is not None:
+            await self._drain
+
+    def abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer what could not be parsed or is too large, after the answers to
+        the requests before it, and close."""
+        self._input_over = True
+        self._closing = True
+        parsing = self._parsing
+        if parsing is not None:
+            # Its head was fine, its body not.
+            if parsing not in self._pending:
+                self.abort()  # being answered: its answer cannot be trusted to end
+                return
+            self._pending.remove(parsing)
+        body = error_body(status, message)
+        self._last_words = (
+            _status_line(b"1.1", status, "")
+            + b"Content-Type: application/json; charset=utf-8\r\nDate: %s\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+            % (_date().encode(), len(body), body)
+        )
+        if self._task is None:
+            self._close()
+
+    def _close(self) -> None:
+        """Close once what is written is out, with the last words if any.
+
+        Only the sending half closes at first: what the client still sends is read
+        and dropped until it closes too (at most `_LINGER` seconds). Closing both
+        with its bytes unread would make the kernel reset the connection, and the
+        client could lose the answer it was sent (nginx's lingering close)."""
+        self._closing = self._input_over = True
+        if self._last_words is not None:
+            self.write(self._last_words)
+            self._last_words = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(_LINGER, self._lingered)
+
+    def _head_too_large(self) -> str:
+        return f"the request head is larger than {self._server.max_head_size} bytes"
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(self._server.header_timeout, self._head_late)
+
+    def _lingered(self) -> None:
+        self._timer = None
+        self.abort()
+
+    def _head_late(self) -> None:
+        self._timer = None
+        if self._task is None:
+            self.abort()
+
+    def shut(self) -> None:
+        """The server closes: an idle connection closes now, a busy one after its
+        answer."""
+        if self._task is None:
+            self._close()
+
+
+class DownstreamServer:
+    """Listens for clients and hands each request to `handler`."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_connections: int,
+        header_timeout: float,
+        max_request_line: int,
+        max_head_size: int,
+        shutdown_timeout: float,
+    ) -> None:
+        self.handler = handler
+        self._shutdown_timeout = shutdown_timeout
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.max_request_line = max_request_line
+        self.max_head_size = max_head_size
+        self.loop = asyncio.get_running_loop()
+        self.closing = False
+        self._connections: set[_ClientConnection] = set()
+        self._all_closed = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        body = error_body(
+            503, f"the gateway holds its maximum of {max_connections} connections; retry later"
+        )
+        self._full = (
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8"
+            b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on `host:port` (0: any free port); the address bound."""
+        # A listen backlog as deep as the connections it may hold: a burst of new
+        # clients (thousands of streams opening at once) then waits in the kernel's
+        # queue for the accept, not for a SYN retried 1, 3, 7 s later (the default
+        # backlog of 128 dropped the rest).
+        self._server = await self.loop.create_server(
+            lambda: _ClientConnection(self),
+            host,
+            port,
+            backlog=self.max_connections,
+            reuse_address=True,
+        )
+        address = self._server.sockets[0].getsockname()
+        return address[0], address[1]
+
+    def _admit(self, connection: _ClientConnection) -> bool:
+        if len(self._connections) >= self.max_connections or self.closing:
+            return False
+        self._connections.add(connection)
+        return True
+
+    def _gone(self, connection: _ClientConnection) -> None:
+        self._connections.discard(connection)
+        if self.closing and not self._connections:
+            self._all_closed.set()
+
+    async def close(self) -> None:
+        """Stop listening, close idle connections, give answers under way
+        `shutdown_timeout` seconds to finish, then cut what is left."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.shut()
+        if not self._connections:
+            self._all_closed.set()
+        try:
+            async with asyncio.timeout(self._shutdown_timeout):
+                await self._all_closed.wait()
+        except TimeoutError:
+            for connection in list(self._connections):
+                connection.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
