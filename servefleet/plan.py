@@ -29,6 +29,7 @@ from servefleet.spec import (
     ModelStaging,
     RegionState,
     RegionStatus,
+    RegionTraffic,
     Resources,
 )
 
@@ -232,6 +233,8 @@ class Observed(_Value):
     """Why this workload cannot come up without outside help (its model cannot be
     staged); the runtime keeps retrying, the region reports it as failed."""
     staging: ModelStaging | None = None
+    traffic: RegionTraffic | None = None
+    """Each version's answers, from a runtime that counts them (a local one)."""
 
     @property
     def ready(self) -> int:
@@ -376,10 +379,17 @@ def region_status(
         heartbeat=now,
         unready_since=decision.unready_since if decision else None,
         staging=observed.staging if observed and workload else None,
+        # Only while a rollout judges them: they change with every request.
+        traffic=observed.traffic if observed and _rollout_reached(endpoint, region) else None,
     )
     if previous is None or previous.state is not state:
         report = report.model_copy(update={"last_transition": now})
     return report
+
+
+def _rollout_reached(endpoint: Endpoint, region: str) -> bool:
+    rollout = endpoint.rollout
+    return rollout is not None and rollout.phase.active and region in rollout.weights
 
 
 def status_changed(

@@ -7,12 +7,12 @@ process resumes each rollout where the store says it is; each step is a CAS writ
 on the record, so even two drivers overlapping for a moment (a lease lapsing
 during a step) decide from the record as stored and never undo each other.
 
-Signals come from what the regions already write to the store: a region's canary
-is ready when its report counts every desired canary replica ready. Request
-counts, 5xx and latency are not reported by regions yet (the local gateway counts
-them per version, but into the metrics of whichever process leads the region),
-so until they are, only the readiness rail can break: `signals_from_reports` says
-so in one place and `rollout status` says it to the user.
+Signals come from what the regions write to the store, so a driver in any process
+sees every region: a region's canary is ready when its report counts every
+desired canary replica ready, and a local region's report carries each version's
+requests, 5xx answers and latency buckets while the rollout has reached it, which
+`rollout_signals` turns into the current step's window (from the baseline kept
+with the rollout's state). Kubernetes regions report readiness only.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 
-from servefleet.rollout import RegionSignals
 from servefleet.rollout_service import RolloutService
 from servefleet.service import EndpointService, OperationRefused
-from servefleet.spec import Endpoint, RegionStatus
+from servefleet.spec import Endpoint
 from servefleet.store import EndpointNotFound, Store, StoreError
 
 __all__ = [
@@ -35,7 +34,6 @@ __all__ = [
     "ActiveRollouts",
     "drive_once",
     "drive_rollouts",
-    "signals_from_reports",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,17 +42,6 @@ ROLLOUT_LEASE = "rollouts"
 """The store lease whose holder drives every rollout."""
 DRIVE_INTERVAL = 2.0
 """Seconds between looks: a step's hold and a breach are seen this much late at most."""
-
-
-def signals_from_reports(
-    endpoint: Endpoint, statuses: Sequence[RegionStatus]
-) -> dict[str, RegionSignals]:
-    """Each reporting target region's signals, from its last report: readiness only."""
-    return {
-        status.region: RegionSignals(canary_ready=0 < status.canary_desired <= status.canary_ready)
-        for status in statuses
-        if status.region in endpoint.target_regions
-    }
 
 
 class ActiveRollouts:
@@ -105,13 +92,11 @@ async def drive_once(rollouts: RolloutService, store: Store, active: ActiveRollo
     for endpoint in await active.endpoints():
         statuses = await store.list_region_status(endpoint=endpoint.name)
         try:
-            _, decision = await rollouts.advance(
-                endpoint.name, signals_from_reports(endpoint, statuses)
-            )
+            _, decision = await rollouts.advance(endpoint.name, statuses)
         except OperationRefused as refused:  # deleted or changed meanwhile: next look
             log.info("rollout of %s: %s", endpoint.name, refused)
             continue
-        if decision.state != endpoint.rollout:
+        if endpoint.rollout is None or decision.reason != endpoint.rollout.reason:
             log.info("rollout of %s: %s", endpoint.name, decision.reason)
 
 

@@ -3,21 +3,23 @@ driver takes with the regions' signals, as changes of the endpoint record.
 
 Each is one read-modify-CAS change through `EndpointService.change`, so it meets
 every rule of the record and retries on another writer's conflict; the decisions
-themselves are `servefleet.rollout`'s. A step that moves the weights or ends the
+themselves are `servefleet.rollout`'s, on the signals `servefleet.rollout_signals`
+reads from the regions' reports. A step that moves the weights or ends the
 rollout is a new generation, which reconcilers apply through the change feed; a
 pause, or a new reason alone, is written without one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from pydantic import ValidationError
 
-from servefleet.rollout import Action, Decision, RegionSignals, abort, decide, pause, resume, start
+from servefleet.rollout import Action, Decision, abort, decide, pause, resume, start
+from servefleet.rollout_signals import signals_from_reports, step_baseline
 from servefleet.service import EndpointService, OperationRefused, revise_spec, utc_now
-from servefleet.spec import Endpoint, RolloutPhase, RolloutState, invalid_input
+from servefleet.spec import Endpoint, RegionStatus, RolloutPhase, RolloutState, invalid_input
 
 __all__ = ["RolloutService"]
 
@@ -95,10 +97,12 @@ class RolloutService:
         return await self._endpoints.change(name, back, expected_revision=expected_revision)
 
     async def advance(
-        self, name: str, signals: Mapping[str, RegionSignals]
+        self, name: str, reports: Sequence[RegionStatus]
     ) -> tuple[Endpoint, Decision]:
-        """Decide the rollout's next step from the regions' signals and store it; on
-        promotion the new image becomes the primary's in every region."""
+        """Decide the rollout's next step from the regions' reports and store it; on
+        promotion the new image becomes the primary's in every region. A step without
+        the start of its window yet keeps the regions' traffic as it stands as that
+        start (`rollout_signals`); a finished rollout keeps none."""
         decided: list[Decision] = []
 
         def step(current: Endpoint) -> Endpoint:
@@ -106,10 +110,21 @@ class RolloutService:
             if state is None:
                 raise OperationRefused(f"rollout: {name!r} has no rollout")
             decision = decide(
-                current.spec.rollout_policy, current.target_regions, state, signals, self._clock()
+                current.spec.rollout_policy,
+                current.target_regions,
+                state,
+                signals_from_reports(current, reports),
+                self._clock(),
             )
             decided[:] = [decision]
-            updated = current.model_copy(update={"rollout": decision.state})
+            after = decision.state
+            if not after.phase.active:
+                after = after.model_copy(update={"baseline": None})
+            elif after.baseline is None or after.baseline.step_started_at != after.step_started_at:
+                baseline = step_baseline(after, reports)
+                if baseline is not None:
+                    after = after.model_copy(update={"baseline": baseline})
+            updated = current.model_copy(update={"rollout": after})
             if decision.action is Action.PROMOTE:
                 spec = revise_spec(current.spec, image=state.image, region_images={})
                 updated = updated.model_copy(update={"spec": spec})

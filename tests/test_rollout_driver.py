@@ -11,19 +11,17 @@ from datetime import datetime, timedelta
 import pytest
 
 from servefleet.reconcile.leader import LeaderElection, LeaseSettings, StoreLeases
-from servefleet.rollout import RegionSignals
 from servefleet.rollout_driver import (
     ROLLOUT_LEASE,
     ActiveRollouts,
     drive_once,
     drive_rollouts,
-    signals_from_reports,
 )
 from servefleet.rollout_service import RolloutService
 from servefleet.service import EndpointService
 from servefleet.spec import Region, RegionKind, RolloutPhase
 from servefleet.store import Store
-from tests.factories import T0, make_endpoint, make_spec, make_status
+from tests.factories import T0, make_spec, make_status
 from tests.waiting import eventually
 
 NEW = "ghcr.io/example/server:2.0"
@@ -56,22 +54,6 @@ async def report_canary_ready(store: Store, region: str) -> None:
     await store.put_region_status(
         make_status("llm", region, canary_ready=1, canary_desired=1, replicas_desired=3)
     )
-
-
-def test_a_region_is_ready_when_it_reports_every_canary_replica_ready() -> None:
-    endpoint = make_endpoint(regions=["r1", "r2"])
-    reports = [
-        make_status("llm", "r1", canary_ready=2, canary_desired=2),
-        make_status("llm", "r2", canary_ready=1, canary_desired=2),
-        make_status("llm", "gone", canary_ready=1, canary_desired=1),
-    ]
-
-    assert signals_from_reports(endpoint, reports) == {
-        "r1": RegionSignals(canary_ready=True),
-        "r2": RegionSignals(canary_ready=False),
-    }
-    no_canary = [make_status("llm", "r1")]
-    assert signals_from_reports(endpoint, no_canary)["r1"].canary_ready is False
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)

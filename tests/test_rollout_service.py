@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from servefleet.plan import desired_workload
-from servefleet.rollout import Action, RegionSignals
+from servefleet.rollout import Action
 from servefleet.rollout_service import RolloutService
 from servefleet.service import EndpointService, OperationRefused
 from servefleet.spec import (
@@ -20,11 +20,14 @@ from servefleet.spec import (
     InvalidInput,
     Region,
     RegionKind,
+    RegionStatus,
+    RegionTraffic,
     RolloutPhase,
+    VersionTraffic,
 )
 from servefleet.store import Change, Store, open_store
 from tests.conftest import EVERY_STORE
-from tests.factories import T0, make_spec
+from tests.factories import T0, make_spec, make_status
 
 OLD = "ghcr.io/example/server:1.0"
 NEW = "ghcr.io/example/server:2.0"
@@ -34,7 +37,19 @@ POLICY = {
     "steps": [{"weight": 10, "hold": 60}, {"weight": 50, "hold": 60}],
     "guard_rails": {"max_error_percent": 2, "min_requests": 100},
 }
-HEALTHY = dict.fromkeys(REGIONS, RegionSignals(canary_ready=True, canary_requests=500))
+HEALTHY = [make_status("llm", region, canary_ready=1, canary_desired=1) for region in REGIONS]
+"""Every region's canary ready; no traffic counted (a Kubernetes region's report)."""
+
+
+def with_canary_traffic(region: str, requests: int, errors: int) -> list[RegionStatus]:
+    """HEALTHY, with `region` reporting that many canary requests and 5xx answers
+    since T0 (cumulative, as a region counts them)."""
+    counted = VersionTraffic(image=NEW, since=T0, requests=requests, errors=errors)
+    traffic = RegionTraffic(canary=counted)
+    return [
+        status.model_copy(update={"traffic": traffic}) if status.region == region else status
+        for status in HEALTHY
+    ]
 
 
 class Clock:
@@ -136,12 +151,11 @@ async def test_a_breach_in_the_second_wave_rolls_the_first_back_too(
     for _ in range(2):
         clock.now += timedelta(seconds=61)
         await rollouts.advance("llm", HEALTHY)
-    failing = {
-        **HEALTHY,
-        "eu-west-1": RegionSignals(canary_ready=True, canary_requests=312, canary_errors=31),
-    }
+    # The step's window starts from the counts as they stand at the first look.
+    _, decision = await rollouts.advance("llm", with_canary_traffic("eu-west-1", 100, 0))
+    assert decision.action is Action.HOLD
 
-    back, decision = await rollouts.advance("llm", failing)
+    back, decision = await rollouts.advance("llm", with_canary_traffic("eu-west-1", 412, 31))
 
     assert decision.action is Action.ROLL_BACK
     assert canaries(back) == {}

@@ -13,10 +13,12 @@ from rich.table import Table
 
 from servefleet.cli.app import rollout_app
 from servefleet.cli.connect import run_on_fleet
-from servefleet.cli.fleet import RolloutVerb
+from servefleet.cli.fleet import Fleet, RolloutVerb
 from servefleet.cli.options import NameArgument
 from servefleet.cli.output import check_output, fail, out, print_documents
-from servefleet.spec import Endpoint, RolloutState
+from servefleet.rollout import RegionSignals
+from servefleet.rollout_signals import signals_from_reports
+from servefleet.spec import Endpoint, Region, RegionKind, RegionStatus, RolloutState
 
 __all__ = ["rollout_start", "rollout_status"]
 
@@ -55,7 +57,12 @@ def rollout_status(
 ) -> None:
     """Show the rollout's wave, step, weights and last decision."""
     check_output(output, ("table", "yaml", "json"))
-    endpoint, _ = run_on_fleet(lambda fleet: fleet.status(name))
+
+    async def look(fleet: Fleet) -> tuple[Endpoint, list[RegionStatus], list[Region]]:
+        endpoint, statuses = await fleet.status(name)
+        return endpoint, statuses, await fleet.list_regions()
+
+    endpoint, statuses, regions = run_on_fleet(look)
     state = _rollout(endpoint)
     if output != "table":
         document = {
@@ -77,19 +84,34 @@ def rollout_status(
         )
     decided = state.decided_at.isoformat(timespec="seconds")
     out.print(f"last decision ({decided}): {state.reason}", markup=False)
+    kinds = {region.name: region.kind for region in regions}
+    signals = signals_from_reports(endpoint, statuses)
     table = Table(box=None, pad_edge=False)
-    for column in ("WAVE", "REGION", "NEW VERSION"):
+    for column in ("WAVE", "REGION", "NEW VERSION", "THIS STEP"):
         table.add_column(column)
     for number, wave in enumerate(waves, start=1):
         for region in wave:
             weight = state.weights.get(region)
-            table.add_row(str(number), region, f"{weight} %" if weight else "-")
+            judged = _judged(kinds.get(region), signals.get(region)) if weight else "-"
+            table.add_row(str(number), region, f"{weight} %" if weight else "-", judged)
     out.print(table)
-    out.print(
-        "judged on readiness only: regions do not report request counts yet, so the 5xx "
-        "and latency guard rails cannot break",
-        markup=False,
-    )
+
+
+def _judged(kind: RegionKind | None, signals: RegionSignals | None) -> str:
+    """What a reached region's guard rails are judged on over the current step."""
+    if kind is not RegionKind.LOCAL:
+        return "readiness only: Kubernetes regions report no request counts yet"
+    if signals is None or not signals.canary_ready:
+        return "new version not ready"
+    line = f"{signals.canary_requests} canary requests"
+    if signals.canary_requests:
+        line += f", 5xx {100 * signals.canary_errors / signals.canary_requests:.1f} %"
+    if signals.canary_p95 is not None and signals.primary_p95:
+        line += (
+            f", p95 {signals.canary_p95 * 1000:.0f} ms vs the primary's "
+            f"{signals.primary_p95 * 1000:.0f} ms"
+        )
+    return line
 
 
 def _rollout_verb(verb: RolloutVerb, help_text: str) -> None:

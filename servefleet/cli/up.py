@@ -237,7 +237,7 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
         async def open_runtime(region: Region) -> AsyncIterator[Runtime]:
             opened: AbstractAsyncContextManager[Runtime]
             if region.kind is RegionKind.LOCAL:
-                opened = _local_runtime(region, routers[region.name], options)
+                opened = _local_runtime(region, routers[region.name], options, metrics)
             else:
                 opened = _cluster_runtime(
                     region, in_cluster=region.name in options.in_cluster, metrics=metrics
@@ -323,7 +323,7 @@ def _check_local_settings(settings: LocalSettings) -> None:
 
 @asynccontextmanager
 async def _local_runtime(
-    region: Region, router: Router, options: UpOptions
+    region: Region, router: Router, options: UpOptions, metrics: Metrics
 ) -> AsyncIterator[Runtime]:
     runtime = LocalRuntime(
         region.name,
@@ -331,6 +331,7 @@ async def _local_runtime(
         log_dir=options.log_dir,
         settings=options.local,
         pass_env=region.pass_env or (),
+        metrics=metrics,
     )
     try:
         yield runtime

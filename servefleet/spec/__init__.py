@@ -6,7 +6,7 @@ about. Nothing in this package does I/O or reads a clock.
 
 One module a concern: `rules` (what the others share: names, images, labels,
 quantities, env), `errors`, `autoscaling`, `rollout`, `endpoint`, `region`,
-`status`, `api_tokens` and `manifest`. Importers take every name from here.
+`status`, `traffic`, `api_tokens` and `manifest`. Importers take every name from here.
 """
 
 from servefleet.spec.api_tokens import ApiToken, Role
@@ -21,6 +21,7 @@ from servefleet.spec.rollout import (
     RolloutPolicy,
     RolloutState,
     RolloutStep,
+    StepBaseline,
 )
 from servefleet.spec.rules import (
     MAX_NAME_LENGTH,
@@ -33,8 +34,10 @@ from servefleet.spec.rules import (
     parse_quantity,
 )
 from servefleet.spec.status import ModelStaging, RegionState, RegionStatus
+from servefleet.spec.traffic import LATENCY_BOUNDS, RegionTraffic, VersionTraffic
 
 __all__ = [
+    "LATENCY_BOUNDS",
     "MAX_NAME_LENGTH",
     "REQUEST_METRICS",
     "STORED",
@@ -58,6 +61,7 @@ __all__ = [
     "RegionName",
     "RegionState",
     "RegionStatus",
+    "RegionTraffic",
     "Resources",
     "Rfc1123Label",
     "Role",
@@ -65,6 +69,8 @@ __all__ = [
     "RolloutPolicy",
     "RolloutState",
     "RolloutStep",
+    "StepBaseline",
+    "VersionTraffic",
     "declared_more_than_once",
     "invalid_input",
     "parse_quantity",

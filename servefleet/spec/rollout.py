@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from servefleet.spec.errors import Problem
 from servefleet.spec.rules import Image, RegionName, SpecModel, distinct
+from servefleet.spec.traffic import RegionTraffic
 
 __all__ = [
     "GuardRails",
@@ -20,6 +21,7 @@ __all__ = [
     "RolloutPolicy",
     "RolloutState",
     "RolloutStep",
+    "StepBaseline",
 ]
 
 
@@ -128,6 +130,16 @@ class RolloutPhase(StrEnum):
         return self in (RolloutPhase.RUNNING, RolloutPhase.WAITING)
 
 
+class StepBaseline(SpecModel):
+    """The reached regions' traffic as they had reported it when a step began: the
+    start of the window its guard rails are judged over. Kept with the state, so a
+    driver taking over mid-step judges the same window."""
+
+    step_started_at: datetime
+    """The step it was taken for (`RolloutState.step_started_at`)."""
+    regions: dict[RegionName, RegionTraffic] = Field(default_factory=dict)
+
+
 class RolloutState(SpecModel):
     """Where a rollout is, stored with the endpoint; `servefleet.rollout` moves it on."""
 
@@ -144,6 +156,8 @@ class RolloutState(SpecModel):
     reason: str = ""
     """The last decision, in words."""
     decided_at: datetime
+    baseline: StepBaseline | None = None
+    """Where the current step's window starts; None until the driver has taken it."""
 
     @field_validator("weights")
     @classmethod

@@ -1,4 +1,5 @@
-"""What a region reports on an endpoint: its state, replicas and model staging."""
+"""What a region reports on an endpoint: its state, replicas, model staging and,
+during a rollout, its traffic per version."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from servefleet.spec.rules import EndpointName, RegionName, SpecModel
+from servefleet.spec.traffic import RegionTraffic
 
 __all__ = [
     "ModelStaging",
@@ -54,3 +56,7 @@ class RegionStatus(SpecModel):
     unready_since: datetime | None = None
     staging: ModelStaging | None = None
     """Copying `model_source` into the region before replicas start; None without one."""
+    traffic: RegionTraffic | None = None
+    """Each version's requests, 5xx answers and latency through the region's gateway,
+    while a rollout has reached the region and the region counts them (a local one);
+    None otherwise."""

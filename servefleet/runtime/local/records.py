@@ -7,6 +7,7 @@ import `supervisor`, which takes the decisions about them.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -29,6 +30,8 @@ __all__ = [
     "autoscaled_roles",
     "current_staging",
     "serves",
+    "spec_key",
+    "version_of",
 ]
 
 Role = Literal["primary", "canary"]
@@ -148,3 +151,27 @@ def autoscaled_roles(workload: Workload | None) -> tuple[Role, ...]:
     if not any(metric.type in REQUEST_METRICS for metric in spec.metrics):
         return ()  # cpu and memory: nothing local measures them; the minimum runs
     return ROLES if workload.canary is not None else ("primary",)
+
+
+def version_of(workload: Workload | None, role: Role) -> Version | None:
+    if workload is None:
+        return None
+    return workload.primary if role == "primary" else workload.canary
+
+
+def spec_key(workload: Workload | None, version: Version | None) -> str | None:
+    """What makes two replicas interchangeable; a new key means a rollout."""
+    if workload is None or version is None:
+        return None
+    return json.dumps(
+        [
+            version.image,
+            version.command,
+            version.args,
+            version.env,
+            workload.port,
+            workload.health_path,
+            workload.model_source,
+        ],
+        sort_keys=True,
+    )

@@ -43,6 +43,7 @@ in its own module, does the rest:
     model_cache.py  which cached models stay, and the deletion of the rest
     routes.py       each endpoint's route in the gateway's `Router`
     autoscaler.py   the replica count of versions that autoscale on requests
+    traffic.py      each version's answers, reported during a rollout
     settings.py     `LocalSettings`, the timings all of them read
 """
 
@@ -51,7 +52,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import signal
@@ -61,6 +61,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from servefleet.metrics import Metrics
 from servefleet.plan import (
     Observed,
     Version,
@@ -96,11 +97,14 @@ from servefleet.runtime.local.records import (
     alive,
     current_staging,
     serves,
+    spec_key,
+    version_of,
 )
 from servefleet.runtime.local.routes import RoutePublisher
 from servefleet.runtime.local.routing import Backend, RouteConflict, Router
 from servefleet.runtime.local.settings import LocalSettings
 from servefleet.runtime.local.staging import Stager, observed_progress, staged
+from servefleet.runtime.local.traffic import TrafficCounts
 from servefleet.spec import ModelStaging
 
 __all__ = ["LocalRuntime", "LocalSettings", "ReplicaInfo"]
@@ -142,9 +146,12 @@ class LocalRuntime:
         model_cache_dir: Path | None = None,
         settings: LocalSettings = LocalSettings(),
         pass_env: Sequence[str] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         """`model_cache_dir` defaults to `model-cache` beside `log_dir`; `pass_env`
-        names variables of this process that every child gets (see `environment`)."""
+        names variables of this process that every child gets (see `environment`);
+        `metrics`, those its region's gateways count into, from which it reports
+        each version's answers (`traffic`; none reported without)."""
         self.region = region
         self._pass_env = tuple(pass_env)
         # The autoscaler, made below, reads the routes' load; the routes wake it.
@@ -163,6 +170,7 @@ class LocalRuntime:
         self._autoscaler = Autoscaler(
             region, self._endpoints, self._routes, self._converge, _running
         )
+        self._traffic = TrafficCounts(region, metrics, notify=self._notify)
         self._subscriptions: weakref.WeakSet[EventSubscription] = weakref.WeakSet()
         self._closed = False
 
@@ -175,8 +183,8 @@ class LocalRuntime:
         problems: list[str] = []
         failures: list[str] = []
         for role in ROLES:
-            version = _version(workload, role)
-            key = _spec_key(workload, version)
+            version = version_of(workload, role)
+            key = spec_key(workload, version)
             current = [r for r in record.replicas if r.role == role and r.key == key]
             serving = [r for r in record.replicas if r.role == role and serves(r)]
             scaling = record.scaling.get(role)
@@ -208,6 +216,7 @@ class LocalRuntime:
             problem=problem,
             failure=(staging.failure if staging else "") or next(filter(None, failures), ""),
             staging=progress,
+            traffic=self._traffic.observed(endpoint),
         )
 
     async def held(self) -> set[str]:
@@ -238,6 +247,7 @@ class LocalRuntime:
         record.workload = workload
         record.hash = workload_hash(workload)
         self._autoscaler.adopt(record)
+        self._traffic.adopt(record)
         self._converge(record)
 
     async def remove(self, endpoint: str) -> None:
@@ -246,6 +256,7 @@ class LocalRuntime:
         record = self._endpoints.get(endpoint)
         if record is not None:
             record.workload = None
+            self._traffic.adopt(record)
             self._converge(record)
 
     def events(self) -> AsyncIterator[str]:
@@ -261,7 +272,7 @@ class LocalRuntime:
         if record is None:
             return []
         workload = record.workload
-        version_keys = {role: _spec_key(workload, _version(workload, role)) for role in ROLES}
+        version_keys = {role: spec_key(workload, version_of(workload, role)) for role in ROLES}
         return [
             ReplicaInfo(
                 name=r.name,
@@ -281,6 +292,7 @@ class LocalRuntime:
         """Retire every replica (drained, then SIGTERM, then SIGKILL) and wait for them."""
         self._closed = True
         await self._autoscaler.close()
+        await self._traffic.close()
         self._cache.stop_deleting()
         self._routes.step_down()
         for record in list(self._endpoints.values()):
@@ -298,9 +310,9 @@ class LocalRuntime:
         workload = record.workload
         self._stager.stage_model(record)
         for role in ROLES:
-            version = _version(workload, role)
+            version = version_of(workload, role)
             wanted = _replica_count(record, role)
-            key = _spec_key(workload, version)
+            key = spec_key(workload, version)
             live = [r for r in record.replicas if r.role == role and not r.retiring]
             current = [r for r in live if r.key == key]
             old = [r for r in live if r.key != key]
@@ -445,12 +457,6 @@ class LocalRuntime:
         return await self._probes.watch(replica, process, set_phase, changed)
 
 
-def _version(workload: Workload | None, role: Role) -> Version | None:
-    if workload is None:
-        return None
-    return workload.primary if role == "primary" else workload.canary
-
-
 def _replica_count(record: EndpointRecord, role: Role) -> int:
     """How many replicas of `role` to run: the autoscaler's count, if it sets it."""
     workload, scaling = record.workload, record.scaling.get(role)
@@ -463,26 +469,8 @@ def _replica_count(record: EndpointRecord, role: Role) -> int:
 
 def _running(record: EndpointRecord, role: Role) -> int:
     """Replicas of `role` running the current spec (or starting to), not retiring."""
-    key = _spec_key(record.workload, _version(record.workload, role))
+    key = spec_key(record.workload, version_of(record.workload, role))
     return sum(r.role == role and r.key == key and not r.retiring for r in record.replicas)
-
-
-def _spec_key(workload: Workload | None, version: Version | None) -> str | None:
-    """What makes two replicas interchangeable; a new key means a rollout."""
-    if workload is None or version is None:
-        return None
-    return json.dumps(
-        [
-            version.image,
-            version.command,
-            version.args,
-            version.env,
-            workload.port,
-            workload.health_path,
-            workload.model_source,
-        ],
-        sort_keys=True,
-    )
 
 
 def _retire_order(replicas: list[Replica]) -> list[Replica]:
