@@ -44,9 +44,12 @@ _PR_SET_PDEATHSIG = 1
 def replica_command(
     version: Version, port: int, model_dir: Path | None
 ) -> tuple[list[str], dict[str, str]]:
-    """The argv of a replica process listening on `port`, and its own variables."""
+    """The argv of a replica process listening on `port`, and its own variables.
+    `{image}` stands for the version's image: a local region runs a command, so
+    this is how a new image (a rollout's) reaches what the command runs."""
     template = (version.command or []) + (version.args or [])
-    argv = [part.replace("{port}", str(port)) for part in template]
+    image = version.image or ""
+    argv = [part.replace("{port}", str(port)).replace("{image}", image) for part in template]
     own = {**version.env, "PORT": str(port)}
     if model_dir is not None:
         argv = [part.replace("{model_dir}", str(model_dir)) for part in argv]
