@@ -189,13 +189,27 @@ def desired_workload(
     )
 
 
+_HASHED: dict[int, tuple[Workload, str]] = {}
+"""The last workloads hashed, by identity (each kept, so its id is not reused): one
+pass asks for its workload's hash up to four times (the reconciler's check, the
+report, the runtime's render and its memory of what it applied)."""
+_HASHED_KEPT = 64
+
+
 def workload_hash(workload: Workload) -> str:
     """Digest of what the runtime must do. The generation is left out: a new
     generation that changes nothing for this region (another region's image, say)
     costs no write here; so is where an autoscaled count resumes from."""
+    hashed = _HASHED.get(id(workload))
+    if hashed is not None and hashed[0] is workload:
+        return hashed[1]
     data = workload.model_dump(mode="json", exclude={"generation", "resume_replicas"})
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    if len(_HASHED) >= _HASHED_KEPT:
+        del _HASHED[next(iter(_HASHED))]
+    _HASHED[id(workload)] = (workload, digest)
+    return digest
 
 
 class VersionObservation(_Value):
