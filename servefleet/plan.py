@@ -9,6 +9,8 @@ time passing.
   region should hold nothing of it.
 - `workload_hash` — a stable digest of a workload; runtimes record it on what
   they apply, and the reconciler writes only when the two differ.
+- `only_settled`, `ready_in` — which of the reconciler's own writes need no pass,
+  and which of its regions still keep an endpoint deploying.
 - `watchdog` — whether an endpoint that stays unready should lose its route.
 - `region_status` — the report for the store, from the workload and observation.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -41,7 +44,9 @@ __all__ = [
     "Workload",
     "desired_workload",
     "fleet_state",
+    "only_settled",
     "purgeable",
+    "ready_in",
     "region_status",
     "staging_percent",
     "staging_progress",
@@ -426,15 +431,35 @@ def fleet_state(endpoint: Endpoint, statuses: list[RegionStatus]) -> DesiredStat
     if not endpoint.desired_state.runs:
         return endpoint.desired_state
     by_region = {status.region: status for status in statuses}
-    for region in endpoint.target_regions:
-        status = by_region.get(region)
-        if (
-            status is None
-            or status.observed_generation != endpoint.generation
-            or status.state is not RegionState.READY
-        ):
-            return DesiredState.DEPLOYING
-    return DesiredState.RUNNING
+    reports = {region: by_region.get(region) for region in endpoint.target_regions}
+    return DesiredState.RUNNING if ready_in(endpoint, reports) else DesiredState.DEPLOYING
+
+
+def ready_in(endpoint: Endpoint, reports: Mapping[str, RegionStatus | None]) -> bool:
+    """Whether every region of `reports` that `endpoint` targets reports its current
+    generation READY (None: the region reported nothing)."""
+    return all(
+        status is not None
+        and status.observed_generation == endpoint.generation
+        and status.state is RegionState.READY
+        for region, status in reports.items()
+        if region in endpoint.target_regions
+    )
+
+
+def only_settled(before: Endpoint, after: Endpoint) -> bool:
+    """Whether `after` is `before` turned from `deploying` to `running` and nothing
+    else but its revision: the reconciler's own write once every region is READY.
+    No region's pass acts on it (both states run the endpoint, and only a deploying
+    one is settled), so it needs none."""
+    return (
+        before.desired_state is DesiredState.DEPLOYING
+        and after.desired_state is DesiredState.RUNNING
+        and after.model_copy(
+            update={"desired_state": before.desired_state, "revision": before.revision}
+        )
+        == before
+    )
 
 
 def purgeable(endpoint: Endpoint, statuses: list[RegionStatus]) -> bool:

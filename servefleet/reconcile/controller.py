@@ -20,7 +20,11 @@ series. Log lines about one endpoint carry `endpoint`, `region` and, where known
 
 A pass reuses the endpoint record it last read (or the listing read) unless the
 feed has since shown a newer revision of it: every write reaches the feed, so the
-store is read once per change rather than once per pass. A purged endpoint is
+store is read once per change rather than once per pass. The controllers of one
+process share what their own writes tell (`shared.SharedRecords`): a record this
+process settled as `running` is taken from the feed without a pass or a read, and a
+region that turns READY reads every region's report only when none led here still
+keeps the endpoint deploying. A purged endpoint is
 forgotten (its record and feed revision) once its purge is seen: a name created
 again starts over at revision 1, and purged names do not pile up in memory.
 
@@ -48,13 +52,16 @@ from servefleet.plan import (
     Workload,
     desired_workload,
     fleet_state,
+    only_settled,
     purgeable,
+    ready_in,
     region_status,
     status_changed,
     watchdog,
     workload_hash,
 )
 from servefleet.reconcile.queue import QueueShutDown, WorkQueue
+from servefleet.reconcile.shared import SharedRecords, shared_records
 from servefleet.runtime.base import Runtime, RuntimeFailure, WorkloadUnsupported
 from servefleet.spec import DesiredState, Endpoint, RegionState, RegionStatus
 from servefleet.store import (
@@ -129,8 +136,10 @@ class Controller:
         clock: Clock,
         fence: Fence = lambda: None,
         metrics: Metrics | None = None,
+        shared: SharedRecords | None = None,
     ) -> None:
         self._store = store
+        self._shared = shared if shared is not None else shared_records(store)
         self._runtime = runtime
         self._region = region
         self._settings = settings
@@ -178,6 +187,7 @@ class Controller:
         position = await self._retrying(self._store.feed_position)
         statuses = await self._retrying(lambda: self._store.list_region_status(region=self._region))
         self._statuses = {status.endpoint: status for status in statuses}
+        self._shared.lead(self._region, self._statuses, self._acting)
         self._first_round = await self._enqueue_everything()
         self._looked_at()  # an empty region is synced at once
         try:
@@ -190,7 +200,16 @@ class Controller:
         except* LeaseLost as lost:
             raise lost.exceptions[0] from None
         finally:
+            self._shared.step_down(self._region, self._statuses)
             self.queue.shut_down()
+
+    def _acting(self) -> bool:
+        """Whether this controller may still act on its region (its lease holds)."""
+        try:
+            self._fence()
+        except StoreError:
+            return False
+        return True
 
     # Feeding the queue.
 
@@ -238,7 +257,11 @@ class Controller:
                     known = self._records.get(change.name)
                     if change.kind is ChangeKind.PURGED:
                         self._forget(change.name)
+                        self._shared.purged(change.name)
+                    elif await self._took_settled(change.name, change.revision):
+                        continue
                     elif known is None or known.revision < change.revision:
+                        self._shared.changed(change.name, change.revision)
                         seen = self._feed_revisions.get(change.name, 0)
                         self._feed_revisions[change.name] = max(seen, change.revision)
                     self.queue.add(change.name)
@@ -257,6 +280,23 @@ class Controller:
                     extra={"region": self._region},
                 )
                 await asyncio.sleep(self._settings.store_retry)
+
+    async def _took_settled(self, name: str, revision: int) -> bool:
+        """Whether the change of `name` to `revision` is its record settled as running
+        by this process, which changes nothing for this region: then it is taken as
+        the record, with no pass (`shared.SharedRecords`)."""
+        await self._shared.after_settling(name)
+        settled = self._shared.settled(name)
+        known = self._records.get(name)
+        if (
+            settled is None
+            or known is None
+            or settled.revision != revision
+            or not (known is settled or only_settled(known, settled))
+        ):
+            return False
+        self._remember(settled)
+        return True
 
     async def _follow_runtime(self) -> None:
         async for name in self._runtime.events():
@@ -519,9 +559,15 @@ class Controller:
             and report.observed_generation == endpoint.generation
         ):
             return
+        # The regions led here need no read: the last of them to turn READY reads.
+        if not ready_in(endpoint, self._shared.reports(endpoint.name)):
+            return
         statuses = await self._store.list_region_status(endpoint=endpoint.name)
         if fleet_state(endpoint, statuses) is DesiredState.RUNNING:
             self._fence()
+            epoch = self._shared.epoch
+            running: Endpoint | None = None
+            settling = self._shared.settling(endpoint.name)
             try:
                 running = await self._store.update_endpoint(
                     endpoint.model_copy(update={"desired_state": DesiredState.RUNNING}),
@@ -529,4 +575,6 @@ class Controller:
                 )
             except (RevisionConflict, EndpointNotFound):
                 return
+            finally:
+                self._shared.settled_as(endpoint.name, settling, running, epoch=epoch)
             self._remember(running)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
 
 import pytest
 
 from servefleet.metrics import Metrics
-from servefleet.plan import desired_workload
+from servefleet.plan import Observed, desired_workload
 from servefleet.reconcile.controller import Controller, ControllerSettings
 from servefleet.reconcile.leader import LeaseUnconfirmed
 from servefleet.service import EndpointService, utc_now
@@ -23,6 +24,7 @@ from servefleet.spec import (
     Region,
     RegionKind,
     RegionState,
+    RegionStatus,
 )
 from servefleet.store import EndpointNotFound, LeaseLost, Store
 from tests.factories import make_endpoint, make_spec
@@ -318,18 +320,72 @@ async def test_runtime_events_bring_the_endpoint_back_for_a_look(
 
 
 class EndpointReadCounting:
-    """A store that counts `get_endpoint` calls, passing everything through."""
+    """A store that counts `get_endpoint` calls, and listings of one endpoint's
+    region statuses, passing everything through."""
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.endpoint_reads = 0
+        self.reads_of: Counter[str] = Counter()
+        self.status_listings_of: Counter[str] = Counter()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     async def get_endpoint(self, name: str) -> Endpoint:
         self.endpoint_reads += 1
+        self.reads_of[name] += 1
         return await self.inner.get_endpoint(name)
+
+    async def list_region_status(
+        self, *, endpoint: str | None = None, region: str | None = None
+    ) -> list[RegionStatus]:
+        if endpoint is not None:
+            self.status_listings_of[endpoint] += 1
+        return await self.inner.list_region_status(endpoint=endpoint, region=region)
+
+
+@dataclasses.dataclass
+class ObserveCounting(MemoryRuntime):
+    """A `MemoryRuntime` that counts `observe` calls per endpoint: a pass observes
+    its endpoint once, and once more after an apply."""
+
+    observed: Counter[str] = dataclasses.field(default_factory=Counter)
+
+    async def observe(self, endpoint: str) -> Observed | None:
+        self.observed[endpoint] += 1
+        return await super().observe(endpoint)
+
+
+async def test_an_endpoint_converges_in_one_pass_per_region_and_one_look_at_every_report(
+    store: Store, service: EndpointService
+) -> None:
+    """The regions of one process: each reads the new record once, applies it and
+    reports READY in one pass; only the last of them to turn READY reads every
+    region's report, and the write that settles the endpoint as running costs none
+    of them a pass or a read."""
+    await store.put_region(Region(name="r3", kind=RegionKind.LOCAL))
+    counting = EndpointReadCounting(store)
+    runtimes = {region: ObserveCounting() for region in ("r1", "r2", "r3")}
+    async with AsyncExitStack() as stack:
+        for region, runtime in runtimes.items():
+            await stack.enter_async_context(running(cast(Store, counting), runtime, region=region))
+            await eventually(functools.partial(_synced, runtime))  # it follows the feed
+        await service.deploy("llm", make_spec(), list(runtimes))
+        await eventually(lambda: _fleet_running(store, "llm"))
+        # The feed is delivered in order: once every region has applied an endpoint
+        # created after the settling write, every region has seen that write.
+        await service.deploy("later", make_spec(), list(runtimes))
+        for runtime in runtimes.values():
+            await eventually(functools.partial(_has, runtime, "later", replicas=2))
+
+    assert {region: runtime.observed["llm"] for region, runtime in runtimes.items()} == {
+        "r1": 2,  # the pass that applied: before the apply and after it
+        "r2": 2,
+        "r3": 2,
+    }
+    assert counting.reads_of["llm"] == 3  # each region's of the record created
+    assert counting.status_listings_of["llm"] == 1
 
 
 async def test_a_pass_reads_the_record_again_only_after_the_feed_shows_a_change(
