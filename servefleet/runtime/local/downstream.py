@@ -4,7 +4,7 @@ aiohttp's server cost the gateway more CPU per proxied request than anything els
 once its client side was raw (`upstream`, issue 18): a request object, a response
 object, header dictionaries built and serialised twice, a payload stream, a task
 context per request. Here `llhttp` (`httptools`) parses each connection's bytes
-inside the protocol, a request is one small object (`ClientRequest`), and its
+inside the protocol, a request is one small object (`client_request`), and its
 answer is written straight to the transport: a complete answer in one write with
 its head, a streamed one chunk by chunk.
 
@@ -17,8 +17,8 @@ What it keeps of aiohttp's server as the gateway used it:
   `Expect: 100-continue` answered when the handler first asks for the body;
 - the answer framed for the client: a Content-Length, else chunked (HTTP/1.1) or
   ended by closing the connection (HTTP/1.0); no body for HEAD, 204 and 304;
-- a client that goes away cancels its request's handler (so the request to the
-  replica is abandoned too);
+- a client that goes away (or stops sending: a half close) cancels its request's
+  handler, so the request to the replica is abandoned too;
 - limits (see `GatewaySettings`): `max_connections` open at once (one more gets a
   503 and is closed), a request head complete within `header_timeout` of the
   connection opening or of its previous answer (so idle keep-alive connections
@@ -26,7 +26,9 @@ What it keeps of aiohttp's server as the gateway used it:
   heads up to `max_head_size` (else 431); what does not parse is answered 400.
 
 An answer that ends before its request's body was read to the end closes the
-connection (aiohttp read and dropped the rest first, for up to 10 s). An upgrade
+connection (aiohttp read and dropped the rest first, for up to 10 s). Closing
+lingers (`_close`), so that the client's unread bytes do not turn the close into a
+reset that could cost it its answer. An upgrade
 (`Connection: upgrade`) is not done: the request is answered over HTTP/1.1 and the
 connection closed.
 """
@@ -34,19 +36,22 @@ connection closed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from email.utils import formatdate
-from http import HTTPStatus
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import httptools
 from multidict import CIMultiDict
 
-__all__ = ["ClientRequest", "DownstreamServer", "error_body"]
+from servefleet.runtime.local.client_request import (
+    ClientRequest,
+    error_body,
+    http_date,
+    status_line,
+)
+
+__all__ = ["ClientRequest", "DownstreamServer"]
 
 log = logging.getLogger(__name__)
 
@@ -59,260 +64,12 @@ _LINGER = 5.0
 Handler = Callable[["ClientRequest"], Awaitable[None]]
 
 
-def error_body(status: int, message: str) -> bytes:
-    """The JSON every answer of the gateway's own carries."""
-    return json.dumps({"error": {"code": status, "message": message}}).encode()
-
-
-def _status_line(version: bytes, status: int, reason: str) -> bytes:
-    if not reason:
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = ""
-    return b"HTTP/%s %d %s\r\n" % (version, status, reason.encode("latin-1", "replace"))
-
-
-_STATUS_LINES: dict[tuple[bytes, int], bytes] = {}
-"""Status lines without a reason of their own, built once each."""
-_BODILESS = frozenset({204, 304})
-
-
-def _date() -> str:
-    """The Date header of the gateway's own answers, made again once a second."""
-    now = int(time.time())
-    if now != _date_cache[0]:
-        _date_cache[0] = now
-        _date_cache[1] = formatdate(now, usegmt=True)
-    return cast(str, _date_cache[1])
-
-
-_date_cache: list[int | str] = [0, ""]
-
-
 class _Refused(Exception):
     """A request the server answers itself, before any handler sees it."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-class ClientRequest:
-    """One request as the client sent it, and its answer.
-
-    The head is all here (`method`, `path`, `query`, `headers`...); the body
-    arrives as it is sent (`read`). The answer is written either whole (`respond`)
-    or streamed (`start`, then `write`, then `finish`)."""
-
-    __slots__ = (
-        "_body",
-        "_buffered",
-        "_connection",
-        "_continue",
-        "_waiter",
-        "body_done",
-        "chunked",
-        "has_body",
-        "head_sent",
-        "headers",
-        "keep_alive",
-        "method",
-        "path",
-        "query",
-        "status",
-        "version",
-    )
-
-    def __init__(
-        self,
-        connection: _ClientConnection,
-        method: str,
-        target: bytes,
-        version: bytes,
-        headers: CIMultiDict[str],
-        *,
-        keep_alive: bool,
-        has_body: bool,
-        expects_continue: bool,
-    ) -> None:
-        self._connection = connection
-        self.method = method
-        if target.startswith(b"/"):
-            path, _, query = target.partition(b"?")
-        else:  # absolute form ("http://host/path") or "*"
-            parsed = httptools.parse_url(target)
-            path, query = parsed.path or b"/", parsed.query or b""
-        self.path = path.decode("latin-1")
-        """The raw path, still percent-encoded, as routes are matched."""
-        self.query = query.decode("latin-1")
-        """The raw query string without its "?", "" when there is none."""
-        self.version = version
-        """b"1.1" or b"1.0"; the answer's status line says the same."""
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.has_body = has_body
-        self._continue = expects_continue
-        self._body: deque[bytes] = deque()
-        self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self.body_done = not has_body
-        self.head_sent = False
-        self.chunked = False
-        self.status = 0
-        """The status of the answer, once its head is written."""
-
-    @property
-    def peer(self) -> str | None:
-        """The address of the client (or front proxy) that connected."""
-        return self._connection.peer
-
-    # The body
-
-    def _received(self, chunk: bytes) -> None:
-        self._body.append(chunk)
-        self._buffered += len(chunk)
-        self._wake()
-
-    def _complete(self) -> None:
-        self.body_done = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def read(self) -> bytes:
-        """The body bytes that arrived since the last call, waiting for some; b""
-        once the body is over. The first call answers `Expect: 100-continue`."""
-        connection = self._connection
-        if self._continue:
-            self._continue = False
-            connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        while not self._body:
-            if self.body_done:
-                return b""
-            self._waiter = connection.loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        body = self._body
-        data = body.popleft() if len(body) == 1 else b"".join(body)
-        body.clear()
-        self._buffered = 0
-        connection.flow()
-        return data
-
-    # The answer
-
-    def _head(self, status: int, reason: str, headers: Iterable[tuple[str, str]]) -> list[bytes]:
-        self.status = status
-        self.head_sent = True
-        if reason:
-            line = _status_line(self.version, status, reason)
-        else:
-            key = (self.version, status)
-            line = _STATUS_LINES.get(key) or _STATUS_LINES.setdefault(
-                key, _status_line(self.version, status, "")
-            )
-        parts = [line]
-        parts += [
-            f"{name}: {value}\r\n".encode("utf-8", "surrogateescape") for name, value in headers
-        ]
-        return parts
-
-    def _end_of_head(self) -> bytes:
-        if not self.keep_alive:
-            return b"Connection: close\r\n\r\n"
-        if self.version == b"1.0":
-            return b"Connection: keep-alive\r\n\r\n"
-        return b"\r\n"
-
-    def _bodiless(self) -> bool:
-        return self.method == "HEAD" or self.status in _BODILESS or self.status < 200
-
-    def respond(
-        self,
-        status: int,
-        headers: Iterable[tuple[str, str]],
-        body: bytes,
-        *,
-        reason: str = "",
-        length: str | None = None,
-    ) -> None:
-        """Write the whole answer in one go. Its Content-Length is the body's,
-        except for HEAD, 204 and 304, which have none: `length` (what the replica
-        said, if anything) is written for them as it is."""
-        if not self.body_done:
-            self.keep_alive = False  # the rest of the body is not read: close
-        parts = self._head(status, reason, headers)
-        if not self._bodiless():
-            parts.append(b"Content-Length: %d\r\n" % len(body))
-            parts.append(self._end_of_head())
-            parts.append(body)
-        else:
-            if length is not None:
-                parts.append(b"Content-Length: %s\r\n" % length.encode("latin-1"))
-            parts.append(self._end_of_head())
-        self._connection.write(b"".join(parts))
-
-    def refuse(self, status: int, message: str, *, retry_after: int | None = None) -> None:
-        """Answer with the gateway's own JSON error."""
-        headers = [("Content-Type", "application/json; charset=utf-8"), ("Date", _date())]
-        if retry_after is not None:
-            headers.append(("Retry-After", str(retry_after)))
-        self.respond(status, headers, error_body(status, message))
-
-    async def start(
-        self,
-        status: int,
-        headers: Iterable[tuple[str, str]],
-        *,
-        reason: str = "",
-        length: str | None = None,
-    ) -> None:
-        """Write the head of a streamed answer: with `length` (the replica's
-        Content-Length) if it has one, else chunked, or ended by closing for an
-        HTTP/1.0 client."""
-        if not self.body_done:
-            self.keep_alive = False
-        parts = self._head(status, reason, headers)
-        if length is not None:
-            parts.append(b"Content-Length: %s\r\n" % length.encode("latin-1"))
-        elif not self._bodiless():
-            if self.version == b"1.1":
-                self.chunked = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                self.keep_alive = False  # its end is the connection's
-        parts.append(self._end_of_head())
-        await self._connection.send(b"".join(parts))
-
-    async def write(self, chunk: bytes) -> None:
-        """One more piece of a streamed answer, sent once the client takes it."""
-        if not chunk or self._bodiless():
-            return
-        if self.chunked:
-            chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
-        await self._connection.send(chunk)
-
-    def finish(self, chunk: bytes = b"") -> None:
-        """The last piece of a streamed answer, and its end, in one write."""
-        if self._bodiless():
-            return
-        if self.chunked:
-            self._connection.write(
-                b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk) if chunk else b"0\r\n\r\n"
-            )
-        elif chunk:
-            self._connection.write(chunk)
-
-    def abort(self) -> None:
-        """Cut the client's connection: all that is left to say of an answer whose
-        head is sent and whose rest cannot come."""
-        self._connection.abort()
 
 
 class _ClientConnection(asyncio.Protocol):
@@ -407,7 +164,7 @@ class _ClientConnection(asyncio.Protocol):
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
         if self._parsing is not None:
-            self._parsing._wake()
+            self._parsing.wake()
 
     def pause_writing(self) -> None:
         self._drain = self.loop.create_future()
@@ -471,13 +228,13 @@ class _ClientConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self._parsing is not None:
-            self._parsing._received(body)
-            if self._parsing._buffered > _HIGH_WATER:
+            self._parsing.body_arrived(body)
+            if self._parsing.buffered > _HIGH_WATER:
                 self.flow()
 
     def on_message_complete(self) -> None:
         if self._parsing is not None:
-            self._parsing._complete()
+            self._parsing.body_ended()
             self._parsing = None
 
     # Serving
@@ -520,7 +277,7 @@ class _ClientConnection(asyncio.Protocol):
         body piles up for the handler; resume once neither holds."""
         parsing = self._parsing
         pause = (self._busy and bool(self._pending)) or (
-            parsing is not None and parsing._buffered > _HIGH_WATER
+            parsing is not None and parsing.buffered > _HIGH_WATER
         )
         transport = self.transport
         if transport is None or pause == self._paused or self._closing:
@@ -560,10 +317,10 @@ class _ClientConnection(asyncio.Protocol):
             self._pending.remove(parsing)
         body = error_body(status, message)
         self._last_words = (
-            _status_line(b"1.1", status, "")
+            status_line(b"1.1", status, "")
             + b"Content-Type: application/json; charset=utf-8\r\nDate: %s\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
-            % (_date().encode(), len(body), body)
+            % (http_date().encode(), len(body), body)
         )
         if self._task is None:
             self._close()
