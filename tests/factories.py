@@ -5,9 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from hypothesis import strategies as st
+
 from servefleet.spec import Endpoint, EndpointSpec, RegionStatus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def process_text(max_size: int) -> st.SearchStrategy[str]:
+    """Any text a process can be given as an argument or env value: exec() cannot pass a
+    NUL, so the spec refuses one there."""
+    return st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=max_size)
 
 
 def make_spec(**overrides: Any) -> EndpointSpec:

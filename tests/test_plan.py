@@ -22,7 +22,7 @@ from servefleet.plan import (
     workload_hash,
 )
 from servefleet.spec import DesiredState, Endpoint, RegionState, RegionStatus
-from tests.factories import T0, make_endpoint, make_status
+from tests.factories import T0, make_endpoint, make_status, process_text
 
 THRESHOLD = timedelta(seconds=300)
 
@@ -185,7 +185,7 @@ def test_gpu_count_reaches_the_hash() -> None:
 
 @given(
     env=st.dictionaries(
-        st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True), st.text(max_size=5)
+        st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True), process_text(max_size=5)
     ),
     generation=st.integers(min_value=1, max_value=10**6),
 )

@@ -34,6 +34,7 @@ from servefleet.spec import (
     invalid_input,
     parse_quantity,
 )
+from tests.factories import process_text
 
 Document = dict[str, Any]
 REGIONS = ("r1", "r2")
@@ -98,14 +99,11 @@ TRICKY_TEXT = (
     ">",
     "$HOME; rm -rf /",
 )
-# Any text a process can be given: exec() cannot pass a NUL (the "nul" rule breaks that).
-_process_characters = st.characters(codec="utf-8", exclude_characters="\x00")
+# Any text a process can be given (the "nul" rule breaks that).
 free_text = st.one_of(
-    st.text(_process_characters, max_size=20),
+    process_text(max_size=20),
     st.sampled_from(TRICKY_TEXT),
-    st.lists(
-        st.sampled_from(TRICKY_TEXT) | st.text(_process_characters, max_size=4), max_size=3
-    ).map("".join),
+    st.lists(st.sampled_from(TRICKY_TEXT) | process_text(max_size=4), max_size=3).map("".join),
 )
 text_lists = st.lists(free_text, max_size=3)
 

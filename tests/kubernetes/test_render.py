@@ -37,7 +37,7 @@ from servefleet.runtime.kubernetes.render import (
     steps,
 )
 from servefleet.spec import DesiredState
-from tests.factories import make_endpoint
+from tests.factories import make_endpoint, process_text
 
 K8S_VERSION = kubernetes_validate.latest_version()
 ALB = RegionSettings()
@@ -1034,7 +1034,9 @@ _MODEL_SOURCES = st.one_of(
     st.from_regex(r"s3://[a-z0-9]{3,10}/[A-Za-z0-9._\-/+=@%,]{0,30}", fullmatch=True),
 )
 _ARGV = st.lists(
-    st.one_of(st.sampled_from(["--port", "{port}", "--model=/models", "-c"]), st.text(max_size=8)),
+    st.one_of(
+        st.sampled_from(["--port", "{port}", "--model=/models", "-c"]), process_text(max_size=8)
+    ),
     max_size=4,
 )
 
@@ -1052,7 +1054,7 @@ def workloads(draw: st.DrawFn) -> Workload:
         "labels": draw(st.dictionaries(_LABEL_KEYS, _LABEL_VALUES, max_size=3)),
         "env": draw(
             st.dictionaries(
-                st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True), st.text(max_size=8)
+                st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True), process_text(max_size=8)
             )
         ),
         "model_source": draw(_MODEL_SOURCES),
