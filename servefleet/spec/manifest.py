@@ -93,7 +93,9 @@ def status_section(endpoint: Endpoint, statuses: list[RegionStatus]) -> dict[str
         },
     }
     if endpoint.rollout is not None:
-        section["rollout"] = endpoint.rollout.model_dump(mode="json")
+        # The baseline is the driver's bookkeeping (each region's counters at the
+        # step's start): `rollout status` shows the window it yields instead.
+        section["rollout"] = endpoint.rollout.model_dump(mode="json", exclude={"baseline"})
     return section
 
 
