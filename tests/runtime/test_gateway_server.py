@@ -14,7 +14,7 @@ from yarl import URL
 
 from servefleet.metrics import Metrics
 from servefleet.runtime.local.gateway import Backend, Gateway, GatewaySettings, Router
-from tests.runtime.test_gateway import FAST, Start, client, echo, gateways, route, serve
+from tests.runtime.test_gateway import Start, client, echo, gateways, route, serve
 from tests.runtime.test_gateway_upstream import Serve, _answers, _gateway_to, _raw
 from tests.waiting import eventually
 
@@ -338,7 +338,8 @@ async def test_closing_lets_an_answer_under_way_finish_and_drops_idle_connection
     serve: Serve,
 ) -> None:
     """Verify that `close` stops at once a kept-alive idle connection, and lets a
-    request in flight get its whole answer within `shutdown_timeout`."""
+    request in flight get its whole answer within `shutdown_timeout`; with nothing
+    left to read from either client, it does not linger for them to close first."""
     release = asyncio.Event()
 
     async def slow(request: web.Request) -> web.StreamResponse:
@@ -347,7 +348,7 @@ async def test_closing_lets_an_answer_under_way_finish_and_drops_idle_connection
 
     router = Router("r1")
     route(router, primary=[Backend("llm/primary-0", await serve(slow))])
-    gateway = Gateway([router], FAST)
+    gateway = Gateway([router], GatewaySettings(upstream_connect_timeout=1, shutdown_timeout=30))
     url = URL(await gateway.start("127.0.0.1", 0))
     idle_reader, idle_writer = await _raw(str(url), b"")
     busy_reader, busy_writer = await _raw(
@@ -360,7 +361,9 @@ async def test_closing_lets_an_answer_under_way_finish_and_drops_idle_connection
         assert not closing.done()
         release.set()
         answer = await _until_closed(busy_reader)
-        await asyncio.wait_for(closing, 10)
+        # Both clients keep their sockets open: a lingering close would hold on
+        # for 5 s (downstream._LINGER).
+        await asyncio.wait_for(closing, 2.5)
     finally:
         idle_writer.close()
         busy_writer.close()

@@ -27,8 +27,8 @@ What it keeps of aiohttp's server as the gateway used it:
 
 An answer that ends before its request's body was read to the end closes the
 connection (aiohttp read and dropped the rest first, for up to 10 s). Closing
-lingers (`_close`), so that the client's unread bytes do not turn the close into a
-reset that could cost it its answer. An upgrade
+lingers (`_close`) while the client may still be sending, so that its unread bytes
+do not turn the close into a reset that could cost it its answer. An upgrade
 (`Connection: upgrade`) is not done: the request is answered over HTTP/1.1 and the
 connection closed.
 """
@@ -328,10 +328,21 @@ class _ClientConnection(asyncio.Protocol):
     def _close(self) -> None:
         """Close once what is written is out, with the last words if any.
 
-        Only the sending half closes at first: what the client still sends is read
-        and dropped until it closes too (at most `_LINGER` seconds). Closing both
-        with its bytes unread would make the kernel reset the connection, and the
-        client could lose the answer it was sent (nginx's lingering close)."""
+        Where the client may still be sending (a request or body not read to its
+        end, input refused or paused), only the sending half closes at first: what
+        the client still sends is read and dropped until it closes too (at most
+        `_LINGER` seconds). Closing both with its bytes unread would make the kernel
+        reset the connection, and the client could lose the answer it was sent
+        (nginx's lingering close). Otherwise nothing is left to read, and lingering
+        would only hold a closing gateway up to `_LINGER` for every idle client
+        that keeps its connection open."""
+        may_still_send = (
+            self._input_over
+            or self._in_head
+            or self._paused
+            or self._parsing is not None
+            or bool(self._pending)
+        )
         self._closing = self._input_over = True
         if self._last_words is not None:
             self.write(self._last_words)
@@ -339,7 +350,7 @@ class _ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if not transport.can_write_eof():
+        if not may_still_send or not transport.can_write_eof():
             transport.close()
             return
         transport.write_eof()
