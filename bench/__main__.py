@@ -28,6 +28,7 @@ from bench import (
     failover,
     gateway,
     gateway_streams,
+    global_entry,
     kubernetes,
     propagation,
     steady,
@@ -111,6 +112,7 @@ async def main(options: argparse.Namespace) -> int:
     if "gateway" in selected:
         gateway_plan = gateway.QUICK if quick else gateway.FULL
         await part("gateway overhead", lambda: gateway.run(gateway_plan))
+        await part("global entry overhead", lambda: global_entry.run(gateway_plan))
         streams_plan = gateway_streams.QUICK if quick else gateway_streams.FULL
         await part("gateway under many token streams", lambda: gateway_streams.run(streams_plan))
     if "steady" in selected:
