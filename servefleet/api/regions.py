@@ -42,6 +42,24 @@ async def add_region(region: Region, endpoints: Endpoints) -> Region:
     return region
 
 
+@router.post(
+    "/regions/{name}/drain",
+    dependencies=[allow(Role.ADMIN)],
+    summary="No new request to the region from the global entry (as `servefleet regions drain`)",
+)
+async def drain_region(name: Name, endpoints: Endpoints) -> Region:
+    return await endpoints.drain_region(name, drained=True)
+
+
+@router.post(
+    "/regions/{name}/undrain",
+    dependencies=[allow(Role.ADMIN)],
+    summary="Route to the region again (as `servefleet regions undrain`)",
+)
+async def undrain_region(name: Name, endpoints: Endpoints) -> Region:
+    return await endpoints.drain_region(name, drained=False)
+
+
 @router.delete(
     "/regions/{name}",
     dependencies=[allow(Role.ADMIN)],

@@ -216,6 +216,11 @@ class ApiFleet:
     async def add_region(self, region: Region) -> None:
         await self._call("POST", "/regions", region.model_dump(mode="json"))
 
+    async def drain_region(self, name: str, *, drained: bool) -> Region:
+        verb = "drain" if drained else "undrain"
+        stored = await self._call("POST", f"/regions/{name}/{verb}", missing=RegionNotFound(name))
+        return Region.model_validate(stored)
+
     async def remove_region(self, name: str) -> None:
         await self._call("DELETE", f"/regions/{name}", missing=RegionNotFound(name))
 

@@ -130,6 +130,10 @@ class Fleet(Protocol):
 
     async def add_region(self, region: Region) -> None: ...
 
+    async def drain_region(self, name: str, *, drained: bool) -> Region:
+        """`servefleet regions drain|undrain NAME`: the region as stored now."""
+        ...
+
     async def remove_region(self, name: str) -> None: ...
 
     def changes(self, names: Sequence[str]) -> AbstractAsyncContextManager[Changes]:
@@ -221,6 +225,9 @@ class StoreFleet:
 
     async def add_region(self, region: Region) -> None:
         await self._service.add_region(region)
+
+    async def drain_region(self, name: str, *, drained: bool) -> Region:
+        return await self._service.drain_region(name, drained=drained)
 
     async def remove_region(self, name: str) -> None:
         await self._service.remove_region(name)

@@ -14,7 +14,13 @@ from servefleet.cli.options import key_value_pairs
 from servefleet.cli.output import check_output, fail, out, print_documents
 from servefleet.spec import Region, invalid_input
 
-__all__ = ["regions_add", "regions_list", "regions_remove"]
+__all__ = [
+    "regions_add",
+    "regions_drain",
+    "regions_list",
+    "regions_remove",
+    "regions_undrain",
+]
 
 
 @regions_app.command(
@@ -25,7 +31,8 @@ __all__ = ["regions_add", "regions_list", "regions_remove"]
     "`servefleet regions add eu-nginx --kind kubernetes --ingress-class nginx "
     "--canary-routing nginx --ingress-annotation nginx.ingress.kubernetes.io/proxy-body-size=8m`, "
     "`servefleet regions add eu-keda --kind kubernetes --autoscaler keda "
-    "--prometheus-url http://prometheus.monitoring:9090`",
+    "--prometheus-url http://prometheus.monitoring:9090`, "
+    "`servefleet regions add eu-west --kind kubernetes --ingress-url https://llm.eu-west.example.com`",
 )
 def regions_add(
     name: Annotated[str, typer.Argument(help="Region name.")],
@@ -105,6 +112,15 @@ def regions_add(
             show_default=False,
         ),
     ] = None,
+    ingress_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Where a kubernetes region's Ingress answers, e.g. "
+            "https://llm.eu-west.example.com: the global entry of `servefleet up` and "
+            "`invoke`/`health`/`models -r` reach the region there.",
+            show_default=False,
+        ),
+    ] = None,
     pass_env: Annotated[
         list[str] | None,
         typer.Option(
@@ -139,6 +155,7 @@ def regions_add(
                 "rps_metric": rps_metric,
                 "autoscaler": autoscaler,
                 "prometheus_url": prometheus_url,
+                "ingress_url": ingress_url,
                 "pass_env": pass_env,
             }
         )
@@ -157,11 +174,28 @@ def regions_list(output: Annotated[str, typer.Option("--output", "-o")] = "table
         print_documents([r.model_dump(mode="json") for r in regions], output, many=True)
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("NAME", "KIND", "CONTEXT", "NAMESPACE"):
+    for column in ("NAME", "KIND", "CONTEXT", "NAMESPACE", "INGRESS", "DRAINED"):
         table.add_column(column)
     for region in regions:
-        table.add_row(region.name, region.kind.value, region.context or "-", region.namespace)
+        table.add_row(
+            *(region.name, region.kind.value, region.context or "-", region.namespace),
+            *(region.ingress_url or "-", "yes" if region.drained else "no"),
+        )
     out.print(table)
+
+
+@regions_app.command("drain", epilog="Example: `servefleet regions drain eu-west`")
+def regions_drain(name: Annotated[str, typer.Argument(help="Region name.")]) -> None:
+    """Send the region no new request through the global entry (those in flight finish)."""
+    run_on_fleet(lambda fleet: fleet.drain_region(name, drained=True))
+    out.print(f"region/{name} drained", markup=False)
+
+
+@regions_app.command("undrain", epilog="Example: `servefleet regions undrain eu-west`")
+def regions_undrain(name: Annotated[str, typer.Argument(help="Region name.")]) -> None:
+    """Let the global entry send the region requests again."""
+    run_on_fleet(lambda fleet: fleet.drain_region(name, drained=False))
+    out.print(f"region/{name} undrained", markup=False)
 
 
 @regions_app.command("remove", epilog="Example: `servefleet regions remove local-1`")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from servefleet.service.records import EndpointRecords
 from servefleet.service.refusals import OperationRefused
 from servefleet.spec import DesiredState, Region
+from servefleet.store import RegionNotFound
 
 __all__ = [
     "RegionOperations",
@@ -15,7 +16,15 @@ class RegionOperations(EndpointRecords):
     """Registering, reading and removing regions."""
 
     async def add_region(self, region: Region) -> None:
-        """Register `region`, or change how it is registered."""
+        """Register `region`, or change how it is registered. A region registered
+        again keeps its `drained` flag: draining is what `drain_region` changes, not
+        a setting that a new registration returns to its default."""
+        try:
+            stored = await self._store.get_region(region.name)
+        except RegionNotFound:
+            pass
+        else:
+            region = region.model_copy(update={"drained": stored.drained})
         if not region.scales_to_zero:
             # The rule `check_scale_to_zero` applies to endpoints, seen from the region.
             to_zero = [
@@ -32,6 +41,15 @@ class RegionOperations(EndpointRecords):
                     "--autoscaler keda, or raise their min_replicas or move them first"
                 )
         await self._store.put_region(region)
+
+    async def drain_region(self, name: str, *, drained: bool = True) -> Region:
+        """Mark the region drained (the global entry sends it no new request) or not;
+        the region as stored now."""
+        region = await self._store.get_region(name)
+        if region.drained != drained:
+            region = region.model_copy(update={"drained": drained})
+            await self._store.put_region(region)
+        return region
 
     async def list_regions(self) -> list[Region]:
         return await self._store.list_regions()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -77,6 +78,30 @@ def _http_url(value: str) -> str:
 _HTTP_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/\S*)?\Z")
 
 
+def _ingress_url(value: str) -> str:
+    """The base address of a cluster's Ingress: scheme, host and port only, since the
+    global entry appends each endpoint's whole `ingress_path` to it (the Ingress
+    routes on the full path, and rewrites none of it)."""
+    if len(value) > 2048 or not _INGRESS_URL.match(value) or not _port_in_range(value):
+        raise ValueError(
+            "must be the http:// or https:// address of the region's Ingress, a host and "
+            "an optional port with no path, such as https://llm.eu-west.example.com "
+            f"(got {shown(value)})"
+        )
+    return value.rstrip("/")
+
+
+_INGRESS_URL = re.compile(r"https?://[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?/?\Z")
+
+
+def _port_in_range(url: str) -> bool:
+    try:
+        port = urlsplit(url).port  # a ValueError past 65535
+    except ValueError:
+        return False
+    return port is None or port > 0
+
+
 def _pass_env(names: list[str]) -> list[str]:
     env_names(dict.fromkeys(names, ""))
     for name in names:
@@ -126,6 +151,13 @@ class Region(SpecModel):
     prometheus_url: Annotated[str, AfterValidator(_http_url)] | None = None
     """The Prometheus a keda region's request-metric triggers query (KEDA's
     `serverAddress`), e.g. http://prometheus.monitoring:9090."""
+    ingress_url: Annotated[str, AfterValidator(_ingress_url)] | None = None
+    """Where a kubernetes region's Ingress answers from outside the cluster, e.g.
+    https://llm.eu-west.example.com: the global entry of `servefleet up` forwards
+    `<ingress_url><ingress_path>/...` there, and `invoke`/`health`/`models -r` use it."""
+    drained: bool = False
+    """Set by `servefleet regions drain`: the global entry sends the region no new
+    request (those in flight finish). Kept when the region is registered again."""
     pass_env: Annotated[list[str], AfterValidator(_pass_env)] | None = None
     """Variables of `servefleet up`'s environment its local replicas and staging
     children get besides the allowlist (`runtime.local.environment`)."""
@@ -179,4 +211,5 @@ _KUBERNETES_ONLY = (
     "rps_metric",
     "autoscaler",
     "prometheus_url",
+    "ingress_url",
 )

@@ -38,6 +38,23 @@ async def test_a_region_is_registered_read_replaced_and_removed(api: Api) -> Non
     assert name not in {region.name for region in await api.store.list_regions()}
 
 
+async def test_a_region_is_drained_and_undrained_by_an_admin_only(api: Api) -> None:
+    name = unique("eu")
+    await api.store.put_region(Region(name=name, kind=RegionKind.KUBERNETES))
+
+    refused = await api.call("POST", f"/v1/regions/{name}/drain", role=Role.VIEWER)
+    assert refused.status == 403
+    assert not (await api.store.get_region(name)).drained
+
+    drained = await api.call("POST", f"/v1/regions/{name}/drain")
+    assert (drained.status, drained.body["drained"]) == (200, True)
+    assert (await api.store.get_region(name)).drained
+    undrained = await api.call("POST", f"/v1/regions/{name}/undrain")
+    assert (undrained.status, undrained.body["drained"]) == (200, False)
+    assert not (await api.store.get_region(name)).drained
+    assert (await api.call("POST", f"/v1/regions/{unique('absent')}/drain")).status == 404
+
+
 async def test_refused_region_changes_store_nothing(api: Api) -> None:
     used = unique("used")
     await api.store.put_region(Region(name=used, kind=RegionKind.LOCAL))

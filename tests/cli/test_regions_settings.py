@@ -35,6 +35,7 @@ SETTINGS_FLAGS = (
     *("--model-volume-size-limit", "100Gi", "--no-pods-metrics"),
     *("--concurrency-metric", "vllm:num_requests_running", "--rps-metric", "vllm_rps"),
     *("--autoscaler", "keda", "--prometheus-url", "http://prometheus.monitoring:9090"),
+    *("--ingress-url", "https://llm.eu.example.com/"),
 )
 STORED_SETTINGS = {
     "ingress_class": "nginx",
@@ -50,6 +51,7 @@ STORED_SETTINGS = {
     "rps_metric": "vllm_rps",
     "autoscaler": "keda",
     "prometheus_url": "http://prometheus.monitoring:9090",
+    "ingress_url": "https://llm.eu.example.com",
 }
 UNSET = dict.fromkeys(STORED_SETTINGS)
 
@@ -102,6 +104,7 @@ def test_settings_are_stored_with_the_region_and_replaced_by_a_new_add(cli: InPr
             "context": None,
             "namespace": "llm",
             **STORED_SETTINGS,
+            "drained": False,
             "pass_env": None,
         }
     ]
@@ -149,6 +152,12 @@ BAD_REGIONS: list[tuple[list[str], list[str]]] = [
         ["--prometheus-url", "http://prometheus:9090"],
         ["region.prometheus_url: ", "autoscaler keda", "'http://prometheus:9090'"],
     ),
+    (["--ingress-url", "llm.example.com"], ["region.ingress_url: ", "'llm.example.com'"]),
+    (
+        ["--ingress-url", "https://llm.example.com/inference"],
+        ["region.ingress_url: ", "no path", "'https://llm.example.com/inference'"],
+    ),
+    (["--ingress-url", "http://h:70000"], ["region.ingress_url: ", "'http://h:70000'"]),
 ]
 BAD_LOCAL_REGIONS: list[tuple[list[str], list[str]]] = [
     (["--ingress-class", "nginx"], ["region.ingress_class: ", "'nginx'"]),
@@ -156,6 +165,10 @@ BAD_LOCAL_REGIONS: list[tuple[list[str], list[str]]] = [
     (["--rps-metric", "x"], ["region.rps_metric: ", "only kubernetes regions", "'x'"]),
     (["--autoscaler", "keda"], ["region.autoscaler: ", "only kubernetes regions", "'keda'"]),
     (["--pass-env", "HF TOKEN"], ["region.pass_env: ", "'HF TOKEN'"]),
+    (
+        ["--ingress-url", "http://127.0.0.1:8080"],
+        ["region.ingress_url: ", "only kubernetes regions", "'http://127.0.0.1:8080'"],
+    ),
     (
         ["--pass-env", "A", "--pass-env", "SERVEFLEET_STORE"],
         ["region.pass_env: ", "'SERVEFLEET_STORE'"],
@@ -195,6 +208,7 @@ def test_a_region_stored_before_the_settings_existed_still_loads(cli: InProcess)
             "context": None,
             "namespace": "llm",
             **UNSET,
+            "drained": False,
             "pass_env": None,
         }
     ]
@@ -294,3 +308,19 @@ def test_which_regions_use_the_pods_service_account() -> None:
     with pytest.raises(ValueError, match="--in-cluster: KUBERNETES_SERVICE_HOST is not set"):
         in_cluster_regions(regions, forced=True, in_pod=False)
     assert [r.name for r in cluster_regions(regions, ["us", "eu", "us"])] == ["us", "eu"]
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_drained_region_stays_drained_when_registered_again_until_undrained(
+    cli: InProcess,
+) -> None:
+    cli.ok("regions", "add", "eu", "--kind", "kubernetes", "--ingress-url", "http://127.0.0.1:1")
+    assert cli.ok("regions", "drain", "eu") == "region/eu drained\n"
+    cli.ok("regions", "add", "eu", "--kind", "kubernetes", "--ingress-url", "http://127.0.0.1:2")
+    (listed,) = cli.regions()
+    assert (listed["drained"], listed["ingress_url"]) == (True, "http://127.0.0.1:2")
+
+    assert cli.ok("regions", "undrain", "eu") == "region/eu undrained\n"
+    (listed,) = cli.regions()
+    assert listed["drained"] is False
+    cli.refused([(["regions", "drain", "nope"], ["region 'nope' is not registered"])])
