@@ -31,6 +31,7 @@ from bench import (
     global_entry,
     kubernetes,
     propagation,
+    rollout,
     steady,
     stepload,
 )
@@ -48,6 +49,7 @@ NAMES = (
     "failover",
     "coldstart",
     "stepload",
+    "rollout",
 )
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 DYNAMODB_PROBE = "dynamodb://probe?region=us-east-1&endpoint_url=http://127.0.0.1:9"
@@ -130,6 +132,9 @@ async def main(options: argparse.Namespace) -> int:
     if "stepload" in selected:
         stepload_plan = stepload.QUICK if quick else stepload.FULL
         await part("replica count under a step load", lambda: stepload.run(stepload_plan))
+    if "rollout" in selected:
+        rollout_plan = rollout.QUICK if quick else rollout.FULL
+        await part("rollout rolled back on a breach", lambda: rollout.run(rollout_plan))
 
     about: dict[str, Any] = {
         "mode": "quick" if quick else "full",
