@@ -53,10 +53,17 @@ class UpFleet:
         """Every region reports the endpoint's current generation READY, routed, with
         `replicas` ready and no canary desired or ready (at most `within` seconds)."""
         started = time.perf_counter()
-        async with asyncio.timeout(within):
-            while not await self.without_canary(endpoint, regions, replicas=replicas):
-                show(f"waiting for {endpoint} to settle · {time.perf_counter() - started:.1f} s")
-                await asyncio.sleep(POLL)
+        try:
+            async with asyncio.timeout(within):
+                while not await self.without_canary(endpoint, regions, replicas=replicas):
+                    waited = time.perf_counter() - started
+                    show(f"waiting for {endpoint} to settle · {waited:.1f} s")
+                    await asyncio.sleep(POLL)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{endpoint} not READY with {replicas} replica(s) and no canary in every region "
+                f"of {', '.join(regions)} within {within:g} s"
+            ) from None
 
     async def without_canary(
         self, endpoint: str, regions: tuple[str, ...], *, replicas: int | None = None

@@ -26,6 +26,8 @@ REGIONS = ("r1", "r2", "r3")
 ENDPOINT = "demo"
 PREFIX = f"/inference/{ENDPOINT}"
 SETTLE = 90.0
+TIMEOUT = aiohttp.ClientTimeout(total=30)
+"""Any one request: past it the part fails rather than waits."""
 PATHS = ("direct", "region", "global")
 
 
@@ -35,7 +37,7 @@ async def run(plan: Plan) -> list[Row]:
             spec = demo_spec(replicas=1, command=demo_command())
             await fleet.service.apply(manifest(ENDPOINT, spec, list(REGIONS)))
             await fleet.settled(ENDPOINT, REGIONS, replicas=1, within=SETTLE)
-            async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
                 replicas = [
                     await replica_url(session, fleet.region_urls[region] + PREFIX + "/v1/models")
                     for region in REGIONS
@@ -49,7 +51,7 @@ async def run(plan: Plan) -> list[Row]:
 
 
 async def _sequential(plan: Plan, targets: dict[str, list[str]]) -> list[Row]:
-    sessions = {label: aiohttp.ClientSession() for label in PATHS}
+    sessions = {label: aiohttp.ClientSession(timeout=TIMEOUT) for label in PATHS}
     samples: dict[str, list[float]] = {label: [] for label in PATHS}
     first: dict[str, list[float]] = {label: [] for label in PATHS}
     failed = dict.fromkeys(PATHS, 0)

@@ -148,10 +148,13 @@ class Load:
 async def _until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> float:
     """perf_counter() once `check()` holds, polled every 50 ms, at most `within` s."""
     started = time.perf_counter()
-    async with asyncio.timeout(within):
-        while not await check():
-            show(f"{what} · {time.perf_counter() - started:.1f} s")
-            await asyncio.sleep(0.05)
+    try:
+        async with asyncio.timeout(within):
+            while not await check():
+                show(f"{what} · {time.perf_counter() - started:.1f} s")
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise TimeoutError(f"{what}: not within {within:g} s") from None
     return time.perf_counter()
 
 
