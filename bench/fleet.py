@@ -14,8 +14,10 @@ fallback. The benchmark changes the fleet only as a user does, through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +35,8 @@ from tests.scenarios.harness import UpProcess, up_process
 __all__ = ["UpFleet", "replica_url", "up_fleet"]
 
 POLL = 0.05
+TELL = 30
+"""Lines of `up`'s log shown when the part fails."""
 
 
 @dataclass
@@ -94,18 +98,35 @@ async def up_fleet(directory: Path, regions: tuple[str, ...]) -> AsyncIterator[U
     state = directory / "state"
     store = await open_store(store_url, init=True)
     try:
-        async with up_process(
-            store_url,
-            *("--regions", ",".join(regions), "--port", "0"),
-            stderr=directory / "up.log",
-            env={"XDG_STATE_HOME": str(state)},
-        ) as up:
+        async with (
+            _telling(directory / "up.log"),
+            up_process(
+                store_url,
+                *("--regions", ",".join(regions), "--port", "0"),
+                stderr=directory / "up.log",
+                env={"XDG_STATE_HOME": str(state)},
+            ) as up,
+        ):
             entry, urls = await _gateways(up, state, regions)
             yield UpFleet(
                 up, store_url, store, EndpointService(store), entry, urls, directory=directory
             )
     finally:
         await store.close()
+
+
+@asynccontextmanager
+async def _telling(log: Path) -> AsyncIterator[None]:
+    """On a failure, the end of `up`'s log on stderr: the directory holding it is
+    about to be removed."""
+    try:
+        yield
+    except Exception:
+        with contextlib.suppress(OSError):
+            lines = (await asyncio.to_thread(log.read_text, errors="replace")).splitlines()
+            print(f"the end of servefleet up's log ({log.name}):", file=sys.stderr)
+            print("\n".join(lines[-TELL:]), file=sys.stderr)
+        raise
 
 
 async def _gateways(

@@ -55,6 +55,7 @@ async def _sequential(plan: Plan, targets: dict[str, list[str]]) -> list[Row]:
     samples: dict[str, list[float]] = {label: [] for label in PATHS}
     first: dict[str, list[float]] = {label: [] for label in PATHS}
     failed = dict.fromkeys(PATHS, 0)
+    failed_streams = dict.fromkeys(PATHS, 0)
     try:
         for label in PATHS:
             for base in targets[label]:
@@ -80,7 +81,7 @@ async def _sequential(plan: Plan, targets: dict[str, list[str]]) -> list[Row]:
                 url = bases[index % len(bases)] + "/v1/chat/completions"
                 elapsed, ok = await _first_event(sessions[label], url)
                 first[label].append(elapsed)
-                failed[label] += not ok
+                failed_streams[label] += not ok
     finally:
         for session in sessions.values():
             await session.close()
@@ -93,17 +94,17 @@ async def _sequential(plan: Plan, targets: dict[str, list[str]]) -> list[Row]:
         "region's own gateway in turn, global = the global entry (`up`'s gateway in front of "
         "every region, from its record for the CLI); one reused aiohttp.ClientSession per path"
     )
-    failures = (
-        " · answers not 200: " + ", ".join(f"{failed[label]} {label}" for label in PATHS)
-        if any(failed.values())
-        else ""
-    )
+
+    def failures(failed: dict[str, int]) -> str:
+        shown = ", ".join(f"{failed[label]} {label}" for label in PATHS)
+        return f" · answers not 200: {shown}" if any(failed.values()) else ""
+
     get_rows = _row(
         "GET /v1/models through the global entry: added, beside a region's gateway",
         f"{where}; {WARMUP} warm-up requests per replica / gateway, then {plan.requests} "
         "sequential requests per path, interleaved direct / region / global",
         {label: summary(samples[label]) for label in PATHS},
-        failures,
+        failures(failed),
         failed,
         keys=("p50", "p99"),
     )
@@ -113,8 +114,8 @@ async def _sequential(plan: Plan, targets: dict[str, list[str]]) -> list[Row]:
         f"{CHAT['max_tokens']}), interleaved, after 3 warm-up streams per replica / gateway; "
         "time from sending the POST to the first `data:` line",
         {label: summary(first[label]) for label in PATHS},
-        failures,
-        failed,
+        failures(failed_streams),
+        failed_streams,
         keys=("p50", "p99"),
     )
     return [get_rows, sse_rows]
