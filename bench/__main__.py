@@ -2,7 +2,7 @@
 
     python -m bench                 # the full run (14-18 minutes on 2 cores)
     python -m bench --quick         # fewer samples: a smoke run in under 2 minutes
-    python -m bench --only gateway  # one part (propagation, gateway, ..., stepload)
+    python -m bench --only gateway  # one part (propagation, gateway, ..., rollout)
     python -m bench --postgres postgresql://user@host:5432/db
 
 Benchmarks report; they never assert. A part that fails is reported as a note.

@@ -172,6 +172,9 @@ async def run(plan: Plan) -> list[Row]:
             task = asyncio.create_task(load.run(), name="bench-rollout-load")
             try:
                 for repetition in range(plan.repetitions):
+                    if task.done():  # the load stopped: say why, not what it left undone
+                        task.result()
+                        raise RuntimeError("the load ended by itself")
                     trials.append(await _trial(fleet, load, plan, repetition))
             finally:
                 task.cancel()
