@@ -32,6 +32,7 @@ from servefleet.cli.gateways import record_gateways
 from servefleet.cli.logs import configure_logging
 from servefleet.cli.monitoring import MonitoringServer
 from servefleet.cli.output import err, out
+from servefleet.cli.region_table import read_region_table, refresh_region_table
 from servefleet.metrics import Metrics
 from servefleet.reconcile.controller import Clock, ControllerSettings
 from servefleet.reconcile.leader import LeaderElection, LeaseSettings, StoreLeases
@@ -42,6 +43,7 @@ from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
 from servefleet.runtime.kubernetes.install import region_settings
 from servefleet.runtime.kubernetes.lease import KubernetesLease
 from servefleet.runtime.local.gateway import Gateway, GatewaySettings, Router, event_loop_factory
+from servefleet.runtime.local.global_entry import EntrySettings, GlobalEntry
 from servefleet.runtime.local.supervisor import LocalRuntime, LocalSettings
 from servefleet.service import EndpointService, utc_now
 from servefleet.spec import EndpointManifest, EndpointSpec, Region, RegionKind
@@ -71,6 +73,8 @@ class UpOptions:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     """Limits, timeouts and trusted proxies of every gateway (`up --max-connections`,
     `--upstream-read-timeout`, `--trusted-proxy`)."""
+    entry: EntrySettings = field(default_factory=EntrySettings)
+    """How the global entry learns of the other regions (refresh and probe periods)."""
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     """Where `/metrics`, `/healthz` and `/readyz` are served (0: any free port);
@@ -195,9 +199,17 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
             gateway = Gateway([router], options.gateway, metrics=metrics)
             urls[name] = await gateway.start(options.host, 0)
             stack.push_async_callback(gateway.close)
+        # The global entry: every local region, and every Kubernetes region the store
+        # gives an Ingress address (`global_entry`); without either there is nothing
+        # for it to serve.
         entry_url = ""
-        if routers:
-            entry = Gateway(list(routers.values()), options.gateway, metrics=metrics)
+        entry: GlobalEntry | None = None
+        table = await read_region_table(store)
+        if routers or table.ingress:
+            entry = GlobalEntry(
+                list(routers.values()), options.gateway, options.entry, metrics=metrics
+            )
+            entry.update(table)
             entry_url = await entry.start(options.host, options.port)
             stack.push_async_callback(entry.close)
         running = Running(entry_url, urls, api_url=api_url)
@@ -288,6 +300,11 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
                 rollouts.run(functools.partial(drive_rollouts, store, clock=clock)),
                 name="rollouts",
             )
+            if entry is not None:
+                tasks.create_task(
+                    refresh_region_table(store, entry, options.entry.refresh_interval),
+                    name="global-entry-regions",
+                )
             if started is not None:
                 started(running)
 
@@ -343,7 +360,7 @@ def _announce(running: Running, regions: list[Region], options: UpOptions) -> No
     entry_url, urls = running.gateway_url, running.region_urls
     out.print(f"servefleet is up: store {options.store_url}", markup=False)
     if entry_url:
-        out.print(f"  gateway (all local regions): {entry_url}", markup=False)
+        out.print(f"  gateway (every region): {entry_url}", markup=False)
     for region in regions:
         where = urls.get(region.name) or (
             f"kubernetes, namespace {region.namespace}"

@@ -61,6 +61,10 @@ class Settings:
     token_delay: float = 0.01
     unhealthy_file: Path | None = None
     error_percent: float = 0.0
+    path_prefix: str = ""
+    """Also serve every path under this prefix, as a model server behind an Ingress
+    that routes on the prefix and rewrites nothing sees its requests (the global
+    entry's tests stand a demo in for a Kubernetes region's Ingress with it)."""
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -112,11 +116,12 @@ def make_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(_stamp_headers)
     if settings.error_percent:
         app.middlewares.append(_failing_share(settings.error_percent))
-    app.router.add_get("/", _index)
-    app.router.add_get("/health", _health)
-    app.router.add_get("/v1/models", _models)
-    app.router.add_post("/v1/completions", _completions)
-    app.router.add_post("/v1/chat/completions", _chat_completions)
+    for prefix in dict.fromkeys(("", settings.path_prefix.rstrip("/"))):
+        app.router.add_get(prefix or "/", _index)
+        app.router.add_get(f"{prefix}/health", _health)
+        app.router.add_get(f"{prefix}/v1/models", _models)
+        app.router.add_post(f"{prefix}/v1/completions", _completions)
+        app.router.add_post(f"{prefix}/v1/chat/completions", _chat_completions)
     return app
 
 
@@ -426,7 +431,16 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         help=f"answer 500 to this share of requests but /health (default: ${ERROR_PERCENT_VARIABLE}"
         ", else 0)",
     )
+    parser.add_argument(
+        "--path-prefix",
+        default="",
+        metavar="PREFIX",
+        help="also serve every path under PREFIX, e.g. /inference/demo, as behind an "
+        "Ingress that does not rewrite paths (default: none)",
+    )
     args = parser.parse_args(argv)
+    if args.path_prefix and not args.path_prefix.startswith("/"):
+        parser.error(f"--path-prefix: must start with '/' (got {args.path_prefix!r})")
     error_percent = args.error_percent
     if error_percent is None:
         try:
@@ -442,6 +456,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         token_delay=args.token_delay,
         unhealthy_file=args.unhealthy_file,
         error_percent=error_percent,
+        path_prefix=args.path_prefix,
     )
 
 

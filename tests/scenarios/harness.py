@@ -33,6 +33,7 @@ import aiohttp
 from servefleet.cli.up import Running, UpOptions, run
 from servefleet.reconcile.controller import ControllerSettings
 from servefleet.reconcile.leader import LeaseSettings
+from servefleet.runtime.local.global_entry import EntrySettings
 from servefleet.runtime.local.supervisor import LocalRuntime, LocalSettings, ReplicaInfo
 from servefleet.service import EndpointService
 from servefleet.spec import (
@@ -257,6 +258,7 @@ async def local_fleet(
     regions: tuple[str, ...] = ("r1",),
     *,
     watchdog_threshold: float = 300.0,
+    entry: EntrySettings | None = None,
 ) -> AsyncIterator[Fleet]:
     """`servefleet up --regions <regions> --port 0 --metrics-port 0` in this process,
     with short timings.
@@ -285,6 +287,7 @@ async def local_fleet(
         lease=LeaseSettings(ttl=15, renew_interval=1, retry_interval=0.2),
         local=LOCAL,
         metrics_port=0,
+        entry=entry or EntrySettings(),
     )
     started: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run(options, started.set_result), name="servefleet-up")
@@ -412,7 +415,7 @@ class UpProcess:
 
     @property
     def gateway_url(self) -> str:
-        return self._url(r"gateway \(all local regions\): (\S+)")
+        return self._url(r"gateway \(every region\): (\S+)")
 
     def region_url(self, region: str) -> str:
         return self._url(rf"region {re.escape(region)}: (\S+)")

@@ -38,7 +38,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from servefleet.metrics import NO_ENDPOINT, NO_VERSION, Metrics, status_class
+from servefleet.metrics import NO_ENDPOINT, NO_VERSION, GatewaySeries, Metrics, status_class
 from servefleet.runtime.local.activator import Activator
 from servefleet.runtime.local.downstream import ClientRequest, DownstreamServer
 from servefleet.runtime.local.forwarding import (
@@ -48,6 +48,7 @@ from servefleet.runtime.local.forwarding import (
     upstream_headers,
     without,
 )
+from servefleet.runtime.local.region_choice import LOCAL_REGIONS
 from servefleet.runtime.local.routing import (
     Backend,
     Hold,
@@ -58,6 +59,7 @@ from servefleet.runtime.local.routing import (
     choose,
 )
 from servefleet.runtime.local.upstream import (
+    Answer,
     UpstreamConnectError,
     UpstreamError,
     UpstreamPool,
@@ -71,6 +73,7 @@ __all__ = [
     "Hold",
     "Pick",
     "Refusal",
+    "RegionUnreachable",
     "RouteConflict",
     "Router",
     "event_loop_factory",
@@ -133,11 +136,16 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-_CLIENT_GONE = 499
+class RegionUnreachable(Exception):
+    """No replica of a region took the request's connection: nothing reached one, so
+    the global entry may send the request to another region."""
+
+
+CLIENT_GONE = 499
 """The status counted for a request whose client went away first (nginx's)."""
 
 
-class _ClientBody:
+class ClientBody:
     """A request's body as the client sends it, given up on once the client pauses
     longer than `gap` seconds between two chunks; `stalled` then says so.
 
@@ -173,6 +181,10 @@ class Gateway:
     its 404).
     """
 
+    _needs_router = True
+    """A regional gateway serves its routers' regions only; the global entry may
+    serve other regions with no local one."""
+
     def __init__(
         self,
         routers: Sequence[Router],
@@ -180,7 +192,7 @@ class Gateway:
         *,
         metrics: Metrics | None = None,
     ) -> None:
-        if not routers:
+        if not routers and self._needs_router:
             raise ValueError("a gateway needs at least one router")
         self._routers = tuple(routers)
         self._settings = settings or GatewaySettings()
@@ -231,6 +243,23 @@ class Gateway:
         if isinstance(choice, Refusal):
             self._refuse(request, choice, started)
             return
+        await self._serve_local(request, choice, self._body(request), started)
+
+    def _body(self, request: ClientRequest) -> ClientBody:
+        return ClientBody(request, self._settings.body_timeout)
+
+    async def _serve_local(
+        self,
+        request: ClientRequest,
+        choice: tuple[Router, Pick] | Hold,
+        body: ClientBody,
+        started: float,
+        *,
+        last_resort: bool = True,
+    ) -> None:
+        """Serve the request in the local regions as `choice` says; unless it is the
+        `last_resort`, `RegionUnreachable` when no replica took the connection, so
+        that the caller may try another region (nothing is counted then)."""
         # Counted, as load too, for the version first chosen, held or not.
         first = choice if isinstance(choice, Hold) else choice[1]
         region = choice.router.region if isinstance(choice, Hold) else choice[0].region
@@ -238,6 +267,7 @@ class Gateway:
         meter = first.meter
         series.in_flight.inc()
         meter.arrive()
+        counted = True
         try:
             if isinstance(choice, Hold):
                 held = await self._activator.hold(request.path, choice)
@@ -245,18 +275,25 @@ class Gateway:
                     request.refuse(held.status, held.reason, retry_after=held.retry_after)
                     return
                 choice = held
-            await self._forward(request, *choice)
+            await self._forward(request, body, *choice, last_resort=last_resort)
+        except RegionUnreachable:
+            counted = False
+            raise
         except asyncio.CancelledError:
-            request.status = _CLIENT_GONE
+            request.status = CLIENT_GONE
             raise
         finally:
-            # An exception escaping before any answer gets a 500 (`downstream`).
-            status = request.status or 500
-            elapsed = time.perf_counter() - started
             meter.depart()
             series.in_flight.dec()
-            series.requests[status_class(status)].inc()
-            series.latency.observe(elapsed)
+            if counted:
+                self._count(series, request, started)
+
+    @staticmethod
+    def _count(series: GatewaySeries, request: ClientRequest, started: float) -> None:
+        # An exception escaping before any answer gets a 500 (`downstream`).
+        status = request.status or 500
+        series.requests[status_class(status)].inc()
+        series.latency.observe(time.perf_counter() - started)
 
     def _refuse(self, request: ClientRequest, refusal: Refusal, started: float) -> None:
         series = self._metrics.gateway_series(
@@ -266,10 +303,18 @@ class Gateway:
         series.latency.observe(time.perf_counter() - started)
         request.refuse(refusal.status, refusal.reason, retry_after=refusal.retry_after)
 
-    async def _forward(self, request: ClientRequest, router: Router, pick: Pick) -> None:
+    async def _forward(
+        self,
+        request: ClientRequest,
+        body: ClientBody,
+        router: Router,
+        pick: Pick,
+        *,
+        last_resort: bool = True,
+    ) -> None:
         """Proxy the request to `pick`, or to one other replica if `pick` refuses the
-        connection; the answer, or the gateway's own for a failure."""
-        body = _ClientBody(request, self._settings.body_timeout)
+        connection; the answer, or the gateway's own for a failure (but see
+        `_serve_local` for `last_resort`)."""
         pick.backend.acquire()
         try:
             try:
@@ -279,7 +324,11 @@ class Gateway:
                 failed = pick.backend
                 retry = choose(self._routers, request.path, exclude=failed)
                 if not isinstance(retry, tuple):  # no other replica is ready
-                    request.refuse(502, f"replica {failed.name} refused the connection: {error}")
+                    self._unreachable(
+                        request,
+                        f"replica {failed.name} refused the connection: {error}",
+                        last_resort=last_resort,
+                    )
                     return
                 pick.backend.release()
                 router, pick = retry
@@ -287,21 +336,34 @@ class Gateway:
                 try:
                     await self._proxy(request, body, router, pick)
                 except UpstreamConnectError as again:
-                    request.refuse(
-                        502, f"replicas {failed.name} and {pick.backend.name} refused: {again}"
+                    self._unreachable(
+                        request,
+                        f"replicas {failed.name} and {pick.backend.name} refused: {again}",
+                        last_resort=last_resort,
                     )
         except (UpstreamError, TimeoutError) as error:
             # Before any byte of the answer.
-            if body.stalled:
-                # The connection closes after it: the rest of the body is not worth
-                # waiting for from a client that has just shown it sends it too slowly.
-                request.refuse(
-                    408, f"the request body paused for more than {self._settings.body_timeout:g}s"
-                )
-            else:
+            if not self._stalled_body(request, body):
                 self._failure(request, pick.backend, error)
         finally:
             pick.backend.release()
+
+    @staticmethod
+    def _unreachable(request: ClientRequest, reason: str, *, last_resort: bool) -> None:
+        if not last_resort:
+            raise RegionUnreachable(reason)
+        request.refuse(502, reason)
+
+    def _stalled_body(self, request: ClientRequest, body: ClientBody) -> bool:
+        """Refuse with 408 if the request failed because its body paused too long."""
+        if not body.stalled:
+            return False
+        # The connection closes after it: the rest of the body is not worth waiting
+        # for from a client that has just shown it sends it too slowly.
+        request.refuse(
+            408, f"the request body paused for more than {self._settings.body_timeout:g}s"
+        )
+        return True
 
     def _failure(self, request: ClientRequest, backend: Backend, error: Exception) -> None:
         if isinstance(error, UpstreamTimeout):
@@ -324,7 +386,7 @@ class Gateway:
         )
 
     async def _proxy(
-        self, request: ClientRequest, body: _ClientBody, router: Router, pick: Pick
+        self, request: ClientRequest, body: ClientBody, router: Router, pick: Pick
     ) -> None:
         assert self._upstream is not None
         query = request.query
@@ -337,6 +399,7 @@ class Gateway:
             prefix=pick.prefix,
             trusted=is_trusted(peer, self._settings.trusted_proxies),
         )
+        sent = time.perf_counter()
         async with self._upstream.request(
             pick.backend.url,
             request.method,
@@ -344,37 +407,61 @@ class Gateway:
             headers,
             body.chunks() if request.has_body else None,
         ) as upstream:
+            self._first_byte(LOCAL_REGIONS, time.perf_counter() - sent)
             pick.backend.answered()
-            answer_headers = without(upstream.headers, HOP_BY_HOP)
-            length = answer_headers.popone("content-length", None)
-            answer_headers["x-servefleet-region"] = router.region
-            answer_headers["x-servefleet-version"] = pick.version
-            answer_headers["x-servefleet-replica"] = pick.backend.name
-            items = answer_headers.items()
-            if upstream.complete():
-                # The whole answer is already here (small JSON, an error, a short
-                # stream): headers and body leave in one write instead of one each.
-                request.respond(
-                    upstream.status,
-                    items,
-                    await upstream.read(),
-                    reason=upstream.reason,
-                    length=length,
-                )
-                return
-            await request.start(upstream.status, items, reason=upstream.reason, length=length)
-            try:
-                while True:
-                    chunk = await upstream.read()
-                    if upstream.done:
-                        # The last chunk and the end of the answer in one write.
-                        request.finish(chunk)
-                        return
-                    await request.write(chunk)
-            except UpstreamError as error:
-                # The replica broke off or went silent mid-answer. The status is
-                # already sent, so the only honest signal left is to cut the
-                # client's connection.
-                if isinstance(error, UpstreamTimeout):
-                    self._stall(pick.backend)
-                request.abort()
+            await self._relay(
+                request,
+                upstream,
+                {
+                    "x-servefleet-region": router.region,
+                    "x-servefleet-version": pick.version,
+                    "x-servefleet-replica": pick.backend.name,
+                },
+                stalled=lambda: self._stall(pick.backend),
+            )
+
+    def _first_byte(self, region: str, seconds: float) -> None:
+        """An answer's head came `seconds` after its request was sent to `region` (or
+        `LOCAL_REGIONS`): the global entry's latency estimate takes it."""
+
+    async def _relay(
+        self,
+        request: ClientRequest,
+        upstream: Answer,
+        tags: dict[str, str],
+        *,
+        stalled: Callable[[], None],
+    ) -> None:
+        """Forward the answer to the client, its headers with `tags` added; `stalled`
+        is called when the upstream goes silent midway."""
+        answer_headers = without(upstream.headers, HOP_BY_HOP)
+        length = answer_headers.popone("content-length", None)
+        answer_headers.update(tags)
+        items = answer_headers.items()
+        if upstream.complete():
+            # The whole answer is already here (small JSON, an error, a short
+            # stream): headers and body leave in one write instead of one each.
+            request.respond(
+                upstream.status,
+                items,
+                await upstream.read(),
+                reason=upstream.reason,
+                length=length,
+            )
+            return
+        await request.start(upstream.status, items, reason=upstream.reason, length=length)
+        try:
+            while True:
+                chunk = await upstream.read()
+                if upstream.done:
+                    # The last chunk and the end of the answer in one write.
+                    request.finish(chunk)
+                    return
+                await request.write(chunk)
+        except UpstreamError as error:
+            # The upstream broke off or went silent mid-answer. The status is
+            # already sent, so the only honest signal left is to cut the
+            # client's connection.
+            if isinstance(error, UpstreamTimeout):
+                stalled()
+            request.abort()

@@ -33,15 +33,25 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from servefleet.runtime.local.load import LoadMeter
 
-__all__ = ["Backend", "Hold", "Pick", "Refusal", "RouteConflict", "Router", "choose"]
+__all__ = [
+    "Backend",
+    "Hold",
+    "Pick",
+    "Refusal",
+    "RouteConflict",
+    "Router",
+    "choose",
+    "longest_prefix",
+]
 
 Role = Literal["primary", "canary"]
+T = TypeVar("T")
 
 
 class Backend:
@@ -266,17 +276,22 @@ class Router:
         return route
 
     def _match(self, path: str) -> _Route | None:
-        # Try the path itself, then each parent at a "/" boundary, longest first:
-        # "/inference/llm/v1" matches "/inference/llm" but "/inference/llmx" does not.
-        candidate = path
-        while True:
-            route = self._by_prefix.get(candidate)
-            if route is not None:
-                return route
-            cut = candidate.rfind("/")
-            if cut <= 0:
-                return self._by_prefix.get("/")
-            candidate = candidate[:cut]
+        return longest_prefix(self._by_prefix, path)
+
+
+def longest_prefix(by_prefix: Mapping[str, T], path: str) -> T | None:
+    """The value of the longest prefix of `path` in `by_prefix`, cut at a "/"
+    boundary: "/inference/llm/v1" matches "/inference/llm", "/inference/llmx" does not."""
+    # Try the path itself, then each parent, longest first.
+    candidate = path
+    while True:
+        value = by_prefix.get(candidate)
+        if value is not None:
+            return value
+        cut = candidate.rfind("/")
+        if cut <= 0:
+            return by_prefix.get("/")
+        candidate = candidate[:cut]
 
 
 _Candidate = tuple[Router, _Route, Backend]

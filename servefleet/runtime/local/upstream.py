@@ -31,6 +31,7 @@ request without a body is then sent once more on a new connection.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import cast
@@ -326,6 +327,8 @@ class UpstreamPool:
         comes first is caught by the one retry)."""
         self._idle: dict[str, list[_Connection]] = {}
         self._addresses: dict[str, tuple[str, int, bytes]] = {}
+        self._tls: set[str] = set()
+        self._tls_context: ssl.SSLContext | None = None
         self._open: set[_Connection] = set()
 
     def request(
@@ -350,8 +353,12 @@ class UpstreamPool:
         address = self._addresses.get(base)
         if address is None:
             url = urlsplit(base)
-            host, port = url.hostname or "127.0.0.1", url.port or 80
+            secure = url.scheme == "https"
+            host, port = url.hostname or "127.0.0.1", url.port or (443 if secure else 80)
             address = self._addresses[base] = (host, port, url.netloc.encode("latin-1"))
+            if secure:
+                # An https base: a Kubernetes region's Ingress, for the global entry.
+                self._tls.add(base)
         return address
 
     def _kept(self, base: str) -> _Connection | None:
@@ -371,10 +378,19 @@ class UpstreamPool:
     async def _connect(self, base: str) -> _Connection:
         host, port, _ = self._address(base)
         loop = asyncio.get_running_loop()
+        context = None
+        if base in self._tls:
+            if self._tls_context is None:
+                self._tls_context = ssl.create_default_context()
+            context = self._tls_context
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _Connection(loop, self._read_timeout, self._lost), host, port
+                    lambda: _Connection(loop, self._read_timeout, self._lost),
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=host if context is not None else None,
                 )
         except TimeoutError as error:
             raise UpstreamConnectError(
