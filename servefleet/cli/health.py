@@ -41,7 +41,7 @@ class _Probe:
     shown: str
 
 
-_INGRESS_UNKNOWN = "not probed: Ingress address unknown (pass --url)"
+_INGRESS_UNKNOWN = "not probed: Ingress address unknown (regions add --ingress-url, or --url)"
 
 
 _AT_ZERO = "not probed: at 0 replicas by its autoscaler; the next request starts one"
@@ -52,7 +52,8 @@ def _probe_plan(
 ) -> str | _Probe | None:
     """The base URL to probe `region` through; else what stands for the probe: a
     failure for a local region no `servefleet up` serves (nobody answers there),
-    None for a cluster whose Ingress is unknown (judged by its status alone), or a
+    None for a cluster registered without `ingress_url` (judged by its status
+    alone; one with it is probed through its Ingress), or a
     success for a region its autoscaler holds at zero (a probe would be held by the
     gateway and start a replica: checking health would end scale to zero)."""
     if status is not None and _at_zero(status):
@@ -61,7 +62,7 @@ def _probe_plan(
         return url
     known = lookup.regions.get(region)
     if known is not None and known.kind is RegionKind.KUBERNETES:
-        return None
+        return known.ingress_url
     base = region_url(region)
     return base or _Probe(False, "not probed: no running `servefleet up` serves this region")
 

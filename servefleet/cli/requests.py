@@ -4,12 +4,14 @@ request for an endpoint goes, and sending it.
 Where a request goes (the base URL; the endpoint's route prefix, `ingress_path`,
 default `/inference/NAME`, is added to it):
 
-- `--url URL` (or `$SERVEFLEET_URL`): that address, e.g. a Kubernetes region's
-  Ingress, whose address servefleet does not know;
+- `--url URL` (or `$SERVEFLEET_URL`): that address;
 - with `--region R` of a local region: R's own gateway, as recorded by the running
-  `servefleet up` of this store (`gateways.py`);
-- otherwise the global gateway recorded by the running `servefleet up`, else
-  `http://127.0.0.1:8080` (its default).
+  `servefleet up` of this store (`gateways.py`); of a Kubernetes region: its
+  Ingress, the `ingress_url` it is registered with;
+- otherwise the global entry recorded by the running `servefleet up`, which
+  reaches every region, Kubernetes ones with an `ingress_url` included; with no
+  `up` running, an endpoint only in Kubernetes regions goes to the first of them
+  with an `ingress_url`, any other to `http://127.0.0.1:8080` (`up`'s default).
 
 Exit codes: 0 for a 2xx answer; 1 for a user error (unknown endpoint, bad flag);
 2 for usage errors; 3 when no answer came (connection refused, timeout, answer cut
@@ -128,7 +130,8 @@ def region_url(region: str) -> str | None:
 def _unknown_ingress(region: str) -> str:
     return (
         f"{region!r} is a kubernetes region and servefleet does not know its "
-        "Ingress address; pass --url http://INGRESS-HOST"
+        f"Ingress address; register it (servefleet regions add {region} --kind kubernetes "
+        "--ingress-url https://INGRESS-HOST ...) or pass --url https://INGRESS-HOST"
     )
 
 
@@ -146,7 +149,9 @@ def choose_target(lookup: Lookup, region: str | None, url: str | None) -> Target
     if region is not None:
         known = lookup.regions.get(region)
         if known is not None and known.kind is RegionKind.KUBERNETES:
-            fail(f"--region: {_unknown_ingress(region)}")
+            if known.ingress_url is None:
+                fail(f"--region: {_unknown_ingress(region)}")
+            return Target(endpoint, known.ingress_url, region)
         base_url = region_url(region)
         if base_url is None:
             fail(
@@ -154,14 +159,18 @@ def choose_target(lookup: Lookup, region: str | None, url: str | None) -> Target
                 f"{region!r}; start it, or pass --url"
             )
         return Target(endpoint, base_url, region)
-    kinds = {
-        lookup.regions[name].kind for name in endpoint.target_regions if name in lookup.regions
-    }
-    if kinds == {RegionKind.KUBERNETES}:
-        fail(_unknown_ingress(endpoint.target_regions[0]))
     records = recorded_gateways(state.store_url, endpoint.target_regions)
-    gateway = next((record.gateway for record in records if record.gateway), DEFAULT_GATEWAY)
-    return Target(endpoint, gateway, None)
+    gateway = next((record.gateway for record in records if record.gateway), None)
+    if gateway is not None:
+        return Target(endpoint, gateway, None)
+    targets = [lookup.regions[name] for name in endpoint.target_regions if name in lookup.regions]
+    if targets and all(target.kind is RegionKind.KUBERNETES for target in targets):
+        reachable = next((target for target in targets if target.ingress_url), None)
+        if reachable is None:
+            fail(_unknown_ingress(targets[0].name))
+        assert reachable.ingress_url is not None
+        return Target(endpoint, reachable.ingress_url, reachable.name)
+    return Target(endpoint, DEFAULT_GATEWAY, None)
 
 
 # Talking HTTP.

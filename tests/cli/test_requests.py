@@ -13,13 +13,14 @@ import socket
 from pathlib import Path
 
 from servefleet.service import EndpointService
-from servefleet.spec import Region, RegionKind, RegionState
+from servefleet.spec import Region, RegionKind, RegionState, RegionStatus
 from servefleet.store import open_store
 from tests.cli.test_cli import COMMAND, TIMEOUT, servefleet
 from tests.scenarios.harness import (
     SETTLE,
     Fleet,
     demo_spec,
+    ingress_stand_in,
     manifest,
     up_process,
 )
@@ -198,5 +199,48 @@ async def test_request_verbs_name_what_they_cannot_reach(sqlite_url: str) -> Non
     [row] = json.loads(unprobed.stdout)["regions"]
     assert (row["state"], row["probe"]) == (
         "pending",
-        "not probed: Ingress address unknown (pass --url)",
+        "not probed: Ingress address unknown (regions add --ingress-url, or --url)",
     )
+
+
+async def test_request_verbs_reach_a_cluster_through_its_registered_ingress(
+    sqlite_url: str,
+) -> None:
+    """No `servefleet up` runs: an endpoint only in a Kubernetes region registered
+    with `--ingress-url` is reached there by default and with `-r`, and `health`
+    probes its health path through that Ingress."""
+    name = "yonder"
+    url, ingress = await ingress_stand_in(f"/inference/{name}", "k1")
+    store = await open_store(sqlite_url)
+    try:
+        service = EndpointService(store)
+        await service.add_region(Region(name="k8s-1", kind=RegionKind.KUBERNETES, ingress_url=url))
+        await service.apply(manifest(name, demo_spec(replicas=1), ["k8s-1"]))
+        record = await store.get_endpoint(name)
+        await store.put_region_status(
+            RegionStatus(
+                endpoint=name,
+                region="k8s-1",
+                state=RegionState.READY,
+                observed_generation=record.generation,
+                replicas_ready=1,
+                replicas_desired=1,
+                routed=True,
+            )
+        )
+        chat, through_region, listed, health = await asyncio.gather(
+            servefleet(sqlite_url, "invoke", name, "--prompt", "alpha bravo"),
+            servefleet(sqlite_url, "invoke", name, "-r", "k8s-1", "--path", "/v1/models"),
+            servefleet(sqlite_url, "models", name, "-o", "json"),
+            servefleet(sqlite_url, "health", name, "-o", "json"),
+        )
+    finally:
+        await store.close()
+        ingress.terminate()
+        await ingress.wait()
+
+    assert chat.ok().stdout.startswith("alpha bravo")
+    assert through_region.ok().json()["data"][0]["id"] == "demo"
+    assert [model["id"] for model in listed.json()] == ["demo"]
+    [row] = health.ok().json()["regions"]
+    assert (row["healthy"], row["probe"]) == (True, "200 ok"), row

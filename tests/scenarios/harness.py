@@ -21,6 +21,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -60,6 +61,7 @@ __all__ = [
     "demo_spec",
     "environ",
     "gone",
+    "ingress_stand_in",
     "local_fleet",
     "manifest",
     "reconcile_process",
@@ -154,6 +156,38 @@ async def chat(
     ) as response:
         body = await response.json(content_type=None)
         return Answer(response.status, dict(response.headers), body)
+
+
+async def ingress_stand_in(
+    prefix: str, version: str, *, token_delay: float = 0.0
+) -> tuple[str, asyncio.subprocess.Process]:
+    """A demo server on loopback standing in for a Kubernetes region's Ingress: it
+    answers under the endpoint's `prefix` (an Ingress routes on it and rewrites
+    nothing). Its base URL, once it answers, and the process, for the caller to end
+    (inside `local_fleet`, which checks that no demo child of the test is left)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "servefleet.demo", "--port", str(port), "--version", version),
+        *("--path-prefix", prefix, "--token-delay", str(token_delay)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    async def answers() -> bool:
+        try:
+            async with (
+                aiohttp.ClientSession() as client,
+                client.get(f"{url}{prefix}/health") as response,
+            ):
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await eventually(answers, within=SETTLE)
+    return url, process
 
 
 # The fleet in this process.
