@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from servefleet.runtime.local.routing import Hold, Pick, Refusal, Router, choose
 
@@ -31,8 +31,12 @@ __all__ = ["Activator"]
 class Activator:
     """Holds one gateway's requests for endpoints starting from zero."""
 
-    def __init__(self, routers: Sequence[Router], *, timeout: float, max_held: int) -> None:
+    def __init__(
+        self, routers: Callable[[], Sequence[Router]], *, timeout: float, max_held: int
+    ) -> None:
         self._routers = routers
+        """The routers a request may go to now (the global entry leaves drained
+        regions out), asked at each choice."""
         self._timeout = timeout
         self._max_held = max_held
         self._held: Counter[str] = Counter()
@@ -61,7 +65,7 @@ class Activator:
                     # Shielded: the future is shared, and one waiter leaving (its
                     # client gone, its timeout) must not cancel it for the others.
                     await asyncio.shield(changed)
-                    choice = choose(self._routers, path, version=choice.version)
+                    choice = choose(self._routers(), path, version=choice.version)
         except TimeoutError:
             return Refusal(
                 503,

@@ -200,7 +200,9 @@ class Gateway:
         self._upstream: UpstreamPool | None = None
         self._server: DownstreamServer | None = None
         self._activator = Activator(
-            self._routers, timeout=self._settings.hold_timeout, max_held=self._settings.max_held
+            self._serving_routers,
+            timeout=self._settings.hold_timeout,
+            max_held=self._settings.max_held,
         )
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -239,11 +241,16 @@ class Gateway:
 
     async def _handle(self, request: ClientRequest) -> None:
         started = time.perf_counter()
-        choice = choose(self._routers, request.path)
+        choice = choose(self._serving_routers(), request.path)
         if isinstance(choice, Refusal):
             self._refuse(request, choice, started)
             return
         await self._serve_local(request, choice, self._body(request), started)
+
+    def _serving_routers(self) -> Sequence[Router]:
+        """The routers a request may be sent to now: all of them here; the global
+        entry leaves drained regions out."""
+        return self._routers
 
     def _body(self, request: ClientRequest) -> ClientBody:
         return ClientBody(request, self._settings.body_timeout)
@@ -322,7 +329,7 @@ class Gateway:
             except UpstreamConnectError as error:
                 # Nothing reached the replica: one more try on another one.
                 failed = pick.backend
-                retry = choose(self._routers, request.path, exclude=failed)
+                retry = choose(self._serving_routers(), request.path, exclude=failed)
                 if not isinstance(retry, tuple):  # no other replica is ready
                     self._unreachable(
                         request,

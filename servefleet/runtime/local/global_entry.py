@@ -173,7 +173,7 @@ class GlobalEntry(Gateway):
         started = time.perf_counter()
         table = self._table
         path = request.path
-        routers = [router for router in self._routers if router.region not in table.drained]
+        routers = self._serving_routers()
         local = choose(routers, path) if routers else None
         route = longest_prefix(table.routes, path)
         remote = [
@@ -218,6 +218,12 @@ class GlobalEntry(Gateway):
                 return
             except RegionUnreachable as unreachable:
                 log.info("global entry: %s; trying the next region", unreachable)
+
+    def _serving_routers(self) -> Sequence[Router]:
+        drained = self._table.drained
+        if not drained:
+            return self._routers
+        return [router for router in self._routers if router.region not in drained]
 
     def _nowhere(self, path: str, route: RemoteRoute | None) -> Refusal:
         """Why no region can serve `path` when no local router could say."""
