@@ -224,6 +224,28 @@ NO_ZERO_IN_EU = (
 KEDA = {"autoscaler": "keda", "prometheus_url": "http://prometheus.monitoring:9090"}
 
 
+async def test_a_drain_survives_registrations_of_the_region_racing_it(
+    service: EndpointService, store: Store
+) -> None:
+    """Each write is a compare-and-set on the record read: a registration that read
+    the region before the drain was written starts again from the drained record."""
+    await service.add_region(Region(name="eu", kind=RegionKind.KUBERNETES))
+
+    await asyncio.gather(
+        service.drain_region("eu"),
+        *(
+            service.add_region(Region(name="eu", kind=RegionKind.KUBERNETES, namespace=f"n{i}"))
+            for i in range(8)
+        ),
+    )
+
+    stored = await store.get_region("eu")
+    assert stored.drained
+    assert stored.namespace.startswith("n")
+    with pytest.raises(RegionNotFound):
+        await service.drain_region("nowhere")
+
+
 async def test_scale_to_zero_is_refused_for_a_kubernetes_region_and_changes_nothing(
     store: Store, service: EndpointService
 ) -> None:

@@ -4,7 +4,8 @@ Every backend keeps the same promises, proven by one contract suite
 (`tests/store/test_contract.py`):
 
 - Endpoint writes are compare-and-set on `revision`; a stale write raises
-  `RevisionConflict` and changes nothing.
+  `RevisionConflict` and changes nothing. Region records have no revision:
+  `replace_region` compares the stored record itself (`RegionChanged`).
 - A record the backend cannot hold (DynamoDB: an item over 400 KB) is refused with
   `InvalidInput` and changes nothing; `check_endpoint` applies the same rule
   without writing, so a batch can be refused whole.
@@ -48,6 +49,7 @@ __all__ = [
     "Lease",
     "LeaseLost",
     "PolledFeed",
+    "RegionChanged",
     "RegionNotFound",
     "RevisionConflict",
     "Store",
@@ -81,6 +83,12 @@ class EndpointExists(StoreError):
 class RegionNotFound(StoreError):
     def __init__(self, name: str) -> None:
         super().__init__(f"region {name!r} is not registered")
+        self.name = name
+
+
+class RegionChanged(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"region {name!r} was changed by another writer meanwhile")
         self.name = name
 
 
@@ -196,6 +204,12 @@ class Store(Protocol):
 
     # Regions.
     async def put_region(self, region: Region) -> None: ...
+
+    async def replace_region(self, region: Region, *, expected: Region | None) -> None:
+        """Write `region` if its stored record still reads as `expected` (None: no
+        record by that name), else raise `RegionChanged` and write nothing: the
+        compare-and-set of region records, which carry no revision."""
+        ...
 
     async def get_region(self, name: str) -> Region: ...
 

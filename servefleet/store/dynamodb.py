@@ -112,6 +112,7 @@ from servefleet.store.base import (
     Lease,
     LeaseLost,
     PolledFeed,
+    RegionChanged,
     RegionNotFound,
     RevisionConflict,
     StoreError,
@@ -531,6 +532,35 @@ class DynamoStore(PolledFeed):
             TableName=self._table,
             Item={**_key("region", region.name), "record": _string(region.model_dump_json())},
         )
+
+    async def replace_region(self, region: Region, *, expected: Region | None) -> None:
+        try:
+            stored: str | None = await self._record("region", region.name, RegionNotFound)
+        except RegionNotFound:
+            stored = None
+        if (Region.model_validate_json(stored) if stored is not None else None) != expected:
+            raise RegionChanged(region.name)
+        condition: dict[str, Any] = (
+            {"ConditionExpression": "attribute_not_exists(pk)"}
+            if stored is None
+            else {
+                "ConditionExpression": "#record = :stored",
+                "ExpressionAttributeNames": {"#record": "record"},
+                "ExpressionAttributeValues": {":stored": _string(stored)},
+            }
+        )
+        try:
+            await self._client.call(
+                "put_item",
+                TableName=self._table,
+                Item={**_key("region", region.name), "record": _string(region.model_dump_json())},
+                **condition,
+            )
+        except ConditionFailed as failed:
+            # After an answer was lost, the condition may have failed on this very
+            # write, applied by the attempt before.
+            if not failed.may_be_own_write:
+                raise RegionChanged(region.name) from None
 
     async def get_region(self, name: str) -> Region:
         return Region.model_validate_json(await self._record("region", name, RegionNotFound))

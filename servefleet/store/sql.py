@@ -30,6 +30,7 @@ from servefleet.store.base import (
     Lease,
     LeaseLost,
     PolledFeed,
+    RegionChanged,
     RegionNotFound,
     RevisionConflict,
     TokenExists,
@@ -256,6 +257,30 @@ class SqlStore(PolledFeed):
                 region.name,
                 region.model_dump_json(),
             )
+
+    async def replace_region(self, region: Region, *, expected: Region | None) -> None:
+        async with self._transaction() as session:
+            rows = await session.fetch("SELECT record FROM regions WHERE name = $1", region.name)
+            stored = rows[0][0] if rows else None
+            if (Region.model_validate_json(stored) if stored is not None else None) != expected:
+                raise RegionChanged(region.name)
+            # Conditional on the text read, so it holds at any isolation level.
+            if stored is None:
+                written = await session.execute(
+                    "INSERT INTO regions (name, record) VALUES ($1, $2) "
+                    "ON CONFLICT (name) DO NOTHING",
+                    region.name,
+                    region.model_dump_json(),
+                )
+            else:
+                written = await session.execute(
+                    "UPDATE regions SET record = $2 WHERE name = $1 AND record = $3",
+                    region.name,
+                    region.model_dump_json(),
+                    stored,
+                )
+            if not written:
+                raise RegionChanged(region.name)
 
     async def get_region(self, name: str) -> Region:
         rows = await self._read("SELECT record FROM regions WHERE name = $1", name)

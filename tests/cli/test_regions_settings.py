@@ -212,6 +212,10 @@ def test_a_region_stored_before_the_settings_existed_still_loads(cli: InProcess)
             "pass_env": None,
         }
     ]
+    # Drained by a compare-and-set on the record as stored, without the newer fields.
+    cli.ok("regions", "drain", "old")
+    (listed,) = cli.regions()
+    assert (listed["name"], listed["drained"]) == ("old", True)
     printed = cli.ok("install-manifests", "--region", "old", "--store-secret", "pg")
     assert [doc["kind"] for doc in yaml.safe_load_all(printed)] == [
         "ServiceAccount",

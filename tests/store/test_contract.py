@@ -19,6 +19,7 @@ from servefleet.store import (
     FeedCompacted,
     Lease,
     LeaseLost,
+    RegionChanged,
     RegionNotFound,
     RevisionConflict,
     Store,
@@ -169,6 +170,22 @@ async def test_regions_are_registered_listed_and_removed(store: Store) -> None:
         await store.get_region("eu")
     with pytest.raises(RegionNotFound):
         await store.delete_region("eu")
+
+
+async def test_a_region_is_replaced_only_from_the_record_its_writer_read(store: Store) -> None:
+    eu = Region(name="eu", kind=RegionKind.KUBERNETES, ingress_url="https://eu.example.com")
+    await store.replace_region(eu, expected=None)
+    assert await store.get_region("eu") == eu
+
+    moved = eu.model_copy(update={"namespace": "other"})
+    with pytest.raises(RegionChanged, match="'eu' was changed by another writer"):
+        await store.replace_region(moved, expected=None)  # registered meanwhile
+    drained = eu.model_copy(update={"drained": True})
+    await store.replace_region(drained, expected=eu)
+    with pytest.raises(RegionChanged):
+        await store.replace_region(moved, expected=eu)  # drained meanwhile
+
+    assert await store.list_regions() == [drained]
 
 
 async def test_feed_delivers_every_write_in_order(store: Store) -> None:
