@@ -5,14 +5,16 @@ Ingress of Kubernetes regions), so each test controls exactly what they do.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 
 import aiohttp
 import pytest
 from aiohttp import web
 from yarl import URL
 
-from servefleet.runtime.local.gateway import Backend, Router
+from servefleet.runtime.local.gateway import Backend, GatewaySettings, Router
 from servefleet.runtime.local.global_entry import (
     EntrySettings,
     GlobalEntry,
@@ -43,9 +45,12 @@ async def entries() -> AsyncIterator[Open]:
     started: list[GlobalEntry] = []
 
     async def start(
-        routers: list[Router], table: RegionTable, settings: EntrySettings | None = None
+        routers: list[Router],
+        table: RegionTable,
+        settings: EntrySettings | None = None,
+        gateway: GatewaySettings = FAST,
     ) -> tuple[GlobalEntry, str]:
-        entry = GlobalEntry(routers, FAST, settings or EntrySettings(probe_interval=3600))
+        entry = GlobalEntry(routers, gateway, settings or EntrySettings(probe_interval=3600))
         entry.update(table)
         started.append(entry)
         return entry, await entry.start("127.0.0.1", 0)
@@ -99,6 +104,44 @@ async def test_a_refused_local_region_hands_a_post_to_a_cluster(
             assert response.status == 200
             assert response.headers["x-servefleet-region"] == "k1"
             assert (await response.json())["body"] == "body"
+
+
+@pytest.fixture
+def unanswered() -> Iterator[str]:
+    """The URL of a listener that never accepts, its queue full: a connection to it
+    is neither refused nor made (as to a host whose packets are dropped)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = [socket.socket() for _ in range(3)]
+        for waiting in queued:
+            waiting.setblocking(False)
+            waiting.connect_ex(("127.0.0.1", port))
+        yield f"http://127.0.0.1:{port}"
+        for waiting in queued:
+            waiting.close()
+
+
+async def test_a_cluster_that_does_not_take_the_connection_in_time_is_replaced(
+    serve: Callable[[Handler], Awaitable[str]],
+    entries: Open,
+    client: aiohttp.ClientSession,
+    unanswered: str,
+) -> None:
+    ingress = {"k1": unanswered, "k2": await serve(echo)}
+    _, url = await entries(
+        [],
+        clusters("k1", "k2", ingress=ingress),
+        gateway=replace(FAST, upstream_connect_timeout=0.3),
+    )
+
+    # k1 or k2 first at random until k1 has failed once; a POST whose connection
+    # was never made goes on to k2 within the same request.
+    for _ in range(10):
+        async with client.post(f"{url}{PREFIX}/x", data=b"body") as response:
+            assert response.status == 200
+            assert response.headers["x-servefleet-region"] == "k2"
 
 
 async def test_a_drained_local_region_is_not_where_a_refused_request_goes(
