@@ -187,6 +187,9 @@ SCRIPT: list[tuple[list[str], str | None]] = [
     (["scale", "llm", "3"], None),  # 409: being deleted
     (["regions", "remove", "r1"], None),  # refused: an endpoint targets it
     (["regions", "remove", "zz"], None),  # 404
+    (["regions", "drain", "r3"], None),
+    (["regions", "list"], None),
+    (["regions", "drain", "zz"], None),  # 404
     (["list"], None),
 ]
 
