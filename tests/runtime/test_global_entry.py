@@ -182,3 +182,20 @@ async def test_a_cluster_whose_health_probe_fails_is_tried_after_the_others(
         return set(regions) == {"k2"}
 
     await eventually(only_k2)
+
+
+async def test_a_cluster_ready_now_serves_before_local_regions_start_from_zero(
+    serve: Callable[[Handler], Awaitable[str]], entries: Open, client: aiohttp.ClientSession
+) -> None:
+    router = Router("l1")
+    router.set_route(
+        "llm", PREFIX, routed=True, reason="", weight=0, primary=[], canary=[], wakes=["primary"]
+    )
+    woken: list[str] = []
+    router.on_wake = lambda endpoint, version: woken.append(endpoint)
+    _, url = await entries([router], clusters("k1", ingress={"k1": await serve(echo)}))
+
+    for _ in range(5):
+        async with client.get(f"{url}{PREFIX}/x") as response:
+            assert (response.status, response.headers["x-servefleet-region"]) == (200, "k1")
+    assert woken == []

@@ -60,7 +60,7 @@ from servefleet.runtime.local.gateway import (
     RegionUnreachable,
 )
 from servefleet.runtime.local.region_choice import LOCAL_REGIONS, RegionView, rank_regions
-from servefleet.runtime.local.routing import Refusal, Router, choose, longest_prefix
+from servefleet.runtime.local.routing import Hold, Refusal, Router, choose, longest_prefix
 from servefleet.runtime.local.upstream import (
     UpstreamConnectError,
     UpstreamError,
@@ -198,8 +198,15 @@ class GlobalEntry(Gateway):
         ]
         local_pick = None if isinstance(local, Refusal) else local
         if local_pick is not None:
+            # Local regions that would only hold the request while a replica starts
+            # from zero come after every cluster ready now, as a doubted one does.
             views.append(
-                RegionView(LOCAL_REGIONS, serving=True, latency=self.latency(LOCAL_REGIONS))
+                RegionView(
+                    LOCAL_REGIONS,
+                    serving=True,
+                    healthy=not isinstance(local_pick, Hold),
+                    latency=self.latency(LOCAL_REGIONS),
+                )
             )
         order = rank_regions(views, random.random())
         body = self._body(request)
