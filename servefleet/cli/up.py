@@ -32,7 +32,7 @@ from servefleet.cli.gateways import record_gateways
 from servefleet.cli.logs import configure_logging
 from servefleet.cli.monitoring import MonitoringServer
 from servefleet.cli.output import err, out
-from servefleet.cli.region_table import read_region_table, refresh_region_table
+from servefleet.cli.region_table import EndpointRoutes, read_region_table, refresh_region_table
 from servefleet.metrics import Metrics
 from servefleet.reconcile.controller import Clock, ControllerSettings
 from servefleet.reconcile.leader import LeaderElection, LeaseSettings, StoreLeases
@@ -204,7 +204,9 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
         # for it to serve.
         entry_url = ""
         entry: GlobalEntry | None = None
-        table = await read_region_table(store)
+        endpoint_routes = EndpointRoutes(store)
+        stack.push_async_callback(endpoint_routes.close)
+        table = await read_region_table(store, endpoint_routes)
         if routers or table.ingress:
             entry = GlobalEntry(
                 list(routers.values()), options.gateway, options.entry, metrics=metrics
@@ -302,7 +304,9 @@ async def run(options: UpOptions, started: Callable[[Running], None] | None = No
             )
             if entry is not None:
                 tasks.create_task(
-                    refresh_region_table(store, entry, options.entry.refresh_interval),
+                    refresh_region_table(
+                        store, entry, endpoint_routes, options.entry.refresh_interval
+                    ),
                     name="global-entry-regions",
                 )
             if started is not None:
