@@ -26,6 +26,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from servefleet.api.server import ServerSettings, serving_api
 from servefleet.cli.gateways import record_gateways
@@ -39,15 +40,15 @@ from servefleet.reconcile.leader import LeaderElection, LeaseSettings, StoreLeas
 from servefleet.reconcile.region import run_region
 from servefleet.rollout_driver import ROLLOUT_LEASE, drive_rollouts
 from servefleet.runtime.base import Runtime
-from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
-from servefleet.runtime.kubernetes.install import region_settings
-from servefleet.runtime.kubernetes.lease import KubernetesLease
 from servefleet.runtime.local.gateway import Gateway, GatewaySettings, Router, event_loop_factory
 from servefleet.runtime.local.global_entry import EntrySettings, GlobalEntry
 from servefleet.runtime.local.supervisor import LocalRuntime, LocalSettings
 from servefleet.service import EndpointService, utc_now
 from servefleet.spec import EndpointManifest, EndpointSpec, Region, RegionKind
 from servefleet.store import RegionNotFound, Store, open_store
+
+if TYPE_CHECKING:
+    from servefleet.runtime.kubernetes.lease import KubernetesLease
 
 __all__ = ["Running", "UpOptions", "run", "serve"]
 
@@ -132,6 +133,11 @@ async def _regions(service: EndpointService, store: Store, names: list[str]) -> 
 async def _cluster_runtime(
     region: Region, *, in_cluster: bool, metrics: Metrics
 ) -> AsyncIterator[Runtime]:
+    # Imported only for a kubernetes region: the client's models take about 1 s of
+    # CPU to import, which every `up` of local regions alone would pay at start.
+    from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
+    from servefleet.runtime.kubernetes.install import region_settings
+
     settings = region_settings(region)
     if in_cluster:
         runtime = KubernetesRuntime.in_cluster(region.name, settings, metrics=metrics)
@@ -148,6 +154,8 @@ async def _cluster_runtime(
 
 async def _cluster_lease(region: Region, *, in_cluster: bool, clock: Clock) -> KubernetesLease:
     """The Lease through which a kubernetes region's reconcilers elect a leader."""
+    from servefleet.runtime.kubernetes.lease import KubernetesLease  # as in _cluster_runtime
+
     if in_cluster:
         return KubernetesLease.in_cluster(region.namespace, region.name, clock=clock)
     return await KubernetesLease.from_kubeconfig(
