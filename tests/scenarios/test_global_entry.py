@@ -192,7 +192,8 @@ async def test_a_cluster_killed_mid_load_loses_no_request_that_had_not_reached_i
             assert reply.status == 200 or (
                 reply.method == "POST" and reply.status == 502 and "failed" in reply.message
             ), reply
-        assert sum(reply.status != 200 for reply in replies) <= 2, replies
+        # At most one per connection open to k1 when it died (four requests at a time).
+        assert sum(reply.status != 200 for reply in replies) <= 4, replies
         assert {reply.region for reply in after if reply.status == 200} == {"k2"}
 
 
