@@ -32,7 +32,9 @@ __all__ = [
     "--canary-routing nginx --ingress-annotation nginx.ingress.kubernetes.io/proxy-body-size=8m`, "
     "`servefleet regions add eu-keda --kind kubernetes --autoscaler keda "
     "--prometheus-url http://prometheus.monitoring:9090`, "
-    "`servefleet regions add eu-west --kind kubernetes --ingress-url https://llm.eu-west.example.com`",
+    "`servefleet regions add eu-west --kind kubernetes --ingress-url https://llm.eu-west.example.com`, "
+    "`servefleet regions add eu-canaries --kind kubernetes --canary-routing nginx "
+    "--ingress-class nginx --prometheus-url http://prometheus.monitoring:9090`",
 )
 def regions_add(
     name: Annotated[str, typer.Argument(help="Region name.")],
@@ -107,8 +109,28 @@ def regions_add(
     prometheus_url: Annotated[
         str | None,
         typer.Option(
-            help="The Prometheus a keda region's concurrency/rps triggers query, e.g. "
-            "http://prometheus.monitoring:9090.",
+            help="The region's Prometheus, e.g. http://prometheus.monitoring:9090: what a "
+            "keda region's concurrency/rps triggers query, and where a rollout reads each "
+            "version's requests, 5xx answers and latency (with nginx canary routing, or "
+            "with --requests-query and --latency-query).",
+            show_default=False,
+        ),
+    ] = None,
+    requests_query: Annotated[
+        str | None,
+        typer.Option(
+            help="PromQL of one version's requests over {{window}}, a sample per `status` "
+            "label; placeholders {{namespace}}, {{ingress}}, {{service}}, {{canary}}, "
+            "{{window}} (default: ingress-nginx's nginx_ingress_controller_requests).",
+            show_default=False,
+        ),
+    ] = None,
+    latency_query: Annotated[
+        str | None,
+        typer.Option(
+            help="PromQL of one version's answers per latency bucket over {{window}}, a "
+            "cumulative sample per `le` label (default: ingress-nginx's "
+            "nginx_ingress_controller_request_duration_seconds_bucket).",
             show_default=False,
         ),
     ] = None,
@@ -156,6 +178,8 @@ def regions_add(
                 "autoscaler": autoscaler,
                 "prometheus_url": prometheus_url,
                 "ingress_url": ingress_url,
+                "requests_query": requests_query,
+                "latency_query": latency_query,
                 "pass_env": pass_env,
             }
         )

@@ -18,7 +18,7 @@ from servefleet.cli.options import NameArgument
 from servefleet.cli.output import check_output, fail, out, print_documents
 from servefleet.rollout import RegionSignals
 from servefleet.rollout_signals import signals_from_reports
-from servefleet.spec import Endpoint, Region, RegionKind, RegionStatus, RolloutState
+from servefleet.spec import Endpoint, Region, RegionStatus, RolloutState
 
 __all__ = ["rollout_start", "rollout_status"]
 
@@ -84,7 +84,7 @@ def rollout_status(
         )
     decided = state.decided_at.isoformat(timespec="seconds")
     out.print(f"last decision ({decided}): {state.reason}", markup=False)
-    kinds = {region.name: region.kind for region in regions}
+    registered = {region.name: region for region in regions}
     signals = signals_from_reports(endpoint, statuses)
     table = Table(box=None, pad_edge=False)
     for column in ("WAVE", "REGION", "NEW VERSION", "THIS STEP"):
@@ -92,15 +92,17 @@ def rollout_status(
     for number, wave in enumerate(waves, start=1):
         for region in wave:
             weight = state.weights.get(region)
-            judged = _judged(kinds.get(region), signals.get(region)) if weight else "-"
+            judged = _judged(registered.get(region), signals.get(region)) if weight else "-"
             table.add_row(str(number), region, f"{weight} %" if weight else "-", judged)
     out.print(table)
 
 
-def _judged(kind: RegionKind | None, signals: RegionSignals | None) -> str:
+def _judged(region: Region | None, signals: RegionSignals | None) -> str:
     """What a reached region's guard rails are judged on over the current step."""
-    if kind is not RegionKind.LOCAL:
-        return "readiness only: Kubernetes regions report no request counts yet"
+    if region is None:
+        return "readiness only: the region is not registered"
+    if region.request_signals_missing:
+        return f"readiness only: {region.request_signals_missing}"
     if signals is None or not signals.canary_ready:
         return "new version not ready"
     line = f"{signals.canary_requests} canary requests"

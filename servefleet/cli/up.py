@@ -137,13 +137,22 @@ async def _cluster_runtime(
     # CPU to import, which every `up` of local regions alone would pay at start.
     from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
     from servefleet.runtime.kubernetes.install import region_settings
+    from servefleet.runtime.kubernetes.traffic_queries import traffic_queries
 
     settings = region_settings(region)
+    traffic = traffic_queries(region)
     if in_cluster:
-        runtime = KubernetesRuntime.in_cluster(region.name, settings, metrics=metrics)
+        runtime = KubernetesRuntime.in_cluster(
+            region.name, settings, metrics=metrics, traffic=traffic
+        )
     else:
         runtime = await KubernetesRuntime.from_kubeconfig(
-            region.name, settings, region.kubeconfig, context=region.context, metrics=metrics
+            region.name,
+            settings,
+            region.kubeconfig,
+            context=region.context,
+            metrics=metrics,
+            traffic=traffic,
         )
     try:
         await runtime.start()

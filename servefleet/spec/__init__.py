@@ -14,7 +14,7 @@ from servefleet.spec.autoscaling import REQUEST_METRICS, AutoscalingMetric, Auto
 from servefleet.spec.endpoint import CanarySpec, DesiredState, Endpoint, EndpointSpec, Resources
 from servefleet.spec.errors import InvalidInput, Problem, invalid_input
 from servefleet.spec.manifest import EndpointManifest, declared_more_than_once, status_section
-from servefleet.spec.region import Region, RegionKind
+from servefleet.spec.region import QUERY_PLACEHOLDERS, Region, RegionKind, fill_query
 from servefleet.spec.rollout import (
     GuardRails,
     RolloutPhase,
@@ -39,6 +39,7 @@ from servefleet.spec.traffic import LATENCY_BOUNDS, RegionTraffic, VersionTraffi
 __all__ = [
     "LATENCY_BOUNDS",
     "MAX_NAME_LENGTH",
+    "QUERY_PLACEHOLDERS",
     "REQUEST_METRICS",
     "STORED",
     "ApiToken",
@@ -72,6 +73,7 @@ __all__ = [
     "StepBaseline",
     "VersionTraffic",
     "declared_more_than_once",
+    "fill_query",
     "invalid_input",
     "parse_quantity",
     "status_section",

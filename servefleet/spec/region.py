@@ -22,8 +22,10 @@ from servefleet.spec.rules import (
 )
 
 __all__ = [
+    "QUERY_PLACEHOLDERS",
     "Region",
     "RegionKind",
+    "fill_query",
 ]
 
 
@@ -76,6 +78,41 @@ def _http_url(value: str) -> str:
 
 
 _HTTP_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/\S*)?\Z")
+
+QUERY_PLACEHOLDERS = ("namespace", "ingress", "service", "canary", "window")
+"""What a PromQL template of a region may name, as `{{name}}` (Flagger's way: PromQL's
+own braces never come two in a row): the endpoint's namespace, its Ingress (the
+one that routes both versions), the version's own Service, ingress-nginx's `canary`
+label of the version ("" for the primary, the canary Service's upstream
+`<namespace>-<service>-<port>` for the canary) and the window (`93s`)."""
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]*)\s*\}\}")
+
+
+def fill_query(template: str, values: dict[str, str]) -> str:
+    """`template` with each `{{name}}` replaced by `values[name]`."""
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
+
+
+def _query_template(value: str) -> str:
+    names = _PLACEHOLDER.findall(value)
+    unknown = sorted({name for name in names if name not in QUERY_PLACEHOLDERS})
+    if unknown:
+        raise ValueError(
+            f"unknown placeholder {{{{{unknown[0]}}}}}: a query may name "
+            f"{', '.join('{{' + name + '}}' for name in QUERY_PLACEHOLDERS)} "
+            f"(got {shown(value)})"
+        )
+    if "window" not in names:
+        raise ValueError(
+            "must count over {{window}}, the time since the version began being counted, "
+            f"e.g. increase(...[{{{{window}}}}]) (got {shown(value)})"
+        )
+    if len(value) > 4096 or not value.strip():
+        raise ValueError(f"must be a PromQL expression of 1-4096 characters (got {shown(value)})")
+    return value
+
+
+QueryTemplate = Annotated[str, AfterValidator(_query_template)]
 
 
 def _ingress_url(value: str) -> str:
@@ -149,8 +186,17 @@ class Region(SpecModel):
     """What scales autoscaled endpoints: a HorizontalPodAutoscaler (the default), or
     a KEDA ScaledObject, which can scale to zero (`min_replicas: 0`)."""
     prometheus_url: Annotated[str, AfterValidator(_http_url)] | None = None
-    """The Prometheus a keda region's request-metric triggers query (KEDA's
-    `serverAddress`), e.g. http://prometheus.monitoring:9090."""
+    """The Prometheus of the region, e.g. http://prometheus.monitoring:9090: what a
+    keda region's request-metric triggers query (KEDA's `serverAddress`), and where
+    the region's reconciler reads each version's requests, 5xx answers and latency
+    during a rollout (`requests_query`, `latency_query`)."""
+    requests_query: QueryTemplate | None = None
+    """PromQL giving one version's requests over `{{window}}`, one sample per
+    `status` label (a code such as 503, or a class such as 5xx); None: ingress-nginx's
+    (`runtime.kubernetes.traffic_queries.DEFAULT_REQUESTS_QUERY`)."""
+    latency_query: QueryTemplate | None = None
+    """PromQL giving one version's answers over `{{window}}` per latency bucket, one
+    cumulative sample per `le` label; None: ingress-nginx's."""
     ingress_url: Annotated[str, AfterValidator(_ingress_url)] | None = None
     """Where a kubernetes region's Ingress answers from outside the cluster, e.g.
     https://llm.eu-west.example.com: the global entry of `servefleet up` forwards
@@ -183,12 +229,31 @@ class Region(SpecModel):
                 "prometheus_url: a keda region needs the Prometheus its concurrency and "
                 "rps triggers query (--prometheus-url)"
             )
-        elif self.autoscaler != "keda" and self.prometheus_url is not None:
+        elif self.requests_query is not None and self.prometheus_url is None:
+            raise ValueError("requests_query: needs the Prometheus to query (--prometheus-url)")
+        elif (self.requests_query is None) != (self.latency_query is None):
+            missing = "latency_query" if self.latency_query is None else "requests_query"
             raise ValueError(
-                "prometheus_url: only a region with autoscaler keda queries Prometheus "
-                f"(got {shown(self.prometheus_url)})"
+                f"{missing}: the requests and latency queries are overridden together, "
+                "since both must tell the same versions apart"
             )
         return self
+
+    @property
+    def request_signals_missing(self) -> str:
+        """Why a rollout cannot judge this region's requests, 5xx answers and latency
+        (its guard rail is then readiness only); "" when it can: a local region counts
+        them in its gateways, a kubernetes region reads them from its Prometheus."""
+        if self.kind is RegionKind.LOCAL:
+            return ""
+        if self.prometheus_url is None:
+            return "no Prometheus to read request counts from (regions add --prometheus-url)"
+        if self.canary_routing != "nginx" and self.requests_query is None:
+            return (
+                "alb routing: ingress-nginx's request metrics do not apply; give "
+                "--requests-query and --latency-query"
+            )
+        return ""
 
     @property
     def scales_to_zero(self) -> bool:
@@ -212,4 +277,6 @@ _KUBERNETES_ONLY = (
     "autoscaler",
     "prometheus_url",
     "ingress_url",
+    "requests_query",
+    "latency_query",
 )

@@ -26,6 +26,14 @@ from tests.cli.test_cli import COMMAND, REPO
 from tests.kubeapi import KubeApiServer
 from tests.waiting import eventually
 
+REQUESTS_QUERY = (
+    'sum by (status) (increase(istio_requests_total{destination_service_namespace="{{namespace}}",'
+    'destination_service_name="{{service}}"}[{{window}}]))'
+)
+LATENCY_QUERY = (
+    "sum by (le) (increase(istio_request_duration_milliseconds_bucket"
+    '{destination_service_name="{{service}}"}[{{window}}]))'
+)
 SETTINGS_FLAGS = (
     *("--ingress-class", "nginx", "--canary-routing", "nginx"),
     *("--ingress-annotation", "nginx.ingress.kubernetes.io/proxy-body-size=8m"),
@@ -36,6 +44,7 @@ SETTINGS_FLAGS = (
     *("--concurrency-metric", "vllm:num_requests_running", "--rps-metric", "vllm_rps"),
     *("--autoscaler", "keda", "--prometheus-url", "http://prometheus.monitoring:9090"),
     *("--ingress-url", "https://llm.eu.example.com/"),
+    *("--requests-query", REQUESTS_QUERY, "--latency-query", LATENCY_QUERY),
 )
 STORED_SETTINGS = {
     "ingress_class": "nginx",
@@ -52,6 +61,8 @@ STORED_SETTINGS = {
     "autoscaler": "keda",
     "prometheus_url": "http://prometheus.monitoring:9090",
     "ingress_url": "https://llm.eu.example.com",
+    "requests_query": REQUESTS_QUERY,
+    "latency_query": LATENCY_QUERY,
 }
 UNSET = dict.fromkeys(STORED_SETTINGS)
 
@@ -127,6 +138,8 @@ def test_a_local_region_stores_the_variables_its_replicas_get_besides_the_allowl
     assert listed["pass_env"] is None
 
 
+PROMETHEUS_FLAG = ("--prometheus-url", "http://p:9090")
+LATENCY_FLAG = ("--latency-query", "y[{{window}}]")
 BAD_REGIONS: list[tuple[list[str], list[str]]] = [
     (["--ingress-class", "Bad_Class"], ["region.ingress_class: ", "'Bad_Class'"]),
     (["--ingress-annotation", "novalue"], ["--ingress-annotation: ", "'novalue'"]),
@@ -149,8 +162,20 @@ BAD_REGIONS: list[tuple[list[str], list[str]]] = [
         ["region.prometheus_url: ", "'prometheus:9090'"],
     ),
     (
-        ["--prometheus-url", "http://prometheus:9090"],
-        ["region.prometheus_url: ", "autoscaler keda", "'http://prometheus:9090'"],
+        ["--prometheus-url", "http://p:9090", "--requests-query", "x[{{window}}]"],
+        ["region.latency_query: ", "overridden together"],
+    ),
+    (
+        ["--requests-query", "x[{{window}}]", "--latency-query", "y[{{window}}]"],
+        ["region.requests_query: ", "--prometheus-url"],
+    ),
+    (
+        [*PROMETHEUS_FLAG, "--requests-query", "x[5m]", *LATENCY_FLAG],
+        ["region.requests_query: ", "must count over {{window}}", "'x[5m]'"],
+    ),
+    (
+        [*PROMETHEUS_FLAG, "--requests-query", "x{{pod}}[{{window}}]", *LATENCY_FLAG],
+        ["region.requests_query: ", "unknown placeholder {{pod}}", "{{namespace}}"],
     ),
     (["--ingress-url", "llm.example.com"], ["region.ingress_url: ", "'llm.example.com'"]),
     (

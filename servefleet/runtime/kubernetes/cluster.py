@@ -13,6 +13,8 @@ last, and composes one part per concern, each in its own module:
     apply.py      `apply()` and `remove()`, and the `spec.replicas` hand-off
     applied.py    what was applied last per endpoint, so a change sends only what it touches
     staging.py    model staging: the staging pods' entries and log progress
+    traffic.py    each canaried version's traffic, from the region's Prometheus
+    traffic_queries.py  its queries and what their answers mean (pure)
     render.py     workload -> manifests (pure)
     settings.py   `ClusterSettings`: the client's timings and limits
 
@@ -46,6 +48,8 @@ from servefleet.runtime.kubernetes.observe import observe
 from servefleet.runtime.kubernetes.render import RegionSettings
 from servefleet.runtime.kubernetes.settings import ClusterSettings
 from servefleet.runtime.kubernetes.staging import StagingProgress, pod_entry, stage_unchanged
+from servefleet.runtime.kubernetes.traffic import PrometheusTraffic
+from servefleet.runtime.kubernetes.traffic_queries import TrafficQueries
 from servefleet.runtime.kubernetes.watches import Cache, Watches, managed_entry
 
 __all__ = ["ClusterSettings", "KubernetesRuntime"]
@@ -67,7 +71,9 @@ class KubernetesRuntime:
         cluster: ClusterSettings = ClusterSettings(),
         owns_client: bool = False,
         metrics: Metrics | None = None,
+        traffic: TrafficQueries | None = None,
     ) -> None:
+        """`traffic`: where and how the versions' traffic is read (None: it is not)."""
         self.region = region
         self.settings = settings
         self.namespace = settings.namespace
@@ -90,6 +96,18 @@ class KubernetesRuntime:
             cluster.drift, lambda endpoint: self._events.notify([endpoint])
         )
         self._applied = AppliedWorkloads()
+        self._traffic = (
+            PrometheusTraffic(
+                region,
+                settings.namespace,
+                traffic,
+                lambda endpoint: self._events.notify([endpoint]),
+                interval=cluster.traffic_interval,
+                timeout=cluster.traffic_timeout,
+            )
+            if traffic is not None
+            else None
+        )
         self._writer = Writer(
             region,
             settings,
@@ -115,6 +133,7 @@ class KubernetesRuntime:
         context: str | None = None,
         cluster: ClusterSettings = ClusterSettings(),
         metrics: Metrics | None = None,
+        traffic: TrafficQueries | None = None,
     ) -> KubernetesRuntime:
         """A runtime on the cluster of a kubeconfig file (default: $KUBECONFIG or
         ~/.kube/config) and context (default: the current one); not started."""
@@ -131,6 +150,7 @@ class KubernetesRuntime:
             cluster=cluster,
             owns_client=True,
             metrics=metrics,
+            traffic=traffic,
         )
 
     @classmethod
@@ -141,6 +161,7 @@ class KubernetesRuntime:
         *,
         cluster: ClusterSettings = ClusterSettings(),
         metrics: Metrics | None = None,
+        traffic: TrafficQueries | None = None,
     ) -> KubernetesRuntime:
         """A runtime on the cluster it runs in (the pod's service account); not started."""
         configuration = client.Configuration()
@@ -152,6 +173,7 @@ class KubernetesRuntime:
             cluster=cluster,
             owns_client=True,
             metrics=metrics,
+            traffic=traffic,
         )
 
     # Lifecycle.
@@ -194,6 +216,8 @@ class KubernetesRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self._traffic is not None:
+            await self._traffic.close()
         self._events.close()
         if self._owns_client:
             await self._api_client.close()
@@ -217,7 +241,14 @@ class KubernetesRuntime:
     # The Runtime protocol.
 
     async def observe(self, endpoint: str) -> Observed | None:
-        return observe(endpoint, self._watches, self._staging.by_pod, self._repairs, self._applied)
+        return observe(
+            endpoint,
+            self._watches,
+            self._staging.by_pod,
+            self._repairs,
+            self._applied,
+            self._traffic,
+        )
 
     async def held(self) -> set[str]:
         return self._watches.held_endpoints()

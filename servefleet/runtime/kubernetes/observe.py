@@ -18,6 +18,10 @@ An object whose fields servefleet set were changed by someone else (the cache's
 its repairs are in a fight and the next must wait (`drift.DriftRepairs`; the
 endpoint is looked at again when it may). Recent repairs are part of the problem
 the region reports.
+
+During a canary, the versions' traffic is what `traffic.PrometheusTraffic` last read
+from the region's Prometheus (when the region has one), for the Deployments'
+images; a failure to read it is part of the problem too.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from servefleet.runtime.kubernetes.applied import AppliedWorkloads
 from servefleet.runtime.kubernetes.drift import DriftRepairs
 from servefleet.runtime.kubernetes.render import ANNOTATION_HASH, Manifest
 from servefleet.runtime.kubernetes.staging import staging_of
+from servefleet.runtime.kubernetes.traffic import PrometheusTraffic
+from servefleet.runtime.kubernetes.traffic_queries import Role
 from servefleet.runtime.kubernetes.watches import ANNOTATION_OBJECTS, Watches
 
 __all__ = ["observe"]
@@ -38,11 +44,15 @@ def observe(
     staging_progress: dict[str, tuple[int, int]],
     repairs: DriftRepairs,
     applied: AppliedWorkloads,
+    traffic: PrometheusTraffic | None = None,
 ) -> Observed | None:
     """The endpoint as the caches show it; None when the region holds none of it.
-    `staging_progress`: (bytes done, bytes total) last read from each staging pod's log."""
+    `staging_progress`: (bytes done, bytes total) last read from each staging pod's log;
+    `traffic`: the versions' traffic, in a region that reads it."""
     held = watches.held_objects(endpoint)
     if not held:
+        if traffic is not None:
+            traffic.forget(endpoint)
         return None
     keys = [f"{kind}/{obj['metadata']['name']}" for kind, obj in held]
     repair = any(
@@ -56,7 +66,22 @@ def observe(
     primary = deployments.get(endpoint)
     canary = deployments.get(f"{endpoint}-canary")
     staging, failure, staging_problem = staging_of(watches.pods.of(endpoint), staging_progress)
-    problems = (staging_problem, _problem(primary), _problem(canary), repairs.report(keys))
+    counted, traffic_problem = None, ""
+    if traffic is not None:
+        running: dict[Role, Manifest | None] = {"primary": primary, "canary": canary}
+        images: dict[Role, str | None] = {
+            role: deployment.get("image")
+            for role, deployment in running.items()
+            if deployment is not None
+        }
+        counted, traffic_problem = traffic.observed(endpoint, images)
+    problems = (
+        staging_problem,
+        _problem(primary),
+        _problem(canary),
+        repairs.report(keys),
+        traffic_problem,
+    )
     problem = "; ".join(p for p in problems if p)
     return Observed(
         workload_hash="" if repair else _hash_in_place(endpoint, held, applied),
@@ -68,6 +93,7 @@ def observe(
         problem=problem,
         failure=failure,
         staging=staging,
+        traffic=counted,
     )
 
 

@@ -195,6 +195,7 @@ __all__ = [
     "MANAGED_SELECTOR",
     "PODS_METRICS",
     "PROBE_PERIOD",
+    "SERVICE_PORT",
     "STAGE_CONTAINER",
     "STAGING_SELECTOR",
     "Manifest",
@@ -206,6 +207,7 @@ __all__ = [
     "endpoint_selector",
     "min_replicas",
     "namespace_of",
+    "object_name",
     "render",
     "replicas_handoff",
     "steps",
@@ -272,7 +274,7 @@ _STAGE_COMMAND: Final = ("python", "-m", "servefleet.stage")
 _MODEL_VOLUME: Final = "model"
 _TERMINATION_LOG: Final = "/dev/termination-log"
 _DEFAULT_MODEL_PATH: Final = "/models"
-_SERVICE_PORT: Final = 80
+SERVICE_PORT: Final = 80
 _PORT_NAME: Final = "http"
 
 # Probe timing. The startup probe covers the model load; readiness and liveness
@@ -385,7 +387,8 @@ def endpoint_selector(endpoint: str) -> str:
     return f"{MANAGED_SELECTOR},{LABEL_NAME}={endpoint}"
 
 
-def _name(endpoint: str, role: str) -> str:
+def object_name(endpoint: str, role: str) -> str:
+    """The name of the endpoint's object of `role` (its Service, Deployment, canary Ingress)."""
     return endpoint if role == "primary" else f"{endpoint}-{role}"
 
 
@@ -407,7 +410,7 @@ def all_objects(endpoint: str, namespace: str) -> list[ObjectRef]:
     """Every object servefleet may hold for `endpoint` in `namespace`, in removal
     order (Ingresses first, primary Service last)."""
     return [
-        ObjectRef(api_version, kind, namespace, _name(endpoint, role))
+        ObjectRef(api_version, kind, namespace, object_name(endpoint, role))
         for api_version, kind, role in reversed(_SLOTS)
     ]
 
@@ -428,7 +431,7 @@ def _wanted(workload: Workload, settings: RegionSettings) -> list[ObjectRef]:
         ("Ingress", "canary"): workload.routed and canary and settings.canary_routing == "nginx",
     }
     return [
-        ObjectRef(api_version, kind, namespace, _name(workload.endpoint, role))
+        ObjectRef(api_version, kind, namespace, object_name(workload.endpoint, role))
         for api_version, kind, role in _SLOTS
         if present[kind, role]
     ]
@@ -562,14 +565,16 @@ def _service(
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(workload, settings, _name(workload.endpoint, role), role, digest),
+        "metadata": _metadata(
+            workload, settings, object_name(workload.endpoint, role), role, digest
+        ),
         "spec": {
             "type": "ClusterIP",
             "selector": _selector(workload, role),
             "ports": [
                 {
                     "name": _PORT_NAME,
-                    "port": _SERVICE_PORT,
+                    "port": SERVICE_PORT,
                     "targetPort": workload.port,
                     "protocol": "TCP",
                 }
@@ -603,7 +608,9 @@ def _deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(workload, settings, _name(workload.endpoint, role), role, digest),
+        "metadata": _metadata(
+            workload, settings, object_name(workload.endpoint, role), role, digest
+        ),
         "spec": spec,
     }
 
@@ -792,19 +799,19 @@ def _ingress_rule(workload: Workload, backend: dict[str, Any]) -> dict[str, Any]
 def _ingress(workload: Workload, settings: RegionSettings, digest: str) -> Manifest:
     endpoint = workload.endpoint
     annotations = _ingress_annotations(workload, settings)
-    backend: dict[str, Any] = {"name": endpoint, "port": {"number": _SERVICE_PORT}}
+    backend: dict[str, Any] = {"name": endpoint, "port": {"number": SERVICE_PORT}}
     if workload.canary is not None and settings.canary_routing == "alb":
         action = f"{endpoint}-weighted"
         groups = [
-            (_name(endpoint, "primary"), 100 - workload.canary_weight),
-            (_name(endpoint, "canary"), workload.canary_weight),
+            (object_name(endpoint, "primary"), 100 - workload.canary_weight),
+            (object_name(endpoint, "canary"), workload.canary_weight),
         ]
         annotations[_ALB_ACTIONS + action] = json.dumps(
             {
                 "type": "forward",
                 "forwardConfig": {
                     "targetGroups": [
-                        {"serviceName": name, "servicePort": str(_SERVICE_PORT), "weight": weight}
+                        {"serviceName": name, "servicePort": str(SERVICE_PORT), "weight": weight}
                         for name, weight in groups
                     ]
                 },
@@ -827,8 +834,8 @@ def _nginx_canary_ingress(workload: Workload, settings: RegionSettings, digest: 
     annotations = _ingress_annotations(workload, settings)
     annotations[_NGINX_CANARY] = "true"
     annotations[_NGINX_CANARY_WEIGHT] = str(workload.canary_weight)
-    name = _name(workload.endpoint, "canary")
-    backend = {"name": name, "port": {"number": _SERVICE_PORT}}
+    name = object_name(workload.endpoint, "canary")
+    backend = {"name": name, "port": {"number": SERVICE_PORT}}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",

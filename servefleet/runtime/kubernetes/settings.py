@@ -40,3 +40,8 @@ class ClusterSettings:
     at once cost the API server."""
     drift: DriftSettings = field(default_factory=DriftSettings)
     """How repairs of hand-edited objects are paced."""
+    traffic_interval: float = 2.0
+    """Seconds between reads of the canaried endpoints' traffic from the region's
+    Prometheus (`traffic.py`), the rollout driver's pace."""
+    traffic_timeout: float = 5.0
+    """How long one Prometheus query may take."""

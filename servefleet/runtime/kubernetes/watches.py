@@ -17,12 +17,13 @@ and nothing else.
 
 A cache keeps only the fields read (`managed_entry`): name, labels, the three
 servefleet annotations (workload hash, object list, fields digest), resourceVersion;
-for Deployments also generation, status, `spec.replicas` and which managers own it
-(managedFields). managedFields and the spec are most of an object's size (about
-1.6 GB for 10,000 endpoints in 3 regions, bench/: Kubernetes convergence). Whether
-servefleet's own fields drifted is decided from the whole object as it arrives
-(`drift.drift_of`; the digest apply() took of its answer is reused for the event of
-that write, `drift.LiveDigests`); an entry keeps the answer, `drift`, only when they did.
+for Deployments also generation, status, `spec.replicas`, which managers own it
+(managedFields) and the serving container's image. managedFields and the spec are
+most of an object's size (about 1.6 GB for 10,000 endpoints in 3 regions, bench/:
+Kubernetes convergence). Whether servefleet's own fields drifted is decided from
+the whole object as it arrives (`drift.drift_of`; the digest apply() took of its
+answer is reused for the event of that write, `drift.LiveDigests`); an entry keeps
+the answer, `drift`, only when they did.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ _CACHED_DEPLOYMENT_STATUS: Final = (
 def managed_entry(kind: str, obj: Manifest, digests: LiveDigests | None = None) -> Manifest:
     """What a cache keeps of an object servefleet manages: only what observe(),
     apply() and remove() read. Of a Deployment's spec and managedFields only
-    `spec.replicas` and which managers own it are read (the replicas hand-off); of
+    `spec.replicas` and which managers own it are read (the replicas hand-off), and
+    its container's image (whose traffic is counted); of
     every object's fields, only whether servefleet's drifted and who changed them
     (`digests`: the live digests apply() already took)."""
     metadata = obj.get("metadata") or {}
@@ -152,6 +154,11 @@ def managed_entry(kind: str, obj: Manifest, digests: LiveDigests | None = None) 
         ]
         spec = obj.get("spec") or {}
         entry["spec"] = {"replicas": spec["replicas"]} if "replicas" in spec else {}
+        # What runs, for the version's traffic (`traffic.py`): the serving container's
+        # image (the model stager is an init container).
+        containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+        if containers:
+            entry["image"] = containers[0].get("image")
         status = obj.get("status") or {}
         entry["status"] = {key: status[key] for key in _CACHED_DEPLOYMENT_STATUS if key in status}
     return entry
