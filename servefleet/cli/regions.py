@@ -32,7 +32,8 @@ __all__ = [
     "--canary-routing nginx --ingress-annotation nginx.ingress.kubernetes.io/proxy-body-size=8m`, "
     "`servefleet regions add eu-keda --kind kubernetes --autoscaler keda "
     "--prometheus-url http://prometheus.monitoring:9090`, "
-    "`servefleet regions add eu-west --kind kubernetes --ingress-url https://llm.eu-west.example.com`, "
+    "`servefleet regions add eu-west --kind kubernetes "
+    "--ingress-url https://llm.eu-west.example.com`, "
     "`servefleet regions add eu-canaries --kind kubernetes --canary-routing nginx "
     "--ingress-class nginx --prometheus-url http://prometheus.monitoring:9090`",
 )
