@@ -12,7 +12,9 @@ sees every region: a region's canary is ready when its report counts every
 desired canary replica ready, and a local region's report carries each version's
 requests, 5xx answers and latency buckets while the rollout has reached it, which
 `rollout_signals` turns into the current step's window (from the baseline kept
-with the rollout's state). Kubernetes regions report readiness only.
+with the rollout's state); so does a Kubernetes region's that reads them from its
+Prometheus (`runtime.kubernetes.traffic`). Other Kubernetes regions report
+readiness only.
 """
 
 from __future__ import annotations

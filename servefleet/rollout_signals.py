@@ -17,8 +17,8 @@ the difference. The rules:
 - A canary counted under an image other than the rollout's is not the new version
   (a report from before it reached the region): nothing of it is judged.
 
-Regions that count nothing (Kubernetes regions, for now) report no traffic, and
-are judged on readiness alone.
+Regions that count nothing (a Kubernetes region without a Prometheus to read its
+traffic from) report no traffic, and are judged on readiness alone.
 """
 
 from __future__ import annotations
