@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["IngressExporter", "PrometheusServer", "prometheus_running"]
+__all__ = ["IngressExporter", "PrometheusServer", "free_port", "prometheus_running"]
 
 LABELS = ("status", "method", "path", "namespace", "ingress", "service", "canary")
 PROMETHEUS = shutil.which("prometheus")
@@ -141,7 +141,8 @@ class PrometheusServer:
         return result
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nothing listens on (now)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -163,7 +164,7 @@ def prometheus_running() -> Iterator[PrometheusServer]:
             "  - job_name: ingress-nginx\n"
             f"    static_configs: [{{targets: ['{exporter.address}']}}]\n"
         )
-        url = f"http://127.0.0.1:{_free_port()}"
+        url = f"http://127.0.0.1:{free_port()}"
         log = (Path(directory) / "prometheus.log").open("wb")
         process = subprocess.Popen(
             [

@@ -13,7 +13,9 @@ progress, not protection):
 - a canary answering 500 to a third of its requests is rolled back, the reason
   naming the region;
 - a healthy canary's window is judged — `rollout status` shows its requests and
-  5xx share — and it is promoted once resumed.
+  5xx share — and it is promoted once resumed;
+- a Prometheus that does not answer is reported in the region's message, and the
+  region goes on being reconciled.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from tests.cli.test_cli import Cli
 from tests.kubeapi import KubeApiServer
 from tests.kubeapi.kubelet import Kubelet
 from tests.kubernetes.conftest import REAL_KUBECONFIG
-from tests.prometheus import PROMETHEUS, PrometheusServer, prometheus_running
+from tests.prometheus import PROMETHEUS, PrometheusServer, free_port, prometheus_running
 from tests.scenarios.harness import SETTLE, Fleet, local_fleet, manifest
 from tests.scenarios.test_kubernetes_two_regions import Cluster, World, _client
 from tests.waiting import eventually
@@ -77,10 +79,8 @@ def spec() -> EndpointSpec:
 
 
 @asynccontextmanager
-async def nginx_region(
-    tmp_path: Path, store_url: str, prometheus: PrometheusServer
-) -> AsyncIterator[World]:
-    """Region `a`, routing canaries with ingress-nginx, reading `prometheus`."""
+async def nginx_region(tmp_path: Path, store_url: str, prometheus_url: str) -> AsyncIterator[World]:
+    """Region `a`, routing canaries with ingress-nginx, reading `prometheus_url`."""
     async with AsyncExitStack() as stack:
         server: KubeApiServer | None = None
         if REAL_KUBECONFIG:
@@ -112,7 +112,7 @@ async def nginx_region(
                 namespace=namespace,
                 ingress_class="nginx",
                 canary_routing="nginx",
-                prometheus_url=prometheus.url,
+                prometheus_url=prometheus_url,
             )
         )
         yield World({REGION: Cluster(namespace, api, server)})
@@ -184,7 +184,7 @@ async def test_a_canary_whose_5xx_breach_the_rail_in_prometheus_is_rolled_back(
     sqlite_url: str, tmp_path: Path, prometheus: PrometheusServer
 ) -> None:
     async with (
-        nginx_region(tmp_path, sqlite_url, prometheus) as world,
+        nginx_region(tmp_path, sqlite_url, prometheus.url) as world,
         local_fleet(sqlite_url, tmp_path, (REGION,)) as fleet,
     ):
         await fleet.service.apply(manifest("llm", spec(), [REGION]))
@@ -215,7 +215,7 @@ async def test_a_healthy_canarys_window_is_judged_and_it_is_promoted(
     sqlite_url: str, tmp_path: Path, prometheus: PrometheusServer
 ) -> None:
     async with (
-        nginx_region(tmp_path, sqlite_url, prometheus) as world,
+        nginx_region(tmp_path, sqlite_url, prometheus.url) as world,
         local_fleet(sqlite_url, tmp_path, (REGION,)) as fleet,
     ):
         await fleet.service.apply(manifest("llm", spec(), [REGION]))
@@ -247,3 +247,34 @@ async def test_a_healthy_canarys_window_is_judged_and_it_is_promoted(
             await eventually(promoted, within=SETTLE * 2)
 
         assert (await fleet.store.get_endpoint("llm")).spec.image == NEW
+
+
+@pytest.mark.slow(seconds=5)
+async def test_a_prometheus_that_does_not_answer_is_reported_and_the_region_goes_on(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    silent = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    async with (
+        nginx_region(tmp_path, sqlite_url, silent) as world,
+        local_fleet(sqlite_url, tmp_path, (REGION,)) as fleet,
+    ):
+        await fleet.service.apply(manifest("llm", spec(), [REGION]))
+        rollouts = await started_and_paused(fleet, world)
+
+        async def reported() -> bool:
+            status = await fleet.status("llm", REGION)
+            assert status is not None
+            return f"request counts: Prometheus {silent}: " in status.message
+
+        await eventually(reported, within=SETTLE)
+        status = await fleet.status("llm", REGION)
+        assert status is not None
+        assert status.state is RegionState.READY
+        assert status.traffic is None
+
+        await rollouts.abort("llm")
+
+        async def canary_gone() -> bool:
+            return ("Deployment", "llm-canary") not in await world.present(REGION)
+
+        await eventually(canary_gone, within=SETTLE)
