@@ -105,6 +105,8 @@ ROUTES: dict[tuple[str, str], Case] = {
     ("GET", "/v1/regions/{name}"): Case(Role.VIEWER, _unused_region),
     ("POST", "/v1/regions"): Case(Role.ADMIN, body=lambda name: {"name": name, "kind": "local"}),
     ("DELETE", "/v1/regions/{name}"): Case(Role.ADMIN, _unused_region),
+    ("POST", "/v1/regions/{name}/drain"): Case(Role.ADMIN, _unused_region),
+    ("POST", "/v1/regions/{name}/undrain"): Case(Role.ADMIN, _unused_region),
     ("GET", "/v1/whoami"): Case(Role.VIEWER),
     ("GET", "/v1/tokens"): Case(Role.ADMIN),
     ("POST", "/v1/tokens"): Case(Role.ADMIN, body=lambda name: {"name": name, "role": "viewer"}),
