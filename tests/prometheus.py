@@ -16,7 +16,7 @@ balancer sets it.
 `PrometheusServer` runs Debian's `prometheus` (scripts/test installs it) on a free
 loopback port, scraping the exporter every second, with its storage in a temporary
 directory; `prometheus_running` gives one per test module (start-up is about a
-second).
+second); it logs every query it is asked (`PrometheusServer.queries_asked`).
 """
 
 from __future__ import annotations
@@ -130,6 +130,15 @@ class IngressExporter:
 class PrometheusServer:
     url: str
     exporter: IngressExporter
+    query_log: Path
+    """Prometheus' own log of every query it was asked (`query_log_file`)."""
+
+    def queries_asked(self) -> list[str]:
+        """Every PromQL expression asked so far, in order."""
+        if not self.query_log.exists():
+            return []
+        lines = self.query_log.read_text().splitlines()
+        return [json.loads(line)["params"]["query"] for line in lines if line.strip()]
 
     def query(self, promql: str) -> list[dict[str, object]]:
         """The instant vector `promql` gives now."""
@@ -158,8 +167,10 @@ def prometheus_running() -> Iterator[PrometheusServer]:
         tempfile.TemporaryDirectory(prefix="prometheus-") as directory,
     ):
         config = Path(directory) / "prometheus.yml"
+        query_log = Path(directory) / "queries.log"
         config.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "global: {scrape_interval: 1s, evaluation_interval: 1s, "
+            f"query_log_file: '{query_log}'}}\n"
             "scrape_configs:\n"
             "  - job_name: ingress-nginx\n"
             f"    static_configs: [{{targets: ['{exporter.address}']}}]\n"
@@ -179,7 +190,7 @@ def prometheus_running() -> Iterator[PrometheusServer]:
         )
         try:
             _wait_until_ready(process, url, Path(directory) / "prometheus.log")
-            yield PrometheusServer(url, exporter)
+            yield PrometheusServer(url, exporter, query_log)
         finally:
             process.terminate()
             try:

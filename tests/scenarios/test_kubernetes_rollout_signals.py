@@ -14,6 +14,8 @@ progress, not protection):
   naming the region;
 - a healthy canary's window is judged — `rollout status` shows its requests and
   5xx share — and it is promoted once resumed;
+- an endpoint without a canary beside it is never asked about (a steady fleet
+  costs Prometheus nothing);
 - a Prometheus that does not answer is reported in the region's message, and the
   region goes on being reconciled.
 """
@@ -247,6 +249,32 @@ async def test_a_healthy_canarys_window_is_judged_and_it_is_promoted(
             await eventually(promoted, within=SETTLE * 2)
 
         assert (await fleet.store.get_endpoint("llm")).spec.image == NEW
+
+
+@pytest.mark.slow(seconds=5)
+async def test_only_endpoints_running_a_canary_are_asked_about(
+    sqlite_url: str, tmp_path: Path, prometheus: PrometheusServer
+) -> None:
+    async with (
+        nginx_region(tmp_path, sqlite_url, prometheus.url) as world,
+        local_fleet(sqlite_url, tmp_path, (REGION,)) as fleet,
+    ):
+        await fleet.service.apply(manifest("steady", spec(), [REGION]))
+        await fleet.service.apply(manifest("llm", spec(), [REGION]))
+        await started_and_paused(fleet, world)
+        namespace = world.clusters[REGION].namespace
+
+        def asked_about(endpoint: str) -> list[str]:
+            selector = f'namespace="{namespace}",ingress="{endpoint}"'
+            return [query for query in prometheus.queries_asked() if selector in query]
+
+        # Three reads of the canaried endpoint's two versions, two queries each: the
+        # steady endpoint, held all along, had as many chances to be asked about.
+        async def read_three_times() -> bool:
+            return len(asked_about("llm")) >= 3 * 2 * 2
+
+        await eventually(read_three_times, within=SETTLE)
+        assert asked_about("steady") == []
 
 
 @pytest.mark.slow(seconds=5)
