@@ -204,6 +204,28 @@ def test_a_later_answer_extrapolated_lower_never_lowers_the_figures() -> None:
     )
 
 
+_COUNTS = st.integers(min_value=0, max_value=10**6)
+_FIGURES = st.tuples(_COUNTS, _COUNTS, st.lists(_COUNTS, min_size=16, max_size=16).map(tuple)).map(
+    lambda f: VersionTraffic(
+        image="img:2", since=SINCE, requests=f[0], errors=min(f[0], f[1]), latency=f[2]
+    )
+)
+
+
+@given(_FIGURES, _FIGURES)
+def test_a_versions_figures_never_go_down_while_it_is_counted(
+    last: VersionTraffic, answer: VersionTraffic
+) -> None:
+    """Whatever two answers over growing windows came out as, the figures reported
+    are at least the last ones and at least the new answer's, field by field."""
+    reported = merged(last, answer)
+    for earlier in (last, answer):
+        assert reported.requests >= earlier.requests
+        assert reported.errors >= earlier.errors
+        assert all(now >= then for now, then in zip(reported.latency, earlier.latency, strict=True))
+    assert reported.errors <= reported.requests
+
+
 def test_another_version_or_counting_is_not_merged_with_the_last() -> None:
     counted = VersionTraffic(image="img:1", since=SINCE, requests=50)
     fresh = VersionTraffic(image="img:2", since=SINCE, requests=3)
