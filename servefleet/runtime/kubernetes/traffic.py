@@ -17,8 +17,9 @@ rollout has reached the region, so a manual canary costs queries but no write).
 A query that fails (Prometheus unreachable, a timeout, an error answer, a query
 that does not give what it should) leaves the last figures as they were and is
 reported in the region's message (`request counts: ...`); it never fails a
-pass. The figures then stay still, so a guard rail cannot be broken by what was
-not seen, and a step holds on readiness alone until Prometheus answers again.
+pass. The figures then stay still: no guard rail is broken by what was not seen,
+and none can be until Prometheus answers again — meanwhile the region is judged,
+in effect, on readiness alone (the rollout engine does not wait for figures).
 """
 
 from __future__ import annotations
