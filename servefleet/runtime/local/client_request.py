@@ -14,13 +14,13 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Protocol, cast
 
 import httptools
-from multidict import CIMultiDict
+
+from servefleet.runtime.local.forwarding import Fields
 
 __all__ = ["ClientRequest", "Wire", "error_body", "http_date", "status_line"]
 
@@ -76,7 +76,7 @@ _date_cache: list[int | str] = [0, ""]
 class ClientRequest:
     """One request as the client sent it, and its answer.
 
-    The head is all here (`method`, `path`, `query`, `headers`...); the body
+    The head is all here (`method`, `path`, `query`, `fields`...); the body
     arrives as it is sent (`read`). The answer is written either whole (`respond`)
     or streamed (`start`, then `write`, then `finish`)."""
 
@@ -88,9 +88,9 @@ class ClientRequest:
         "body_done",
         "buffered",
         "chunked",
+        "fields",
         "has_body",
         "head_sent",
-        "headers",
         "keep_alive",
         "method",
         "path",
@@ -105,7 +105,7 @@ class ClientRequest:
         method: str,
         target: bytes,
         version: bytes,
-        headers: CIMultiDict[str],
+        fields: Fields,
         *,
         keep_alive: bool,
         has_body: bool,
@@ -128,7 +128,8 @@ class ClientRequest:
         """The raw query string without its "?", "" when there is none."""
         self.version = version
         """b"1.1" or b"1.0"; the answer's status line says the same."""
-        self.headers = headers
+        self.fields = fields
+        """The header fields as they came, bytes (see `forwarding`)."""
         self.keep_alive = keep_alive
         self.has_body = has_body
         self._continue = expects_continue
@@ -187,7 +188,7 @@ class ClientRequest:
 
     # The answer
 
-    def _head(self, status: int, reason: str, headers: Iterable[tuple[str, str]]) -> list[bytes]:
+    def _head(self, status: int, reason: str, fields: bytes) -> list[bytes]:
         self.status = status
         self.head_sent = True
         if reason:
@@ -197,11 +198,7 @@ class ClientRequest:
             line = _STATUS_LINES.get(key) or _STATUS_LINES.setdefault(
                 key, status_line(self.version, status, "")
             )
-        parts = [line]
-        parts += [
-            f"{name}: {value}\r\n".encode("utf-8", "surrogateescape") for name, value in headers
-        ]
-        return parts
+        return [line, fields]
 
     def _end_of_head(self) -> bytes:
         if not self.keep_alive:
@@ -216,51 +213,54 @@ class ClientRequest:
     def respond(
         self,
         status: int,
-        headers: Iterable[tuple[str, str]],
+        fields: bytes,
         body: bytes,
         *,
         reason: str = "",
-        length: str | None = None,
+        length: bytes | None = None,
     ) -> None:
-        """Write the whole answer in one go. Its Content-Length is the body's,
+        """Write the whole answer in one go, `fields` its header lines as they are
+        written (`forwarding.format_fields`). Its Content-Length is the body's,
         except for HEAD, 204 and 304, which have none: `length` (what the replica
         said, if anything) is written for them as it is."""
         if not self.body_done:
             self.keep_alive = False  # the rest of the body is not read: close
-        parts = self._head(status, reason, headers)
+        parts = self._head(status, reason, fields)
         if not self._bodiless():
             parts.append(b"Content-Length: %d\r\n" % len(body))
             parts.append(self._end_of_head())
             parts.append(body)
         else:
             if length is not None:
-                parts.append(b"Content-Length: %s\r\n" % length.encode("latin-1"))
+                parts.append(b"Content-Length: %s\r\n" % length)
             parts.append(self._end_of_head())
         self._connection.write(b"".join(parts))
 
     def refuse(self, status: int, message: str, *, retry_after: int | None = None) -> None:
         """Answer with the gateway's own JSON error."""
-        headers = [("Content-Type", "application/json; charset=utf-8"), ("Date", http_date())]
+        fields = b"Content-Type: application/json; charset=utf-8\r\nDate: %s\r\n" % (
+            http_date().encode()
+        )
         if retry_after is not None:
-            headers.append(("Retry-After", str(retry_after)))
-        self.respond(status, headers, error_body(status, message))
+            fields += b"Retry-After: %d\r\n" % retry_after
+        self.respond(status, fields, error_body(status, message))
 
     async def start(
         self,
         status: int,
-        headers: Iterable[tuple[str, str]],
+        fields: bytes,
         *,
         reason: str = "",
-        length: str | None = None,
+        length: bytes | None = None,
     ) -> None:
         """Write the head of a streamed answer: with `length` (the replica's
         Content-Length) if it has one, else chunked, or ended by closing for an
         HTTP/1.0 client."""
         if not self.body_done:
             self.keep_alive = False
-        parts = self._head(status, reason, headers)
+        parts = self._head(status, reason, fields)
         if length is not None:
-            parts.append(b"Content-Length: %s\r\n" % length.encode("latin-1"))
+            parts.append(b"Content-Length: %s\r\n" % length)
         elif not self._bodiless():
             if self.version == b"1.1":
                 self.chunked = True

@@ -42,7 +42,6 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 import httptools
-from multidict import CIMultiDict
 
 from servefleet.runtime.local.client_request import (
     ClientRequest,
@@ -50,6 +49,7 @@ from servefleet.runtime.local.client_request import (
     http_date,
     status_line,
 )
+from servefleet.runtime.local.forwarding import Fields
 
 __all__ = ["ClientRequest", "DownstreamServer"]
 
@@ -60,6 +60,9 @@ _HIGH_WATER = 256 * 1024
 _WRITE_HIGH_WATER = 64 * 1024
 _LINGER = 5.0
 """How long a connection the gateway closed may go on sending before it is cut."""
+
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"expect"})
+"""Request fields the server itself reads."""
 
 Handler = Callable[["ClientRequest"], Awaitable[None]]
 
@@ -97,7 +100,10 @@ class _ClientConnection(asyncio.Protocol):
         client to close after the gateway did."""
         # The request being parsed.
         self._url = b""
-        self._headers: list[tuple[str, str]] = []
+        self._fields: Fields = []
+        self._has_body = False
+        """The head so far says a body follows (Transfer-Encoding, Content-Length)."""
+        self._length_seen = False
         self._head_size = 0
         """Bytes of the head so far: its fields as parsed, and every packet received
         while it is incomplete (llhttp keeps a half-received field to itself)."""
@@ -180,7 +186,8 @@ class _ClientConnection(asyncio.Protocol):
         self._in_head = True
         self._head_size = 0
         self._url = b""
-        self._headers = []
+        self._fields = []
+        self._has_body = self._length_seen = False
         self._expects_continue = False
 
     def on_url(self, url: bytes) -> None:
@@ -194,11 +201,16 @@ class _ClientConnection(asyncio.Protocol):
         self._head_size += len(name) + len(value) + 4
         if self._head_size > self._server.max_head_size:
             raise _Refused(431, self._head_too_large())
-        text = value.decode("utf-8", "surrogateescape")
-        field = name.decode("latin-1")
-        if field.lower() == "expect" and text.lower() == "100-continue":
-            self._expects_continue = True
-        self._headers.append((field, text))
+        self._fields.append((name, value))
+        key = name.lower()
+        if key in _FRAMING:
+            if key == b"expect":
+                self._expects_continue |= value.lower() == b"100-continue"
+            elif key == b"transfer-encoding":
+                self._has_body = True
+            elif not self._length_seen:  # the first Content-Length counts
+                self._length_seen = True
+                self._has_body |= value != b"0"
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -207,15 +219,13 @@ class _ClientConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         version = parser.get_http_version().encode()
-        headers = CIMultiDict(self._headers)
-        length = headers.get("content-length")
-        has_body = "transfer-encoding" in headers or (length is not None and length != "0")
+        has_body = self._has_body
         request = ClientRequest(
             self,
             parser.get_method().decode("ascii"),
             self._url,
             version,
-            headers,
+            self._fields,
             keep_alive=parser.should_keep_alive(),
             has_body=has_body,
             expects_continue=self._expects_continue and version == b"1.1" and has_body,

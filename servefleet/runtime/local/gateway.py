@@ -44,9 +44,9 @@ from servefleet.runtime.local.downstream import ClientRequest, DownstreamServer
 from servefleet.runtime.local.forwarding import (
     HOP_BY_HOP,
     ProxyNetwork,
+    answer_fields,
     is_trusted,
-    upstream_headers,
-    without,
+    upstream_fields,
 )
 from servefleet.runtime.local.region_choice import LOCAL_REGIONS
 from servefleet.runtime.local.routing import (
@@ -136,6 +136,12 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
+_TAGS = frozenset({b"x-servefleet-region", b"x-servefleet-version", b"x-servefleet-replica"})
+_NOT_RELAYED = HOP_BY_HOP | _TAGS
+"""Answer fields of a replica that do not reach the client: hop-by-hop ones, and the
+gateway's own tags, which it writes instead."""
+
+
 class RegionUnreachable(Exception):
     """No replica of a region took the request's connection: nothing reached one, so
     the global entry may send the request to another region."""
@@ -199,6 +205,8 @@ class Gateway:
         self._metrics = metrics or Metrics()
         self._upstream: UpstreamPool | None = None
         self._server: DownstreamServer | None = None
+        self._tags: dict[tuple[str, str, str], bytes] = {}
+        """The tag lines of each region x version x replica, formatted once."""
         self._activator = Activator(
             self._serving_routers,
             timeout=self._settings.hold_timeout,
@@ -399,10 +407,10 @@ class Gateway:
         query = request.query
         target = pick.path + ("?" + query if query else "")
         peer = request.peer
-        headers = upstream_headers(
-            request.headers,
+        fields = upstream_fields(
+            request.fields,
             peer=peer,
-            scheme="http",
+            scheme=b"http",
             prefix=pick.prefix,
             trusted=is_trusted(peer, self._settings.trusted_proxies),
         )
@@ -411,7 +419,7 @@ class Gateway:
             pick.backend.url,
             request.method,
             target,
-            headers,
+            fields,
             body.chunks() if request.has_body else None,
         ) as upstream:
             self._first_byte(LOCAL_REGIONS, time.perf_counter() - sent)
@@ -419,13 +427,21 @@ class Gateway:
             await self._relay(
                 request,
                 upstream,
-                {
-                    "x-servefleet-region": router.region,
-                    "x-servefleet-version": pick.version,
-                    "x-servefleet-replica": pick.backend.name,
-                },
+                self._tag_lines(router.region, pick.version, pick.backend.name),
+                _NOT_RELAYED,
                 stalled=lambda: self._stall(pick.backend),
             )
+
+    def _tag_lines(self, region: str, version: str, replica: str) -> bytes:
+        """`x-servefleet-region`, `-version` and `-replica`, as header lines."""
+        key = (region, version, replica)
+        lines = self._tags.get(key)
+        if lines is None:
+            lines = self._tags[key] = (
+                f"x-servefleet-region: {region}\r\nx-servefleet-version: {version}\r\n"
+                f"x-servefleet-replica: {replica}\r\n"
+            ).encode("utf-8", "surrogateescape")
+        return lines
 
     def _first_byte(self, region: str, seconds: float) -> None:
         """An answer's head came `seconds` after its request was sent to `region` (or
@@ -435,16 +451,16 @@ class Gateway:
         self,
         request: ClientRequest,
         upstream: Answer,
-        tags: dict[str, str],
+        tags: bytes,
+        not_relayed: frozenset[bytes],
         *,
         stalled: Callable[[], None],
     ) -> None:
-        """Forward the answer to the client, its headers with `tags` added; `stalled`
-        is called when the upstream goes silent midway."""
-        answer_headers = without(upstream.headers, HOP_BY_HOP)
-        length = answer_headers.popone("content-length", None)
-        answer_headers.update(tags)
-        items = answer_headers.items()
+        """Forward the answer to the client: its header fields but `not_relayed` ones
+        (`forwarding.answer_fields`), then the gateway's `tags` (header lines);
+        `stalled` is called when the upstream goes silent midway."""
+        lines, length = answer_fields(upstream.fields, not_relayed)
+        items = lines + tags
         if upstream.complete():
             # The whole answer is already here (small JSON, an error, a short
             # stream): headers and body leave in one write instead of one each.

@@ -47,11 +47,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from multidict import CIMultiDict
-
 from servefleet.metrics import NO_VERSION, Metrics
 from servefleet.runtime.local.downstream import ClientRequest
-from servefleet.runtime.local.forwarding import is_trusted, upstream_headers
+from servefleet.runtime.local.forwarding import HOP_BY_HOP, Fields, is_trusted, upstream_fields
 from servefleet.runtime.local.gateway import (
     CLIENT_GONE,
     ClientBody,
@@ -70,6 +68,9 @@ from servefleet.runtime.local.upstream import (
 __all__ = ["EntrySettings", "GlobalEntry", "RegionTable", "RemoteRoute"]
 
 log = logging.getLogger(__name__)
+_NOT_RELAYED = HOP_BY_HOP | {b"x-servefleet-region"}
+"""Answer fields of a region's Ingress that do not reach the client: the region tag
+is the entry's to write."""
 
 GLOBAL = "global"
 """The region its own refusals are counted under (no region refused)."""
@@ -263,17 +264,17 @@ class GlobalEntry(Gateway):
         counted = True
         try:
             query = request.query
-            headers = upstream_headers(
-                request.headers,
+            fields = upstream_fields(
+                request.fields,
                 peer=request.peer,
-                scheme="http",
+                scheme=b"http",
                 prefix="/",
                 trusted=is_trusted(request.peer, self._settings.trusted_proxies),
             )
             # The Ingress's own name (virtual hosts, TLS): the upstream client adds it.
-            headers.popall("host", None)
+            fields = [(name, value) for name, value in fields if name.lower() != b"host"]
             try:
-                await self._exchange(request, body, region, route, base, query, headers)
+                await self._exchange(request, body, region, route, base, query, fields)
             except UpstreamConnectError as error:
                 self._doubted.add((region, route.endpoint))
                 self._unreachable(
@@ -314,7 +315,7 @@ class GlobalEntry(Gateway):
         route: RemoteRoute,
         base: str,
         query: str,
-        headers: CIMultiDict[str],
+        fields: Fields,
     ) -> None:
         assert self._upstream is not None
         sent = time.perf_counter()
@@ -322,14 +323,15 @@ class GlobalEntry(Gateway):
             base,
             request.method,
             request.path + ("?" + query if query else ""),
-            headers,
+            fields,
             body.chunks() if request.has_body else None,
         ) as answer:
             self._first_byte(region, time.perf_counter() - sent)
             await self._relay(
                 request,
                 answer,
-                {"x-servefleet-region": region},
+                b"x-servefleet-region: %s\r\n" % region.encode("utf-8", "surrogateescape"),
+                _NOT_RELAYED,
                 stalled=lambda: self._doubted.add((region, route.endpoint)),
             )
 
@@ -355,7 +357,7 @@ class GlobalEntry(Gateway):
         try:
             async with (
                 asyncio.timeout(self._entry.probe_timeout),
-                self._upstream.request(base, "GET", target, CIMultiDict(), None) as answer,
+                self._upstream.request(base, "GET", target, [], None) as answer,
             ):
                 self._average(self._probed, region, time.perf_counter() - sent)
                 while not answer.done:

@@ -38,7 +38,8 @@ from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
-from multidict import CIMultiDict
+
+from servefleet.runtime.local.forwarding import Fields, first, format_fields
 
 __all__ = ["Answer", "UpstreamConnectError", "UpstreamError", "UpstreamPool", "UpstreamTimeout"]
 
@@ -275,9 +276,8 @@ class Answer:
         self._connection = connection
         self.status = connection.status
         self.reason = connection.reason
-        self.headers: CIMultiDict[str] = CIMultiDict(
-            [(name.decode("latin-1"), text.decode("latin-1")) for name, text in connection.headers]
-        )
+        self.fields: Fields = connection.headers
+        """The answer's header fields as they came (see `forwarding`)."""
         self._released = False
 
     @property
@@ -336,12 +336,12 @@ class UpstreamPool:
         base: str,
         method: str,
         target: str,
-        headers: CIMultiDict[str],
+        fields: Fields,
         body: AsyncIterator[bytes] | None,
     ) -> _Exchange:
         """`async with pool.request(...) as answer:` sends the request (streaming
         `body` if given) and gives the answer once its headers are here."""
-        return _Exchange(self, base, method, target, headers, body)
+        return _Exchange(self, base, method, target, fields, body)
 
     async def close(self) -> None:
         for connection in list(self._open):
@@ -428,14 +428,14 @@ class _Exchange:
         base: str,
         method: str,
         target: str,
-        headers: CIMultiDict[str],
+        fields: Fields,
         body: AsyncIterator[bytes] | None,
     ) -> None:
         self._pool = pool
         self._base = base
         self._method = method
         self._target = target
-        self._headers = headers
+        self._fields = fields
         self._body = body
         self._answer: Answer | None = None
         self._connection: _Connection | None = None
@@ -443,13 +443,10 @@ class _Exchange:
     def _head(self, chunked: bool) -> bytes:
         _, _, netloc = self._pool._address(self._base)
         lines = [f"{self._method} {self._target} HTTP/1.1\r\n".encode("latin-1")]
-        headers = self._headers
-        if "host" not in headers:
+        fields = self._fields
+        if first(fields, b"host") is None:
             lines.append(b"Host: %s\r\n" % netloc)
-        lines += [
-            f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
-            for name, value in headers.items()
-        ]
+        lines.append(format_fields(fields))
         if chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         lines.append(b"\r\n")
@@ -491,7 +488,7 @@ class _Exchange:
         self._connection = connection
         connection.begin(head_only=self._method == "HEAD")
         body = self._body
-        chunked = body is not None and "content-length" not in self._headers
+        chunked = body is not None and first(self._fields, b"content-length") is None
         head = self._head(chunked)
         if body is None:
             await connection.send(head)
