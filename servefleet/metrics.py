@@ -15,13 +15,17 @@ is counted under the fixed endpoint `NO_ENDPOINT`. When an endpoint leaves a reg
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import metrics as client_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "NO_ENDPOINT",
@@ -60,15 +64,99 @@ def status_class(status: int) -> str:
     return _STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]
 
 
-@dataclass(frozen=True, slots=True)
 class GatewaySeries:
-    """The label children of one endpoint x region x version, bound once so a
-    request costs a dictionary lookup, not a label resolution per family."""
+    """What the gateways counted for one endpoint x region x version: plain numbers,
+    turned into the three `servefleet_gateway_*` families when scraped
+    (`_GatewayFamilies`).
 
-    requests: dict[str, Counter]
-    """By status class."""
-    latency: Histogram
-    in_flight: Gauge
+    prometheus_client's label children took a lock and several calls per update
+    (five updates per request: the gauge up and down, the counter, the histogram's
+    bucket and sum), a visible part of the gateway's CPU per request; the gateway's
+    loop is the only writer, so plain numbers need no lock, and a scrape reads them
+    as they stand."""
+
+    __slots__ = ("answers", "buckets", "created", "in_flight", "seconds")
+
+    BOUNDS = _REQUEST_BUCKETS
+    """Upper bounds (seconds) of the latency buckets; `buckets` has one more."""
+
+    def __init__(self) -> None:
+        self.answers = [0] * len(_STATUS_CLASSES)
+        """Answers by status class, in the order of `_STATUS_CLASSES`."""
+        self.buckets = [0] * (len(_REQUEST_BUCKETS) + 1)
+        """Answers by latency bucket (not cumulative), the last one past every bound."""
+        self.seconds = 0.0
+        """The latencies added up (the histogram's `_sum`)."""
+        self.in_flight = 0
+        self.created = time.time()
+
+    def answered(self, status: int, seconds: float) -> None:
+        """One answer with `status`, `seconds` after its request arrived."""
+        self.answers[min(max(status // 100, 1), 5) - 1] += 1
+        self.buckets[bisect_left(_REQUEST_BUCKETS, seconds)] += 1
+        self.seconds += seconds
+
+
+_GATEWAY_LABELS = ("endpoint", "region", "version")
+_REQUESTS = "servefleet_gateway_requests"
+_LATENCY = "servefleet_gateway_request_duration_seconds"
+_IN_FLIGHT = "servefleet_gateway_requests_in_flight"
+_go_float = cast(Callable[[float], str], floatToGoString)  # untyped in prometheus_client
+_BOUND_LABELS = tuple(_go_float(bound) for bound in (*_REQUEST_BUCKETS, float("inf")))
+
+
+class _GatewayFamilies(Collector):
+    """The gateway's series as prometheus_client's Counter, Histogram and Gauge
+    exposed them (same names, help, labels, samples and order), made from
+    `GatewaySeries` at scrape time."""
+
+    def __init__(self, series: dict[tuple[str, str, str], GatewaySeries]) -> None:
+        self._series = series
+
+    @staticmethod
+    def _families() -> tuple[Metric, Metric, Metric]:
+        return (
+            Metric(
+                _REQUESTS,
+                "Requests answered by the gateways, by endpoint, region and version served, "
+                "and status class.",
+                "counter",
+            ),
+            Metric(
+                _LATENCY,
+                "From a request's arrival at the gateway to the end of its answer.",
+                "histogram",
+            ),
+            Metric(_IN_FLIGHT, "Requests the gateways are serving now.", "gauge"),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        requests, latency, in_flight = self._families()
+        # prometheus_client's switch (PROMETHEUS_DISABLE_CREATED_SERIES), as its own
+        # counters and histograms read it.
+        created = bool(getattr(client_metrics, "_use_created", True))
+        for key, series in list(self._series.items()):
+            labels = dict(zip(_GATEWAY_LABELS, key, strict=True))
+            for status, count in zip(_STATUS_CLASSES, series.answers, strict=True):
+                labelled = {**labels, "status_class": status}
+                requests.add_sample(_REQUESTS + "_total", labelled, float(count))
+                if created:
+                    requests.add_sample(_REQUESTS + "_created", labelled, series.created)
+            total = 0.0
+            for bound, count in zip(_BOUND_LABELS, series.buckets, strict=True):
+                total += count
+                latency.add_sample(_LATENCY + "_bucket", {**labels, "le": bound}, total)
+            latency.add_sample(_LATENCY + "_count", labels, total)
+            latency.add_sample(_LATENCY + "_sum", labels, series.seconds)
+            if created:
+                latency.add_sample(_LATENCY + "_created", labels, series.created)
+            in_flight.add_sample(_IN_FLIGHT, labels, float(series.in_flight))
+        yield requests
+        yield latency
+        yield in_flight
 
 
 class _QueueDepths(Collector):
@@ -155,26 +243,8 @@ class Metrics:
             ["endpoint", "region"],
             registry=on,
         )
-        self.gateway_requests = Counter(
-            "servefleet_gateway_requests",
-            "Requests answered by the gateways, by endpoint, region and version served, "
-            "and status class.",
-            ["endpoint", "region", "version", "status_class"],
-            registry=on,
-        )
-        self.gateway_latency = Histogram(
-            "servefleet_gateway_request_duration_seconds",
-            "From a request's arrival at the gateway to the end of its answer.",
-            ["endpoint", "region", "version"],
-            buckets=_REQUEST_BUCKETS,
-            registry=on,
-        )
-        self.gateway_in_flight = Gauge(
-            "servefleet_gateway_requests_in_flight",
-            "Requests the gateways are serving now.",
-            ["endpoint", "region", "version"],
-            registry=on,
-        )
+        self._gateway_series: dict[tuple[str, str, str], GatewaySeries] = {}
+        on.register(_GatewayFamilies(self._gateway_series))
         self.api_requests = Counter(
             "servefleet_api_requests",
             "Requests answered by the HTTP API, by route template (NO_ROUTE when none "
@@ -192,7 +262,6 @@ class Metrics:
         )
         self._queue_depths = _QueueDepths()
         on.register(self._queue_depths)
-        self._gateway_series: dict[tuple[str, str, str], GatewaySeries] = {}
         self.leadership: dict[str, bool] = {}
         """Per region, whether this process leads it, once the first election round
         has said (what `/readyz` waits for)."""
@@ -215,30 +284,18 @@ class Metrics:
         self.leadership[region] = leading
 
     def gateway_series(self, endpoint: str, region: str, version: str) -> GatewaySeries:
+        """The gateway's series of one endpoint x region x version, exposed (at zero)
+        from the first call."""
         key = (endpoint, region, version)
         series = self._gateway_series.get(key)
         if series is None:
-            series = GatewaySeries(
-                requests={
-                    status: self.gateway_requests.labels(endpoint, region, version, status)
-                    for status in _STATUS_CLASSES
-                },
-                latency=self.gateway_latency.labels(endpoint, region, version),
-                in_flight=self.gateway_in_flight.labels(endpoint, region, version),
-            )
-            self._gateway_series[key] = series
+            series = self._gateway_series[key] = GatewaySeries()
         return series
 
     def remove_endpoint(self, endpoint: str, region: str) -> None:
         """Drop every series of `endpoint` in `region` (it was removed there)."""
         labels = {"endpoint": endpoint, "region": region}
-        for family in (
-            self.replicas_ready,
-            self.replicas_desired,
-            self.gateway_requests,
-            self.gateway_latency,
-            self.gateway_in_flight,
-        ):
+        for family in (self.replicas_ready, self.replicas_desired):
             family.remove_by_labels(labels)
         for key in [key for key in self._gateway_series if key[:2] == (endpoint, region)]:
             del self._gateway_series[key]

@@ -39,8 +39,7 @@ def record_of(endpoint: Endpoint) -> EndpointRecord:
 def answer(metrics: Metrics, role: str, status: str, seconds: float, count: int = 1) -> None:
     series = metrics.gateway_series("llm", "r1", role)
     for _ in range(count):
-        series.requests[status].inc()
-        series.latency.observe(seconds)
+        series.answered(int(status[0]) * 100, seconds)
 
 
 def test_the_metric_series_hold_the_buckets_a_report_carries() -> None:

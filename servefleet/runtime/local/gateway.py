@@ -38,7 +38,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from servefleet.metrics import NO_ENDPOINT, NO_VERSION, GatewaySeries, Metrics, status_class
+from servefleet.metrics import NO_ENDPOINT, NO_VERSION, GatewaySeries, Metrics
 from servefleet.runtime.local.activator import Activator
 from servefleet.runtime.local.downstream import ClientRequest, DownstreamServer
 from servefleet.runtime.local.forwarding import (
@@ -280,7 +280,7 @@ class Gateway:
         region = choice.router.region if isinstance(choice, Hold) else choice[0].region
         series = self._metrics.gateway_series(first.endpoint, region, first.version)
         meter = first.meter
-        series.in_flight.inc()
+        series.in_flight += 1
         meter.arrive()
         counted = True
         try:
@@ -299,23 +299,20 @@ class Gateway:
             raise
         finally:
             meter.depart()
-            series.in_flight.dec()
+            series.in_flight -= 1
             if counted:
                 self._count(series, request, started)
 
     @staticmethod
     def _count(series: GatewaySeries, request: ClientRequest, started: float) -> None:
         # An exception escaping before any answer gets a 500 (`downstream`).
-        status = request.status or 500
-        series.requests[status_class(status)].inc()
-        series.latency.observe(time.perf_counter() - started)
+        series.answered(request.status or 500, time.perf_counter() - started)
 
     def _refuse(self, request: ClientRequest, refusal: Refusal, started: float) -> None:
         series = self._metrics.gateway_series(
             refusal.endpoint or NO_ENDPOINT, refusal.region, NO_VERSION
         )
-        series.requests[status_class(refusal.status)].inc()
-        series.latency.observe(time.perf_counter() - started)
+        series.answered(refusal.status, time.perf_counter() - started)
         request.refuse(refusal.status, refusal.reason, retry_after=refusal.retry_after)
 
     async def _forward(

@@ -260,7 +260,7 @@ class GlobalEntry(Gateway):
         assert self._upstream is not None
         base = self._table.ingress[region]
         series = self._metrics.gateway_series(route.endpoint, region, NO_VERSION)
-        series.in_flight.inc()
+        series.in_flight += 1
         counted = True
         try:
             query = request.query
@@ -303,7 +303,7 @@ class GlobalEntry(Gateway):
             request.status = CLIENT_GONE
             raise
         finally:
-            series.in_flight.dec()
+            series.in_flight -= 1
             if counted:
                 self._count(series, request, started)
 

@@ -26,8 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from prometheus_client import Counter
-
 from servefleet.metrics import GatewaySeries, Metrics
 from servefleet.runtime.local.records import ROLES, EndpointRecord, Role, spec_key, version_of
 from servefleet.spec import LATENCY_BOUNDS, RegionTraffic, VersionTraffic
@@ -63,32 +61,11 @@ ZERO = Reading(0, 0, (0,) * (len(LATENCY_BOUNDS) + 1))
 
 
 def read_series(series: GatewaySeries) -> Reading:
-    """What the series of one endpoint version hold now (through their public
-    `collect`), the histogram's cumulative buckets turned into one count each."""
-    totals = {status: _sum(counter, "_total") for status, counter in series.requests.items()}
-    cumulative = sorted(
-        (float(sample.labels["le"]), int(sample.value))
-        for family in series.latency.collect()
-        for sample in family.samples
-        if sample.name.endswith("_bucket")
-    )
-    bounds = tuple(bound for bound, _ in cumulative[:-1])
-    if bounds != LATENCY_BOUNDS:
-        raise ValueError(f"the gateway's latency buckets {bounds} are not {LATENCY_BOUNDS}")
-    counts = [count for _, count in cumulative]
-    latency = tuple(count - below for count, below in zip(counts, [0, *counts[:-1]], strict=True))
-    return Reading(sum(totals.values()), totals["5xx"], latency)
-
-
-def _sum(counter: Counter, suffix: str) -> int:
-    return int(
-        sum(
-            sample.value
-            for family in counter.collect()
-            for sample in family.samples
-            if sample.name.endswith(suffix)
-        )
-    )
+    """What the series of one endpoint version hold now."""
+    if series.BOUNDS != LATENCY_BOUNDS:
+        raise ValueError(f"the gateway's latency buckets {series.BOUNDS} are not {LATENCY_BOUNDS}")
+    answers = series.answers
+    return Reading(sum(answers), answers[-1], tuple(series.buckets))
 
 
 @dataclass
