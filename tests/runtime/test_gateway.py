@@ -859,6 +859,47 @@ async def test_events_further_apart_than_nothing_but_the_read_timeout_get_throug
     assert not replica.stalled
 
 
+async def test_the_read_timeout_counts_from_each_request_on_a_kept_connection(
+    serve: Callable[[Handler], Awaitable[str]], gateways: Start, client: aiohttp.ClientSession
+) -> None:
+    """Verify that on a connection to a replica kept across requests, the silence
+    watch (made once, kept across them) counts from the end of each request: a body
+    sent more slowly than the read timeout and an answer that takes most of it,
+    both after an earlier request on the same connection, are answered, not 504."""
+    peers: set[int] = set()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername")[1])
+        body = await request.read()
+        await asyncio.sleep(float(request.query.get("delay", "0")))
+        return web.Response(body=body)
+
+    replica = Backend("llm/primary-0", await serve(slow))
+    router = Router("r1")
+    route(router, primary=[replica])
+    url = await gateways([router], GatewaySettings(upstream_read_timeout=0.6))
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            await asyncio.sleep(0.25)
+            yield b"x"
+
+    async with client.get(f"{url}/inference/llm/x") as response:
+        assert response.status == 200
+    await asyncio.sleep(0.3)
+    async with client.post(f"{url}/inference/llm/x", data=trickle()) as response:
+        assert response.status == 200
+        assert await response.read() == b"xxxx"
+    async with client.get(f"{url}/inference/llm/x?delay=0.4") as response:
+        assert response.status == 200
+    await asyncio.sleep(0.3)
+    async with client.get(f"{url}/inference/llm/x?delay=0.4") as response:
+        assert response.status == 200
+    assert len(peers) == 1  # one connection to the replica, kept throughout
+    assert not replica.stalled
+
+
 # Forwarding headers: what a replica learns about the client, and from whom.
 
 SPOOFED = {

@@ -98,6 +98,8 @@ class _ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         """Ends a connection that waits too long: for a request head, or for the
         client to close after the gateway did."""
+        self._deadline = 0.0
+        """When the awaited request head is late (loop time)."""
         # The request being parsed.
         self._url = b""
         self._fields: Fields = []
@@ -215,9 +217,8 @@ class _ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         self._in_head = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        # The head timer is left running: it does nothing while a request is being
+        # answered (`_head_late`).
         version = parser.get_http_version().encode()
         has_body = self._has_body
         request = ClientRequest(
@@ -375,9 +376,14 @@ class _ClientConnection(asyncio.Protocol):
         return f"the request head is larger than {self._server.max_head_size} bytes"
 
     def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(self._server.header_timeout, self._head_late)
+        """The next request head is due within `header_timeout` from now.
+
+        A timer already pending is kept and finds the later deadline when it fires:
+        on a busy keep-alive connection a timer is made about once per
+        `header_timeout`, not made and cancelled for every request."""
+        self._deadline = self.loop.time() + self._server.header_timeout
+        if self._timer is None:
+            self._timer = self.loop.call_later(self._server.header_timeout, self._head_late)
 
     def _lingered(self) -> None:
         self._timer = None
@@ -385,8 +391,13 @@ class _ClientConnection(asyncio.Protocol):
 
     def _head_late(self) -> None:
         self._timer = None
-        if self._task is None:
-            self.abort()
+        if self._task is not None:
+            return  # a request is being answered; its end sets the next deadline
+        left = self._deadline - self.loop.time()
+        if left > 0:
+            self._timer = self.loop.call_later(left, self._head_late)
+            return
+        self.abort()
 
     def shut(self) -> None:
         """The server closes: an idle connection closes now, a busy one after its

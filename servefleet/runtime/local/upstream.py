@@ -85,6 +85,9 @@ class _Connection(asyncio.Protocol):
         self.base = ""
         """The replica's base URL, once kept in the pool."""
         self.reused = False
+        self._watch: asyncio.TimerHandle | None = None
+        """Checks the replica's silence (`_check_silence`); kept across the requests
+        of the connection rather than made and cancelled for each."""
         self._reset()
 
     def _reset(self) -> None:
@@ -103,7 +106,8 @@ class _Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
         self._last_heard = 0.0
-        self._watch: asyncio.TimerHandle | None = None
+        self._sent = False
+        """The whole request is out: the replica's silence counts (`sent`)."""
 
     # asyncio.Protocol
 
@@ -188,9 +192,6 @@ class _Connection(asyncio.Protocol):
             return
         self.complete = True
         self.keep_alive = self._parser.should_keep_alive() and not self._head_only
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
         self._wake()
 
     # used by Answer
@@ -244,13 +245,14 @@ class _Connection(asyncio.Protocol):
     def sent(self) -> None:
         """The whole request is out: the replica's silence counts from now."""
         self._last_heard = self._loop.time()
-        if not self.complete:
+        self._sent = True
+        if not self.complete and self._watch is None:
             self._watch = self._loop.call_later(self._read_timeout, self._check_silence)
 
     def _check_silence(self) -> None:
         self._watch = None
-        if self.complete or self.closed:
-            return
+        if self.complete or self.closed or not self._sent:
+            return  # no answer awaited (yet): the next `sent` arms the watch again
         silent = self._loop.time() - self._last_heard
         if self._paused or silent < self._read_timeout:
             wait = self._read_timeout - silent if not self._paused else self._read_timeout
