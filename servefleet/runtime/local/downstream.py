@@ -258,7 +258,10 @@ class _ClientConnection(asyncio.Protocol):
                 request = self._pending.popleft()
                 self._busy = True
                 self.flow()
-                await self._answer(request)
+                try:
+                    await self._server.handler(request)
+                except Exception:
+                    self._failed(request)
                 self._busy = False
                 if not (request.keep_alive and request.body_done) or self._server.closing:
                     self._close()
@@ -272,16 +275,14 @@ class _ClientConnection(asyncio.Protocol):
             self._arm_timer()
             self.flow()
 
-    async def _answer(self, request: ClientRequest) -> None:
-        try:
-            await self._server.handler(request)
-        except Exception:
-            log.exception("gateway: the handler of %s %s failed", request.method, request.path)
-            if request.head_sent:
-                self.abort()
-            else:
-                request.keep_alive = False
-                request.refuse(500, "the gateway failed to answer; see its log")
+    def _failed(self, request: ClientRequest) -> None:
+        """The handler raised (logged here): cut an answer under way, else a 500."""
+        log.exception("gateway: the handler of %s %s failed", request.method, request.path)
+        if request.head_sent:
+            self.abort()
+        else:
+            request.keep_alive = False
+            request.refuse(500, "the gateway failed to answer; see its log")
 
     def flow(self) -> None:
         """Pause reading while a request waits behind the one being answered or a

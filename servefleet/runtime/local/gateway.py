@@ -412,13 +412,14 @@ class Gateway:
             trusted=is_trusted(peer, self._settings.trusted_proxies),
         )
         sent = time.perf_counter()
-        async with self._upstream.request(
+        upstream = await self._upstream.request(
             pick.backend.url,
             request.method,
             target,
             fields,
             body.chunks() if request.has_body else None,
-        ) as upstream:
+        )
+        try:
             self._first_byte(LOCAL_REGIONS, time.perf_counter() - sent)
             pick.backend.answered()
             await self._relay(
@@ -428,6 +429,8 @@ class Gateway:
                 _NOT_RELAYED,
                 stalled=lambda: self._stall(pick.backend),
             )
+        finally:
+            upstream.release()
 
     def _tag_lines(self, region: str, version: str, replica: str) -> bytes:
         """`x-servefleet-region`, `-version` and `-replica`, as header lines."""

@@ -319,13 +319,14 @@ class GlobalEntry(Gateway):
     ) -> None:
         assert self._upstream is not None
         sent = time.perf_counter()
-        async with self._upstream.request(
+        answer = await self._upstream.request(
             base,
             request.method,
             request.path + ("?" + query if query else ""),
             fields,
             body.chunks() if request.has_body else None,
-        ) as answer:
+        )
+        try:
             self._first_byte(region, time.perf_counter() - sent)
             await self._relay(
                 request,
@@ -334,6 +335,8 @@ class GlobalEntry(Gateway):
                 _NOT_RELAYED,
                 stalled=lambda: self._doubted.add((region, route.endpoint)),
             )
+        finally:
+            answer.release()
 
     async def _probe_forever(self) -> None:
         while True:
@@ -355,14 +358,15 @@ class GlobalEntry(Gateway):
         target = route.prefix.rstrip("/") + route.health_path
         sent = time.perf_counter()
         try:
-            async with (
-                asyncio.timeout(self._entry.probe_timeout),
-                self._upstream.request(base, "GET", target, [], None) as answer,
-            ):
-                self._average(self._probed, region, time.perf_counter() - sent)
-                while not answer.done:
-                    await answer.read()
-                healthy = 200 <= answer.status < 300
+            async with asyncio.timeout(self._entry.probe_timeout):
+                answer = await self._upstream.request(base, "GET", target, [], None)
+                try:
+                    self._average(self._probed, region, time.perf_counter() - sent)
+                    while not answer.done:
+                        await answer.read()
+                    healthy = 200 <= answer.status < 300
+                finally:
+                    answer.release()
         except (UpstreamError, TimeoutError):
             healthy = False
         key = (region, route.endpoint)
