@@ -35,7 +35,7 @@ import asyncio
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 from servefleet.runtime.local.load import LoadMeter
 
@@ -102,9 +102,12 @@ class Backend:
         return f"Backend({self.name!r}, {self.url!r}, outstanding={self.outstanding})"
 
 
-@dataclass(frozen=True, slots=True)
-class Pick:
-    """Where one request goes."""
+class Pick(NamedTuple):
+    """Where one request goes.
+
+    A named tuple rather than a frozen dataclass: as immutable, and made for every
+    request, where a frozen dataclass's `__init__` sets each field through
+    `object.__setattr__` (about four times the cost)."""
 
     endpoint: str
     version: Role
@@ -325,10 +328,25 @@ def choose(
         if isinstance(offer, Refusal):
             refusals.append(offer)
             continue
-        usable_primary = _usable(router, offer, offer.primary, exclude)
-        usable_canary = _usable(router, offer, offer.canary, exclude)
-        for role in offer.wakes:
-            waking.setdefault(role, (router, offer))
+        # Inline, and nothing made for a version without replicas: this runs for
+        # every request.
+        usable_primary = [
+            (router, offer, backend)
+            for backend in offer.primary
+            if not backend.stalled and backend is not exclude
+        ]
+        usable_canary = (
+            [
+                (router, offer, backend)
+                for backend in offer.canary
+                if not backend.stalled and backend is not exclude
+            ]
+            if offer.canary
+            else []
+        )
+        if offer.wakes:
+            for role in offer.wakes:
+                waking.setdefault(role, (router, offer))
         primary.extend(usable_primary)
         canary.extend(usable_canary)
         if usable_canary or "canary" in offer.wakes:
@@ -357,16 +375,6 @@ def choose(
     return router, Pick(
         route.endpoint, version, backend, route.prefix, rest or "/", route.meters[version]
     )
-
-
-def _usable(
-    router: Router, route: _Route, backends: tuple[Backend, ...], exclude: Backend | None
-) -> list[_Candidate]:
-    return [
-        (router, route, backend)
-        for backend in backends
-        if not backend.stalled and backend is not exclude
-    ]
 
 
 def _no_replica(router: Router, route: _Route) -> Refusal:
