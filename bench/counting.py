@@ -24,6 +24,7 @@ WRITES = frozenset(
         "purge_endpoint",
         "put_region_status",
         "put_region",
+        "replace_region",
         "delete_region",
         "create_token",
         "delete_token",
@@ -94,6 +95,10 @@ class CountingStore:
     async def put_region(self, region: Region) -> None:
         self.calls["put_region"] += 1
         await self.inner.put_region(region)
+
+    async def replace_region(self, region: Region, *, expected: Region | None) -> None:
+        self.calls["replace_region"] += 1
+        await self.inner.replace_region(region, expected=expected)
 
     async def get_region(self, name: str) -> Region:
         self.calls["get_region"] += 1
