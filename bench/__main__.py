@@ -29,6 +29,7 @@ from bench import (
     gateway,
     gateway_streams,
     global_entry,
+    kubedrift,
     kubernetes,
     propagation,
     rollout,
@@ -123,6 +124,8 @@ async def main(options: argparse.Namespace) -> int:
     if "kubernetes" in selected:
         kubernetes_plan = kubernetes.QUICK if quick else kubernetes.FULL
         await part("kubernetes runtime", lambda: kubernetes.run(kubernetes_plan))
+        drift_plan = kubedrift.QUICK if quick else kubedrift.FULL
+        await part("kubernetes drift repair", lambda: kubedrift.run(drift_plan))
     if "failover" in selected:
         failover_plan = failover.QUICK if quick else failover.FULL
         await part("failover", lambda: failover.run(failover_plan))
