@@ -334,6 +334,52 @@ async def test_a_client_gone_mid_stream_ends_the_replicas_request(
     await eventually(counted_as_client_gone)
 
 
+async def test_a_client_that_reads_nothing_holds_the_replica_back_then_gets_it_all(
+    serve: Serve, gateways: Start
+) -> None:
+    """Verify that a streamed answer the client does not read stops the replica's
+    writes once the buffers on the way are full (the gateway holds no more than
+    they do), and that the whole body arrives once the client reads again."""
+    piece, pieces = b"x" * 65_536, 1_024  # 64 MiB
+    sent = 0
+
+    async def firehose(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(pieces):
+            await response.write(piece)  # waits while its connection is backed up
+            sent += len(piece)
+        await response.write_eof()
+        return response
+
+    url = await _gateway_to(firehose, serve, gateways)
+    reader, writer = await _raw(url, b"GET /inference/llm/x HTTP/1.1\r\nHost: g\r\n\r\n")
+    try:
+        async with asyncio.timeout(30):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert b"Transfer-Encoding: chunked" in head
+
+            async def held() -> bool:
+                before = sent
+                await asyncio.sleep(0.3)
+                return sent == before
+
+            await eventually(held)
+            # Kernel buffers on both loopback hops and a few transport buffers: far
+            # less than the body, which an unheld gateway would have read whole.
+            assert sent < len(piece) * pieces // 2
+            body = bytearray()
+            while not body.endswith(b"\r\n0\r\n\r\n"):
+                more = await reader.read(1 << 20)
+                assert more, "the gateway closed before the end of the answer"
+                body += more
+    finally:
+        writer.close()
+    assert sent == len(piece) * pieces
+    assert body.count(b"x") == len(piece) * pieces
+
+
 async def test_closing_lets_an_answer_under_way_finish_and_drops_idle_connections(
     serve: Serve,
 ) -> None:

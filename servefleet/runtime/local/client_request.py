@@ -36,6 +36,9 @@ class Wire(Protocol):
     async def send(self, data: bytes) -> None:
         """Write, then wait while the client has more than it takes buffered."""
 
+    def backed_up(self) -> bool:
+        """Whether the client has more than it takes buffered."""
+
     def flow(self) -> None:
         """Reading may resume: the handler took what was buffered."""
 
@@ -270,13 +273,22 @@ class ClientRequest:
         parts.append(self._end_of_head())
         await self._connection.send(b"".join(parts))
 
-    async def write(self, chunk: bytes) -> None:
-        """One more piece of a streamed answer, sent once the client takes it."""
+    def push(self, chunk: bytes) -> None:
+        """One more piece of a streamed answer, written at once (the relay waits
+        for `drained` while the client is `backed_up`)."""
         if not chunk or self._bodiless():
             return
         if self.chunked:
             chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
-        await self._connection.send(chunk)
+        self._connection.write(chunk)
+
+    def backed_up(self) -> bool:
+        """Whether the client has more of the answer buffered than it takes."""
+        return self._connection.backed_up()
+
+    async def drained(self) -> None:
+        """Until the client has taken what was buffered for it (or is gone)."""
+        await self._connection.send(b"")
 
     def finish(self, chunk: bytes = b"") -> None:
         """The last piece of a streamed answer, and its end, in one write."""

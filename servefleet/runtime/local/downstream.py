@@ -310,6 +310,10 @@ class _ClientConnection(asyncio.Protocol):
         if self._drain is not None:
             await self._drain
 
+    def backed_up(self) -> bool:
+        # A client that is gone takes nothing more: its handler is being cancelled.
+        return self._drain is not None and not self._closing
+
     def abort(self) -> None:
         self._closing = True
         if self.transport is not None:

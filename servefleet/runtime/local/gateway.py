@@ -474,13 +474,8 @@ class Gateway:
             return
         await request.start(upstream.status, items, reason=upstream.reason, length=length)
         try:
-            while True:
-                chunk = await upstream.read()
-                if upstream.done:
-                    # The last chunk and the end of the answer in one write.
-                    request.finish(chunk)
-                    return
-                await request.write(chunk)
+            await upstream.relay(request)
+            request.finish()
         except UpstreamError as error:
             # The upstream broke off or went silent mid-answer. The status is
             # already sent, so the only honest signal left is to cut the

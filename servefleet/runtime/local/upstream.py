@@ -15,7 +15,9 @@ What it keeps of aiohttp's client as the gateway used it:
   the answer (`UpstreamTimeout`: the replica stayed silent that long);
 - the answer streamed as it arrives, reading from the replica paused while more
   than `_HIGH_WATER` bytes wait for the client, so a slow client never makes the
-  gateway buffer a whole answer;
+  gateway buffer a whole answer; once its head is relayed, the rest goes to the
+  client straight from the parser's callback (`Answer.relay`), with reading held
+  while the client is backed up;
 - the request body forwarded as the client sends it: with the client's
   Content-Length as is, otherwise in chunked encoding;
 - no decompression, no cookies, no headers of its own but Host when the client
@@ -33,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -45,6 +47,16 @@ __all__ = ["Answer", "UpstreamConnectError", "UpstreamError", "UpstreamPool", "U
 _HIGH_WATER = 256 * 1024
 """Answer bytes buffered for the client at which reading from the replica pauses."""
 _WRITE_HIGH_WATER = 64 * 1024
+
+
+class Sink(Protocol):
+    """Where `Answer.relay` sends a body: the client's side of the gateway."""
+
+    def push(self, chunk: bytes) -> None: ...
+
+    def backed_up(self) -> bool: ...
+
+    async def drained(self) -> None: ...
 
 
 class UpstreamError(Exception):
@@ -104,6 +116,8 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
+        self.sink: Sink | None = None
+        """Where body bytes go from the parser's callback, while `Answer.relay` runs."""
         self._last_heard = 0.0
         self._sent = False
         """The whole request is out: the replica's silence counts (`sent`)."""
@@ -178,11 +192,16 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        sink = self.sink
+        if sink is not None:
+            sink.push(body)
+            if sink.backed_up():
+                self._wake()  # the relay holds reading until the client catches up
+            return
         self.chunks.append(body)
         self.buffered += len(body)
-        if self.buffered > _HIGH_WATER and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
+        if self.buffered > _HIGH_WATER:
+            self.hold()
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -221,11 +240,21 @@ class _Connection(asyncio.Protocol):
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self.chunks = []
         self.buffered = 0
+        self.carry_on()
+        return data
+
+    def hold(self) -> None:
+        """Stop reading from the replica: the client is behind."""
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def carry_on(self) -> None:
+        """Read from the replica again after `hold`."""
         if self._paused and self.transport is not None:
             self._paused = False
             self._last_heard = self._loop.time()  # paused for the client, not silent
             self.transport.resume_reading()
-        return data
 
     def begin(self, head_only: bool) -> None:
         self._reset()
@@ -300,6 +329,27 @@ class Answer:
                 raise connection.error
             await connection.wait()
         return connection.take()
+
+    async def relay(self, sink: Sink) -> None:
+        """Send the rest of the body to `sink` as it arrives, straight from the
+        parser's callback (no task switch per piece: a token stream's events cost
+        a write each), holding reading from the replica while the client is backed
+        up; returns at the body's end. Raises `UpstreamError` if the replica fails."""
+        connection = self._connection
+        connection.sink = sink
+        try:
+            sink.push(connection.take())
+            while not connection.complete:
+                if connection.error is not None:
+                    raise connection.error
+                if sink.backed_up():
+                    connection.hold()
+                    await sink.drained()
+                    connection.carry_on()
+                else:
+                    await connection.wait()
+        finally:
+            connection.sink = None
 
     def release(self) -> None:
         """Done with the answer: the connection goes back to the pool if the answer
