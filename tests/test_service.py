@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -183,6 +183,64 @@ async def test_apply_with_state_and_regions_sets_them(
     assert applied.endpoint.target_regions == ["r1", "r2"]
     assert applied.endpoint.desired_state.runs
     assert applied.endpoint.generation == 2
+
+
+class _Watched:
+    """A store that counts the reads `apply_all` makes and runs `before_update`
+    (another writer) just before the first update of a record."""
+
+    def __init__(self, store: Store, before_update: Callable[[], Awaitable[Any]] | None) -> None:
+        self._store = store
+        self._before_update = before_update
+        self.reads = 0
+        self.listings = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def get_endpoint(self, name: str) -> Any:
+        self.reads += 1
+        return await self._store.get_endpoint(name)
+
+    async def list_regions(self) -> Any:
+        self.listings += 1
+        return await self._store.list_regions()
+
+    async def update_endpoint(self, endpoint: Any, *, expected_revision: int) -> Any:
+        hook, self._before_update = self._before_update, None
+        if hook is not None:
+            await hook()
+        return await self._store.update_endpoint(endpoint, expected_revision=expected_revision)
+
+
+async def test_apply_all_reads_each_record_and_the_regions_once_for_check_and_write(
+    store: Store, clock: Clock
+) -> None:
+    await register(store, "r1")
+    watched = _Watched(store, None)
+    applied = await EndpointService(cast(Store, watched), clock=clock).apply_all(
+        [manifest(name) for name in ("a", "b", "c")]
+    )
+    assert [a.outcome for a in applied] == [ApplyOutcome.CREATED] * 3
+    assert (watched.reads, watched.listings) == (3, 1)
+
+
+async def test_apply_all_reads_again_a_record_another_writer_changed_after_the_check(
+    store: Store, service: EndpointService, clock: Clock
+) -> None:
+    await register(store, "r1")
+    await service.deploy("llm", make_spec(image=IMAGE_1, replicas=1))
+    watched = _Watched(store, lambda: service.scale("llm", 3))
+    service_of_watched = EndpointService(cast(Store, watched), clock=clock)
+
+    (applied,) = await service_of_watched.apply_all([manifest(spec={"image": IMAGE_2})])
+
+    assert applied.outcome is ApplyOutcome.CONFIGURED
+    stored = await store.get_endpoint("llm")
+    assert stored.revision == 3  # created, scaled by the other writer, then applied
+    # The declaration, over the other writer's replicas.
+    assert stored.spec == manifest(spec={"image": IMAGE_2}).spec
+    assert watched.reads == 2  # the check's, and once more after the lost race
 
 
 async def test_apply_refuses_an_unregistered_region_and_changes_nothing(

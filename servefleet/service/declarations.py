@@ -36,6 +36,13 @@ __all__ = [
 ]
 
 
+class _Unread:
+    """No record was read for `_apply_checked`: it reads one."""
+
+
+_UNREAD = _Unread()
+
+
 class ApplyOutcome(StrEnum):
     CREATED = "created"
     CONFIGURED = "configured"
@@ -85,9 +92,16 @@ class DeclarationOperations(EndpointRecords):
             raise unregistered.named("regions") from None  # the declaration's word for them
 
     async def _create(
-        self, name: str, spec: EndpointSpec, regions: list[str] | None, *, stopped: bool
+        self,
+        name: str,
+        spec: EndpointSpec,
+        regions: list[str] | None,
+        *,
+        stopped: bool,
+        known: list[Region] | None = None,
     ) -> Endpoint:
-        known = await self._store.list_regions()
+        if known is None:
+            known = await self._store.list_regions()
         registered = region_names(known)
         targets = registered_targets(registered, regions, "target_regions")
         check_region_images(registered, spec)
@@ -119,17 +133,18 @@ class DeclarationOperations(EndpointRecords):
         in between, the store still refuses, at the write, a record it cannot hold.)"""
         await self._check(manifest, await self._store.list_regions())
 
-    async def _check(self, manifest: EndpointManifest, known: list[Region]) -> None:
+    async def _check(self, manifest: EndpointManifest, known: list[Region]) -> Endpoint | None:
+        """`check` against the regions `known`; the stored record it read (None:
+        there is none)."""
         registered = region_names(known)
         if manifest.regions is not None:
             registered_targets(registered, manifest.regions, "regions")
         check_region_images(registered, manifest.spec)
         name = manifest.metadata.name
-        try:
-            current = await self._store.get_endpoint(name)
-        except EndpointNotFound:
+        current = await self._current_if_any(name, None)
+        if current is None:
             if manifest.state == "deleted":
-                raise _deletion_is_not_applied() from None
+                raise _deletion_is_not_applied()
             targets = registered_targets(registered, manifest.regions, "target_regions")
             stopped = manifest.state == "stopped"
             record = self._new_record(name, manifest.spec, targets, stopped=stopped)
@@ -139,6 +154,7 @@ class DeclarationOperations(EndpointRecords):
         check_scale_to_zero(known, record.spec, record.target_regions)
         check_rollout(record)
         self._store.check_endpoint(record)
+        return current
 
     async def apply_all(self, manifests: list[EndpointManifest]) -> list[Applied]:
         """`apply` each declaration, having checked them all first: one refused
@@ -146,10 +162,16 @@ class DeclarationOperations(EndpointRecords):
         duplicates = declared_more_than_once(manifests)
         if duplicates:
             raise InvalidInput(duplicates)
+        # One look at the regions and at each record serves the check and the write:
+        # a record changed in between fails the write's compare-and-set, which reads
+        # it again (a batch of N costs N reads and N writes, not 2N reads and N
+        # listings more).
         known = await self._store.list_regions()
-        for manifest in manifests:
-            await self._check(manifest, known)
-        return [await self._apply_checked(manifest) for manifest in manifests]
+        read = [await self._check(manifest, known) for manifest in manifests]
+        return [
+            await self._apply_checked(manifest, read=current, known=known)
+            for manifest, current in zip(manifests, read, strict=True)
+        ]
 
     async def apply(
         self, manifest: EndpointManifest, *, expected_revision: int | None = None
@@ -162,18 +184,32 @@ class DeclarationOperations(EndpointRecords):
         return await self._apply_checked(manifest, expected_revision)
 
     async def _apply_checked(
-        self, manifest: EndpointManifest, expected_revision: int | None = None
+        self,
+        manifest: EndpointManifest,
+        expected_revision: int | None = None,
+        *,
+        read: Endpoint | _Unread | None = _UNREAD,
+        known: list[Region] | None = None,
     ) -> Applied:
+        """`apply` a checked declaration; the first attempt takes the record `read`
+        by the check if given (None: there was none) and the regions `known`."""
         name = manifest.metadata.name
         for _ in range(MAX_ATTEMPTS):
-            try:
-                current = await self._current(name, expected_revision)
-            except EndpointNotFound:
+            if isinstance(read, _Unread):
+                current = await self._current_if_any(name, expected_revision)
+            else:
+                current = read
+            read = _UNREAD  # a retry reads again: another writer got there first
+            if current is None:
                 if expected_revision is not None:
-                    raise RevisionConflict(name, expected_revision, None) from None
+                    raise RevisionConflict(name, expected_revision, None)
                 try:
                     created = await self._create(
-                        name, manifest.spec, manifest.regions, stopped=manifest.state == "stopped"
+                        name,
+                        manifest.spec,
+                        manifest.regions,
+                        stopped=manifest.state == "stopped",
+                        known=known,
                     )
                 except EndpointExists:
                     continue
@@ -186,6 +222,12 @@ class DeclarationOperations(EndpointRecords):
             outcome = ApplyOutcome.UNCHANGED if updated == current else ApplyOutcome.CONFIGURED
             return Applied(updated, outcome)
         raise busy(name)
+
+    async def _current_if_any(self, name: str, expected_revision: int | None) -> Endpoint | None:
+        try:
+            return await self._current(name, expected_revision)
+        except EndpointNotFound:
+            return None
 
 
 def _declaration(manifest: EndpointManifest) -> Change:
