@@ -288,7 +288,7 @@ class ClientRequest:
 
     async def drained(self) -> None:
         """Until the client has taken what was buffered for it (or is gone)."""
-        await self._connection.send(b"")
+        await self._connection.send(b"")  # nothing more to write: only the wait
 
     def finish(self, chunk: bytes = b"") -> None:
         """The last piece of a streamed answer, and its end, in one write."""

@@ -13,11 +13,10 @@ What it keeps of aiohttp's client as the gateway used it:
   nothing reached the replica, so the gateway may try another one;
 - a read timeout counted from the end of the request and reset by every byte of
   the answer (`UpstreamTimeout`: the replica stayed silent that long);
-- the answer streamed as it arrives, reading from the replica paused while more
-  than `_HIGH_WATER` bytes wait for the client, so a slow client never makes the
+- the answer streamed as it arrives, reading from the replica paused while the
+  client is behind (`replica_connection`), so a slow client never makes the
   gateway buffer a whole answer; once its head is relayed, the rest goes to the
-  client straight from the parser's callback (`Answer.relay`), with reading held
-  while the client is backed up;
+  client straight from the parser's callback (`Answer.relay`);
 - the request body forwarded as the client sends it: with the client's
   Content-Length as is, otherwise in chunked encoding;
 - no decompression, no cookies, no headers of its own but Host when the client
