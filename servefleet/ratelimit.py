@@ -9,6 +9,8 @@ with Retry-After). So the rate starts at its ceiling, halves when the server say
 it is overloaded (a 429, a Retry-After) or its latency climbs well above the
 lowest seen lately, at most once per `cooldown` (the answers to a burst all say
 the same thing), and climbs back by a fixed step each second it goes unpunished.
+The latency it is given should be the server's: the Kubernetes client leaves out
+its own process's garbage-collection stalls (`pauses.py`).
 """
 
 from __future__ import annotations

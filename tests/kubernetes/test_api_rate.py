@@ -5,6 +5,8 @@ Fairness answer), over real HTTP on the test API server."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,3 +58,49 @@ async def test_refusals_lower_the_rate_and_every_request_still_lands(tmp_path: P
     assert _rate(metrics) < 1000  # lowered by the refusals
     applied = server.requests["patch", "services"] - server.refused_in_flight
     assert applied == SERVICES
+
+
+async def test_a_garbage_collection_of_our_own_mid_request_does_not_lower_the_rate(
+    tmp_path: Path,
+) -> None:
+    """Every answer that arrives after a long collection seems late by all of it;
+    the server was not slow, so the rate stays at its ceiling."""
+    heap = [[index] for index in range(3_000_000)]  # what makes a collection long
+    async with api_target(tmp_path) as target:
+        server = target.need_server()
+        client = await api_client(target.kubeconfig)
+        metrics = Metrics()
+        settings = replace(FAST, request_timeout=30, rate=AdaptiveRateSettings(ceiling=1000))
+        api = ClusterApi("r1", target.namespace, client, settings, metrics=metrics)
+
+        async def apply(index: int) -> None:
+            name = f"svc-{index}"
+            ref = ObjectRef("v1", "Service", target.namespace, name)
+            body = {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": target.namespace},
+                "spec": {"ports": [{"port": 80}]},
+            }
+            await api.apply(ref, body, "servefleet", force=True)
+
+        try:
+            server.add_latency(0.02)
+            for index in range(10):  # the lowest latency seen: about 20 ms
+                await apply(index)
+            server.clear_latency()
+            server.add_latency(0.05)  # still being answered when the collection starts
+            in_flight = [asyncio.ensure_future(apply(index)) for index in range(10, 42)]
+            async with asyncio.timeout(10):
+                while server.requests["patch", "services"] < 42:  # noqa: ASYNC110 - a count, not an event
+                    await asyncio.sleep(0.001)
+            started = time.monotonic()
+            gc.collect()
+            stalled = time.monotonic() - started
+            await asyncio.gather(*in_flight)
+        finally:
+            await client.close()
+    del heap
+
+    assert stalled > 0.2, f"the collection took only {stalled:.3f} s: too short to tell"
+    assert _rate(metrics) == 1000
