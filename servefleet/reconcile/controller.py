@@ -236,7 +236,8 @@ class Controller:
             )
         finally:
             self._listings.remove(forgotten)
-        listed = {e.name: e for e in endpoints if e.name not in forgotten}
+        one_copy = self._shared.one_copy
+        listed = {e.name: one_copy(e) for e in endpoints if e.name not in forgotten}
         for name, endpoint in listed.items():
             known = self._records.get(name)
             if known is not None and known.revision > endpoint.revision:
@@ -460,7 +461,7 @@ class Controller:
         return endpoint
 
     def _remember(self, endpoint: Endpoint) -> None:
-        self._records[endpoint.name] = endpoint
+        self._records[endpoint.name] = self._shared.one_copy(endpoint)
         if endpoint.revision >= self._feed_revisions.get(endpoint.name, 0):
             self._feed_revisions.pop(endpoint.name, None)
 

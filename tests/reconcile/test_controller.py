@@ -8,6 +8,7 @@ import functools
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 from typing import Any, cast
 
 import pytest
@@ -16,6 +17,7 @@ from servefleet.metrics import Metrics
 from servefleet.plan import Observed, desired_workload
 from servefleet.reconcile.controller import Controller, ControllerSettings
 from servefleet.reconcile.leader import LeaseUnconfirmed
+from servefleet.reconcile.shared import SharedRecords
 from servefleet.service import EndpointService, utc_now
 from servefleet.spec import (
     DesiredState,
@@ -581,3 +583,41 @@ async def _processed(controller: Controller) -> bool:
 
 async def _retried(controller: Controller, times: int) -> bool:
     return controller.outcomes["retry"] >= times
+
+
+async def test_the_regions_of_a_process_keep_one_copy_of_a_record(
+    store: Store, service: EndpointService
+) -> None:
+    """Listed at start-up and read after a change alike: a record is the same for
+    every region, so it is held once, not once per region. (A region without a
+    controller keeps the endpoints from settling as running, whose record every
+    controller would take from the one that wrote it.)"""
+    await store.put_region(Region(name="r3", kind=RegionKind.LOCAL))
+    regions = ["r1", "r2", "r3"]
+    await service.deploy("listed", make_spec(), regions)
+    runtimes = {region: MemoryRuntime() for region in ("r1", "r2")}
+    async with AsyncExitStack() as stack:
+        controllers = [
+            await stack.enter_async_context(running(store, runtime, region=region))
+            for region, runtime in runtimes.items()
+        ]
+        await service.deploy("read", make_spec(), regions)
+        for runtime in runtimes.values():
+            await eventually(functools.partial(_has, runtime, "listed", replicas=2))
+            await eventually(functools.partial(_has, runtime, "read", replicas=2))
+
+        for name in ("listed", "read"):
+            copies = {id(controller._records[name]) for controller in controllers}
+            assert len(copies) == 1, name
+
+
+def test_a_record_is_shared_only_with_an_identical_one() -> None:
+    shared = SharedRecords()
+    first = make_endpoint("llm", ["r1"], replicas=2)
+    same = first.model_copy()
+    other_life = first.model_copy(update={"created_at": first.created_at + timedelta(seconds=1)})
+
+    assert shared.one_copy(first) is first
+    assert shared.one_copy(same) is first
+    assert shared.one_copy(other_life) is other_life  # a name purged and created again
+    assert shared.one_copy(first.model_copy()) is not first
