@@ -7,10 +7,13 @@ ceiling makes a large fleet converge at the client's pace, not the server's, and
 the API server protects itself already (API Priority and Fairness answers 429
 with Retry-After). So the rate starts at its ceiling, halves when the server says
 it is overloaded (a 429, a Retry-After) or its latency climbs well above the
-lowest seen lately, at most once per `cooldown` (the answers to a burst all say
-the same thing), and climbs back by a fixed step each second it goes unpunished.
-The latency it is given should be the server's: the Kubernetes client leaves out
-its own process's garbage-collection stalls (`pauses.py`).
+lowest seen lately and stays there for a while (a server that stalls for a moment,
+as one collecting garbage does, is not overloaded), at most once per `cooldown`
+(the answers to a burst all say the same thing), and climbs back by a fixed step
+each second it goes unpunished.
+A stall of the client's own (its garbage collector stopping the process for a
+second) looks the same: every answer in flight arrives late at once, then the
+latency is what it was.
 """
 
 from __future__ import annotations
@@ -77,7 +80,9 @@ class AdaptiveRateSettings:
     latency_factor: float = 4.0
     """A smoothed latency this many times the lowest seen lately is overload..."""
     latency_margin: float = 0.1
-    """...if it is also this many seconds above it (sub-millisecond noise is not)."""
+    """...if it is also this many seconds above it (sub-millisecond noise is not)..."""
+    latency_window: float = 1.0
+    """...and has been both for this many seconds."""
 
 
 class AdaptiveRate:
@@ -95,6 +100,8 @@ class AdaptiveRate:
         """Exponentially smoothed latency of the answers."""
         self._lowest: float | None = None
         """The lowest smoothed latency, drifting up slowly so that it stays recent."""
+        self._slow_since: float | None = None
+        """Since when the smoothed latency has been high enough to mean overload."""
 
     @property
     def rate(self) -> float:
@@ -114,13 +121,18 @@ class AdaptiveRate:
         self._latency = smoothed
         lowest = smoothed if self._lowest is None else min(self._lowest * 1.001, smoothed)
         self._lowest = lowest
+        now = self._clock()
         if (
             smoothed > lowest * settings.latency_factor
             and smoothed > lowest + settings.latency_margin
         ):
-            self._decrease()
+            if self._slow_since is None:
+                self._slow_since = now
+            if now - self._slow_since >= settings.latency_window:
+                self._slow_since = None
+                self._decrease()
             return
-        now = self._clock()
+        self._slow_since = None
         if now - self._decreased_at >= settings.cooldown:
             climbed = self.bucket.rate + settings.recovery * (now - self._last_change)
             self.bucket.rate = min(settings.ceiling, climbed)

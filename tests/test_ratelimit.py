@@ -57,10 +57,30 @@ def test_rising_latency_lowers_the_rate_and_steady_latency_does_not() -> None:
         rate.answered(0.005)
     assert rate.rate == 400
 
-    for _ in range(30):
+    for _ in range(90):
         clock.now += 0.01
-        rate.answered(0.5)  # the server slows down a hundredfold
+        rate.answered(0.5)  # the server slows down a hundredfold...
+    assert rate.rate == 400  # ...but for less than the window so far
+
+    for _ in range(60):
+        clock.now += 0.01
+        rate.answered(0.5)
     assert rate.rate == 200
+
+
+def test_a_stall_shorter_than_the_window_is_not_overload() -> None:
+    """A server collecting garbage answers everything in flight late at once, then
+    is as fast as before."""
+    clock = Clock()
+    rate = AdaptiveRate(SETTINGS, clock)
+    for _ in range(3):
+        for _ in range(100):
+            clock.now += 0.01
+            rate.answered(0.005)
+        for _ in range(30):
+            clock.now += 0.001
+            rate.answered(0.4)
+    assert rate.rate == 400
 
 
 def test_jitter_under_the_margin_is_not_overload() -> None:

@@ -63,8 +63,8 @@ async def test_refusals_lower_the_rate_and_every_request_still_lands(tmp_path: P
 async def test_a_garbage_collection_of_our_own_mid_request_does_not_lower_the_rate(
     tmp_path: Path,
 ) -> None:
-    """Every answer that arrives after a long collection seems late by all of it;
-    the server was not slow, so the rate stays at its ceiling."""
+    """Every answer that arrives after a long collection seems late by all of it,
+    at once; the server was not slow, so the rate stays at its ceiling."""
     heap = [[index] for index in range(3_000_000)]  # what makes a collection long
     async with api_target(tmp_path) as target:
         server = target.need_server()

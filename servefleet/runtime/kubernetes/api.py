@@ -4,8 +4,7 @@
 a page, open a watch, read the tail of a pod's log. Each request but the watch
 streams passes a client-side rate limit that adapts to the server
 (`ratelimit.AdaptiveRate`, `ClusterSettings.rate`: it halves on a 429 or a
-Retry-After and on rising latency, not counting the process's own garbage-collection
-stalls (`pauses.py`), and climbs back to its ceiling), runs under
+Retry-After and on latency that stays high, and climbs back to its ceiling), runs under
 `request_timeout`, and is retried on 429, 5xx, timeouts and connection errors
 with exponential backoff (honouring Retry-After, capped at `backoff_max` or 1 s,
 whichever is longer) before `RuntimeUnavailable`; what each answer means is
@@ -45,7 +44,6 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from yarl import URL
 
 from servefleet.metrics import Metrics
-from servefleet.pauses import own_pauses
 from servefleet.ratelimit import AdaptiveRate
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.errors import refusal, retry_after, status_message
@@ -305,7 +303,7 @@ class ClusterApi:
         while True:
             wait_asked: float | None = None
             await self._rate.acquire()
-            sent, paused = time.monotonic(), own_pauses()
+            sent = time.monotonic()
             try:
                 async with asyncio.timeout(settings.request_timeout):
                     response = await call()
@@ -323,8 +321,7 @@ class ClusterApi:
                 if status == 429 or wait_asked is not None:
                     self._rate.overloaded()
                 else:
-                    # Not our own garbage collection's stall: the server's latency.
-                    self._rate.answered(time.monotonic() - sent - (own_pauses() - paused))
+                    self._rate.answered(time.monotonic() - sent)
                 if 200 <= status < 300:
                     return raw
                 message = status_message(raw, status)
