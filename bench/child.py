@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import json
 import resource
 import signal
@@ -98,9 +99,37 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
+class _Collections:
+    """How long this process has stood still for its garbage collector, in all and
+    at most at once (a host counts from its start: `count_collections`)."""
+
+    def __init__(self) -> None:
+        self.paused_s = 0.0
+        self.longest_s = 0.0
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        paused = time.perf_counter() - self._began
+        self.paused_s += paused
+        self.longest_s = max(self.longest_s, paused)
+
+
+_COLLECTIONS = _Collections()
+
+
+def count_collections() -> None:
+    """From now on, `own_usage` says how long the collector stopped this process."""
+    if _COLLECTIONS not in gc.callbacks:
+        gc.callbacks.append(_COLLECTIONS)
+
+
 def own_usage() -> dict[str, float]:
     """This process's CPU seconds and memory, for a host's answers: `peak_rss_kb` is
-    VmHWM (the peak resident set), `rss_kb` VmRSS now."""
+    VmHWM (the peak resident set), `rss_kb` VmRSS now; and, once `count_collections`
+    was called, the garbage collector's pauses (`gc_pause_s` in all, `gc_longest_pause_s`)."""
     memory = {"VmHWM": 0, "VmRSS": 0}
     with suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -114,6 +143,8 @@ def own_usage() -> dict[str, float]:
         "system_s": usage.ru_stime,
         "peak_rss_kb": memory["VmHWM"] or usage.ru_maxrss,
         "rss_kb": memory["VmRSS"],
+        "gc_pause_s": round(_COLLECTIONS.paused_s, 3),
+        "gc_longest_pause_s": round(_COLLECTIONS.longest_s, 3),
     }
 
 

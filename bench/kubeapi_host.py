@@ -14,7 +14,8 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from bench.child import die_with_parent, own_usage, serve_commands
+from bench.child import count_collections, die_with_parent, own_usage, serve_commands
+from servefleet.collector import pace_for_a_server
 from tests.kubeapi import KubeApiServer
 
 
@@ -52,6 +53,8 @@ async def main(options: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     die_with_parent()
+    count_collections()
+    pace_for_a_server()  # as servefleet's own servers
     parser = argparse.ArgumentParser(prog="python -m bench.kubeapi_host")
     parser.add_argument("kubeconfig")
     parser.add_argument("namespace")

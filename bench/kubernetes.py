@@ -294,6 +294,11 @@ async def _converge(size: int, plan: Plan, *, max_in_flight: int | None = None) 
         "reconciler_cpu_s": round(usage["cpu_s"], 1),
         "reconciler_cpu_ms_per_endpoint_region": round(usage["cpu_s"] * 1000 / max(ready, 1), 2),
         "api_servers_cpu_s": servers_cpu,
+        "reconciler_gc_pause_s": usage["gc_pause_s"],
+        "reconciler_gc_longest_pause_s": usage["gc_longest_pause_s"],
+        "api_servers_gc_longest_pause_s": max(
+            answer["gc_longest_pause_s"] for answer in counts.values()
+        ),
         "requests": total,
         "requests_per_region": per_region,
         "requests_per_endpoint_region": round(total / target, 4),
@@ -344,7 +349,8 @@ async def _scale_rows(plan: Plan) -> list[Row]:
     workload = (
         f"{plan.regions} test API servers (tests/kubeapi, each in a process of its own, "
         f"{LATENCY * 1000:.0f} ms injected before every request, Deployments marked ready "
-        f"{AUTO_READY * 1000:.0f} ms after each spec change), each empty; SQLite store with N "
+        f"{AUTO_READY * 1000:.0f} ms after each spec change; their garbage collector paced "
+        "as servefleet's servers', servefleet/collector.py), each empty; SQLite store with N "
         f"image-only endpoints (2 replicas: Service, Deployment, Ingress) targeting every "
         "region, created before; the reconciler process (bench/reconciler_host.py: what "
         f"`servefleet up` runs — lease, KubernetesRuntime and Controller per region, "
@@ -370,7 +376,8 @@ async def _scale_rows(plan: Plan) -> list[Row]:
                 f"reconciler up in {case['reconciler_start_s']:.1f} s) · reconciler peak RSS "
                 f"{case['reconciler_peak_rss_mb']:.0f} MB, CPU {case['reconciler_cpu_s']:.1f} s "
                 f"({case['reconciler_cpu_ms_per_endpoint_region']:.1f} ms per endpoint and "
-                "region) · "
+                f"region; garbage collection {case['reconciler_gc_pause_s']:.1f} s, "
+                f"{case['reconciler_gc_longest_pause_s'] * 1000:.0f} ms at most) · "
                 f"{case['requests_per_endpoint_region']:.4g} requests per endpoint and region "
                 f"({_verbs(per_verb)}) · API servers' CPU {busiest_server:.1f} s at most "
                 f"({busiest_server / case['wall_s']:.0%} of the wall time) · limit: the requests "

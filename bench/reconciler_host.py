@@ -25,8 +25,9 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from bench.child import die_with_parent, own_usage, serve_commands
+from bench.child import count_collections, die_with_parent, own_usage, serve_commands
 from bench.counting import CountingStore
+from servefleet.collector import pace_for_a_server
 from servefleet.reconcile.controller import Controller, ControllerSettings
 from servefleet.reconcile.leader import LeaseSettings
 from servefleet.reconcile.region import run_region
@@ -117,6 +118,8 @@ async def main(options: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     die_with_parent()
+    count_collections()
+    pace_for_a_server()  # as servefleet's own servers
     parser = argparse.ArgumentParser(prog="python -m bench.reconciler_host")
     parser.add_argument("store")
     parser.add_argument("regions", nargs="+")

@@ -21,6 +21,7 @@ from servefleet.cli.app import app, state
 from servefleet.cli.connect import require_store, run_on_store
 from servefleet.cli.logs import configure_logging
 from servefleet.cli.output import LogFormatOption, check_output, err, fail, redacted
+from servefleet.collector import pace_for_a_server
 from servefleet.store import Store
 
 __all__ = ["plain_http_refusal"]
@@ -118,6 +119,7 @@ def serve(
         with _signals_end_the_server():
             await api_server(store, settings).serve()
 
+    pace_for_a_server()
     try:
         run_on_store(run)
     except (OSError, ssl.SSLError) as error:

@@ -34,6 +34,7 @@ from servefleet.cli.logs import configure_logging
 from servefleet.cli.monitoring import MonitoringServer
 from servefleet.cli.output import err, out
 from servefleet.cli.region_table import EndpointRoutes, read_region_table, refresh_region_table
+from servefleet.collector import pace_for_a_server
 from servefleet.metrics import Metrics
 from servefleet.reconcile.controller import Clock, ControllerSettings
 from servefleet.reconcile.leader import LeaderElection, LeaseSettings, StoreLeases
@@ -417,6 +418,7 @@ def serve(options: UpOptions) -> None:
     ignored in a script's background job, under `nohup` and under some supervisors,
     where `kill -INT` would otherwise do nothing."""
     configure_logging(options.log_format)
+    pace_for_a_server()
 
     async def main() -> None:
         task = asyncio.current_task()
