@@ -8,7 +8,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from bench.control import controller_running
+from bench.control import SETTINGS, controller_running
 from bench.counting import CountingStore
 from bench.progress import show
 from bench.report import Row, latency_text, ms
@@ -273,7 +273,8 @@ async def _propagation(
     return Row(
         "propagation",
         f"{kind} N={len(names)}: write returned → runtime.apply",
-        f"real Controller (4 workers) on r1 with a recording runtime, {len(names)} converged "
+        f"real Controller ({SETTINGS.workers} workers) on r1 with a recording runtime, "
+        f"{len(names)} converged "
         f"endpoints (converged in {converge_s:.1f} s); {len(every)} changes one at a time "
         f"(alternating EndpointService.scale and apply of a changed spec.env) on random "
         f"endpoints from a 2nd store connection in the same process, each after the "

@@ -77,7 +77,8 @@ async def run(postgres_url: str, plan: Plan) -> list[Row]:
     resync_writes = sum(count for key, count in resync.items() if key in WRITES)
     resync_reads = {k: v for k, v in resync.items() if k not in WRITES and k != FEED_POLL}
     workload = (
-        f"real Controller (4 workers, resync {SETTINGS.resync_interval:.0f} s, heartbeat "
+        f"real Controller ({SETTINGS.workers} workers, resync "
+        f"{SETTINGS.resync_interval:.0f} s, heartbeat "
         f"{SETTINGS.heartbeat_interval:.0f} s) on r1 with the recording runtime and "
         f"{len(names)} converged endpoints on SQLite (converged in {converge_s:.1f} s), "
         "store wrapped in a counting proxy"

@@ -88,7 +88,10 @@ Fence = Callable[[], Lease | None]
 
 @dataclass(frozen=True)
 class ControllerSettings:
-    workers: int = 4
+    workers: int = 16
+    """Endpoints reconciled at once: a pass mostly waits (API requests one after
+    another, the store), and the runtime's rate limit, not this, protects the API
+    server."""
     resync_interval: float = 300.0
     heartbeat_interval: float = 300.0
     """A report that has not changed is written again after this long."""
