@@ -33,7 +33,7 @@ from servefleet.runtime.kubernetes.render import ANNOTATION_HASH, Manifest
 from servefleet.runtime.kubernetes.staging import staging_of
 from servefleet.runtime.kubernetes.traffic import PrometheusTraffic
 from servefleet.runtime.kubernetes.traffic_queries import Role
-from servefleet.runtime.kubernetes.watches import ANNOTATION_OBJECTS, Watches
+from servefleet.runtime.kubernetes.watches import ANNOTATION_OBJECTS, Watches, deployment_problem
 
 __all__ = ["observe"]
 
@@ -141,16 +141,9 @@ def _problem(deployment: Manifest | None) -> str:
     """A rollout that ran out of time, or replicas the controller cannot create."""
     if deployment is None:
         return ""
-    problems = []
-    for condition in (deployment.get("status") or {}).get("conditions") or []:
-        kind, state, reason = (
-            condition.get("type"),
-            condition.get("status"),
-            condition.get("reason"),
-        )
-        if (kind == "Progressing" and reason == "ProgressDeadlineExceeded") or (
-            kind == "ReplicaFailure" and state == "True"
-        ):
-            name = deployment["metadata"]["name"]
-            problems.append(f"{name}: {condition.get('message') or reason}")
-    return "; ".join(problems)
+    name = deployment["metadata"]["name"]
+    return "; ".join(
+        f"{name}: {condition.get('message') or condition.get('reason')}"
+        for condition in (deployment.get("status") or {}).get("conditions") or []
+        if deployment_problem(condition)
+    )

@@ -17,8 +17,11 @@ and nothing else.
 
 A cache keeps only the fields read (`managed_entry`): name, labels, the three
 servefleet annotations (workload hash, object list, fields digest), resourceVersion;
-for Deployments also generation, status, `spec.replicas`, which managers own it
-(managedFields) and the serving container's image. managedFields and the spec are
+for Deployments also generation, status (its conditions only when they say the
+rollout is stuck), `spec.replicas`, which managers own it (managedFields) and the
+serving container's image; keys and repeated strings shared across entries (at
+10,000 endpoints x 3 regions what the decoder made per object was ~120 MB of the
+reconciler's memory). managedFields and the spec are
 most of an object's size (about 1.6 GB for 10,000 endpoints in 3 regions, bench/:
 Kubernetes convergence). Whether servefleet's own fields drifted is decided from
 the whole object as it arrives (`drift.drift_of`; the digest apply() took of its
@@ -31,8 +34,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 import aiohttp
@@ -60,6 +65,7 @@ __all__ = [
     "Cache",
     "Watches",
     "at_least",
+    "deployment_problem",
     "endpoint_of",
     "managed_entry",
     "owns_replicas",
@@ -82,7 +88,9 @@ class Cache:
     entry: Entry
     unchanged: Unchanged | None = None
     objects: dict[str, Manifest] = field(default_factory=dict)
-    by_endpoint: dict[str, set[str]] = field(default_factory=dict)
+    by_endpoint: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Names by endpoint: a tuple (one or two names, and one a set would take four
+    times the memory of, for every endpoint)."""
     resource_version: str | None = None
     synced: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -93,15 +101,16 @@ class Cache:
         self.objects[name] = obj
         endpoint = endpoint_of(obj)
         if endpoint is not None:
-            self.by_endpoint.setdefault(endpoint, set()).add(name)
+            self.by_endpoint[endpoint] = (*self.by_endpoint.get(endpoint, ()), name)
 
     def remove(self, name: str) -> None:
         previous = self.objects.pop(name, None)
         endpoint = endpoint_of(previous) if previous is not None else None
         if endpoint is not None:
-            names = self.by_endpoint.get(endpoint, set())
-            names.discard(name)
-            if not names:
+            names = tuple(kept for kept in self.by_endpoint.get(endpoint, ()) if kept != name)
+            if names:
+                self.by_endpoint[endpoint] = names
+            else:
                 self.by_endpoint.pop(endpoint, None)
 
     def replace(self, objects: list[Manifest]) -> None:
@@ -121,8 +130,28 @@ _CACHED_DEPLOYMENT_STATUS: Final = (
     "readyReplicas",
     "replicas",
     "updatedReplicas",
-    "conditions",
 )
+_CACHED_CONDITION: Final = ("type", "status", "reason", "message")
+_OWNS_REPLICAS: Final[Mapping[str, Any]] = MappingProxyType(
+    {"f:spec": MappingProxyType({"f:replicas": MappingProxyType({})})}
+)
+"""The fieldsV1 of every cached managedFields entry (only owners of `spec.replicas`
+are kept): one read-only copy for all."""
+
+
+def _shared(text: Any) -> Any:
+    """A string many cached objects hold the same value of (a namespace, an image,
+    an endpoint's name in its three objects' labels), held once."""
+    return sys.intern(text) if isinstance(text, str) else text
+
+
+def deployment_problem(condition: Manifest) -> bool:
+    """Whether a Deployment condition says its rollout is stuck: out of time, or
+    replicas the controller cannot create."""
+    kind, state, reason = condition.get("type"), condition.get("status"), condition.get("reason")
+    return (kind == "Progressing" and reason == "ProgressDeadlineExceeded") or (
+        kind == "ReplicaFailure" and state == "True"
+    )
 
 
 def managed_entry(kind: str, obj: Manifest, digests: LiveDigests | None = None) -> Manifest:
@@ -134,20 +163,30 @@ def managed_entry(kind: str, obj: Manifest, digests: LiveDigests | None = None) 
     (`digests`: the live digests apply() already took)."""
     metadata = obj.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
-    kept: Manifest = {key: metadata[key] for key in _CACHED_METADATA if key in metadata}
-    kept["annotations"] = {
-        key: annotations[key] for key in _CACHED_ANNOTATIONS if key in annotations
+    # Built from this module's keys and shared strings: an entry held for every
+    # object must not keep what the decoder made for each one (its own copy of every
+    # key and of values that repeat across objects).
+    kept: Manifest = {key: _shared(metadata[key]) for key in _CACHED_METADATA if key in metadata}
+    kept["labels"] = {
+        sys.intern(key): _shared(value) for key, value in (metadata.get("labels") or {}).items()
     }
-    entry: Manifest = {"apiVersion": obj.get("apiVersion", ""), "kind": kind, "metadata": kept}
+    kept["annotations"] = {
+        key: _shared(annotations[key]) for key in _CACHED_ANNOTATIONS if key in annotations
+    }
+    entry: Manifest = {
+        "apiVersion": _shared(obj.get("apiVersion", "")),
+        "kind": kind,
+        "metadata": kept,
+    }
     drift = drift_of({**obj, "kind": kind}, digests)
     if drift is not None:
         entry["drift"] = drift
     if kind == "Deployment":
         kept["managedFields"] = [
             {
-                "manager": owner.get("manager"),
-                "subresource": owner.get("subresource") or "",
-                "fieldsV1": {"f:spec": {"f:replicas": {}}},
+                "manager": _shared(owner.get("manager")),
+                "subresource": _shared(owner.get("subresource") or ""),
+                "fieldsV1": _OWNS_REPLICAS,
             }
             for owner in metadata.get("managedFields") or []
             if owns_replicas(owner)
@@ -158,9 +197,17 @@ def managed_entry(kind: str, obj: Manifest, digests: LiveDigests | None = None) 
         # image (the model stager is an init container).
         containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
         if containers:
-            entry["image"] = containers[0].get("image")
+            entry["image"] = _shared(containers[0].get("image"))
         status = obj.get("status") or {}
-        entry["status"] = {key: status[key] for key in _CACHED_DEPLOYMENT_STATUS if key in status}
+        cached = {key: status[key] for key in _CACHED_DEPLOYMENT_STATUS if key in status}
+        problems = [
+            {key: condition[key] for key in _CACHED_CONDITION if key in condition}
+            for condition in status.get("conditions") or []
+            if deployment_problem(condition)
+        ]
+        if problems:
+            cached["conditions"] = problems
+        entry["status"] = cached
     return entry
 
 
