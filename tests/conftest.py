@@ -8,6 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from servefleet.collector import pace_for_a_server
 from servefleet.store import Store, open_store
 from tests.scenarios.harness import Fleet, local_fleet
 from tests.store.moto import drop_table, fresh_table_url, moto_server
@@ -15,6 +16,11 @@ from tests.store.moto import drop_table, fresh_table_url, moto_server
 POSTGRES_URL = os.environ.get(
     "SERVEFLEET_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+# A test worker holds test API servers, stores and fleets for minutes, as a server
+# does: at CPython's default pace a quarter of its CPU went to the collector.
+pace_for_a_server()
 
 
 async def _drop_schema(schema: str) -> None:
