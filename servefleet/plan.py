@@ -382,7 +382,7 @@ def region_status(
     observed_generation = (
         endpoint.generation if in_place else (previous.observed_generation if previous else 0)
     )
-    report = RegionStatus(
+    return RegionStatus(
         endpoint=endpoint.name,
         region=region,
         state=state,
@@ -394,16 +394,13 @@ def region_status(
         scale_reason=scale_reason[:500],
         routed=bool(observed and observed.routed),
         message=message[:500],
-        last_transition=previous.last_transition if previous else now,
+        last_transition=(previous.last_transition if previous and previous.state is state else now),
         heartbeat=now,
         unready_since=decision.unready_since if decision else None,
         staging=observed.staging if observed and workload else None,
         # Only while a rollout judges them: they change with every request.
         traffic=observed.traffic if observed and _rollout_reached(endpoint, region) else None,
     )
-    if previous is None or previous.state is not state:
-        report = report.model_copy(update={"last_transition": now})
-    return report
 
 
 def _rollout_reached(endpoint: Endpoint, region: str) -> bool:
