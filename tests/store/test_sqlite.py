@@ -96,18 +96,17 @@ async def test_a_failing_statement_fails_alone_and_the_others_in_its_batch_commi
 async def test_a_cancelled_caller_does_not_keep_the_others_from_their_answers(
     sqlite_store: SqliteStore,
 ) -> None:
-    blocker = asyncio.ensure_future(sqlite_store.list_region_status())
-    await asyncio.sleep(0)
-    cancelled = asyncio.ensure_future(
-        sqlite_store.put_region_status(make_status("gone", "r1", state=RegionState.READY))
-    )
-    kept = asyncio.ensure_future(
-        sqlite_store.put_region_status(make_status("kept", "r1", state=RegionState.READY))
-    )
-    await asyncio.sleep(0)
-    cancelled.cancel()
+    async with sqlite_store._transaction():  # the connection is busy: calls queue
+        cancelled = asyncio.ensure_future(
+            sqlite_store.put_region_status(make_status("gone", "r1", state=RegionState.READY))
+        )
+        kept = asyncio.ensure_future(
+            sqlite_store.put_region_status(make_status("kept", "r1", state=RegionState.READY))
+        )
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
 
-    await asyncio.gather(blocker, kept)
+    await kept
 
     assert cancelled.cancelled()
     assert [s.endpoint for s in await sqlite_store.list_region_status()] == ["kept"]
