@@ -170,6 +170,8 @@ class Controller:
             for outcome in OUTCOMES
         }
         self._unrouted: set[str] = set()
+        self._replicas: dict[str, tuple[int, int]] = {}
+        """By endpoint held here, (ready, desired) as last reported: its metrics."""
         """Endpoints whose route this reconciler withdrew (watchdog), to count each
         withdrawal and restoration once."""
         self.runtime_writes = 0
@@ -180,7 +182,7 @@ class Controller:
 
     async def run(self) -> None:
         """Reconcile until cancelled; `LeaseLost` ends it early."""
-        self._metrics.track_region(self._region, self.queue.__len__)
+        self._metrics.track_region(self._region, self.queue.__len__, self._replicas)
         try:
             await self._run()
         finally:
@@ -441,8 +443,7 @@ class Controller:
         if workload is None:
             self._forget_series(name)
         else:
-            self._metrics.replicas_ready.labels(name, self._region).set(report.replicas_ready)
-            self._metrics.replicas_desired.labels(name, self._region).set(report.replicas_desired)
+            self._replicas[name] = (report.replicas_ready, report.replicas_desired)
         await self._settle(endpoint, report)
         if transient:
             raise TemporaryError(error)
@@ -493,6 +494,7 @@ class Controller:
     def _forget_series(self, name: str) -> None:
         """The endpoint is no longer this region's: drop its metric series."""
         self._unrouted.discard(name)
+        self._replicas.pop(name, None)
         self._metrics.remove_endpoint(name, self._region)
 
     def _watch(
