@@ -15,7 +15,8 @@ is longer (a 429 from an overloaded apiserver). Every change is handed
 to `events.EndpointEvents`. A converged region therefore costs the open watches
 and nothing else.
 
-A cache keeps only the fields read (`managed_entry`): name, labels, the three
+A cache keeps only the fields read (`managed_entry`): name, the endpoint's name
+label, the three
 servefleet annotations (workload hash, object list, fields digest), resourceVersion;
 for Deployments also generation, status (its conditions only when they say the
 rollout is stuck), `spec.replicas`, which managers own it (managedFields) and the
@@ -123,7 +124,7 @@ class Cache:
         return [self.objects[name] for name in sorted(self.by_endpoint.get(endpoint, ()))]
 
 
-_CACHED_METADATA: Final = ("name", "namespace", "labels", "resourceVersion", "generation")
+_CACHED_METADATA: Final = ("name", "namespace", "resourceVersion", "generation")
 _CACHED_ANNOTATIONS: Final = (ANNOTATION_HASH, ANNOTATION_OBJECTS, ANNOTATION_FIELDS)
 _CACHED_DEPLOYMENT_STATUS: Final = (
     "observedGeneration",
@@ -167,9 +168,9 @@ def managed_entry(kind: str, obj: Manifest, digests: LiveDigests | None = None) 
     # object must not keep what the decoder made for each one (its own copy of every
     # key and of values that repeat across objects).
     kept: Manifest = {key: _shared(metadata[key]) for key in _CACHED_METADATA if key in metadata}
-    kept["labels"] = {
-        sys.intern(key): _shared(value) for key, value in (metadata.get("labels") or {}).items()
-    }
+    labels = metadata.get("labels") or {}
+    # Of the labels only the endpoint's name is read (which endpoint owns the object).
+    kept["labels"] = {LABEL_NAME: _shared(labels[LABEL_NAME])} if LABEL_NAME in labels else {}
     kept["annotations"] = {
         key: _shared(annotations[key]) for key in _CACHED_ANNOTATIONS if key in annotations
     }
