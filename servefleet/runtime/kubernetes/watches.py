@@ -90,8 +90,8 @@ class Cache:
     unchanged: Unchanged | None = None
     objects: dict[str, Manifest] = field(default_factory=dict)
     by_endpoint: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    """Names by endpoint: a tuple (one or two names, and one a set would take four
-    times the memory of, for every endpoint)."""
+    """Names by endpoint, as tuples: one or two names each, where sets would take
+    four times the memory, for every endpoint."""
     resource_version: str | None = None
     synced: asyncio.Event = field(default_factory=asyncio.Event)
 
