@@ -290,16 +290,10 @@ class ClientRequest:
         """Until the client has taken what was buffered for it (or is gone)."""
         await self._connection.send(b"")  # nothing more to write: only the wait
 
-    def finish(self, chunk: bytes = b"") -> None:
-        """The last piece of a streamed answer, and its end, in one write."""
-        if self._bodiless():
-            return
-        if self.chunked:
-            self._connection.write(
-                b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk) if chunk else b"0\r\n\r\n"
-            )
-        elif chunk:
-            self._connection.write(chunk)
+    def finish(self) -> None:
+        """The end of a streamed answer (the last chunk of a chunked one)."""
+        if self.chunked and not self._bodiless():
+            self._connection.write(b"0\r\n\r\n")
 
     def abort(self) -> None:
         """Cut the client's connection: all that is left to say of an answer whose
