@@ -7,16 +7,29 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Awaitable
 from dataclasses import replace
 from pathlib import Path
 
 from servefleet.metrics import Metrics
 from servefleet.ratelimit import AdaptiveRateSettings
 from servefleet.runtime.kubernetes.api import ClusterApi
-from servefleet.runtime.kubernetes.render import ObjectRef
+from servefleet.runtime.kubernetes.render import Manifest, ObjectRef
 from tests.kubernetes.conftest import FAST, api_client, api_target
 
 SERVICES = 60
+
+
+def apply_service(api: ClusterApi, namespace: str, index: int) -> Awaitable[Manifest]:
+    """Server-side apply of Service `svc-<index>` as servefleet."""
+    name = f"svc-{index}"
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"ports": [{"port": 80}]},
+    }
+    return api.apply(ObjectRef("v1", "Service", namespace, name), body, "servefleet", force=True)
 
 
 def _rate(metrics: Metrics) -> float:
@@ -38,19 +51,10 @@ async def test_refusals_lower_the_rate_and_every_request_still_lands(tmp_path: P
         api = ClusterApi("r1", target.namespace, client, settings, metrics=metrics)
         assert _rate(metrics) == 1000
 
-        async def apply(index: int) -> None:
-            name = f"svc-{index}"
-            ref = ObjectRef("v1", "Service", target.namespace, name)
-            body = {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": name, "namespace": target.namespace},
-                "spec": {"ports": [{"port": 80}]},
-            }
-            await api.apply(ref, body, "servefleet", force=True)
-
         try:
-            await asyncio.gather(*(apply(index) for index in range(SERVICES)))
+            await asyncio.gather(
+                *(apply_service(api, target.namespace, index) for index in range(SERVICES))
+            )
         finally:
             await client.close()
 
@@ -73,24 +77,16 @@ async def test_a_garbage_collection_of_our_own_mid_request_does_not_lower_the_ra
         settings = replace(FAST, request_timeout=30, rate=AdaptiveRateSettings(ceiling=1000))
         api = ClusterApi("r1", target.namespace, client, settings, metrics=metrics)
 
-        async def apply(index: int) -> None:
-            name = f"svc-{index}"
-            ref = ObjectRef("v1", "Service", target.namespace, name)
-            body = {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": name, "namespace": target.namespace},
-                "spec": {"ports": [{"port": 80}]},
-            }
-            await api.apply(ref, body, "servefleet", force=True)
-
         try:
             server.add_latency(0.02)
             for index in range(10):  # the lowest latency seen: about 20 ms
-                await apply(index)
+                await apply_service(api, target.namespace, index)
             server.clear_latency()
             server.add_latency(0.05)  # still being answered when the collection starts
-            in_flight = [asyncio.ensure_future(apply(index)) for index in range(10, 42)]
+            in_flight = [
+                asyncio.ensure_future(apply_service(api, target.namespace, index))
+                for index in range(10, 42)
+            ]
             async with asyncio.timeout(10):
                 while server.requests["patch", "services"] < 42:  # noqa: ASYNC110 - a count, not an event
                     await asyncio.sleep(0.001)
