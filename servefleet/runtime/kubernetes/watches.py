@@ -124,8 +124,13 @@ class Cache:
         return [self.objects[name] for name in sorted(self.by_endpoint.get(endpoint, ()))]
 
 
-_CACHED_METADATA: Final = ("name", "namespace", "resourceVersion", "generation")
-_CACHED_ANNOTATIONS: Final = (ANNOTATION_HASH, ANNOTATION_OBJECTS, ANNOTATION_FIELDS)
+_SHARED_METADATA: Final = ("name", "namespace")
+"""Cached metadata whose values other entries hold too: held once (`_shared`)."""
+_OWN_METADATA: Final = ("resourceVersion", "generation")
+"""Cached metadata whose values are the object's alone: interning them would only
+grow the interpreter's table."""
+_SHARED_ANNOTATIONS: Final = (ANNOTATION_HASH, ANNOTATION_OBJECTS)
+"""The same on every object of an endpoint (the fields digest is each object's own)."""
 _CACHED_DEPLOYMENT_STATUS: Final = (
     "observedGeneration",
     "readyReplicas",
@@ -167,13 +172,16 @@ def managed_entry(kind: str, obj: Manifest, digests: LiveDigests | None = None) 
     # Built from this module's keys and shared strings: an entry held for every
     # object must not keep what the decoder made for each one (its own copy of every
     # key and of values that repeat across objects).
-    kept: Manifest = {key: _shared(metadata[key]) for key in _CACHED_METADATA if key in metadata}
+    kept: Manifest = {key: _shared(metadata[key]) for key in _SHARED_METADATA if key in metadata}
+    kept.update((key, metadata[key]) for key in _OWN_METADATA if key in metadata)
     labels = metadata.get("labels") or {}
     # Of the labels only the endpoint's name is read (which endpoint owns the object).
     kept["labels"] = {LABEL_NAME: _shared(labels[LABEL_NAME])} if LABEL_NAME in labels else {}
     kept["annotations"] = {
-        key: _shared(annotations[key]) for key in _CACHED_ANNOTATIONS if key in annotations
+        key: _shared(annotations[key]) for key in _SHARED_ANNOTATIONS if key in annotations
     }
+    if ANNOTATION_FIELDS in annotations:
+        kept["annotations"][ANNOTATION_FIELDS] = annotations[ANNOTATION_FIELDS]
     entry: Manifest = {
         "apiVersion": _shared(obj.get("apiVersion", "")),
         "kind": kind,
