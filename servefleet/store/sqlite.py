@@ -90,25 +90,45 @@ class _Connection:
             self._thread.shutdown(wait=False)
 
 
+def _rows(raw: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> list[Row]:
+    return list(raw.execute(sql, args).fetchall())
+
+
+def _changed(raw: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> int:
+    """The number of rows the statement changed."""
+    return raw.execute(sql, args).rowcount
+
+
+def _unavailable(error: sqlite3.Error) -> StoreUnavailable:
+    return StoreUnavailable(f"SQLite store is unavailable: {error}")
+
+
+def _as_raised(error: sqlite3.Error) -> Exception:
+    """What a store call raises for `error`: an operational one (locked, I/O, a
+    missing file) means the store is unavailable; the rest (a constraint) as it is."""
+    return _unavailable(error) if isinstance(error, sqlite3.OperationalError) else error
+
+
 class _SqliteSession:
     def __init__(self, connection: _Connection) -> None:
         self._connection = connection
 
     async def fetch(self, sql: str, *args: object) -> list[Row]:
-        try:
-            return await self._connection.run(
-                lambda raw: list(raw.execute(_sqlite_sql(sql), args).fetchall())
-            )
-        except sqlite3.OperationalError as error:
-            raise StoreUnavailable(f"SQLite store is unavailable: {error}") from error
+        return await self._run(_rows, sql, args)
 
     async def execute(self, sql: str, *args: object) -> int:
+        return await self._run(_changed, sql, args)
+
+    async def _run(
+        self,
+        statement: Callable[[sqlite3.Connection, str, tuple[object, ...]], _T],
+        sql: str,
+        args: tuple[object, ...],
+    ) -> _T:
         try:
-            return await self._connection.run(
-                lambda raw: raw.execute(_sqlite_sql(sql), args).rowcount
-            )
+            return await self._connection.run(lambda raw: statement(raw, _sqlite_sql(sql), args))
         except sqlite3.OperationalError as error:
-            raise StoreUnavailable(f"SQLite store is unavailable: {error}") from error
+            raise _unavailable(error) from error
 
 
 @dataclass
@@ -124,8 +144,7 @@ class _Statement:
     )
 
     def run(self, raw: sqlite3.Connection) -> Any:
-        cursor = raw.execute(self.sql, self.args)
-        return list(cursor.fetchall()) if self.reads else cursor.rowcount
+        return (_rows if self.reads else _changed)(raw, self.sql, self.args)
 
 
 def _run_together(raw: sqlite3.Connection, batch: list[_Statement]) -> list[Any]:
@@ -153,12 +172,6 @@ def _run_together(raw: sqlite3.Connection, batch: list[_Statement]) -> list[Any]
                 raw.execute("ROLLBACK")
         raise
     return answers
-
-
-def _unavailable(error: sqlite3.Error) -> Exception:
-    if isinstance(error, sqlite3.OperationalError):
-        return StoreUnavailable(f"SQLite store is unavailable: {error}")
-    return error
 
 
 def _prepare_directory(location: str) -> Path:
@@ -235,7 +248,7 @@ class SqliteStore(SqlStore):
             if statement.answer.done():  # its caller was cancelled; the statement ran
                 continue
             if isinstance(answer, sqlite3.Error):
-                statement.answer.set_exception(_unavailable(answer))
+                statement.answer.set_exception(_as_raised(answer))
             else:
                 statement.answer.set_result(answer)
 
@@ -251,7 +264,7 @@ class SqliteStore(SqlStore):
                 try:
                     await session.execute("BEGIN" if readonly else "BEGIN IMMEDIATE")
                 except sqlite3.Error as error:
-                    raise StoreUnavailable(f"SQLite store is unavailable: {error}") from error
+                    raise _unavailable(error) from error
                 yield session
             except BaseException:
                 # Also when cancelled while waiting for BEGIN: the thread runs it
