@@ -33,7 +33,6 @@ the answer, `drift`, only when they did.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 from collections.abc import Callable, Mapping
@@ -42,6 +41,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 import aiohttp
+import orjson
 
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.api import ClusterApi, Kind
@@ -368,7 +368,7 @@ class Watches:
                     return
                 if not line.strip():
                     continue
-                self._on_event(cache, json.loads(line))
+                self._on_event(cache, orjson.loads(line))
         finally:
             response.release()
 
