@@ -25,7 +25,7 @@ from .schema import ANY, MICROTIME_REF, TIME_REF, Schema, TypeNode
 from .selectors import FieldSelector, LabelSelector, SelectorError, selector_from_object
 from .ssa import STRIPPED, ApplyConflict, ManagedFields, Scope, apply, update
 from .store import Store, StoredObject
-from .typed import clone
+from .typed import clone, parse_json
 
 APPLY_YAML = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
@@ -510,7 +510,7 @@ class Engine:
                 "force", "Forbidden", "may not be specified for non-apply patch"
             )
         try:
-            patch = json.loads(raw or b"null")
+            patch = parse_json(raw or b"null")
         except ValueError as error:
             raise errors.bad_request(f"error decoding patch: {error}") from error
         old = self._require(resource, namespace, name)
@@ -558,7 +558,7 @@ class Engine:
                 APPLY_YAML, [JSON_PATCH, MERGE_PATCH, STRATEGIC_PATCH]
             )
         try:
-            config = json.loads(raw)
+            config = parse_json(raw)
         except ValueError:
             try:
                 config = yaml.safe_load(raw)

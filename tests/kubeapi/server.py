@@ -33,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import orjson
 import yaml
 from aiohttp import web
 
@@ -52,6 +53,7 @@ from .selectors import (
     parse_label_selector,
 )
 from .store import Event, Store, TooOld, Watcher
+from .typed import clone, parse_json
 
 SERVER_VERSION = {
     "major": "1",
@@ -432,16 +434,14 @@ class KubeApiServer:
         for resource in self.resources:
             if resource.plural == plural:
                 stored = self.store.get(resource, namespace, name)
-                return json.loads(json.dumps(stored.obj)) if stored else None
+                return clone(stored.obj) if stored else None
         raise KeyError(plural)
 
     def objects(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """Stored objects of one resource (copies), optionally of one namespace."""
         for resource in self.resources:
             if resource.plural == plural:
-                return [
-                    json.loads(json.dumps(s.obj)) for s in self.store.items(resource, namespace)
-                ]
+                return [clone(s.obj) for s in self.store.items(resource, namespace)]
         raise KeyError(plural)
 
     def _after_commit(
@@ -921,7 +921,7 @@ def _decode(raw: bytes, content_type: str, allow_empty: bool = False) -> Any:
     try:
         if "yaml" in content_type:
             return yaml.safe_load(raw)
-        return json.loads(raw)
+        return parse_json(raw)
     except (ValueError, yaml.YAMLError) as error:
         raise errors.bad_request(f"couldn't get version/kind; json parse error: {error}") from error
 
@@ -930,7 +930,7 @@ def _json_response(
     body: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     return web.Response(
-        body=json.dumps(body, separators=(",", ":")).encode(),
+        body=orjson.dumps(body),
         status=status,
         content_type="application/json",
         headers=headers,
@@ -949,8 +949,7 @@ def _write_response(result: WriteResult) -> web.Response:
 
 
 async def _write_event(response: web.StreamResponse, kind: str, obj: dict[str, Any]) -> None:
-    line = json.dumps({"type": kind, "object": obj}, separators=(",", ":")) + "\n"
-    await response.write(line.encode())
+    await response.write(orjson.dumps({"type": kind, "object": obj}) + b"\n")
 
 
 __all__ = [

@@ -13,8 +13,11 @@ None); `MISSING` stands for an absent field.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
+
+import orjson
 
 from . import fieldpath as fp
 from .fieldpath import FieldSet, Path, PathElement
@@ -24,11 +27,33 @@ T = TypeVar("T")
 
 
 def clone(value: T) -> T:
-    """A deep copy of a JSON value (much faster than copy.deepcopy)."""
+    """A deep copy of a JSON value: through orjson (several times faster than a walk,
+    and much faster than copy.deepcopy), or by a walk where orjson cannot write it (an
+    integer beyond 64 bits). Objects hold no NaN or infinity, which orjson would write
+    as null: `parse_json` refuses them, as the real API server does."""
+    try:
+        if not isinstance(value, (dict, list)):
+            return value
+        return cast(T, orjson.loads(orjson.dumps(value)))
+    except orjson.JSONEncodeError:
+        return _walked(value)
+
+
+def parse_json(raw: str | bytes) -> Any:
+    """A request body's JSON, refusing NaN and Infinity as Go's decoder does (the
+    standard library would take them)."""
+    return json.loads(raw, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"invalid character '{name[0]}' looking for beginning of value")
+
+
+def _walked(value: T) -> T:
     if isinstance(value, dict):
-        return cast(T, {key: clone(item) for key, item in value.items()})
+        return cast(T, {key: _walked(item) for key, item in value.items()})
     if isinstance(value, list):
-        return cast(T, [clone(item) for item in value])
+        return cast(T, [_walked(item) for item in value])
     return value
 
 
