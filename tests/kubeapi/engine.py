@@ -52,6 +52,8 @@ class WriteOptions:
 @dataclass
 class WriteResult:
     body: dict[str, Any]
+    """The object as stored, not a copy (each write would copy it once more just to
+    encode it): read or encode it, never modify it."""
     created: bool = False
     changed: bool = True
     warnings: list[str] = field(default_factory=list)
@@ -304,7 +306,7 @@ class Engine:
         if old is not None:
             before = _without_volatile(old.obj)
             if typed.json_equal(before, _without_volatile(obj)) and managed.same_sets(old.managed):
-                return WriteResult(clone(old.obj), changed=False)
+                return WriteResult(old.obj, changed=False)
         stamp = now_rfc3339()
         previous = {entry.ident: entry for entry in (old.managed.entries if old else [])}
         for entry in managed.entries:
@@ -323,7 +325,7 @@ class Engine:
         self.store.commit(resource, namespace, name, stored, old.obj if old else None)
         for hook in self.hooks:
             hook(resource, obj, old.obj if old else None)
-        return WriteResult(clone(obj), created=old is None)
+        return WriteResult(obj, created=old is None)
 
     # -------------------------------------------------------------------- reads
 

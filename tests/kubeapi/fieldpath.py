@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 PathElement = tuple[str, str]
@@ -82,20 +82,26 @@ def iteration_order(path: Path) -> tuple[tuple[int, int, str | int], ...]:
     )
 
 
-def has_prefix_in(path: Path, prefixes: FieldSet) -> bool:
-    return any(path[:size] in prefixes for size in range(1, len(path) + 1))
+def _prefix_test(prefixes: FieldSet) -> Callable[[Path], bool]:
+    """Whether a path is one of `prefixes` or lies below one: only the lengths the
+    prefixes have are looked up (a handful of short paths against deep ones; every
+    write filters each of its fields this way)."""
+    sizes = sorted({len(prefix) for prefix in prefixes if prefix})
+    return lambda path: any(path[:size] in prefixes for size in sizes if size <= len(path))
 
 
 def recursive_difference(paths: Iterable[Path], ignored: FieldSet) -> FieldSet:
     """The paths that are not in `ignored` and not below a path of `ignored`."""
     if not ignored:
         return set(paths)
-    return {path for path in paths if not has_prefix_in(path, ignored)}
+    below = _prefix_test(ignored)
+    return {path for path in paths if not below(path)}
 
 
 def restrict_to(paths: Iterable[Path], roots: FieldSet) -> FieldSet:
     """The paths at or below one of `roots`."""
-    return {path for path in paths if has_prefix_in(path, roots)}
+    below = _prefix_test(roots)
+    return {path for path in paths if below(path)}
 
 
 def _encode_element(element: PathElement) -> str:

@@ -405,7 +405,7 @@ class KubeApiServer:
             current, replicas=desired, updated=desired, ready=ready, available=ready
         )
         result = self.engine.set_status(DEPLOYMENTS, namespace, name, status, CONTROLLER_MANAGER)
-        return result.body
+        return clone(result.body)
 
     @property
     def auto_ready(self) -> float | None:

@@ -268,7 +268,10 @@ def apply(
     )
     merged = merge(live, config, node)
     merged = prune(merged, last, managed.owned(), node)
-    _take_over(live, merged, node, managed, ident, force, scope)
+    if any(entry.ident != ident for entry in managed.entries):
+        # Alone (an object's creation, most often), the applier has no one to
+        # conflict with or take fields from: the comparison would go unread.
+        _take_over(live, merged, node, managed, ident, force, scope)
     managed.drop_empty()
     return merged, managed
 

@@ -13,7 +13,9 @@ None); `MISSING` stands for an absent field.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
@@ -39,9 +41,18 @@ def clone(value: T) -> T:
         return _walked(value)
 
 
+_LONG_NUMBER: Final = re.compile(rb"[0-9]{19}")
+"""Digits enough for an integer orjson would read as a float (beyond 64 bits)."""
+
+
 def parse_json(raw: str | bytes) -> Any:
     """A request body's JSON, refusing NaN and Infinity as Go's decoder does (the
-    standard library would take them)."""
+    standard library would take them). orjson reads it, but for a body it refuses or
+    that may hold a huge integer: the standard library's value or error then."""
+    encoded = raw if isinstance(raw, bytes) else raw.encode(errors="surrogatepass")
+    if not _LONG_NUMBER.search(encoded):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(raw)
     return json.loads(raw, parse_constant=_refuse_constant)
 
 
@@ -347,13 +358,20 @@ class Comparison:
 
 
 def json_equal(left: Any, right: Any) -> bool:
-    """Deep equality of JSON values that does not confuse booleans with numbers."""
+    """Deep equality of JSON values that does not confuse booleans with numbers.
+
+    Python's own equality, at C speed, settles most cases: it is coarser (True == 1),
+    so values it finds different are; values it finds equal are walked."""
+    return bool(left == right) and _json_equal(left, right)
+
+
+def _json_equal(left: Any, right: Any) -> bool:
     if isinstance(left, bool) or isinstance(right, bool):
         return isinstance(left, bool) and isinstance(right, bool) and left == right
     if isinstance(left, dict) and isinstance(right, dict):
-        return left.keys() == right.keys() and all(json_equal(left[k], right[k]) for k in left)
+        return left.keys() == right.keys() and all(_json_equal(left[k], right[k]) for k in left)
     if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(map(json_equal, left, right))
+        return len(left) == len(right) and all(map(_json_equal, left, right))
     if isinstance(left, dict | list) or isinstance(right, dict | list):
         return False
     return bool(left == right)
