@@ -91,6 +91,9 @@ class RequestInfo:
     name: str | None = None
     content_type: str = ""
     user_agent: str = ""
+    authorization: str = ""
+    """The Authorization header as it came (a real server's audit log keeps the user
+    it authenticates from it; this one authenticates no one)."""
     #: time.time() when it arrived: with `user_agent`, what an audit log keeps of it
     received_at: float = field(default_factory=time.time)
 
@@ -291,13 +294,14 @@ class KubeApiServer:
     ) -> None:
         await self.stop()
 
-    def kubeconfig(self, namespace: str = "default") -> dict[str, Any]:
-        """A kubeconfig (as a dict) pointing at this server, without credentials."""
+    def kubeconfig(self, namespace: str = "default", token: str | None = None) -> dict[str, Any]:
+        """A kubeconfig (as a dict) pointing at this server, with a bearer `token` or
+        without credentials (the server checks none: `RequestInfo.authorization`)."""
         return {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "kubeapi-test", "cluster": {"server": self.url}}],
-            "users": [{"name": "kubeapi-test", "user": {}}],
+            "users": [{"name": "kubeapi-test", "user": {"token": token} if token else {}}],
             "contexts": [
                 {
                     "name": "kubeapi-test",
@@ -311,11 +315,13 @@ class KubeApiServer:
             "current-context": "kubeapi-test",
         }
 
-    def write_kubeconfig(self, path: Path | str, namespace: str = "default") -> Path:
+    def write_kubeconfig(
+        self, path: Path | str, namespace: str = "default", token: str | None = None
+    ) -> Path:
         """Write a kubeconfig file for `config.load_kube_config(config_file=...)`."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(yaml.safe_dump(self.kubeconfig(namespace), sort_keys=False))
+        target.write_text(yaml.safe_dump(self.kubeconfig(namespace, token), sort_keys=False))
         return target
 
     # -------------------------------------------------------------- controls
@@ -594,6 +600,7 @@ class KubeApiServer:
                 name=route.name,
                 content_type=content_type,
                 user_agent=user_agent,
+                authorization=request.headers.get("Authorization", ""),
             )
         self._record(info)
         if info.verb == "watch" or self.max_in_flight is None:

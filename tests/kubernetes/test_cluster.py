@@ -29,7 +29,7 @@ from servefleet.service import EndpointService, utc_now
 from servefleet.spec import DesiredState, Region, RegionKind, RegionState, Resources
 from servefleet.store import EndpointNotFound, open_store
 from tests.factories import make_endpoint, make_spec
-from tests.kubeapi import matching
+from tests.kubeapi import KubeApiServer, matching
 from tests.kubernetes.conftest import AS_MERGE, FAST, Cluster
 from tests.waiting import eventually
 
@@ -249,6 +249,32 @@ async def test_stop_scales_to_zero_and_takes_the_route_away(cluster: Cluster) ->
     assert not observed.routed
     if cluster.server is not None:  # a real cluster takes a moment to stop the pods
         assert observed.primary.running == 0
+
+
+async def test_applies_carry_the_kubeconfig_s_token_and_name_servefleet(
+    tmp_path: Path,
+) -> None:
+    """Applies go out below the client's generated methods (api.py): they still
+    carry the user's credentials and servefleet's User-Agent, to the object's URL."""
+    async with KubeApiServer() as server:
+        kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig", "llm", token="t0k3n")
+        runtime = await KubernetesRuntime.from_kubeconfig(
+            "r1", RegionSettings(namespace="llm"), kubeconfig, cluster=FAST
+        )
+        async with runtime:
+            await runtime.apply(planned(autoscaling=AUTOSCALING))
+        applies = [info for info in server.request_log if info.verb == "patch"]
+        assert {(info.resource, info.name) for info in applies} == {
+            ("services", "llm"),
+            ("deployments", "llm"),
+            ("horizontalpodautoscalers", "llm"),
+            ("ingresses", "llm"),
+        }
+        for info in applies:
+            assert info.authorization == "Bearer t0k3n"
+            assert info.user_agent.startswith("servefleet/")
+            assert info.content_type == "application/apply-patch+yaml"
+            assert info.query == {"fieldManager": FIELD_MANAGER, "force": "true"}
 
 
 async def test_a_stuck_rollout_is_reported(cluster: Cluster) -> None:
