@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.child import count_collections, die_with_parent, own_usage, serve_commands
 from servefleet.collector import pace_for_a_server
+from servefleet.runtime.local.gateway import event_loop_factory
 from tests.kubeapi import KubeApiServer
 
 
@@ -66,4 +67,5 @@ if __name__ == "__main__":
         default=None,
         help="requests served at once; more are refused with 429 (as --max-requests-inflight)",
     )
-    asyncio.run(main(parser.parse_args()))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(main(parser.parse_args()))

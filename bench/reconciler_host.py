@@ -35,6 +35,7 @@ from servefleet.runtime.base import Runtime
 from servefleet.runtime.kubernetes.cluster import ClusterSettings, KubernetesRuntime
 from servefleet.runtime.kubernetes.lease import KubernetesLease
 from servefleet.runtime.kubernetes.render import RegionSettings
+from servefleet.runtime.local.gateway import event_loop_factory
 from servefleet.service import utc_now
 from servefleet.spec import Region
 from servefleet.store import open_store
@@ -123,4 +124,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.reconciler_host")
     parser.add_argument("store")
     parser.add_argument("regions", nargs="+")
-    asyncio.run(main(parser.parse_args()))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(main(parser.parse_args()))
