@@ -6,9 +6,11 @@ managed fields. Every method either returns the answer body or raises `ApiError`
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import random
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +40,13 @@ _SPEC = fp.make("spec")
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _rfc3339(int(time.time()))
+
+
+@functools.lru_cache(maxsize=1)
+def _rfc3339(second: int) -> str:
+    """Formatted once per second: most writes stamp a time, several per write."""
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -257,7 +265,7 @@ class Engine:
         if resource.has_generation:
             if old is None:
                 metadata["generation"] = 1
-            elif not typed.json_equal(old.get("spec"), obj.get("spec")):
+            elif subresource != "status" and not typed.json_equal(old.get("spec"), obj.get("spec")):
                 metadata["generation"] = int(old["metadata"].get("generation", 0)) + 1
         metadata["resourceVersion"] = old["metadata"]["resourceVersion"] if old else ""
         ordered = {"kind": obj.pop("kind"), "apiVersion": obj.pop("apiVersion")}

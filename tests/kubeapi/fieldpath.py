@@ -15,13 +15,21 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
+
 PathElement = tuple[str, str]
 Path = tuple[PathElement, ...]
 FieldSet = set[Path]
 
 
 def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Sorted, compact JSON; orjson's where it can write `value` (an integer beyond
+    64 bits it cannot), the same text as the standard library's but for the exponent
+    of very small or large floats, which keys of list items do not hold."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def field(name: str) -> PathElement:

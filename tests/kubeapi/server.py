@@ -404,14 +404,17 @@ class KubeApiServer:
                 "mark_ready fakes what the kubelet does: with a kubelet, Deployment status"
                 " comes from its Pods"
             )
+        return clone(self._set_ready(namespace, name, ready))
+
+    def _set_ready(self, namespace: str, name: str, ready: int | None = None) -> dict[str, Any]:
+        """`mark_ready`; the Deployment as stored (not a copy: read it only)."""
         current = self.engine.peek(DEPLOYMENTS, namespace, name)
         desired = int((current.get("spec") or {}).get("replicas", 1))
         ready = desired if ready is None else ready
         status = deployment_status(
             current, replicas=desired, updated=desired, ready=ready, available=ready
         )
-        result = self.engine.set_status(DEPLOYMENTS, namespace, name, status, CONTROLLER_MANAGER)
-        return clone(result.body)
+        return self.engine.set_status(DEPLOYMENTS, namespace, name, status, CONTROLLER_MANAGER).body
 
     @property
     def auto_ready(self) -> float | None:
@@ -467,7 +470,7 @@ class KubeApiServer:
             if self.store.get(DEPLOYMENTS, namespace, name) is None:
                 return
             with contextlib.suppress(ApiError):
-                self.mark_ready(namespace, name)
+                self._set_ready(namespace, name)
 
         handle = loop.call_later(self._auto_ready, fire)
         self._timers.add(handle)

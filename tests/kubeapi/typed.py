@@ -361,8 +361,15 @@ def json_equal(left: Any, right: Any) -> bool:
     """Deep equality of JSON values that does not confuse booleans with numbers.
 
     Python's own equality, at C speed, settles most cases: it is coarser (True == 1),
-    so values it finds different are; values it finds equal are walked."""
-    return bool(left == right) and _json_equal(left, right)
+    so values it finds different are; values it finds equal are the same JSON when
+    orjson writes them alike, else they are walked."""
+    if left != right:
+        return False
+    if isinstance(left, dict | list):
+        with contextlib.suppress(orjson.JSONEncodeError):
+            if orjson.dumps(left) == orjson.dumps(right):
+                return True
+    return _json_equal(left, right)
 
 
 def _json_equal(left: Any, right: Any) -> bool:
