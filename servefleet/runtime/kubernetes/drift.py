@@ -215,19 +215,22 @@ def _canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-_ZERO: Final[tuple[Any, ...]] = (None, False, 0, "", {}, [])
-"""Values the API server omits (Go's omitempty), so neither side counts them."""
-
-
 def _canonical(value: Any, key: str, in_quantities: bool = False) -> Any:
-    """`value` (of field `key`) with its zero values dropped and its quantities as
-    numbers."""
+    """`value` (of field `key`) with its zero values dropped — those the API server
+    omits (Go's omitempty), so neither side counts them: None, false, 0, "", {} and
+    [], the falsy JSON values — and its quantities as numbers. A scalar other than a
+    quantity is kept as it is without a call (as in `_project`: both run on every
+    digest)."""
     if isinstance(value, dict):
+        quantities = key in _QUANTITY_KEYS
         kept = {}
         for child_key, child in value.items():
-            canonical = _canonical(child, child_key, key in _QUANTITY_KEYS)
-            if canonical not in _ZERO:
-                kept[child_key] = canonical
+            if isinstance(child, dict | list) or (
+                isinstance(child, str) and (quantities or child_key in _QUANTITY_FIELDS)
+            ):
+                child = _canonical(child, child_key, quantities)
+            if child:
+                kept[child_key] = child
         return kept
     if isinstance(value, list):
         return [_canonical(item, key) for item in value]
@@ -262,12 +265,21 @@ def _project(value: Any, fields: dict[str, Any], key: str, in_quantities: bool =
     if not fields:
         return _canonical(value, key, in_quantities)
     if isinstance(value, dict):
+        quantities = key in _QUANTITY_KEYS
         kept = {}
         for field_key, child in fields.items():
-            name = field_key[2:]
-            if field_key[:2] == "f:" and name in value:
-                projected = _project(value[name], child, name, key in _QUANTITY_KEYS)
-                if projected not in _ZERO:
+            if field_key.startswith("f:"):
+                name = field_key[2:]
+                if name not in value:
+                    continue
+                projected = value[name]
+                if child:
+                    projected = _project(projected, child, name, quantities)
+                elif isinstance(projected, dict | list) or (
+                    isinstance(projected, str) and (quantities or name in _QUANTITY_FIELDS)
+                ):
+                    projected = _canonical(projected, name, quantities)
+                if projected:
                     kept[name] = projected
         return kept
     if isinstance(value, list):
