@@ -18,13 +18,13 @@ time passing.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from servefleet.canonical import canonical_json
 from servefleet.spec import (
     AutoscalingSpec,
     DesiredState,
@@ -209,8 +209,7 @@ def workload_hash(workload: Workload) -> str:
     if hashed is not None and hashed[0] is workload:
         return hashed[1]
     data = workload.model_dump(mode="json", exclude={"generation", "resume_replicas"})
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(canonical_json(data)).hexdigest()[:16]
     if len(_HASHED) >= _HASHED_KEPT:
         del _HASHED[next(iter(_HASHED))]
     _HASHED[id(workload)] = (workload, digest)

@@ -36,8 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
-
+from servefleet.canonical import canonical_json
 from servefleet.runtime.kubernetes.render import (
     ANNOTATION_HASH,
     FIELD_MANAGER,
@@ -201,18 +200,7 @@ def _digest(obj: Manifest, canonical: dict[str, Any]) -> str:
         # Else a stopped Deployment (`replicas: 0`, dropped as a zero value) would
         # digest as the autoscaled one it was, and apply() would skip the stop.
         canonical = {**canonical, "autoscaled": True}
-    return hashlib.sha256(_canonical_json(canonical)).hexdigest()[:16]
-
-
-def _canonical_json(value: Any) -> bytes:
-    """`value` as sorted, compact JSON, as the standard library writes it (digests
-    recorded on live objects by earlier versions still match): orjson's text, the same
-    but where the standard library escapes non-ASCII (then its text is taken) and in
-    the exponent of floats below 1e-4, which no manifest holds."""
-    encoded = orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS)
-    if encoded.isascii():
-        return encoded
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(canonical_json(canonical, default=str)).hexdigest()[:16]
 
 
 def _canonical(value: Any, key: str, in_quantities: bool = False) -> Any:
