@@ -17,7 +17,8 @@ nothing for objects already in place and fills this memory.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from servefleet.runtime.kubernetes.drift import ANNOTATION_FIELDS
@@ -29,8 +30,10 @@ __all__ = ["AppliedWorkloads"]
 @dataclass(frozen=True, slots=True)
 class _Applied:
     workload_hash: str
-    digests: Mapping[str, str]
-    """`Kind/name` of every object the workload renders → its fields digest."""
+    objects: bytes
+    """`_objects_digest` of every object the workload renders with its fields digest:
+    one small value per endpoint instead of a map of names and digests (a third of
+    what this memory held at 10,000 endpoints x 3 regions, bench/)."""
 
 
 @dataclass
@@ -40,7 +43,9 @@ class AppliedWorkloads:
     _by_endpoint: dict[str, _Applied] = field(default_factory=dict)
 
     def record(self, endpoint: str, workload_hash: str, digests: Mapping[str, str]) -> None:
-        self._by_endpoint[endpoint] = _Applied(workload_hash, dict(digests))
+        """`digests`: `Kind/name` of every object the workload renders → its fields
+        digest."""
+        self._by_endpoint[endpoint] = _Applied(workload_hash, _objects_digest(digests.items()))
 
     def forget(self, endpoint: str) -> None:
         self._by_endpoint.pop(endpoint, None)
@@ -50,11 +55,19 @@ class AppliedWorkloads:
         `held` are exactly its objects, each at the digest it was applied with; None
         when that is not known."""
         applied = self._by_endpoint.get(endpoint)
-        if applied is None or len(held) != len(applied.digests):
+        if applied is None:
             return None
-        for kind, obj in held:
-            digest = applied.digests.get(f"{kind}/{obj['metadata']['name']}")
-            annotations = obj["metadata"].get("annotations") or {}
-            if digest is None or annotations.get(ANNOTATION_FIELDS) != digest:
-                return None
-        return applied.workload_hash
+        live = _objects_digest(
+            (
+                f"{kind}/{obj['metadata']['name']}",
+                (obj["metadata"].get("annotations") or {}).get(ANNOTATION_FIELDS) or "",
+            )
+            for kind, obj in held
+        )
+        return applied.workload_hash if live == applied.objects else None
+
+
+def _objects_digest(objects: Iterable[tuple[str, str]]) -> bytes:
+    """A digest of (`Kind/name`, fields digest) pairs, whatever their order."""
+    lines = sorted(f"{key}={digest}" for key, digest in objects)
+    return hashlib.blake2b("\n".join(lines).encode(), digest_size=16).digest()
