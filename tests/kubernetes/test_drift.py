@@ -181,6 +181,26 @@ def test_the_live_digest_of_a_resource_version_is_taken_once() -> None:
     assert drift_of(edited, digests) == drift_of(edited)
 
 
+def test_only_the_last_objects_digests_are_kept() -> None:
+    """A digest is kept for its second look only, for the last `kept` objects: the
+    oldest goes first and is digested anew when it comes back."""
+    fields: dict[str, Any] = {"f:spec": {"f:image": {}}}
+
+    def pod(name: str, image: str) -> dict[str, Any]:
+        obj = _live({"kind": "Pod", "metadata": {"name": name}, "spec": {"image": image}}, fields)
+        obj["metadata"]["resourceVersion"] = "7"
+        return obj
+
+    digests = LiveDigests(kept=2)
+    for name in ("a", "b", "c"):
+        digests.of(pod(name, "first"))
+    # "b" and "c" are kept: a changed body at the same version is not looked at...
+    assert digests.of(pod("c", "second")) == live_digest(pod("c", "first"))
+    assert digests.of(pod("b", "second")) == live_digest(pod("b", "first"))
+    # ... "a" went first, so its object is digested again.
+    assert digests.of(pod("a", "second")) == live_digest(pod("a", "second"))
+
+
 class _Clock:
     def __init__(self) -> None:
         self.now = 100.0
