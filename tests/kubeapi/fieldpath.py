@@ -91,11 +91,22 @@ def iteration_order(path: Path) -> tuple[tuple[int, int, str | int], ...]:
 
 
 def _prefix_test(prefixes: FieldSet) -> Callable[[Path], bool]:
-    """Whether a path is one of `prefixes` or lies below one: only the lengths the
-    prefixes have are looked up (a handful of short paths against deep ones; every
-    write filters each of its fields this way)."""
+    """Whether a path is one of `prefixes` or lies below one: only paths that begin
+    as a prefix does, and only at the lengths the prefixes have, are looked up (a
+    handful of short paths against deep ones; every write filters each of its fields
+    this way)."""
     sizes = sorted({len(prefix) for prefix in prefixes if prefix})
-    return lambda path: any(path[:size] in prefixes for size in sizes if size <= len(path))
+    firsts = {prefix[0] for prefix in prefixes if prefix}
+
+    def below(path: Path) -> bool:
+        # Most paths part from every prefix at their first element.
+        return (
+            bool(path)
+            and path[0] in firsts
+            and any(path[:size] in prefixes for size in sizes if size <= len(path))
+        )
+
+    return below
 
 
 def recursive_difference(paths: Iterable[Path], ignored: FieldSet) -> FieldSet:
