@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ class SelectorError(ValueError):
     """A selector the API server would refuse (400 BadRequest)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def label_key_error(key: str) -> str | None:
-    """Why `key` is not a valid label key, or None."""
+    """Why `key` is not a valid label key, or None. (Remembered: every write checks
+    the keys of its labels and annotations, and the same few keys recur.)"""
     prefix, slash, name = key.rpartition("/")
     if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
         return "prefix part must be a lowercase RFC 1123 subdomain"
