@@ -42,6 +42,7 @@ import orjson
 from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.api_client import ApiClient
+from prometheus_client import Counter
 from yarl import URL
 
 from servefleet.metrics import Metrics
@@ -184,6 +185,7 @@ class ClusterApi:
         self.region = region
         metrics = metrics or Metrics()
         self._requests = metrics.runtime_api_requests
+        self._counted: dict[tuple[str, str], Counter] = {}
         self.namespace = namespace
         self._settings = settings
         self._api_client = api_client
@@ -273,7 +275,7 @@ class ClusterApi:
             )
             status = str(response.status)
         finally:
-            self._requests.labels(self.region, "watch", status).inc()
+            self._count("watch", status)
         return response
 
     async def stage_log_tail(self, pod: str) -> bytes | None:
@@ -292,6 +294,14 @@ class ClusterApi:
             ),
             missing_ok=True,
         )
+
+    def _count(self, verb: str, status: str) -> None:
+        """One more request in `servefleet_runtime_api_requests`; each labelled child
+        is looked up once (`labels()` takes a lock and builds its key every time)."""
+        child = self._counted.get((verb, status))
+        if child is None:
+            child = self._counted[verb, status] = self._requests.labels(self.region, verb, status)
+        child.inc()
 
     def _call(self, kind: str, verb: str) -> Callable[..., Awaitable[aiohttp.ClientResponse]]:
         """The client method `<verb>_<suffix>` of `kind`, e.g. `patch_namespaced_service`;
@@ -349,11 +359,11 @@ class ClusterApi:
                     finally:
                         response.release()
             except (aiohttp.ClientError, TimeoutError, OSError) as error:
-                self._requests.labels(self.region, verb, "error").inc()
+                self._count(verb, "error")
                 failure = f"{what}: {type(error).__name__}: {error}".rstrip(": ")
             else:
                 status = response.status
-                self._requests.labels(self.region, verb, str(status)).inc()
+                self._count(verb, str(status))
                 wait_asked = retry_after(response.headers)
                 if status == 429 or wait_asked is not None:
                     self._rate.overloaded()
