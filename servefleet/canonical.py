@@ -26,7 +26,7 @@ import orjson
 
 __all__ = ["canonical_json"]
 
-_MAY_DIFFER: Final = re.compile(rb"[^\x00-\x7e]|e-[0-9](?![0-9])|0\.0000")
+_SHORT_EXPONENT: Final = re.compile(rb"e-[0-9](?![0-9])")
 _OPTIONS: Final = (
     orjson.OPT_SORT_KEYS
     | orjson.OPT_PASSTHROUGH_DATACLASS
@@ -44,6 +44,13 @@ def canonical_json(value: Any, default: Callable[[Any], Any] | None = None) -> b
     except orjson.JSONEncodeError:
         pass
     else:
-        if not _MAY_DIFFER.search(encoded):
+        # Substring tests first: a regular expression over every byte cost more than
+        # the encoding itself.
+        if (
+            encoded.isascii()
+            and b"\x7f" not in encoded
+            and b"0.0000" not in encoded
+            and (b"e-" not in encoded or not _SHORT_EXPONENT.search(encoded))
+        ):
             return encoded
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=default).encode()
