@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -37,6 +37,9 @@ PATCH_TYPES = [JSON_PATCH, MERGE_PATCH, APPLY_YAML, STRATEGIC_PATCH]
 
 _STATUS = fp.make("status")
 _SPEC = fp.make("spec")
+
+
+_TIME_REFS: Final = (TIME_REF, MICROTIME_REF)
 
 
 def now_rfc3339() -> str:
@@ -122,21 +125,34 @@ class Engine:
                 return port
 
     def _normalize(self, value: Any, node: TypeNode) -> Any:
-        """Drop nulls and empty maps/lists (Go's omitempty), canonicalise timestamps."""
+        """Drop nulls and empty maps/lists (Go's omitempty), canonicalise timestamps.
+        (Scalars other than timestamps are kept without a call: every write
+        normalizes its whole object.)"""
         if isinstance(value, dict):
             out = {}
             for name, child in value.items():
-                child_node = node.child(name) or ANY
                 if child is None:
                     continue
-                normalized = self._normalize(child, child_node)
-                if normalized in ({}, []) and child_node.kind in ("map", "list"):
-                    continue
-                out[name] = normalized
+                child_node = node.child(name) or ANY
+                if isinstance(child, dict | list):
+                    child = self._normalize(child, child_node)
+                    if not child and child_node.kind in ("map", "list"):
+                        continue
+                elif isinstance(child, str) and child_node.ref in _TIME_REFS:
+                    child = self._normalize(child, child_node)
+                out[name] = child
             return out
         if isinstance(value, list):
-            return [self._normalize(item, node.elem) for item in value if item is not None]
-        if isinstance(value, str) and node.ref in (TIME_REF, MICROTIME_REF):
+            elem = node.elem
+            return [
+                self._normalize(item, elem)
+                if isinstance(item, dict | list)
+                or (isinstance(item, str) and elem.ref in _TIME_REFS)
+                else item
+                for item in value
+                if item is not None
+            ]
+        if isinstance(value, str) and node.ref in _TIME_REFS:
             try:
                 parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
             except ValueError as error:
