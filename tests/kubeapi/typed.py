@@ -118,6 +118,10 @@ def _scalar_ok(value: Any, allowed: frozenset[str]) -> bool:
     return False
 
 
+def _scalar_error(value: Any, node: TypeNode, path: Path) -> TypedError:
+    return TypedError(path, f"expected {_expected(node.scalar_types)}, got {_json_type(value)}")
+
+
 def _expected(allowed: frozenset[str]) -> str:
     if allowed == frozenset({"string"}):
         return "string"
@@ -162,11 +166,7 @@ def _validate(value: Any, node: TypeNode, path: Path, errors: list[TypedError]) 
         return
     if node.kind == "scalar":
         if not _scalar_ok(value, node.scalar_types):
-            errors.append(
-                TypedError(
-                    path, f"expected {_expected(node.scalar_types)}, got {_json_type(value)}"
-                )
-            )
+            errors.append(_scalar_error(value, node, path))
         return
     if node.kind in ("struct", "map"):
         if not isinstance(value, dict):
@@ -174,11 +174,14 @@ def _validate(value: Any, node: TypeNode, path: Path, errors: list[TypedError]) 
             return
         for name, child in value.items():
             child_node = node.child(name)
-            child_path = (*path, fp.field(name))
             if child_node is None:
-                errors.append(TypedError(child_path, "field not declared in schema"))
-                continue
-            _validate(child, child_node, child_path, errors)
+                errors.append(TypedError((*path, fp.field(name)), "field not declared in schema"))
+            elif child_node.kind == "scalar":
+                # Most fields are scalars: their path is built only for an error.
+                if not _scalar_ok(child, child_node.scalar_types):
+                    errors.append(_scalar_error(child, child_node, (*path, fp.field(name))))
+            else:
+                _validate(child, child_node, (*path, fp.field(name)), errors)
         return
     if not isinstance(value, list):
         errors.append(TypedError(path, f"expected list, got {_json_type(value)}"))
