@@ -24,8 +24,8 @@ FieldSet = set[Path]
 
 def canonical(value: Any) -> str:
     """Sorted, compact JSON; orjson's where it can write `value` (an integer beyond
-    64 bits it cannot), the same text as the standard library's but for the exponent
-    of very small or large floats, which keys of list items do not hold."""
+    64 bits it cannot), the same text as the standard library's but for floats below
+    1e-4 in magnitude (`1e-7` against `1e-07`), which keys of list items do not hold."""
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
     except orjson.JSONEncodeError:
