@@ -181,6 +181,37 @@ def test_the_live_digest_of_a_resource_version_is_taken_once() -> None:
     assert drift_of(edited, digests) == drift_of(edited)
 
 
+def test_a_version_with_the_same_generation_labels_and_annotations_is_not_digested_again() -> None:
+    """A write that keeps the generation, the labels and the annotations (a status
+    update) cannot have changed servefleet's fields: its digest is the last one. A
+    new generation, label or annotation, or an object without a generation, is
+    digested anew."""
+    fields: dict[str, Any] = {"f:spec": {"f:image": {}}}
+
+    def version(number: int, image: str, **metadata: Any) -> dict[str, Any]:
+        obj = _live(
+            {"kind": "Deployment", "metadata": {"name": "d"}, "spec": {"image": image}}, fields
+        )
+        obj["metadata"].update(resourceVersion=str(number), **metadata)
+        return obj
+
+    first = version(1, "a", generation=1, labels={"x": "1"}, annotations={"y": "1"})
+    digests = LiveDigests()
+    assert digests.of(first) == live_digest(first)
+    # Another resourceVersion, the same generation and marks: not looked at (the
+    # changed image shows it; a real server bumps the generation with the spec).
+    status_only = version(2, "b", generation=1, labels={"x": "1"}, annotations={"y": "1"})
+    assert digests.of(status_only) == live_digest(first)
+    for changed in (
+        version(3, "b", generation=2, labels={"x": "1"}, annotations={"y": "1"}),
+        version(4, "c", generation=2, labels={"x": "2"}, annotations={"y": "1"}),
+        version(5, "d", generation=2, labels={"x": "2"}, annotations={"y": "2"}),
+        version(6, "e"),
+        version(7, "f"),
+    ):
+        assert digests.of(changed) == live_digest(changed)
+
+
 def test_only_the_last_objects_digests_are_kept() -> None:
     """A digest is kept for its second look only, for the last `kept` objects: the
     oldest goes first and is digested anew when it comes back."""

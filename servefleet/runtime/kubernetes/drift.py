@@ -111,36 +111,65 @@ def live_digest(obj: Manifest) -> str | None:
 
 
 class LiveDigests:
-    """`live_digest` computed once per object and resourceVersion: the answer to an
-    apply and the watch event of that write carry the same object, and both are
-    judged (bench/: Kubernetes convergence). Keeps the last digest of each object
-    until it is used again or the object is forgotten — of the last `kept` objects
-    only: the second look comes within moments of the first, and a digest kept for
-    every object (most versions are seen once, a Deployment's status update say)
-    cost ~10 MB at 10,000 endpoints x 3 regions."""
+    """`live_digest` computed once per object version, and not again for a version
+    that cannot have changed servefleet's fields. The answer to an apply and the
+    watch event of that write carry the same object (the same resourceVersion);
+    a write that leaves the spec, the labels and the annotations as they were — a
+    Deployment's status, say, written several times as its pods come up — keeps the
+    generation and those maps, and servefleet sets nothing else (bench/: Kubernetes
+    convergence). Keeps the last digest of each object until it is used again or
+    the object is forgotten — of the last `kept` objects only: the next look comes
+    within moments, and a digest kept for every object cost ~10 MB at 10,000
+    endpoints x 3 regions. What proves the labels and annotations unchanged is
+    their hash, not the maps: a reference would keep each object's maps alive."""
 
     def __init__(self, kept: int = 8192) -> None:
         self._kept = kept
-        self._last: dict[str, tuple[str, str | None]] = {}
-        """By `Kind/name`: (resourceVersion, live digest), oldest first."""
+        self._last: dict[str, _Seen] = {}
+        """By `Kind/name`, oldest first."""
 
     def of(self, obj: Manifest) -> str | None:
         """`live_digest(obj)`; `obj` names its kind."""
         metadata = obj.get("metadata") or {}
         key = f"{obj.get('kind')}/{metadata.get('name')}"
         version = str(metadata.get("resourceVersion") or "")
+        generation = metadata.get("generation")
+        marks = _marks(metadata) if isinstance(generation, int) else None
         last = self._last.pop(key, None)
-        if last is not None and version and last[0] == version:
-            return last[1]
-        live = live_digest(obj)
-        if len(self._last) >= self._kept:
-            del self._last[next(iter(self._last))]
-        self._last[key] = (version, live)
+        if last is not None and (
+            (version and last.version == version)
+            or (marks is not None and last.generation == generation and last.marks == marks)
+        ):
+            live = last.live
+        else:
+            live = live_digest(obj)
+            if len(self._last) >= self._kept:
+                del self._last[next(iter(self._last))]
+        self._last[key] = _Seen(version, generation, marks, live)
         return live
 
     def forget(self, key: str) -> None:
         """Object `key` (`Kind/name`) was deleted."""
         self._last.pop(key, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """The last version of an object `LiveDigests` digested, and its digest."""
+
+    version: str
+    generation: Any
+    marks: int | None
+    """The hash of its labels and annotations (`_marks`), where it has a generation."""
+    live: str | None
+
+
+def _marks(metadata: Manifest) -> int:
+    """A hash of an object's labels and annotations: equal for equal maps as the API
+    server writes them (keys sorted), and it changes with any key or value."""
+    labels = metadata.get("labels") or {}
+    annotations = metadata.get("annotations") or {}
+    return hash((tuple(labels.items()), tuple(annotations.items())))
 
 
 def drift_of(obj: Manifest, digests: LiveDigests | None = None) -> Drift | None:
