@@ -73,7 +73,8 @@ def import_endpoints(
 ) -> None:
     """Create servefleet endpoints from the reference design's (GCO's) endpoint table."""
     # Imported here: botocore is a cost that the other commands need not pay.
-    from servefleet.store.dynamodb import DynamoLocation, parse_url, scan_items
+    from servefleet.store.dynamodb_client import DynamoLocation
+    from servefleet.store.dynamodb_table import parse_url, scan_items
 
     store: DynamoLocation | None = None
     if state.store_url.startswith("dynamodb://"):

@@ -31,7 +31,7 @@ def store_init(
     """Create or migrate the store's schema (safe to run again)."""
     require_store("servefleet store init")
     if print_definition:
-        from servefleet.store.dynamodb import cloudformation_definition
+        from servefleet.store.dynamodb_table import cloudformation_definition
 
         try:
             definition = cloudformation_definition(state.store_url)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from servefleet.store.dynamodb import parse_url
+from servefleet.store.dynamodb_table import parse_url
 
 REGION = "us-east-1"
 

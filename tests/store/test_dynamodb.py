@@ -26,7 +26,8 @@ from servefleet.store import (
     StoreUnavailable,
     open_store,
 )
-from servefleet.store.dynamodb import TableMissing, cloudformation_definition, parse_url
+from servefleet.store.dynamodb_client import TableMissing
+from servefleet.store.dynamodb_table import cloudformation_definition, parse_url
 from tests.factories import make_endpoint, make_spec, make_status
 from tests.store.moto import drop_table, fresh_table_url, session
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from servefleet.store import open_store
-from servefleet.store.dynamodb import cloudformation_definition, parse_url
+from servefleet.store.dynamodb_table import cloudformation_definition, parse_url
 from tests.cli.test_cli import servefleet
 from tests.store.moto import REGION, drop_table, fresh_table_url, session
 
