@@ -34,7 +34,7 @@ from servefleet.reconcile.region import run_region
 from servefleet.runtime.base import Runtime
 from servefleet.runtime.kubernetes.cluster import ClusterSettings, KubernetesRuntime
 from servefleet.runtime.kubernetes.lease import KubernetesLease
-from servefleet.runtime.kubernetes.render import RegionSettings
+from servefleet.runtime.kubernetes.render_settings import RegionSettings
 from servefleet.runtime.local.gateway import event_loop_factory
 from servefleet.service import utc_now
 from servefleet.spec import Region

@@ -22,7 +22,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from servefleet.runtime.kubernetes.cluster import ClusterSettings, KubernetesRuntime
-from servefleet.runtime.kubernetes.render import RegionSettings
+from servefleet.runtime.kubernetes.render_settings import RegionSettings
 from tests.kubeapi import KubeApiServer
 from tests.models.conftest import aws, slow_s3  # noqa: F401 - fixtures of the staging tests
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from servefleet.metrics import Metrics
 from servefleet.ratelimit import AdaptiveRateSettings
 from servefleet.runtime.kubernetes.api import ClusterApi
-from servefleet.runtime.kubernetes.render import Manifest, ObjectRef
+from servefleet.runtime.kubernetes.render import ObjectRef
+from servefleet.runtime.kubernetes.render_names import Manifest
 from tests.kubernetes.conftest import FAST, api_client, api_target
 
 SERVICES = 60

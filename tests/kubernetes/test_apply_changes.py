@@ -12,7 +12,7 @@ import pytest
 from servefleet.plan import workload_hash
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
-from servefleet.runtime.kubernetes.render import RegionSettings
+from servefleet.runtime.kubernetes.render_settings import RegionSettings
 from tests.kubeapi import KubeApiServer, matching
 from tests.kubernetes.conftest import FAST, ApiTarget, api_target
 from tests.kubernetes.test_cluster import planned

@@ -16,14 +16,9 @@ from servefleet.plan import Workload, desired_workload, workload_hash
 from servefleet.reconcile.controller import Controller, ControllerSettings
 from servefleet.runtime.base import RuntimeUnavailable, WorkloadUnsupported
 from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
-from servefleet.runtime.kubernetes.render import (
-    ANNOTATION_HASH,
-    FIELD_MANAGER,
-    HANDOFF_MANAGER,
-    LABEL_MANAGED_BY,
-    LABEL_NAME,
-    RegionSettings,
-)
+from servefleet.runtime.kubernetes.render import FIELD_MANAGER, HANDOFF_MANAGER
+from servefleet.runtime.kubernetes.render_names import ANNOTATION_HASH, LABEL_MANAGED_BY, LABEL_NAME
+from servefleet.runtime.kubernetes.render_settings import RegionSettings
 from servefleet.runtime.kubernetes.watches import ANNOTATION_OBJECTS
 from servefleet.service import EndpointService, utc_now
 from servefleet.spec import DesiredState, Region, RegionKind, RegionState, Resources

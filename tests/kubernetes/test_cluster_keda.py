@@ -17,7 +17,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 
 from servefleet.plan import workload_hash
 from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
-from servefleet.runtime.kubernetes.render import RegionSettings
+from servefleet.runtime.kubernetes.render_settings import RegionSettings
 from servefleet.spec import DesiredState
 from tests.kubeapi import SCALED_OBJECTS
 from tests.kubernetes.conftest import FAST, Cluster, api_client, api_target

@@ -26,7 +26,8 @@ from servefleet.runtime.kubernetes.drift import (
     fields_digest,
     live_digest,
 )
-from servefleet.runtime.kubernetes.render import FIELD_MANAGER, RegionSettings
+from servefleet.runtime.kubernetes.render import FIELD_MANAGER
+from servefleet.runtime.kubernetes.render_settings import RegionSettings
 from tests.kubernetes.conftest import AS_MERGE, FAST, Cluster, api_client, api_target, read_object
 from tests.kubernetes.test_cluster import observed_hash, planned
 from tests.waiting import eventually

@@ -18,13 +18,11 @@ from servefleet.runtime.kubernetes.install import (
     region_settings,
     role_rules,
 )
-from servefleet.runtime.kubernetes.render import (
+from servefleet.runtime.kubernetes.render import render
+from servefleet.runtime.kubernetes.render_names import LABEL_MANAGED_BY, MANAGED_BY, Manifest
+from servefleet.runtime.kubernetes.render_settings import (
     DEFAULT_INGRESS_ANNOTATIONS,
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
-    Manifest,
     RegionSettings,
-    render,
 )
 from servefleet.spec import Region, RegionKind
 from tests.kubernetes.test_render import by_kind, planned, validate

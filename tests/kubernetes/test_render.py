@@ -19,22 +19,26 @@ from pydantic import ValidationError
 from servefleet.plan import Workload, desired_workload, workload_hash
 from servefleet.runtime.base import WorkloadUnsupported
 from servefleet.runtime.kubernetes.render import (
-    ANNOTATION_HASH,
-    DEFAULT_INGRESS_ANNOTATIONS,
-    LABEL_MANAGED_BY,
-    LABEL_NAME,
-    LABEL_ROLE,
     MANAGED_KINDS,
-    Manifest,
     ObjectRef,
-    RegionSettings,
     absent,
     all_objects,
-    endpoint_selector,
-    namespace_of,
     render,
     replicas_handoff,
     steps,
+)
+from servefleet.runtime.kubernetes.render_names import (
+    ANNOTATION_HASH,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_ROLE,
+    Manifest,
+    endpoint_selector,
+    namespace_of,
+)
+from servefleet.runtime.kubernetes.render_settings import (
+    DEFAULT_INGRESS_ANNOTATIONS,
+    RegionSettings,
 )
 from servefleet.spec import DesiredState
 from tests.factories import make_endpoint, process_text

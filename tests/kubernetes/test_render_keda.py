@@ -12,19 +12,16 @@ import jsonschema
 import pytest
 import yaml
 
-from servefleet.runtime.kubernetes.render import (
+from servefleet.runtime.kubernetes.render import ObjectRef, absent, render, steps
+from servefleet.runtime.kubernetes.render_autoscaler import min_replicas
+from servefleet.runtime.kubernetes.render_keda import LABEL_SCALED_BY
+from servefleet.runtime.kubernetes.render_names import (
     LABEL_MANAGED_BY,
     LABEL_NAME,
     LABEL_ROLE,
     Manifest,
-    ObjectRef,
-    RegionSettings,
-    absent,
-    min_replicas,
-    render,
-    steps,
 )
-from servefleet.runtime.kubernetes.render_keda import LABEL_SCALED_BY
+from servefleet.runtime.kubernetes.render_settings import RegionSettings
 from tests.kubeapi import CRDS
 from tests.kubernetes.test_render import by_kind, kinds, planned
 

@@ -17,7 +17,7 @@ import pytest
 
 from servefleet.plan import Observed
 from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
-from servefleet.runtime.kubernetes.render import RegionSettings
+from servefleet.runtime.kubernetes.render_settings import RegionSettings
 from servefleet.spec import ModelStaging
 from tests.kubeapi import KubeApiServer, matching
 from tests.kubeapi.kubelet import Kubelet

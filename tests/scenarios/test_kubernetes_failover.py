@@ -33,7 +33,7 @@ from servefleet.reconcile.region import run_region
 from servefleet.runtime.base import Runtime
 from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
 from servefleet.runtime.kubernetes.lease import KubernetesLease, lease_name
-from servefleet.runtime.kubernetes.render import RegionSettings
+from servefleet.runtime.kubernetes.render_settings import RegionSettings
 from servefleet.service import EndpointService, utc_now
 from servefleet.spec import EndpointSpec, Region, RegionKind, RegionStatus
 from servefleet.store import Lease, LeaseLost, Store, open_store

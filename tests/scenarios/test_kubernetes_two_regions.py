@@ -28,7 +28,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 
 from servefleet.runtime.kubernetes.drift import ANNOTATION_FIELDS
 from servefleet.runtime.kubernetes.install import role_rules
-from servefleet.runtime.kubernetes.render import MANAGED_SELECTOR
+from servefleet.runtime.kubernetes.render_names import MANAGED_SELECTOR
 from servefleet.spec import (
     DesiredState,
     EndpointSpec,

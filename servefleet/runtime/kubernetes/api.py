@@ -50,21 +50,16 @@ from servefleet.metrics import Metrics
 from servefleet.ratelimit import AdaptiveRate
 from servefleet.runtime.base import RuntimeUnavailable
 from servefleet.runtime.kubernetes.errors import refusal, retry_after, status_message
-from servefleet.runtime.kubernetes.render import (
-    MANAGED_BY,
-    MANAGED_SELECTOR,
-    STAGE_CONTAINER,
-    STAGING_SELECTOR,
-    Manifest,
-    ObjectRef,
-    RegionSettings,
-)
+from servefleet.runtime.kubernetes.render import ObjectRef
 from servefleet.runtime.kubernetes.render_keda import (
     LABEL_SCALED_BY,
     SCALED_OBJECT_GROUP,
     SCALED_OBJECT_PLURAL,
     SCALED_OBJECT_VERSION,
 )
+from servefleet.runtime.kubernetes.render_names import MANAGED_BY, MANAGED_SELECTOR, Manifest
+from servefleet.runtime.kubernetes.render_pod import STAGE_CONTAINER, STAGING_SELECTOR
+from servefleet.runtime.kubernetes.render_settings import RegionSettings
 from servefleet.runtime.kubernetes.settings import ClusterSettings
 
 __all__ = [

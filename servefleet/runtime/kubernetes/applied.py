@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from servefleet.runtime.kubernetes.drift import ANNOTATION_FIELDS
-from servefleet.runtime.kubernetes.render import Manifest
+from servefleet.runtime.kubernetes.render_names import Manifest
 
 __all__ = ["AppliedWorkloads"]
 

@@ -51,15 +51,14 @@ from servefleet.runtime.kubernetes.events import EndpointEvents, Written
 from servefleet.runtime.kubernetes.render import (
     FIELD_MANAGER,
     HANDOFF_MANAGER,
-    Manifest,
     ObjectRef,
-    RegionSettings,
     all_objects,
-    min_replicas,
-    namespace_of,
     replicas_handoff,
     steps,
 )
+from servefleet.runtime.kubernetes.render_autoscaler import min_replicas
+from servefleet.runtime.kubernetes.render_names import Manifest, namespace_of
+from servefleet.runtime.kubernetes.render_settings import RegionSettings
 from servefleet.runtime.kubernetes.watches import (
     ANNOTATION_OBJECTS,
     Watches,

@@ -15,7 +15,7 @@ last, and composes one part per concern, each in its own module:
     staging.py    model staging: the staging pods' entries and log progress
     traffic.py    each canaried version's traffic, from the region's Prometheus
     traffic_queries.py  its queries and what their answers mean (pure)
-    render.py     workload -> manifests (pure)
+    render.py     workload -> manifests (pure), one render_*.py module per kind
     settings.py   `ClusterSettings`: the client's timings and limits
 
 A converged region costs the open watches and nothing else: observe() reads the
@@ -45,7 +45,7 @@ from servefleet.runtime.kubernetes.apply import Writer
 from servefleet.runtime.kubernetes.drift import DriftRepairs, LiveDigests
 from servefleet.runtime.kubernetes.events import EndpointEvents
 from servefleet.runtime.kubernetes.observe import observe
-from servefleet.runtime.kubernetes.render import RegionSettings
+from servefleet.runtime.kubernetes.render_settings import RegionSettings
 from servefleet.runtime.kubernetes.settings import ClusterSettings
 from servefleet.runtime.kubernetes.staging import StagingProgress, pod_entry, stage_unchanged
 from servefleet.runtime.kubernetes.traffic import PrometheusTraffic

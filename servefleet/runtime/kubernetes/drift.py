@@ -37,12 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from servefleet.canonical import canonical_json
-from servefleet.runtime.kubernetes.render import (
-    ANNOTATION_HASH,
-    FIELD_MANAGER,
-    HANDOFF_MANAGER,
-    Manifest,
-)
+from servefleet.runtime.kubernetes.render import FIELD_MANAGER, HANDOFF_MANAGER
+from servefleet.runtime.kubernetes.render_names import ANNOTATION_HASH, Manifest
 from servefleet.spec import parse_quantity
 
 __all__ = [

@@ -40,10 +40,10 @@ from typing import Annotated, Final
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from servefleet.runtime.kubernetes.lease import lease_name
-from servefleet.runtime.kubernetes.render import (
+from servefleet.runtime.kubernetes.render import MANAGED_KINDS
+from servefleet.runtime.kubernetes.render_names import Manifest
+from servefleet.runtime.kubernetes.render_settings import (
     DEFAULT_INGRESS_ANNOTATIONS,
-    MANAGED_KINDS,
-    Manifest,
     RegionSettings,
 )
 from servefleet.spec import DnsSubdomain, Image, Region, RegionKind, RegionName

@@ -29,7 +29,7 @@ from __future__ import annotations
 from servefleet.plan import Observed, VersionObservation
 from servefleet.runtime.kubernetes.applied import AppliedWorkloads
 from servefleet.runtime.kubernetes.drift import DriftRepairs
-from servefleet.runtime.kubernetes.render import ANNOTATION_HASH, Manifest
+from servefleet.runtime.kubernetes.render_names import ANNOTATION_HASH, Manifest
 from servefleet.runtime.kubernetes.staging import staging_of
 from servefleet.runtime.kubernetes.traffic import PrometheusTraffic
 from servefleet.runtime.kubernetes.traffic_queries import Role

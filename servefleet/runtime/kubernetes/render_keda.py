@@ -1,9 +1,9 @@
 """A keda region's autoscaler: the KEDA ScaledObject that replaces the HPA. Pure.
 
-`render.render` calls `scaled_object` for an autoscaled workload when the region
-scales with KEDA (`RegionSettings.autoscaler == "keda"`); this module only builds
-the object (keda.sh/v1alpha1, validated in the tests against KEDA's published CRD
-schema, `tests/kubeapi/crds/`).
+`render_autoscaler.autoscaler` calls `scaled_object` for an autoscaled workload
+when the region scales with KEDA (`RegionSettings.autoscaler == "keda"`); this
+module only builds the object (keda.sh/v1alpha1, validated in the tests against
+KEDA's published CRD schema, `tests/kubeapi/crds/`).
 
     spec field          from
     scaleTargetRef      the primary Deployment (apps/v1)

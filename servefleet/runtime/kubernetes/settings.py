@@ -1,8 +1,8 @@
 """`ClusterSettings`: how the Kubernetes runtime talks to one API server.
 
-Separate from `render.RegionSettings` (what the objects look like): these are the
-client's timings and limits, read by every part of the runtime (`api`, `watches`,
-`apply`, `staging`).
+Separate from `render_settings.RegionSettings` (what the objects look like):
+these are the client's timings and limits, read by every part of the runtime
+(`api`, `watches`, `apply`, `staging`).
 """
 
 from __future__ import annotations

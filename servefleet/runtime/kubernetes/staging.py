@@ -23,7 +23,8 @@ from servefleet.plan import staging_percent, staging_progress
 from servefleet.runtime.base import RuntimeFailure
 from servefleet.runtime.kubernetes.api import ClusterApi
 from servefleet.runtime.kubernetes.events import EndpointEvents
-from servefleet.runtime.kubernetes.render import LABEL_NAME, LABEL_ROLE, STAGE_CONTAINER, Manifest
+from servefleet.runtime.kubernetes.render_names import LABEL_NAME, LABEL_ROLE, Manifest
+from servefleet.runtime.kubernetes.render_pod import STAGE_CONTAINER
 from servefleet.runtime.kubernetes.settings import ClusterSettings
 from servefleet.runtime.kubernetes.watches import Cache, endpoint_of
 from servefleet.spec import ModelStaging

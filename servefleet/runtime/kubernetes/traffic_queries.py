@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from servefleet.runtime.kubernetes.render import SERVICE_PORT, object_name
+from servefleet.runtime.kubernetes.render_names import object_name
+from servefleet.runtime.kubernetes.render_routing import SERVICE_PORT
 from servefleet.spec import LATENCY_BOUNDS, Region, VersionTraffic, fill_query
 
 __all__ = [

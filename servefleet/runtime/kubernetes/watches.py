@@ -58,7 +58,8 @@ from servefleet.runtime.kubernetes.errors import (
     status_message,
 )
 from servefleet.runtime.kubernetes.events import EndpointEvents
-from servefleet.runtime.kubernetes.render import ANNOTATION_HASH, LABEL_NAME, Manifest, ObjectRef
+from servefleet.runtime.kubernetes.render import ObjectRef
+from servefleet.runtime.kubernetes.render_names import ANNOTATION_HASH, LABEL_NAME, Manifest
 from servefleet.runtime.kubernetes.settings import ClusterSettings
 
 __all__ = [

@@ -27,9 +27,9 @@ that mixes them, for a request whose path an endpoint's route matches:
 With no Kubernetes region serving the path, the entry is exactly the local gateway
 over the undrained local routers (404 and 503 bodies, the activator). The path a
 Kubernetes region is sent is the whole path: its Ingress routes on the endpoint's
-`ingress_path` prefix and rewrites nothing (`runtime.kubernetes.render`), so the
-request goes to `<ingress_url>/inference/<name>/...` with the Ingress's own Host
-(the client's is in `X-Forwarded-Host`).
+`ingress_path` prefix and rewrites nothing (`runtime.kubernetes.render_routing`),
+so the request goes to `<ingress_url>/inference/<name>/...` with the Ingress's
+own Host (the client's is in `X-Forwarded-Host`).
 
 Every `probe_interval` the entry GETs each serving Kubernetes region's health path
 of each endpoint through its Ingress (`<ingress_url><ingress_path><health_path>`):
