@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager, suppress
 
 from bench.runtime import RecordingRuntime
 from bench.stores import REGION
-from servefleet.reconcile.controller import Controller, ControllerSettings
+from servefleet.reconcile.controller import Controller
+from servefleet.reconcile.settings import ControllerSettings
 from servefleet.service import utc_now
 from servefleet.spec import DesiredState
 from servefleet.store import Store

@@ -31,8 +31,8 @@ from bench.counting import FEED_POLL, WRITES
 from bench.progress import show
 from bench.report import Row
 from bench.stores import endpoint_name
-from servefleet.reconcile.controller import ControllerSettings
 from servefleet.reconcile.leader import LeaseSettings
+from servefleet.reconcile.settings import ControllerSettings
 from servefleet.runtime.kubernetes.cluster import ClusterSettings
 from servefleet.spec import DesiredState, Endpoint, EndpointSpec, Region, RegionKind
 from servefleet.store import Store, open_store

@@ -28,9 +28,10 @@ from typing import Any
 from bench.child import count_collections, die_with_parent, own_usage, serve_commands
 from bench.counting import CountingStore
 from servefleet.collector import pace_for_a_server
-from servefleet.reconcile.controller import Controller, ControllerSettings
+from servefleet.reconcile.controller import Controller
 from servefleet.reconcile.leader import LeaseSettings
 from servefleet.reconcile.region import run_region
+from servefleet.reconcile.settings import ControllerSettings
 from servefleet.runtime.base import Runtime
 from servefleet.runtime.kubernetes.cluster import ClusterSettings, KubernetesRuntime
 from servefleet.runtime.kubernetes.lease import KubernetesLease

@@ -2,7 +2,7 @@
 for people, or one JSON object per line for a log pipeline.
 
 A log call about one endpoint passes its `endpoint`, `region` and, where known,
-`generation` with `extra=` (see `reconcile.controller.log_fields`); a JSON line
+`generation` with `extra=` (see `reconcile.settings.log_fields`); a JSON line
 carries those given, so they can be filtered on without parsing the message.
 """
 

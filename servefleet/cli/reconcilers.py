@@ -18,8 +18,8 @@ from servefleet.service import EndpointService
 from servefleet.store import StoreError
 
 if TYPE_CHECKING:
-    from servefleet.reconcile.controller import ControllerSettings
     from servefleet.reconcile.leader import LeaseSettings
+    from servefleet.reconcile.settings import ControllerSettings
     from servefleet.runtime.local.gateway import GatewaySettings
 
 __all__ = ["reconcile", "up"]
@@ -270,8 +270,8 @@ def _reconciler_settings(
     watchdog_threshold: float, resync_interval: float, lease_ttl: float
 ) -> tuple[ControllerSettings, LeaseSettings]:
     """The controller and lease settings from the flags `up` and `reconcile` share."""
-    from servefleet.reconcile.controller import ControllerSettings
     from servefleet.reconcile.leader import LeaseSettings
+    from servefleet.reconcile.settings import ControllerSettings
 
     if not lease_ttl > 0:
         fail(f"--lease-ttl: must be more than 0 seconds (got {lease_ttl})")

@@ -36,9 +36,9 @@ from servefleet.cli.output import err, out
 from servefleet.cli.region_table import EndpointRoutes, read_region_table, refresh_region_table
 from servefleet.collector import pace_for_a_server
 from servefleet.metrics import Metrics
-from servefleet.reconcile.controller import Clock, ControllerSettings
 from servefleet.reconcile.leader import LeaderElection, LeaseSettings, StoreLeases
 from servefleet.reconcile.region import run_region
+from servefleet.reconcile.settings import Clock, ControllerSettings
 from servefleet.rollout_driver import ROLLOUT_LEASE, drive_rollouts
 from servefleet.runtime.base import Runtime
 from servefleet.runtime.local.gateway import Gateway, GatewaySettings, Router, event_loop_factory

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from servefleet.metrics import Metrics
-from servefleet.reconcile.controller import Clock, Controller, ControllerSettings
+from servefleet.reconcile.controller import Controller
 from servefleet.reconcile.leader import (
     LeaderElection,
     LeaseSettings,
@@ -40,6 +40,7 @@ from servefleet.reconcile.leader import (
     StoreLeases,
     TokenLeaseBackend,
 )
+from servefleet.reconcile.settings import Clock, ControllerSettings
 from servefleet.runtime.base import Runtime
 from servefleet.store import Store
 

@@ -5,8 +5,8 @@ connection, and every endpoint write reaches each of them through the change fee
 Two of those writes are the controllers' own, and sharing what they know spares
 the others a pass and a read:
 
-- The write that turns an endpoint from `deploying` to `running` (`Controller`'s
-  settle, once every region is READY) changes nothing any region runs or reports
+- The write that turns an endpoint from `deploying` to `running` (`settle.Settler`,
+  once every region is READY) changes nothing any region runs or reports
   (`plan.only_settled`). The controller that wrote it leaves the record here
   (`settled`); every controller of the process, the writer included, takes it when
   the feed brings that revision, instead of a pass that would read it again and

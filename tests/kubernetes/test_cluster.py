@@ -13,7 +13,8 @@ import pytest
 from kubernetes_asyncio import client
 
 from servefleet.plan import Workload, desired_workload, workload_hash
-from servefleet.reconcile.controller import Controller, ControllerSettings
+from servefleet.reconcile.controller import Controller
+from servefleet.reconcile.settings import ControllerSettings
 from servefleet.runtime.base import RuntimeUnavailable, WorkloadUnsupported
 from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
 from servefleet.runtime.kubernetes.render import FIELD_MANAGER, HANDOFF_MANAGER

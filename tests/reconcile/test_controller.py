@@ -15,8 +15,9 @@ import pytest
 
 from servefleet.metrics import Metrics
 from servefleet.plan import Observed, desired_workload
-from servefleet.reconcile.controller import Controller, ControllerSettings
+from servefleet.reconcile.controller import Controller
 from servefleet.reconcile.leader import LeaseUnconfirmed
+from servefleet.reconcile.settings import ControllerSettings
 from servefleet.reconcile.shared import SharedRecords
 from servefleet.service import EndpointService, utc_now
 from servefleet.spec import (
@@ -607,7 +608,7 @@ async def test_the_regions_of_a_process_keep_one_copy_of_a_record(
             await eventually(functools.partial(_has, runtime, "read", replicas=2))
 
         for name in ("listed", "read"):
-            copies = {id(controller._records[name]) for controller in controllers}
+            copies = {id(controller._records.held(name)) for controller in controllers}
             assert len(copies) == 1, name
 
 

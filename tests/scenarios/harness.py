@@ -32,8 +32,8 @@ from typing import Any
 import aiohttp
 
 from servefleet.cli.up import Running, UpOptions, run
-from servefleet.reconcile.controller import ControllerSettings
 from servefleet.reconcile.leader import LeaseSettings
+from servefleet.reconcile.settings import ControllerSettings
 from servefleet.runtime.local.global_entry import EntrySettings
 from servefleet.runtime.local.supervisor import LocalRuntime, LocalSettings, ReplicaInfo
 from servefleet.service import EndpointService

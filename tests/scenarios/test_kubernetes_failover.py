@@ -27,9 +27,9 @@ import pytest
 from kubernetes_asyncio import client
 
 from servefleet.cli.up import Running, UpOptions, run
-from servefleet.reconcile.controller import ControllerSettings
 from servefleet.reconcile.leader import LeaseSettings
 from servefleet.reconcile.region import run_region
+from servefleet.reconcile.settings import ControllerSettings
 from servefleet.runtime.base import Runtime
 from servefleet.runtime.kubernetes.cluster import KubernetesRuntime
 from servefleet.runtime.kubernetes.lease import KubernetesLease, lease_name
