@@ -33,9 +33,9 @@ from typing import Any
 import orjson
 
 from .engine import Engine, WriteOptions, now_rfc3339
+from .json_values import clone
 from .resources import DEPLOYMENTS, PODS
 from .store import Event
-from .typed import clone
 from .watching import WatchingController
 
 MANAGER = "kube-controller-manager"

@@ -22,12 +22,12 @@ import yaml
 from . import errors, patches, typed, validation
 from . import fieldpath as fp
 from .errors import ApiError
+from .json_values import clone, json_equal, parse_json
 from .resources import DEPLOYMENTS, NAMESPACES, SCALE_DEFINITION, SERVICES, ResourceType
 from .schema import ANY, MICROTIME_REF, TIME_REF, Schema, TypeNode
 from .selectors import FieldSelector, LabelSelector, SelectorError, selector_from_object
 from .ssa import STRIPPED, ApplyConflict, ManagedFields, Scope, apply, update
 from .store import Store, StoredObject
-from .typed import clone, parse_json
 
 APPLY_YAML = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
@@ -281,7 +281,7 @@ class Engine:
         if resource.has_generation:
             if old is None:
                 metadata["generation"] = 1
-            elif subresource != "status" and not typed.json_equal(old.get("spec"), obj.get("spec")):
+            elif subresource != "status" and not json_equal(old.get("spec"), obj.get("spec")):
                 metadata["generation"] = int(old["metadata"].get("generation", 0)) + 1
         metadata["resourceVersion"] = old["metadata"]["resourceVersion"] if old else ""
         ordered = {"kind": obj.pop("kind"), "apiVersion": obj.pop("apiVersion")}
@@ -329,7 +329,7 @@ class Engine:
         self._validate(resource, obj, old.obj if old else None)
         if old is not None:
             before = _without_volatile(old.obj)
-            if typed.json_equal(before, _without_volatile(obj)) and managed.same_sets(old.managed):
+            if json_equal(before, _without_volatile(obj)) and managed.same_sets(old.managed):
                 return WriteResult(old.obj, changed=False)
         stamp = now_rfc3339()
         previous = {entry.ident: entry for entry in (old.managed.entries if old else [])}

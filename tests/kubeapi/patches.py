@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .json_values import clone
 from .schema import ANY, TypeNode
-from .typed import clone
 
 
 class PatchError(ValueError):

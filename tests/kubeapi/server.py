@@ -42,6 +42,7 @@ from .autoscaler import AutoscalerController
 from .controller import DeploymentController, deployment_status
 from .engine import APPLY_YAML, Engine, WriteOptions, WriteResult
 from .errors import ApiError
+from .json_values import clone, parse_json
 from .kubelet import Kubelet
 from .podlog import ContainerLogs, LogOptions
 from .resources import ALL, DEPLOYMENTS, PODS, ResourceType, find, group_versions
@@ -53,7 +54,6 @@ from .selectors import (
     parse_label_selector,
 )
 from .store import Event, Store, TooOld, Watcher
-from .typed import clone, parse_json
 
 SERVER_VERSION = {
     "major": "1",

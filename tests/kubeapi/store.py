@@ -14,10 +14,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from .json_values import clone
 from .resources import ResourceType
 from .selectors import FieldSelector, LabelSelector
 from .ssa import ManagedFields
-from .typed import clone
 
 Key = tuple[str, str, str]  # (plural, namespace, name)
 
