@@ -27,10 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .engine import WriteOptions, now_rfc3339
+from .clock import now_rfc3339
 from .resources import DEPLOYMENTS, HPAS
 from .store import Event
 from .watching import WatchingController
+from .writes import WriteOptions
 
 MANAGER = "kube-controller-manager"
 SCALING_DISABLED = "scaling is disabled since the replica count of the target is zero"

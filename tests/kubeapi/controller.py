@@ -32,11 +32,13 @@ from typing import Any
 
 import orjson
 
-from .engine import Engine, WriteOptions, now_rfc3339
+from .clock import now_rfc3339
+from .engine import Engine
 from .json_values import clone
 from .resources import DEPLOYMENTS, PODS
 from .store import Event
 from .watching import WatchingController
+from .writes import WriteOptions
 
 MANAGER = "kube-controller-manager"
 HASH_LABEL = "pod-template-hash"

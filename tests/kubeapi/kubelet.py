@@ -56,7 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .engine import Engine, now_rfc3339
+from .clock import now_rfc3339
+from .engine import Engine
 from .errors import ApiError
 from .podlog import ContainerLogs
 from .resources import PODS

@@ -40,7 +40,8 @@ from aiohttp import web
 from . import errors, podlog
 from .autoscaler import AutoscalerController
 from .controller import DeploymentController, deployment_status
-from .engine import APPLY_YAML, Engine, WriteOptions, WriteResult
+from .decoding import APPLY_YAML
+from .engine import Engine
 from .errors import ApiError
 from .json_values import clone, parse_json
 from .kubelet import Kubelet
@@ -54,6 +55,7 @@ from .selectors import (
     parse_label_selector,
 )
 from .store import Event, Store, TooOld, Watcher
+from .writes import WriteOptions, WriteResult
 
 SERVER_VERSION = {
     "major": "1",

@@ -48,7 +48,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import aiohttp
 import pytest
 
-from tests.kubeapi import KubeApiServer, engine
+from tests.kubeapi import KubeApiServer, clock
 
 from .conftest import FIXTURES
 
@@ -338,8 +338,8 @@ def _entries(metadata: Json) -> list[Json]:
 @pytest.mark.parametrize("fixture", fixture_files())
 async def test_replay(fixture: Path, kube: KubeApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """Verify that the test server answers each recorded request as the real one did."""
-    second = engine.now_rfc3339()
-    monkeypatch.setattr(engine, "now_rfc3339", lambda: second)
+    second = clock.now_rfc3339()
+    monkeypatch.setattr(clock, "now_rfc3339", lambda: second)
     async with aiohttp.ClientSession() as session:
         replayer = Replayer(kube, session)
         if fixture.stem in CHAIN:
