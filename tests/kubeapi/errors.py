@@ -65,6 +65,10 @@ def not_found(group: str, plural: str, name: str) -> ApiError:
     )
 
 
+PATH_NOT_FOUND = ApiError(404, "NotFound", "the server could not find the requested resource", {})
+"""The answer to a path that names no resource or discovery document."""
+
+
 def already_exists(group: str, plural: str, name: str) -> ApiError:
     return ApiError(
         409,

@@ -37,7 +37,7 @@ from servefleet.runtime.kubernetes.render_settings import RegionSettings
 from servefleet.service import EndpointService, utc_now
 from servefleet.spec import EndpointSpec, Region, RegionKind, RegionStatus
 from servefleet.store import Lease, LeaseLost, Store, open_store
-from tests.kubeapi.server import RequestInfo
+from tests.kubeapi.request_controls import RequestInfo
 from tests.kubernetes.conftest import FAST, ApiTarget, api_client, api_target, read_object
 from tests.scenarios.harness import LOCAL, SETTLE
 from tests.waiting import eventually
