@@ -1,4 +1,4 @@
-"""The gateway's own HTTP/1.1 client toward replicas (`upstream`), and the HTTP
+"""The gateway's own HTTP/1.1 client toward replicas (`servefleet.http`), and the HTTP
 corners of the path through it: kept-alive connections, a kept connection the
 replica closed, chunked uploads, Expect: 100-continue, HTTP/1.0, HEAD, answers
 ended by closing, pipelined and malformed requests."""

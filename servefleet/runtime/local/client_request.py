@@ -20,7 +20,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from servefleet.runtime.local.forwarding import Fields
+from servefleet.http.fields import Fields
 
 __all__ = ["ClientRequest", "Wire", "error_body", "http_date", "status_line"]
 
@@ -132,7 +132,7 @@ class ClientRequest:
         self.version = version
         """b"1.1" or b"1.0"; the answer's status line says the same."""
         self.fields = fields
-        """The header fields as they came, bytes (see `forwarding`)."""
+        """The header fields as they came, bytes (see `servefleet.http.fields`)."""
         self.keep_alive = keep_alive
         self.has_body = has_body
         self._continue = expects_continue
@@ -223,9 +223,9 @@ class ClientRequest:
         length: bytes | None = None,
     ) -> None:
         """Write the whole answer in one go, `fields` its header lines as they are
-        written (`forwarding.format_fields`). Its Content-Length is the body's,
-        except for HEAD, 204 and 304, which have none: `length` (what the replica
-        said, if anything) is written for them as it is."""
+        written (`servefleet.http.fields.format_fields`). Its Content-Length is the
+        body's, except for HEAD, 204 and 304, which have none: `length` (what the
+        replica said, if anything) is written for them as it is."""
         if not self.body_done:
             self.keep_alive = False  # the rest of the body is not read: close
         parts = self._head(status, reason, fields)

@@ -1,7 +1,7 @@
 """The gateway's HTTP/1.1 server toward its clients: an asyncio `Protocol`, raw.
 
 aiohttp's server cost the gateway more CPU per proxied request than anything else
-once its client side was raw (`upstream`, issue 18): a request object, a response
+once its client side was raw (`servefleet.http`, issue 18): a request object, a response
 object, header dictionaries built and serialised twice, a payload stream, a task
 context per request. Here `llhttp` (`httptools`) parses each connection's bytes
 inside the protocol, a request is one small object (`client_request`), and its
@@ -43,13 +43,13 @@ from typing import cast
 
 import httptools
 
+from servefleet.http.fields import Fields
 from servefleet.runtime.local.client_request import (
     ClientRequest,
     error_body,
     http_date,
     status_line,
 )
-from servefleet.runtime.local.forwarding import Fields
 
 __all__ = ["ClientRequest", "DownstreamServer"]
 

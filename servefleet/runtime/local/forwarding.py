@@ -13,24 +13,20 @@ audits by client address can then trust what it reads.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from ipaddress import IPv4Network, IPv6Network, ip_address
+
+from servefleet.http.fields import Fields, first
 
 __all__ = [
     "HOP_BY_HOP",
-    "Fields",
     "ProxyNetwork",
     "answer_fields",
-    "first",
-    "format_fields",
     "is_trusted",
     "upstream_fields",
 ]
 
 ProxyNetwork = IPv4Network | IPv6Network
-
-Fields = list[tuple[bytes, bytes]]
-"""Header fields as they came: (name, value) bytes, names in the sender's case."""
 
 HOP_BY_HOP = frozenset(
     {
@@ -62,14 +58,6 @@ _FORWARDING = frozenset(
 _UNTRUSTED = _REQUEST_ONLY | _FORWARDING
 _REWRITTEN = frozenset({b"x-forwarded-for", b"x-forwarded-prefix"})
 """What a trusted proxy sent of these is extended, not kept as is."""
-
-
-def first(fields: Fields, name: bytes) -> bytes | None:
-    """The value of the first field called `name` (lower case), if any."""
-    for field, value in fields:
-        if field.lower() == name:
-            return value
-    return None
 
 
 def _connection_tokens(fields: Fields) -> frozenset[bytes]:
@@ -178,8 +166,3 @@ def _answer_lines(
             continue
         lines.append(name + b": " + value + b"\r\n")
     return b"".join(lines), length, connection
-
-
-def format_fields(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """Header lines, each ended by CRLF."""
-    return b"".join([name + b": " + value + b"\r\n" for name, value in fields])

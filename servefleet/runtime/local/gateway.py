@@ -8,8 +8,8 @@ produces it, so server-sent events reach the client unbuffered; an answer that i
 complete when its headers arrive goes out in one write. Refusals are JSON that say
 why: `{"error": {"code": 503, "message": "endpoint 'llm': endpoint is stopped"}}`.
 
-The HTTP is the gateway's own on both sides: `downstream` serves the clients and
-`upstream` talks to the replicas, each `httptools` under an asyncio `Protocol`.
+The HTTP is servefleet's own on both sides: `downstream` serves the clients and
+`servefleet.http` talks to the replicas, each `httptools` under an asyncio `Protocol`.
 Every path is proxied: the gateway has no endpoints of its own.
 
 Nothing waits forever (`GatewaySettings`): a client must send a request's head
@@ -38,6 +38,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+from servefleet.http.pool import (
+    Answer,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeout,
+)
 from servefleet.metrics import NO_ENDPOINT, NO_VERSION, GatewaySeries, Metrics
 from servefleet.runtime.local.activator import Activator
 from servefleet.runtime.local.downstream import ClientRequest, DownstreamServer
@@ -57,13 +64,6 @@ from servefleet.runtime.local.routing import (
     RouteConflict,
     Router,
     choose,
-)
-from servefleet.runtime.local.upstream import (
-    Answer,
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamPool,
-    UpstreamTimeout,
 )
 
 __all__ = [

@@ -47,9 +47,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from servefleet.http.fields import Fields
+from servefleet.http.pool import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from servefleet.metrics import NO_VERSION, Metrics
 from servefleet.runtime.local.downstream import ClientRequest
-from servefleet.runtime.local.forwarding import HOP_BY_HOP, Fields, is_trusted, upstream_fields
+from servefleet.runtime.local.forwarding import HOP_BY_HOP, is_trusted, upstream_fields
 from servefleet.runtime.local.gateway import (
     CLIENT_GONE,
     ClientBody,
@@ -59,11 +65,6 @@ from servefleet.runtime.local.gateway import (
 )
 from servefleet.runtime.local.region_choice import LOCAL_REGIONS, RegionView, rank_regions
 from servefleet.runtime.local.routing import Hold, Refusal, Router, choose, longest_prefix
-from servefleet.runtime.local.upstream import (
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamTimeout,
-)
 
 __all__ = ["EntrySettings", "GlobalEntry", "RegionTable", "RemoteRoute"]
 

@@ -1,12 +1,14 @@
-"""The gateway's HTTP/1.1 client toward its replicas: kept-alive connections, raw.
+"""servefleet's HTTP/1.1 client: kept-alive connections to upstream servers (a
+replica, an API server), raw.
 
-aiohttp's client spent about half of the gateway's CPU on every proxied request
-(a ClientRequest, a ClientResponse, a timer context, a connector lookup, cookie
-and header bookkeeping per request), which is what kept the gateway under half of
-a replica's throughput on two cores (issue 18). This client does only what the
+It was the gateway's client toward its replicas first. aiohttp's client spent
+about half of the gateway's CPU on every proxied request (a ClientRequest, a
+ClientResponse, a timer context, a connector lookup, cookie and header
+bookkeeping per request), which is what kept the gateway under half of a
+replica's throughput on two cores (issue 18). This client does only what the
 gateway needs: it writes the request head as one buffer, `llhttp` (`httptools`)
 parses the answer inside an asyncio `Protocol`, and idle connections are kept per
-replica and reused, newest first.
+server and reused, newest first.
 
 What it keeps of aiohttp's client as the gateway used it:
 - a connect timeout, after which (or on a refusal) `UpstreamConnectError` says
@@ -14,7 +16,7 @@ What it keeps of aiohttp's client as the gateway used it:
 - a read timeout counted from the end of the request and reset by every byte of
   the answer (`UpstreamTimeout`: the replica stayed silent that long);
 - the answer streamed as it arrives, reading from the replica paused while the
-  client is behind (`replica_connection`), so a slow client never makes the
+  client is behind (`connection`), so a slow client never makes the
   gateway buffer a whole answer; once its head is relayed, the rest goes to the
   client straight from the parser's callback (`Answer.relay`);
 - the request body forwarded as the client sends it: with the client's
@@ -25,7 +27,7 @@ What it keeps of aiohttp's client as the gateway used it:
 A connection goes back to the pool only when its answer was read to the end and
 both sides allow keep-alive; an answer abandoned midway (the client went away, a
 timeout) closes it, which is how the replica learns the client is gone. A kept
-connection the replica closed meanwhile fails before any byte of the answer; a
+connection the server closed meanwhile fails before any byte of the answer; a
 request without a body is then sent once more on a new connection.
 """
 
@@ -36,14 +38,14 @@ import ssl
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from servefleet.runtime.local.forwarding import Fields, first, format_fields
-from servefleet.runtime.local.replica_connection import (
-    ReplicaConnection,
+from servefleet.http.connection import (
     Sink,
     UpstreamConnectError,
+    UpstreamConnection,
     UpstreamError,
     UpstreamTimeout,
 )
+from servefleet.http.fields import Fields, first, format_fields
 
 __all__ = ["Answer", "UpstreamConnectError", "UpstreamError", "UpstreamPool", "UpstreamTimeout"]
 
@@ -51,16 +53,17 @@ _REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Answer:
-    """A replica's answer: status and headers at once, the body as it arrives."""
+    """The upstream server's answer: status and headers at once, the body as it
+    arrives."""
 
-    def __init__(self, pool: UpstreamPool, key: str, connection: ReplicaConnection) -> None:
+    def __init__(self, pool: UpstreamPool, key: str, connection: UpstreamConnection) -> None:
         self._pool = pool
         self._key = key
         self._connection = connection
         self.status = connection.status
         self.reason = connection.reason
         self.fields: Fields = connection.headers
-        """The answer's header fields as they came (see `forwarding`)."""
+        """The answer's header fields as they came (see `fields`)."""
         self._released = False
 
     @property
@@ -75,7 +78,7 @@ class Answer:
 
     async def read(self) -> bytes:
         """The body bytes that arrived since the last call, waiting for some;
-        b"" once the body is over. Raises `UpstreamError` if the replica fails."""
+        b"" once the body is over. Raises `UpstreamError` if the server fails."""
         connection = self._connection
         while not connection.chunks and not connection.complete:
             if connection.error is not None:
@@ -86,8 +89,8 @@ class Answer:
     async def relay(self, sink: Sink) -> None:
         """Send the rest of the body to `sink` as it arrives, straight from the
         parser's callback (no task switch per piece: a token stream's events cost
-        a write each), holding reading from the replica while the client is backed
-        up; returns at the body's end. Raises `UpstreamError` if the replica fails."""
+        a write each), holding reading from the server while the client is backed
+        up; returns at the body's end. Raises `UpstreamError` if the server fails."""
         connection = self._connection
         connection.sink = sink
         try:
@@ -119,7 +122,7 @@ class Answer:
 
 
 class UpstreamPool:
-    """Connections to replicas, the idle ones kept per replica base URL."""
+    """Connections to upstream servers, the idle ones kept per server base URL."""
 
     def __init__(
         self, *, connect_timeout: float, read_timeout: float, idle_timeout: float = 15.0
@@ -128,13 +131,13 @@ class UpstreamPool:
         self._read_timeout = read_timeout
         self._idle_timeout = idle_timeout
         """Idle connections older than this are closed rather than reused: shorter
-        than a replica's own keep-alive (aiohttp: 75 s, uvicorn: 5 s... whichever
+        than a server's own keep-alive (aiohttp: 75 s, uvicorn: 5 s... whichever
         comes first is caught by the one retry)."""
-        self._idle: dict[str, list[ReplicaConnection]] = {}
+        self._idle: dict[str, list[UpstreamConnection]] = {}
         self._addresses: dict[str, tuple[str, int, bytes]] = {}
         self._tls: set[str] = set()
         self._tls_context: ssl.SSLContext | None = None
-        self._open: set[ReplicaConnection] = set()
+        self._open: set[UpstreamConnection] = set()
 
     async def close(self) -> None:
         for connection in list(self._open):
@@ -154,7 +157,7 @@ class UpstreamPool:
                 self._tls.add(base)
         return address
 
-    def _kept(self, base: str) -> ReplicaConnection | None:
+    def _kept(self, base: str) -> UpstreamConnection | None:
         idle = self._idle.get(base)
         if not idle:
             return None
@@ -168,7 +171,7 @@ class UpstreamPool:
             self._open.discard(connection)
         return None
 
-    async def _connect(self, base: str) -> ReplicaConnection:
+    async def _connect(self, base: str) -> UpstreamConnection:
         host, port, _ = self._address(base)
         loop = asyncio.get_running_loop()
         context = None
@@ -179,7 +182,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: ReplicaConnection(loop, self._read_timeout, self._lost),
+                    lambda: UpstreamConnection(loop, self._read_timeout, self._lost),
                     host,
                     port,
                     ssl=context,
@@ -194,9 +197,9 @@ class UpstreamPool:
         self._open.add(protocol)
         return protocol
 
-    def _lost(self, connection: ReplicaConnection) -> None:
+    def _lost(self, connection: UpstreamConnection) -> None:
         """A connection closed (by either side): forget it, kept or not, so that
-        the pool holds nothing of replicas long gone."""
+        the pool holds nothing of servers long gone."""
         self._open.discard(connection)
         idle = self._idle.get(connection.base)
         if idle is not None and connection in idle:
@@ -204,12 +207,12 @@ class UpstreamPool:
             if not idle:
                 del self._idle[connection.base]
 
-    def _keep(self, base: str, connection: ReplicaConnection) -> None:
+    def _keep(self, base: str, connection: UpstreamConnection) -> None:
         connection.idle_since = asyncio.get_running_loop().time()
         connection.base = base
         self._idle.setdefault(base, []).append(connection)
 
-    def _forget(self, connection: ReplicaConnection) -> None:
+    def _forget(self, connection: UpstreamConnection) -> None:
         connection.close()
         self._open.discard(connection)
 
@@ -232,7 +235,7 @@ class UpstreamPool:
                 return await self._exchange(kept, base, method, target, fields, body)
             except UpstreamError as error:
                 self._forget(kept)
-                # A kept connection the replica closed meanwhile; without a body
+                # A kept connection the server closed meanwhile; without a body
                 # nothing is lost by asking again on a new one.
                 if body is not None or kept.head_done or isinstance(error, UpstreamTimeout):
                     raise
@@ -269,7 +272,7 @@ class UpstreamPool:
 
     async def _exchange(
         self,
-        connection: ReplicaConnection,
+        connection: UpstreamConnection,
         base: str,
         method: str,
         target: str,

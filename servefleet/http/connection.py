@@ -1,8 +1,8 @@
-"""One kept-alive HTTP/1.1 connection from the gateway to a replica (`upstream`):
-`llhttp` (`httptools`) parses the answer inside an asyncio `Protocol`; the body is
-buffered for `Answer.read`, or pushed to a `Sink` while `Answer.relay` runs;
-reading pauses while the client is behind; the replica's silence is watched from
-the end of the request."""
+"""One kept-alive HTTP/1.1 connection to the upstream server (a replica, an API
+server; `pool`): `llhttp` (`httptools`) parses the answer inside an asyncio
+`Protocol`; the body is buffered for `Answer.read`, or pushed to a `Sink` while
+`Answer.relay` runs; reading pauses while the client is behind; the server's
+silence is watched from the end of the request."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from typing import Protocol, cast
 import httptools
 
 __all__ = [
-    "ReplicaConnection",
     "Sink",
     "UpstreamConnectError",
+    "UpstreamConnection",
     "UpstreamError",
     "UpstreamTimeout",
 ]
 
 _HIGH_WATER = 256 * 1024
-"""Answer bytes buffered for the client at which reading from the replica pauses."""
+"""Answer bytes buffered for the client at which reading from the server pauses."""
 _WRITE_HIGH_WATER = 64 * 1024
 
 
@@ -36,7 +36,8 @@ class Sink(Protocol):
 
 
 class UpstreamError(Exception):
-    """The replica failed the request: broke off, answered what is not HTTP."""
+    """The upstream server (a replica, an API server) failed the request: broke
+    off, answered what is not HTTP."""
 
 
 class UpstreamConnectError(UpstreamError):
@@ -47,17 +48,18 @@ class UpstreamConnectError(UpstreamError):
 
 
 class UpstreamTimeout(UpstreamError):
-    """The replica sent nothing for the read timeout."""
+    """The upstream server sent nothing for the read timeout."""
 
 
-class ReplicaConnection(asyncio.Protocol):
-    """One connection to a replica, carrying one request at a time."""
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to the upstream server (a replica, an API server), carrying
+    one request at a time."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         read_timeout: float,
-        lost: Callable[[ReplicaConnection], None],
+        lost: Callable[[UpstreamConnection], None],
     ) -> None:
         self._loop = loop
         self._lost = lost
@@ -67,10 +69,10 @@ class ReplicaConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.base = ""
-        """The replica's base URL, once kept in the pool."""
+        """The server's base URL, once kept in the pool."""
         self.reused = False
         self._watch: asyncio.TimerHandle | None = None
-        """Checks the replica's silence (`_check_silence`); kept across the requests
+        """Checks the server's silence (`_check_silence`); kept across the requests
         of the connection rather than made and cancelled for each."""
         self._reset()
 
@@ -93,7 +95,7 @@ class ReplicaConnection(asyncio.Protocol):
         """Where body bytes go from the parser's callback, while `Answer.relay` runs."""
         self._last_heard = 0.0
         self._sent = False
-        """The whole request is out: the replica's silence counts (`sent`)."""
+        """The whole request is out: the server's silence counts (`sent`)."""
 
     # asyncio.Protocol
 
@@ -110,7 +112,7 @@ class ReplicaConnection(asyncio.Protocol):
             self._fail(UpstreamError(f"the replica's answer is not valid HTTP: {error}"))
 
     def eof_received(self) -> bool:
-        return False  # close: a replica that stops writing is done with the connection
+        return False  # close: a server that stops writing is done with the connection
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -217,13 +219,13 @@ class ReplicaConnection(asyncio.Protocol):
         return data
 
     def hold(self) -> None:
-        """Stop reading from the replica: the client is behind."""
+        """Stop reading from the server: the client is behind."""
         if not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
 
     def carry_on(self) -> None:
-        """Read from the replica again after `hold`."""
+        """Read from the server again after `hold`."""
         if self._paused and self.transport is not None:
             self._paused = False
             self._last_heard = self._loop.time()  # paused for the client, not silent
@@ -244,7 +246,7 @@ class ReplicaConnection(asyncio.Protocol):
                 raise UpstreamError("the replica closed the connection")
 
     def sent(self) -> None:
-        """The whole request is out: the replica's silence counts from now."""
+        """The whole request is out: the server's silence counts from now."""
         self._last_heard = self._loop.time()
         self._sent = True
         if not self.complete and self._watch is None:
