@@ -109,7 +109,7 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as error:
-            self._fail(UpstreamError(f"the replica's answer is not valid HTTP: {error}"))
+            self._fail(UpstreamError(f"the server's answer is not valid HTTP: {error}"))
 
     def eof_received(self) -> bool:
         return False  # close: a server that stops writing is done with the connection
@@ -124,7 +124,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._wake()
         elif not self.complete:
             cause = f": {exc}" if exc else ""
-            self._fail(UpstreamError(f"the replica closed the connection{cause}"))
+            self._fail(UpstreamError(f"the server closed the connection{cause}"))
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -238,12 +238,12 @@ class UpstreamConnection(asyncio.Protocol):
     async def send(self, data: bytes) -> None:
         assert self.transport is not None
         if self.closed:
-            raise UpstreamError("the replica closed the connection")
+            raise UpstreamError("the server closed the connection")
         self.transport.write(data)
         if self._drain is not None:
             await self._drain
             if self.closed:
-                raise UpstreamError("the replica closed the connection")
+                raise UpstreamError("the server closed the connection")
 
     def sent(self) -> None:
         """The whole request is out: the server's silence counts from now."""
@@ -261,7 +261,7 @@ class UpstreamConnection(asyncio.Protocol):
             wait = self._read_timeout - silent if not self._paused else self._read_timeout
             self._watch = self._loop.call_later(max(wait, 0.001), self._check_silence)
             return
-        self._fail(UpstreamTimeout(f"the replica sent nothing for {self._read_timeout:g}s"))
+        self._fail(UpstreamTimeout(f"the server sent nothing for {self._read_timeout:g}s"))
 
     def close(self) -> None:
         if self._watch is not None:

@@ -20,7 +20,10 @@ What it keeps of aiohttp's client as the gateway used it:
   gateway buffer a whole answer; once its head is relayed, the rest goes to the
   client straight from the parser's callback (`Answer.relay`);
 - the request body forwarded as the client sends it: with the client's
-  Content-Length as is, otherwise in chunked encoding;
+  Content-Length as is, otherwise in chunked encoding; a body given whole (bytes,
+  an apply's) goes out with the head in one write, framed by its Content-Length;
+- https with a given `ssl.SSLContext` and certificate name (an API server's, from
+  its kubeconfig), else the system's trust store;
 - no decompression, no cookies, no headers of its own but Host when the client
   sent none (HTTP/1.0) and the body framing.
 
@@ -28,7 +31,8 @@ A connection goes back to the pool only when its answer was read to the end and
 both sides allow keep-alive; an answer abandoned midway (the client went away, a
 timeout) closes it, which is how the replica learns the client is gone. A kept
 connection the server closed meanwhile fails before any byte of the answer; a
-request without a body is then sent once more on a new connection.
+request without a body, or with a bytes body its caller declared `replayable`
+(idempotent), is then sent once more on a new connection.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from servefleet.http.fields import Fields, first, format_fields
 __all__ = ["Answer", "UpstreamConnectError", "UpstreamError", "UpstreamPool", "UpstreamTimeout"]
 
 _REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+_CHUNKED = b"Transfer-Encoding: chunked\r\n"
 
 
 class Answer:
@@ -125,8 +130,17 @@ class UpstreamPool:
     """Connections to upstream servers, the idle ones kept per server base URL."""
 
     def __init__(
-        self, *, connect_timeout: float, read_timeout: float, idle_timeout: float = 15.0
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        idle_timeout: float = 15.0,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
+        """`tls`: how https bases are spoken to (None: the system's trust store);
+        `server_hostname`: the name their certificates must carry, if not the
+        base's host (a kubeconfig's `tls-server-name`)."""
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._idle_timeout = idle_timeout
@@ -136,7 +150,8 @@ class UpstreamPool:
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self._addresses: dict[str, tuple[str, int, bytes]] = {}
         self._tls: set[str] = set()
-        self._tls_context: ssl.SSLContext | None = None
+        self._tls_context = tls
+        self._server_hostname = server_hostname
         self._open: set[UpstreamConnection] = set()
 
     async def close(self) -> None:
@@ -153,7 +168,8 @@ class UpstreamPool:
             host, port = url.hostname or "127.0.0.1", url.port or (443 if secure else 80)
             address = self._addresses[base] = (host, port, url.netloc.encode("latin-1"))
             if secure:
-                # An https base: a Kubernetes region's Ingress, for the global entry.
+                # An https base: a Kubernetes region's Ingress, for the global
+                # entry; an API server.
                 self._tls.add(base)
         return address
 
@@ -174,11 +190,12 @@ class UpstreamPool:
     async def _connect(self, base: str) -> UpstreamConnection:
         host, port, _ = self._address(base)
         loop = asyncio.get_running_loop()
-        context = None
+        context = name = None
         if base in self._tls:
             if self._tls_context is None:
                 self._tls_context = ssl.create_default_context()
             context = self._tls_context
+            name = self._server_hostname or host
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, protocol = await loop.create_connection(
@@ -186,7 +203,7 @@ class UpstreamPool:
                     host,
                     port,
                     ssl=context,
-                    server_hostname=host if context is not None else None,
+                    server_hostname=name,
                 )
         except TimeoutError as error:
             raise UpstreamConnectError(
@@ -222,10 +239,15 @@ class UpstreamPool:
         method: str,
         target: str,
         fields: Fields,
-        body: AsyncIterator[bytes] | None,
+        body: bytes | AsyncIterator[bytes] | None,
+        *,
+        replayable: bool = False,
     ) -> Answer:
-        """Send the request (streaming `body` if given) and give the answer once its
-        head is here; the caller calls `Answer.release()` when done with it.
+        """Send the request (streaming `body` if an iterator, in one write with the
+        head if bytes) and give the answer once its head is here; the caller calls
+        `Answer.release()` when done with it. `replayable`: the caller declares
+        the request idempotent (a server-side apply), so a bytes body may be sent
+        twice, as a request without one may.
 
         A coroutine and a `release`, not an async context manager: that was one
         more object and two more coroutines on every proxied request."""
@@ -235,9 +257,11 @@ class UpstreamPool:
                 return await self._exchange(kept, base, method, target, fields, body)
             except UpstreamError as error:
                 self._forget(kept)
-                # A kept connection the server closed meanwhile; without a body
-                # nothing is lost by asking again on a new one.
-                if body is not None or kept.head_done or isinstance(error, UpstreamTimeout):
+                # A kept connection the server closed meanwhile; without a body, or
+                # with one that may be sent again, nothing is lost by asking again on
+                # a new one.
+                again = body is None or (replayable and isinstance(body, bytes))
+                if not again or kept.head_done or isinstance(error, UpstreamTimeout):
                     raise
             except BaseException:
                 self._forget(kept)
@@ -259,14 +283,14 @@ class UpstreamPool:
             self._forget(connection)
             raise
 
-    def _head(self, base: str, method: str, target: str, fields: Fields, chunked: bool) -> bytes:
+    def _head(self, base: str, method: str, target: str, fields: Fields, framing: bytes) -> bytes:
+        """The request head; `framing` is the body's field line the pool adds, if any."""
         _, _, netloc = self._address(base)
         lines = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
         if first(fields, b"host") is None:
             lines.append(b"Host: %s\r\n" % netloc)
         lines.append(format_fields(fields))
-        if chunked:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
+        lines.append(framing)
         lines.append(b"\r\n")
         return b"".join(lines)
 
@@ -277,19 +301,25 @@ class UpstreamPool:
         method: str,
         target: str,
         fields: Fields,
-        body: AsyncIterator[bytes] | None,
+        body: bytes | AsyncIterator[bytes] | None,
     ) -> Answer:
         connection.begin(head_only=method == "HEAD")
-        chunked = body is not None and first(fields, b"content-length") is None
-        await connection.send(self._head(base, method, target, fields, chunked))
-        if body is not None:
-            async for chunk in body:
-                if chunk:
-                    await connection.send(
-                        b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
-                    )
-            if chunked:
-                await connection.send(b"0\r\n\r\n")
+        if isinstance(body, bytes):
+            length = first(fields, b"content-length")
+            framing = b"" if length is not None else b"Content-Length: %d\r\n" % len(body)
+            await connection.send(self._head(base, method, target, fields, framing) + body)
+        else:
+            chunked = body is not None and first(fields, b"content-length") is None
+            framing = _CHUNKED if chunked else b""
+            await connection.send(self._head(base, method, target, fields, framing))
+            if body is not None:
+                async for chunk in body:
+                    if chunk:
+                        await connection.send(
+                            b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
+                        )
+                if chunked:
+                    await connection.send(b"0\r\n\r\n")
         connection.sent()
         while not connection.head_done:
             if connection.error is not None:
