@@ -46,6 +46,7 @@ async def test_requests_are_counted_by_verb_and_status(tmp_path: Path) -> None:
             await api.delete(ref)
             await api.list_page(KINDS[0], None)
         finally:
+            await api.close()
             await client.close()
 
     counted = _counts(metrics)

@@ -57,6 +57,7 @@ async def test_refusals_lower_the_rate_and_every_request_still_lands(tmp_path: P
                 *(apply_service(api, target.namespace, index) for index in range(SERVICES))
             )
         finally:
+            await api.close()
             await client.close()
 
     assert server.refused_in_flight > 0
@@ -96,6 +97,7 @@ async def test_a_garbage_collection_of_our_own_mid_request_does_not_lower_the_ra
             stalled = time.monotonic() - started
             await asyncio.gather(*in_flight)
         finally:
+            await api.close()
             await client.close()
     del heap
 

@@ -12,8 +12,12 @@ decided in `errors.py`. Every attempt, and every watch opened, is counted in
 `servefleet_runtime_api_requests` by verb and status ("error": no answer came);
 the current rate is `servefleet_runtime_api_rate`.
 
-Custom resources (KEDA's ScaledObject) go through the client's CustomObjectsApi,
-called with the same arguments as a built-in kind's methods (`Kind.custom`).
+Applies go on servefleet's own HTTP/1.1 client to the API server (`transport.py`;
+behind a proxy, on the client's aiohttp session); the other requests through
+kubernetes-asyncio's generated methods on its session. Custom resources (KEDA's
+ScaledObject) go through the client's CustomObjectsApi, called with the same
+arguments as a built-in kind's methods (`Kind.custom`). `close()` closes the
+applies' connections; the client is its owner's to close.
 
 `make_api_client` builds the kubernetes-asyncio client the runtime and the Lease
 election (`lease.py`) share the habits of. Its User-Agent names servefleet, its
@@ -26,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import random
@@ -36,7 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, Final
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -46,6 +49,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from prometheus_client import Counter
 from yarl import URL
 
+from servefleet.http.pool import UpstreamError
 from servefleet.metrics import Metrics
 from servefleet.ratelimit import AdaptiveRate
 from servefleet.runtime.base import RuntimeUnavailable
@@ -61,6 +65,7 @@ from servefleet.runtime.kubernetes.render_names import MANAGED_BY, MANAGED_SELEC
 from servefleet.runtime.kubernetes.render_pod import STAGE_CONTAINER, STAGING_SELECTOR
 from servefleet.runtime.kubernetes.render_settings import RegionSettings
 from servefleet.runtime.kubernetes.settings import ClusterSettings
+from servefleet.runtime.kubernetes.transport import ApplyTransport, Reply, replied
 
 __all__ = [
     "KINDS",
@@ -74,16 +79,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_APPLY: Final = "application/apply-patch+yaml"
-_NO_CLIENT_TIMEOUT: Final = aiohttp.ClientTimeout()
-"""As the client's REST layer sends: `_send` bounds every attempt itself."""
-
-
-@functools.lru_cache(maxsize=64)
-def _query_text(query: tuple[tuple[str, str], ...]) -> str:
-    """An apply's query string; there are a few (field manager, force) in a process."""
-    return urlencode(query)
 
 
 @dataclass(frozen=True)
@@ -189,57 +184,33 @@ class ClusterApi:
         self._counted: dict[tuple[str, str], Counter] = {}
         self.namespace = namespace
         self._settings = settings
-        self._api_client = api_client
         self._apis = {kind.kind: kind.api(api_client) for kind in (*KINDS, SCALED_OBJECTS, PODS)}
         self._kinds = {kind.kind: kind for kind in (*KINDS, SCALED_OBJECTS, PODS)}
         self._rate = AdaptiveRate(settings.rate)
-        rest = api_client.rest_client
-        self._session_options: dict[str, Any] = {
-            option: value
-            for option, value in (
-                ("proxy", rest.proxy),
-                ("proxy_headers", rest.proxy_headers),
-                ("server_hostname", rest.server_hostname),
-            )
-            if value
-        }
-        """What the client's REST layer adds to each request it sends on the session."""
+        self._applies = ApplyTransport(api_client, settings.request_timeout)
         metrics.runtime_api_rate.labels(region).set_function(lambda: self._rate.rate)
+
+    async def close(self) -> None:
+        """Close the connections of the applies (the client is its owner's to close)."""
+        await self._applies.close()
 
     async def apply(self, ref: ObjectRef, body: Manifest, manager: str, *, force: bool) -> Manifest:
         """Server-side apply `body` as field manager `manager`; the object as stored.
 
-        Sent on the client's aiohttp session with its proxy and TLS settings and its
-        credentials (`update_params_for_auth`, on every attempt), below the generated
-        method and the REST layer: their checks and copies of arguments, the query's
-        encoding and the content-type matching servefleet does not need took a
-        seventh of the reconciler's CPU while a fleet converges (bench/, Kubernetes
-        convergence); the body is encoded by orjson."""
-        api_client = self._api_client
-        session = api_client.rest_client.pool_manager
-        path = self._kinds[ref.kind].collection.format(namespace=quote(ref.namespace, safe=""))
-        url = f"{api_client.configuration.host}{path}/{quote(ref.name, safe='')}"
+        Sent below the generated method and the REST layer (`transport.py`: on
+        servefleet's own HTTP/1.1 client, or on the client's session behind a
+        proxy): their checks and copies of arguments, the query's encoding and the
+        content-type matching servefleet does not need took a seventh of the
+        reconciler's CPU while a fleet converges (bench/, Kubernetes convergence);
+        the body is encoded by orjson."""
+        namespace, name = quote(ref.namespace, safe=""), quote(ref.name, safe="")
+        path = f"{self._kinds[ref.kind].collection.format(namespace=namespace)}/{name}"
         encoded = orjson.dumps(body)
-
-        async def send() -> aiohttp.ClientResponse:
-            headers = {
-                **api_client.default_headers,
-                "Accept": "application/json",
-                "Content-Type": _APPLY,
-            }
-            query = [("fieldManager", manager), *((("force", "true"),) if force else ())]
-            await api_client.update_params_for_auth(headers, query, ["BearerToken"])
-            response: aiohttp.ClientResponse = await session.request(
-                "PATCH",
-                URL(f"{url}?{_query_text(tuple(query))}", encoded=True),
-                headers=headers,
-                data=encoded,
-                timeout=_NO_CLIENT_TIMEOUT,
-                **self._session_options,
-            )
-            return response
-
-        result = await self._request("apply", f"apply {ref.kind} {ref.name}", send)
+        result = await self._request(
+            "apply",
+            f"apply {ref.kind} {ref.name}",
+            lambda: self._applies.apply(path, encoded, manager, force=force),
+        )
         assert result is not None
         return result
 
@@ -249,8 +220,13 @@ class ClusterApi:
         await self._request(
             "delete",
             f"delete {ref.kind} {ref.name}",
-            lambda: delete(
-                ref.name, ref.namespace, propagation_policy="Background", _preload_content=False
+            lambda: replied(
+                delete(
+                    ref.name,
+                    ref.namespace,
+                    propagation_policy="Background",
+                    _preload_content=False,
+                )
             ),
             missing_ok=True,
         )
@@ -266,7 +242,7 @@ class ClusterApi:
         if continue_from:
             options["_continue"] = continue_from
         page = await self._request(
-            "list", f"list {kind.kind}", lambda: listing(self.namespace, **options)
+            "list", f"list {kind.kind}", lambda: replied(listing(self.namespace, **options))
         )
         assert page is not None
         return page
@@ -300,12 +276,14 @@ class ClusterApi:
         return await self._send(
             "log",
             f"read the log of pod {pod}",
-            lambda: read_log(
-                pod,
-                self.namespace,
-                container=STAGE_CONTAINER,
-                tail_lines=5,
-                _preload_content=False,
+            lambda: replied(
+                read_log(
+                    pod,
+                    self.namespace,
+                    container=STAGE_CONTAINER,
+                    tail_lines=5,
+                    _preload_content=False,
+                )
             ),
             missing_ok=True,
         )
@@ -339,7 +317,7 @@ class ClusterApi:
         self,
         verb: str,
         what: str,
-        call: Callable[[], Awaitable[aiohttp.ClientResponse]],
+        call: Callable[[], Awaitable[Reply]],
         *,
         missing_ok: bool = False,
     ) -> Manifest | None:
@@ -354,12 +332,13 @@ class ClusterApi:
         self,
         verb: str,
         what: str,
-        call: Callable[[], Awaitable[aiohttp.ClientResponse]],
+        call: Callable[[], Awaitable[Reply]],
         *,
         missing_ok: bool = False,
     ) -> bytes | None:
         """One API call with the rate limit, retries and the error mapping; the
-        body, or None for a 404 when `missing_ok`."""
+        body, or None for a 404 when `missing_ok`. `call` sends one attempt and
+        reads its answer."""
         settings = self._settings
         attempt = 0
         while True:
@@ -368,18 +347,14 @@ class ClusterApi:
             sent = time.monotonic()
             try:
                 async with asyncio.timeout(settings.request_timeout):
-                    response = await call()
-                    try:
-                        raw = await response.read()
-                    finally:
-                        response.release()
-            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                    reply = await call()
+            except (aiohttp.ClientError, UpstreamError, TimeoutError, OSError) as error:
                 self._count(verb, "error")
                 failure = f"{what}: {type(error).__name__}: {error}".rstrip(": ")
             else:
-                status = response.status
+                status, raw = reply.status, reply.body
                 self._count(verb, str(status))
-                wait_asked = retry_after(response.headers)
+                wait_asked = retry_after(reply.headers)
                 if status == 429 or wait_asked is not None:
                     self._rate.overloaded()
                 else:

@@ -5,6 +5,7 @@ last, and composes one part per concern, each in its own module:
 
     module        concern
     api.py        every request: token bucket, timeout, retries (`ClusterApi`)
+    transport.py  how an apply reaches the server: servefleet's own HTTP/1.1 client
     errors.py     what an answer means: the runtime's errors, mapped once
     watches.py    the list + watch caches of the namespace (`Watches`)
     events.py     which endpoints `events()` yields, our own writes held back
@@ -79,7 +80,9 @@ class KubernetesRuntime:
         self.namespace = settings.namespace
         self._api_client = api_client
         self._owns_client = owns_client
-        api = ClusterApi(region, settings.namespace, api_client, cluster, metrics=metrics)
+        self._api = api = ClusterApi(
+            region, settings.namespace, api_client, cluster, metrics=metrics
+        )
         self._events = EndpointEvents()
         digests = LiveDigests()
         entry = functools.partial(managed_entry, digests=digests)
@@ -219,6 +222,7 @@ class KubernetesRuntime:
         if self._traffic is not None:
             await self._traffic.close()
         self._events.close()
+        await self._api.close()
         if self._owns_client:
             await self._api_client.close()
 
