@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,7 +68,8 @@ class KubeApiServer(RequestControls):
     controller that enforces only the replica bounds: `autoscaler.py`), `crds` (the
     custom resources installed, e.g. `[SCALED_OBJECTS]` as with KEDA; none by default,
     as on a cluster without them: their group is then not discovered and their paths
-    answer 404).
+    answer 404), `tls` (served over https with this context; its kubeconfig then needs
+    the CA that signed the certificate: `tests/tls.py`).
     """
 
     def __init__(
@@ -83,9 +85,11 @@ class KubeApiServer(RequestControls):
         kubelet: Kubelet | None = None,
         hpa_controller: bool = False,
         crds: Iterable[ResourceType] = (),
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__()
         self.host = host
+        self.tls = tls
         self.port = port
         self.resources: tuple[ResourceType, ...] = (*ALL, *crds)
         """The resources served."""
@@ -109,7 +113,7 @@ class KubeApiServer(RequestControls):
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     async def start(self) -> KubeApiServer:
         if self.kubelet is not None:
@@ -122,7 +126,7 @@ class KubeApiServer(RequestControls):
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.tls)
         await site.start()
         address = self._runner.addresses[0]
         self.port = int(address[1])
