@@ -117,7 +117,7 @@ class ApplyTransport:
         """`timeout`: how long a connection may take, and the server stay silent."""
         self._api_client = api_client
         self._host = api_client.configuration.host or ""
-        self._prefix = urlsplit(self._host).path
+        self._prefix = urlsplit(self._host).path.rstrip("/")
         """The path the API is served under, if any (a proxy's, as Rancher's)."""
         rest = api_client.rest_client
         self._session: aiohttp.ClientSession = rest.pool_manager
