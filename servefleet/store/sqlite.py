@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -43,7 +44,10 @@ _BUSY_TIMEOUT_MS = 30_000
 _T = TypeVar("_T")
 
 
+@functools.lru_cache(maxsize=256)
 def _sqlite_sql(sql: str) -> str:
+    """`sql` with PostgreSQL's `$n` placeholders as SQLite's `?n`: the store's few
+    statement texts, each rewritten once (a region status write is one per pass)."""
     return _PLACEHOLDER.sub(r"?\1", sql)
 
 
