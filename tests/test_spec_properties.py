@@ -24,7 +24,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from servefleet.cli.main import app
 from servefleet.spec import (
@@ -34,6 +34,7 @@ from servefleet.spec import (
     invalid_input,
     parse_quantity,
 )
+from tests.cli_runner import CliRunner
 from tests.factories import process_text
 
 Document = dict[str, Any]

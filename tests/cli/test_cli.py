@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import typer.main
 import yaml
-from typer.testing import CliRunner
 
 from servefleet.cli.main import app
 from servefleet.service import EndpointService
 from servefleet.spec import EndpointSpec, Region, RegionKind
 from servefleet.store import open_store
+from tests.cli_runner import CliRunner
 
 REPO = Path(__file__).resolve().parents[2]
 _SCRIPT = Path(sys.executable).with_name("servefleet")

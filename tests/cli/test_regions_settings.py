@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from servefleet.cli.main import app
 from servefleet.cli.reconcile import cluster_regions, in_cluster_regions
@@ -23,6 +23,7 @@ from servefleet.service import EndpointService
 from servefleet.spec import EndpointSpec, Region, RegionKind
 from servefleet.store import open_store
 from tests.cli.test_cli import COMMAND, REPO
+from tests.cli_runner import CliRunner
 from tests.kubeapi import KubeApiServer
 from tests.waiting import eventually
 

@@ -16,12 +16,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from servefleet.cli.main import app
 from servefleet.store import open_store
 from servefleet.tokens import TokenService
 from tests.cli.test_cli import COMMAND, prepare, servefleet
+from tests.cli_runner import CliRunner
 
 _LISTENING = re.compile(r"Uvicorn running on (https?://\S+)")
 
