@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from servefleet.spec import RegionState, RegionStatus
+from servefleet.store import open_store
 from tests.cli.test_cli import servefleet
 from tests.scenarios.harness import SETTLE, Fleet, demo_command, demo_spec, local_fleet, manifest
 from tests.waiting import eventually
@@ -339,13 +340,17 @@ async def test_a_new_leader_resumes_the_count_not_the_minimum(
         async with streams(first, 3):
             await reported(first, 3, ready=3)
 
-    # The first process is gone with its replicas; the next one leads r1.
+    # The first process is gone with its replicas; the next one leads r1. The first's
+    # last report (3 ready) stays until the next leader writes its own.
+    last_of_the_first = await _report_in_store(sqlite_url)
     async with local_fleet(sqlite_url, tmp_path / "second") as second:
         seen: list[int] = []
 
         async def three_ready() -> bool:
             status = await second.status("llm")
             assert status is not None
+            if status.heartbeat == last_of_the_first.heartbeat:
+                return False
             seen.append(status.replicas_desired)
             return status.replicas_ready == 3
 
@@ -357,3 +362,12 @@ async def test_a_new_leader_resumes_the_count_not_the_minimum(
     assert len(running) == 3
     assert status is not None
     assert status.scale_reason.startswith("3 as last reported")
+
+
+async def _report_in_store(store_url: str) -> RegionStatus:
+    store = await open_store(store_url)
+    try:
+        (status,) = await store.list_region_status(endpoint="llm")
+    finally:
+        await store.close()
+    return status
