@@ -33,8 +33,8 @@ async def _drop_schema(schema: str) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The `slow` tests first, the longest first: the workers take tests in this
-    order, and a long test picked up last would keep one worker busy after the
-    others have finished."""
+    order (one at a time with `--maxschedchunk 1`, as scripts/test runs them), and a
+    long test picked up last would keep one worker busy after the others have finished."""
 
     def expected_seconds(item: pytest.Item) -> float:
         slow = item.get_closest_marker("slow")
