@@ -83,10 +83,16 @@ async def test_a_standby_up_carries_on_a_rollout_whose_driver_was_killed(tmp_pat
         await first.process.wait()
 
         # The standby's driver holds wave 1 to its end and waits for resume; its
-        # reconcilers run every region, r1 with the new version beside the old.
+        # reconcilers run every region, r1 with the new version beside the old. The
+        # first's last reports say as much until the standby writes its own, so its
+        # replicas are counted: one a region, and r1's canary.
         await eventually(lambda: _phase_is(store, RolloutPhase.WAITING), within=SETTLE)
+
+        async def standby_runs_wave_1() -> bool:
+            return len(second.replicas()) == len(REGIONS) + 1
+
+        await eventually(standby_runs_wave_1, within=SETTLE)
         await eventually(lambda: _serving(store, canary=1, regions=("r1",)), within=SETTLE)
-        assert second.replicas()
 
         await RolloutService(service).resume("llm")
         await eventually(lambda: _phase_is(store, RolloutPhase.PROMOTED), within=SETTLE)
