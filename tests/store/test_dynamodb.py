@@ -50,7 +50,6 @@ async def store(table_url: str) -> AsyncIterator[Store]:
     await opened.close()
 
 
-@pytest.mark.slow(seconds=15)
 async def test_listings_page_past_one_megabyte(store: Store) -> None:
     """300 reports of about 5 KB are well over DynamoDB's 1 MB page: every one comes back.
     (Not 1,500 of 1 KB: the same two pages, at five times moto's CPU for the writes.)"""
