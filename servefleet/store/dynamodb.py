@@ -105,7 +105,7 @@ from servefleet.store.base import (
 from servefleet.store.dynamodb_client import Client, ConditionFailed
 from servefleet.store.dynamodb_endpoints import DynamoEndpoints
 from servefleet.store.dynamodb_feed import DynamoFeed
-from servefleet.store.dynamodb_items import is_own_write, item_key, string_value
+from servefleet.store.dynamodb_items import item_key, put_conditionally, string_value
 from servefleet.store.dynamodb_leases import DynamoLeases
 from servefleet.store.dynamodb_statuses import DynamoStatuses
 from servefleet.store.dynamodb_table import create_table, parse_url
@@ -240,17 +240,9 @@ class DynamoStore(PolledFeed):
 
     async def create_token(self, token: ApiToken) -> None:
         item = {**item_key("token", token.name), "record": string_value(token.model_dump_json())}
-        try:
-            await self._client.call(
-                "put_item",
-                TableName=self._table,
-                Item=item,
-                ConditionExpression="attribute_not_exists(pk)",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ConditionFailed as failed:
-            if not is_own_write(failed, item):
-                raise TokenExists(token.name) from None
+        taken = await put_conditionally(self._client, self._table, item, "attribute_not_exists(pk)")
+        if taken is not None:
+            raise TokenExists(token.name)
 
     async def get_token(self, name: str) -> ApiToken:
         return ApiToken.model_validate_json(await self._record("token", name, TokenNotFound))

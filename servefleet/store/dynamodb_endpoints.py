@@ -10,13 +10,13 @@ from typing import Any
 
 from servefleet.spec import STORED, DesiredState, Endpoint, InvalidInput
 from servefleet.store.base import EndpointExists, EndpointNotFound, RevisionConflict
-from servefleet.store.dynamodb_client import Cancelled, Client, ConditionFailed
+from servefleet.store.dynamodb_client import Cancelled, Client
 from servefleet.store.dynamodb_items import (
-    is_own_write,
     item_bytes,
     item_key,
     number_value,
     plain,
+    put_conditionally,
     string_value,
 )
 from servefleet.store.dynamodb_statuses import DynamoStatuses
@@ -64,17 +64,9 @@ class DynamoEndpoints:
     async def create(self, endpoint: Endpoint) -> Endpoint:
         stored = endpoint.model_copy(update={"revision": 1})
         item = self._endpoint_item(stored)
-        try:
-            await self._client.call(
-                "put_item",
-                TableName=self._table,
-                Item=item,
-                ConditionExpression="attribute_not_exists(pk)",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ConditionFailed as failed:
-            if not is_own_write(failed, item):
-                raise EndpointExists(stored.name) from None
+        taken = await put_conditionally(self._client, self._table, item, "attribute_not_exists(pk)")
+        if taken is not None:
+            raise EndpointExists(stored.name)
         return stored
 
     async def get(self, name: str) -> Endpoint:
@@ -108,18 +100,15 @@ class DynamoEndpoints:
     async def update(self, endpoint: Endpoint, *, expected_revision: int) -> Endpoint:
         stored = endpoint.model_copy(update={"revision": expected_revision + 1})
         item = self._endpoint_item(stored)
-        try:
-            await self._client.call(
-                "put_item",
-                TableName=self._table,
-                Item=item,
-                ConditionExpression="revision = :expected",
-                ExpressionAttributeValues={":expected": number_value(expected_revision)},
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ConditionFailed as failed:
-            if not is_own_write(failed, item):
-                raise _conflict(stored.name, expected_revision, failed.item) from None
+        failed = await put_conditionally(
+            self._client,
+            self._table,
+            item,
+            "revision = :expected",
+            ExpressionAttributeValues={":expected": number_value(expected_revision)},
+        )
+        if failed is not None:
+            raise _conflict(stored.name, expected_revision, failed.item)
         return stored
 
     async def purge(self, name: str, *, expected_revision: int) -> None:

@@ -1,16 +1,24 @@
 """DynamoDB attribute values: writing the store's strings and numbers, keys and item
 sizes, reading any value back as plain Python, and recognising a write's own
-result after a lost answer. The store itself is `servefleet.store.dynamodb`, whose
-docstring has the design."""
+result after a lost answer (and the conditional write that relies on it). The store
+itself is `servefleet.store.dynamodb`, whose docstring has the design."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
 
-from servefleet.store.dynamodb_client import ConditionFailed
+from servefleet.store.dynamodb_client import Client, ConditionFailed
 
-__all__ = ["is_own_write", "item_bytes", "item_key", "number_value", "plain", "string_value"]
+__all__ = [
+    "is_own_write",
+    "item_bytes",
+    "item_key",
+    "number_value",
+    "plain",
+    "put_conditionally",
+    "string_value",
+]
 
 
 def string_value(value: str) -> dict[str, str]:
@@ -60,3 +68,25 @@ def is_own_write(failed: ConditionFailed, written: dict[str, Any]) -> bool:
         and failed.item is not None
         and plain({"M": failed.item}) == plain({"M": written})
     )
+
+
+async def put_conditionally(
+    client: Client, table: str, item: dict[str, Any], condition: str, **expression: Any
+) -> ConditionFailed | None:
+    """Put `item` into `table` if `condition` holds (`expression`: its attribute names
+    and values); None once the item is stored — by this call, or by an earlier
+    attempt of it whose answer was lost (`is_own_write`) — else the failure, which
+    carries the item found."""
+    try:
+        await client.call(
+            "put_item",
+            TableName=table,
+            Item=item,
+            ConditionExpression=condition,
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            **expression,
+        )
+    except ConditionFailed as failed:
+        if not is_own_write(failed, item):
+            return failed
+    return None

@@ -12,10 +12,10 @@ from typing import Any
 from servefleet.store.base import FENCE_EXPIRES_AT, Lease
 from servefleet.store.dynamodb_client import Client, ConditionFailed
 from servefleet.store.dynamodb_items import (
-    is_own_write,
     item_key,
     number_value,
     plain,
+    put_conditionally,
     string_value,
 )
 from servefleet.store.dynamodb_table import TTL_ATTRIBUTE
@@ -81,21 +81,19 @@ class DynamoLeases:
             "expires_at": number_value(expires_at),
             TTL_ATTRIBUTE: number_value(int(expires_at + _LEASE_PURGE_DELAY)),
         }
-        try:
-            await self._client.call(
-                "put_item",
-                TableName=self._table,
-                Item=item,
-                ConditionExpression=condition,
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                **({"ExpressionAttributeNames": {"#token": "token"}} if values else {}),
-                **({"ExpressionAttributeValues": values} if values else {}),
-            )
-        except ConditionFailed as failed:
-            # A renewal applied but answered 500 fails its condition when retried:
-            # still ours, and standing down for it would move leadership for nothing.
-            if not is_own_write(failed, item):
-                return None
+        # A renewal applied but answered 500 fails its condition when retried: still
+        # ours (`put_conditionally`), and standing down for it would move leadership
+        # for nothing.
+        failed = await put_conditionally(
+            self._client,
+            self._table,
+            item,
+            condition,
+            **({"ExpressionAttributeNames": {"#token": "token"}} if values else {}),
+            **({"ExpressionAttributeValues": values} if values else {}),
+        )
+        if failed is not None:
+            return None
         return Lease(name, holder, token, _timestamp(expires_at))
 
     async def release(self, lease: Lease) -> None:
