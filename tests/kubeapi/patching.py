@@ -69,12 +69,9 @@ class EnginePatches(EngineWrites):
             resource, candidate, options.field_validation, self.node(resource)
         )
         check_identity(resource, namespace, name, cleaned)
-        wanted = (cleaned.get("metadata") or {}).get("resourceVersion")
-        if wanted and str(wanted) != old.obj["metadata"]["resourceVersion"]:
-            raise errors.conflict(resource.group, resource.plural, name)
-        result = self.write_update(resource, namespace, name, cleaned, old, options, subresource)
-        result.warnings = warnings
-        return result
+        return self.update_at_version(
+            resource, namespace, name, cleaned, old, options, subresource, warnings
+        )
 
     def _apply(
         self,

@@ -163,6 +163,23 @@ class EngineWrites(EngineReads):
         cleaned, warnings = decode_body(resource, body, options.field_validation, node)
         check_identity(resource, namespace, name, cleaned)
         old = self.require(resource, namespace, name)
+        return self.update_at_version(
+            resource, namespace, name, cleaned, old, options, subresource, warnings
+        )
+
+    def update_at_version(
+        self,
+        resource: ResourceType,
+        namespace: str,
+        name: str,
+        cleaned: dict[str, Any],
+        old: StoredObject,
+        options: WriteOptions,
+        subresource: str,
+        warnings: list[str],
+    ) -> WriteResult:
+        """The write of a PUT or a non-apply PATCH, `cleaned` over `old`: a conflict if
+        it names a resourceVersion other than the stored one (optimistic concurrency)."""
         wanted = (cleaned.get("metadata") or {}).get("resourceVersion")
         if wanted and str(wanted) != old.obj["metadata"]["resourceVersion"]:
             raise errors.conflict(resource.group, resource.plural, name)
