@@ -129,12 +129,17 @@ class LiveDigests:
         metadata = obj.get("metadata") or {}
         key = f"{obj.get('kind')}/{metadata.get('name')}"
         version = str(metadata.get("resourceVersion") or "")
+        last = self._last.pop(key, None)
+        if last is not None and version and last.version == version:
+            self._last[key] = last  # the same object: its marks are the ones kept
+            return last.live
         generation = metadata.get("generation")
         marks = _marks(metadata) if isinstance(generation, int) else None
-        last = self._last.pop(key, None)
-        if last is not None and (
-            (version and last.version == version)
-            or (marks is not None and last.generation == generation and last.marks == marks)
+        if (
+            last is not None
+            and marks is not None
+            and last.generation == generation
+            and last.marks == marks
         ):
             live = last.live
         else:
