@@ -9,7 +9,8 @@ A pass (`Controller.reconcile`) depends on no earlier event; events only decide
 
 A listing (at the start, at each resync, and after falling behind the change
 feed) queues every endpoint the store lists for the region, the runtime holds or
-a report names. A change the controller's records take as it is, with no pass
+a report names, in the queue's backlog: behind the names that changes and events
+queue (`queue.WorkQueue.add_backlog`). A change the controller's records take as it is, with no pass
 (`records.KnownRecords.saw`), is not queued.
 """
 
@@ -81,7 +82,7 @@ class Feeds:
         names |= await self._runtime.held()
         names |= self._statuses.keys()
         for name in sorted(names):
-            self._queue.add(name)
+            self._queue.add_backlog(name)
         return names
 
     async def follow_feed(self, position: int) -> None:

@@ -9,6 +9,14 @@
   `add_limited` delays a key by a given time and the token bucket, leaving its
   backoff alone (for a failure that is not the key's own).
 - `add_after` schedules a look (a watchdog deadline); an earlier schedule wins.
+- `add_backlog` queues a key at low priority, after controller-runtime's priority
+  queue: the names of a listing (start, resync, relist) wait behind every key added
+  for a reason (a change, an event, a schedule), which is promoted if it was
+  backlogged. So an edit during a 10,000-endpoint resync is not looked at last,
+  and a pass that an earlier pass caused (a Deployment became ready) reports soon
+  instead of after the whole first round. Every `BACKLOG_TURN`th key handed out
+  while both lanes wait comes from the backlog, so a steady stream of events
+  cannot starve it.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from collections import deque
 
 from servefleet.ratelimit import TokenBucket
 
-__all__ = ["QueueShutDown", "WorkQueue"]
+__all__ = ["BACKLOG_TURN", "QueueShutDown", "WorkQueue"]
+
+BACKLOG_TURN = 4
 
 
 class QueueShutDown(Exception):
@@ -35,6 +45,12 @@ class WorkQueue:
         burst: int = 200,
     ) -> None:
         self._queue: deque[str] = deque()
+        self._backlog: deque[str] = deque()
+        """May hold stale names (promoted, or handed out): `_backlogged` says which
+        still wait there."""
+        self._backlogged: set[str] = set()
+        self._handed_out = 0
+        """Keys handed out while both lanes waited, counting toward the backlog's turn."""
         self._dirty: set[str] = set()
         self._processing: set[str] = set()
         self._failures: dict[str, int] = {}
@@ -46,19 +62,34 @@ class WorkQueue:
         self._bucket = TokenBucket(rate, burst)
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._backlogged)
 
     @property
     def idle(self) -> bool:
         """Nothing waiting and nothing being worked on (scheduled looks aside)."""
-        return not self._queue and not self._processing
+        return not self._queue and not self._backlogged and not self._processing
 
     def add(self, key: str) -> None:
-        if self._shut_down or key in self._dirty:
+        if self._shut_down:
+            return
+        if key in self._dirty:
+            if key in self._backlogged:
+                self._backlogged.discard(key)
+                self._queue.append(key)
             return
         self._dirty.add(key)
         if key not in self._processing:
             self._queue.append(key)
+            self._ready.set()
+
+    def add_backlog(self, key: str) -> None:
+        """Queue `key` at low priority (module docstring)."""
+        if self._shut_down or key in self._dirty:
+            return
+        self._dirty.add(key)
+        if key not in self._processing:
+            self._backlog.append(key)
+            self._backlogged.add(key)
             self._ready.set()
 
     def add_after(self, key: str, delay: float) -> None:
@@ -98,15 +129,28 @@ class WorkQueue:
         return self._failures.get(key, 0)
 
     async def get(self) -> str:
-        while not self._queue:
+        while not self._queue and not self._backlogged:
             if self._shut_down:
                 raise QueueShutDown
             self._ready.clear()
             await self._ready.wait()
-        key = self._queue.popleft()
+        key = self._next()
         self._dirty.discard(key)
         self._processing.add(key)
         return key
+
+    def _next(self) -> str:
+        if self._queue and self._backlogged:
+            self._handed_out += 1
+            if self._handed_out % BACKLOG_TURN:
+                return self._queue.popleft()
+        elif self._queue:
+            return self._queue.popleft()
+        while True:
+            key = self._backlog.popleft()
+            if key in self._backlogged:
+                self._backlogged.discard(key)
+                return key
 
     def done(self, key: str) -> None:
         self._processing.discard(key)

@@ -1,4 +1,5 @@
-"""The work queue's contract: dedup, one worker per key, backoff, scheduling."""
+"""The work queue's contract: dedup, one worker per key, backoff, scheduling, the
+backlog's lower priority."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import pytest
 
 from servefleet.ratelimit import TokenBucket
-from servefleet.reconcile.queue import QueueShutDown, WorkQueue
+from servefleet.reconcile.queue import BACKLOG_TURN, QueueShutDown, WorkQueue
 
 
 async def test_a_key_waits_in_the_queue_once() -> None:
@@ -62,6 +63,56 @@ async def test_the_earlier_schedule_wins() -> None:
     queue.add_after("a", 0.01)
 
     assert await asyncio.wait_for(queue.get(), 2) == "a"
+
+
+async def test_keys_added_for_a_reason_go_before_the_backlog() -> None:
+    queue = WorkQueue()
+    for key in ("listed-1", "listed-2"):
+        queue.add_backlog(key)
+    queue.add("changed")
+
+    assert len(queue) == 3
+    assert [await queue.get() for _ in range(3)] == ["changed", "listed-1", "listed-2"]
+    assert len(queue) == 0
+
+
+async def test_a_backlogged_key_added_for_a_reason_is_promoted_and_handed_out_once() -> None:
+    queue = WorkQueue()
+    for key in ("listed-1", "listed-2", "listed-3"):
+        queue.add_backlog(key)
+    queue.add("listed-3")
+    queue.add_backlog("listed-3")  # a later listing does not demote it
+
+    assert len(queue) == 3
+    assert [await queue.get() for _ in range(3)] == ["listed-3", "listed-1", "listed-2"]
+    assert len(queue) == 0
+    assert not queue.idle  # three keys being worked on
+    for key in ("listed-1", "listed-2", "listed-3"):
+        queue.done(key)
+    assert queue.idle
+
+
+async def test_a_backlogged_key_listed_while_worked_on_comes_back_once_done() -> None:
+    queue = WorkQueue()
+    queue.add_backlog("a")
+    key = await queue.get()
+    queue.add_backlog("a")
+
+    assert len(queue) == 0
+    queue.done(key)
+    assert await asyncio.wait_for(queue.get(), 1) == "a"
+
+
+async def test_a_stream_of_events_does_not_starve_the_backlog() -> None:
+    queue = WorkQueue()
+    queue.add_backlog("listed")
+    handed_out = []
+    for index in range(BACKLOG_TURN):
+        queue.add(f"event-{index}")
+        handed_out.append(await queue.get())
+
+    assert handed_out[-1] == "listed"
+    assert handed_out[:-1] == [f"event-{index}" for index in range(BACKLOG_TURN - 1)]
 
 
 def test_token_bucket_spaces_requests_beyond_the_burst() -> None:
