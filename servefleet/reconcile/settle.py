@@ -5,7 +5,8 @@ endpoint: `deploying` becomes `running` once every target region is READY at the
 current generation, and a deleted endpoint is purged once every region that held
 it reports it removed. A region that turns READY reads every region's report only
 when none led here still keeps the endpoint deploying (`shared.SharedRecords`):
-the last of them to turn READY does. A purged endpoint is forgotten by its
+the last of them to turn READY does, unless every target region is led here (their
+reports here are then the store's). A purged endpoint is forgotten by its
 controller (`records.KnownRecords`) along with its report.
 """
 
@@ -78,22 +79,26 @@ class Settler:
             and report.observed_generation == endpoint.generation
         ):
             return
-        # The regions led here need no read: the last of them to turn READY reads.
-        if not ready_in(endpoint, self._shared.reports(endpoint.name)):
+        # The regions led here need no read: the last of them to turn READY reads,
+        # and only if some target region is led elsewhere.
+        led_here = self._shared.reports(endpoint.name)
+        if not ready_in(endpoint, led_here):
             return
-        statuses = await self._store.list_region_status(endpoint=endpoint.name)
-        if fleet_state(endpoint, statuses) is DesiredState.RUNNING:
-            self._fence()
-            epoch = self._shared.epoch
-            running: Endpoint | None = None
-            settling = self._shared.settling(endpoint.name)
-            try:
-                running = await self._store.update_endpoint(
-                    endpoint.model_copy(update={"desired_state": DesiredState.RUNNING}),
-                    expected_revision=endpoint.revision,
-                )
-            except (RevisionConflict, EndpointNotFound):
+        if not led_here.keys() >= set(endpoint.target_regions):
+            statuses = await self._store.list_region_status(endpoint=endpoint.name)
+            if fleet_state(endpoint, statuses) is not DesiredState.RUNNING:
                 return
-            finally:
-                self._shared.settled_as(endpoint.name, settling, running, epoch=epoch)
-            self._records.remember(running)
+        self._fence()
+        epoch = self._shared.epoch
+        running: Endpoint | None = None
+        settling = self._shared.settling(endpoint.name)
+        try:
+            running = await self._store.update_endpoint(
+                endpoint.model_copy(update={"desired_state": DesiredState.RUNNING}),
+                expected_revision=endpoint.revision,
+            )
+        except (RevisionConflict, EndpointNotFound):
+            return
+        finally:
+            self._shared.settled_as(endpoint.name, settling, running, epoch=epoch)
+        self._records.remember(running)

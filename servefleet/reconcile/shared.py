@@ -14,7 +14,9 @@ the others a pass and a read:
   converging fleet; bench/: Kubernetes convergence).
 - Each controller's latest reports (`lead`): a region that turns READY asks
   the store for every region's report only when no region led here still keeps
-  the fleet from `running` (`plan.ready_in`); the last region to turn READY does.
+  the fleet from `running` (`plan.ready_in`); the last region to turn READY does,
+  and only if some target region is led elsewhere (else the reports here are all
+  of them: 10,000 reads fewer in a 10,000-endpoint start).
   Only a controller that may still act counts: while it leads, its region's
   reports are written by it alone, and it keeps them here once written, before it
   looks at the others', so of two regions turning READY at once the later sees

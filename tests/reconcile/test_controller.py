@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 
 from servefleet.metrics import Metrics
-from servefleet.plan import Observed, desired_workload
+from servefleet.plan import Observed, Workload, desired_workload
 from servefleet.reconcile.controller import Controller
 from servefleet.reconcile.leader import LeaseUnconfirmed
 from servefleet.reconcile.settings import ControllerSettings
@@ -47,8 +47,11 @@ async def running(
     region: str = "r1",
     *,
     metrics: Metrics | None = None,
+    shared: SharedRecords | None = None,
 ) -> AsyncIterator[Controller]:
-    controller = Controller(store, runtime, region, settings, clock=utc_now, metrics=metrics)
+    controller = Controller(
+        store, runtime, region, settings, clock=utc_now, metrics=metrics, shared=shared
+    )
     task = asyncio.create_task(controller.run())
     try:
         yield controller
@@ -121,6 +124,50 @@ async def test_the_runtime_is_told_it_is_synced_once_every_endpoint_was_looked_a
     async with running(store, runtime):
         await eventually(lambda: _synced(runtime))
         assert runtime.synced_after == 3  # after the first pass of each
+
+
+@dataclasses.dataclass
+class GatedRuntime(MemoryRuntime):
+    """A `MemoryRuntime` whose first apply waits for `gate`."""
+
+    gate: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    async def apply(self, workload: Workload) -> None:
+        if not self.applies:
+            self.applies.append(workload)
+            await self.gate.wait()
+            self.applies.pop()
+        await super().apply(workload)
+
+
+async def test_a_change_during_the_first_round_goes_before_the_rest_of_the_listing(
+    store: Store, service: EndpointService
+) -> None:
+    """The first listing waits in the queue's backlog: an endpoint deployed while a
+    region works through it is looked at next, not after the listing."""
+    listed = [f"listed-{index:02}" for index in range(20)]
+    for name in listed:
+        await service.deploy(name, make_spec(), ["r1"])
+    runtime = GatedRuntime()
+    async with running(store, runtime, dataclasses.replace(FAST, workers=1)) as controller:
+        await eventually(lambda: _applying(runtime))
+        await service.deploy("changed", make_spec(), ["r1"])
+        await eventually(lambda: _waiting(controller, len(listed)))
+        runtime.gate.set()
+        await eventually(functools.partial(_has, runtime, "changed", replicas=2))
+        await eventually(functools.partial(_has, runtime, listed[-1], replicas=2))
+
+    order = [workload.endpoint for workload in runtime.applies]
+    assert order[:2] == ["listed-00", "changed"]
+    assert sorted(order[2:]) == listed[1:]
+
+
+async def _applying(runtime: MemoryRuntime) -> bool:
+    return bool(runtime.applies)
+
+
+async def _waiting(controller: Controller, keys: int) -> bool:
+    return len(controller.queue) == keys
 
 
 async def test_a_region_with_no_endpoint_is_synced_at_once(store: Store) -> None:
@@ -364,9 +411,9 @@ async def test_an_endpoint_converges_in_one_pass_per_region_and_one_look_at_ever
     store: Store, service: EndpointService
 ) -> None:
     """The regions of one process: each reads the new record once, applies it and
-    reports READY in one pass; only the last of them to turn READY reads every
-    region's report, and the write that settles the endpoint as running costs none
-    of them a pass or a read."""
+    reports READY in one pass; none reads the others' reports, which it knows, and
+    the write that settles the endpoint as running costs none of them a pass or a
+    read."""
     await store.put_region(Region(name="r3", kind=RegionKind.LOCAL))
     counting = EndpointReadCounting(store)
     runtimes = {region: ObserveCounting() for region in ("r1", "r2", "r3")}
@@ -388,7 +435,38 @@ async def test_an_endpoint_converges_in_one_pass_per_region_and_one_look_at_ever
         "r3": 2,
     }
     assert counting.reads_of["llm"] == 3  # each region's of the record created
-    assert counting.status_listings_of["llm"] == 1
+    assert counting.status_listings_of["llm"] == 0
+
+
+async def test_a_region_led_elsewhere_is_asked_for_by_the_last_region_here_to_turn_ready(
+    store: Store, service: EndpointService
+) -> None:
+    """r1 and r2 run in this process, r3 in another (its own `SharedRecords`): the
+    endpoint settles as running only once r3 is READY, which r1 and r2 learn from
+    the store's reports; r3, with no region led beside it, reads them too."""
+    await store.put_region(Region(name="r3", kind=RegionKind.LOCAL))
+    counting = EndpointReadCounting(store)
+    here = SharedRecords()
+    await service.deploy("llm", make_spec(), ["r1", "r2", "r3"])
+    async with AsyncExitStack() as stack:
+        controllers = [
+            await stack.enter_async_context(
+                running(cast(Store, counting), MemoryRuntime(), region=region, shared=here)
+            )
+            for region in ("r1", "r2")
+        ]
+        for region, controller in zip(("r1", "r2"), controllers, strict=True):
+            await eventually(functools.partial(_ready_in, store, "llm", region))
+            await eventually(functools.partial(_idle, controller))
+        assert counting.status_listings_of["llm"] == 1  # the later of r1 and r2
+        assert (await store.get_endpoint("llm")).desired_state is DesiredState.DEPLOYING
+
+        elsewhere = SharedRecords()
+        await stack.enter_async_context(
+            running(cast(Store, counting), MemoryRuntime(), region="r3", shared=elsewhere)
+        )
+        await eventually(lambda: _fleet_running(store, "llm"))
+    assert counting.status_listings_of["llm"] == 2
 
 
 async def test_a_pass_reads_the_record_again_only_after_the_feed_shows_a_change(
@@ -555,6 +633,10 @@ async def _applied(runtime: MemoryRuntime, times: int) -> bool:
 
 async def _state_is(store: Store, name: str, state: RegionState) -> bool:
     return await region_state(store, name) is state
+
+
+async def _ready_in(store: Store, name: str, region: str) -> bool:
+    return await region_state(store, name, region) is RegionState.READY
 
 
 async def _message_has(store: Store, name: str, text: str) -> bool:
