@@ -16,7 +16,7 @@ from servefleet.spec import DesiredState
 from servefleet.store import Store
 
 SETTINGS = ControllerSettings()
-"""The defaults `servefleet up` starts from: 16 workers, resync and heartbeat every 300 s."""
+"""The defaults `servefleet up` starts from: 64 workers, resync and heartbeat every 300 s."""
 
 
 class ControllerRun:

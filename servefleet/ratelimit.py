@@ -69,8 +69,11 @@ class TokenBucket:
 class AdaptiveRateSettings:
     """Requests a second unless said otherwise."""
 
-    ceiling: float = 500.0
-    """Where the rate starts and the most it climbs back to."""
+    ceiling: float = 2000.0
+    """Where the rate starts and the most it climbs back to: high, as controller-runtime
+    sets no client-side limit at all by default since 2025 (SIG API Machinery's advice), and a
+    real kube-apiserver took ~600 server-side applies a second (../shared/ARCHITECTURE.md);
+    the halving, not the ceiling, is the protection."""
     floor: float = 5.0
     burst: int = 100
     recovery: float = 25.0

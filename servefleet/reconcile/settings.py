@@ -21,10 +21,11 @@ Fence = Callable[[], Lease | None]
 
 @dataclass(frozen=True)
 class ControllerSettings:
-    workers: int = 16
+    workers: int = 64
     """Endpoints reconciled at once: a pass mostly waits (API requests one after
     another, the store), and the runtime's rate limit, not this, protects the API
-    server."""
+    server. (16 until 2026-12-07: a region whose API server answered a little
+    slower then fell a third behind the others, bench/: Kubernetes convergence.)"""
     resync_interval: float = 300.0
     heartbeat_interval: float = 300.0
     """A report that has not changed is written again after this long."""

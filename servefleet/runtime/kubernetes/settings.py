@@ -28,7 +28,7 @@ class ClusterSettings:
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
     rate: AdaptiveRateSettings = field(default_factory=AdaptiveRateSettings)
-    """Requests a second (watch streams excepted): from a ceiling of 500, halved
+    """Requests a second (watch streams excepted): from a ceiling of 2,000, halved
     when the server signals overload, recovering by 25 a second."""
     sync_timeout: float = 10.0
     """How long `apply` waits for the watches to show its own writes."""
