@@ -134,10 +134,12 @@ class PrometheusServer:
     """Prometheus' own log of every query it was asked (`query_log_file`)."""
 
     def queries_asked(self) -> list[str]:
-        """Every PromQL expression asked so far, in order."""
+        """Every PromQL expression asked so far, in order (a line Prometheus is still
+        writing, with no newline yet, is not one)."""
         if not self.query_log.exists():
             return []
-        lines = self.query_log.read_text().splitlines()
+        written, _, _ = self.query_log.read_text().rpartition("\n")
+        lines = written.splitlines()
         return [json.loads(line)["params"]["query"] for line in lines if line.strip()]
 
     def query(self, promql: str) -> list[dict[str, object]]:
