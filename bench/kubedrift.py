@@ -23,7 +23,7 @@ from typing import Any
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.api_client import ApiClient
 
-from bench.kubernetes import (
+from bench.kubernetes_fleet import (
     IMAGE,
     LATENCY,
     NAMESPACE,
