@@ -267,7 +267,10 @@ def apply(
         ManagerEntry(manager, APPLY, api_version, applied, time=previous.time if previous else None)
     )
     merged = merge(live, config, node)
-    merged = prune(merged, last, managed.owned(), node)
+    if not last <= applied:
+        # Pruning removes only fields the applier owned before and no longer applies:
+        # with every one of them applied again (a re-apply, most often) it keeps all.
+        merged = prune(merged, last, managed.owned(), node)
     if any(entry.ident != ident for entry in managed.entries):
         # Alone (an object's creation, most often), the applier has no one to
         # conflict with or take fields from: the comparison would go unread.
