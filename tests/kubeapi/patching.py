@@ -20,7 +20,14 @@ from .json_values import parse_json
 from .normalization import finalize
 from .resources import ResourceType
 from .ssa import ApplyConflict, ManagedFields, apply
-from .writes import EngineWrites, WriteOptions, WriteResult, managed_scope, managed_view
+from .writes import (
+    EngineWrites,
+    WriteOptions,
+    WriteResult,
+    managed_scope,
+    managed_view,
+    read_only_view,
+)
 
 
 class EnginePatches(EngineWrites):
@@ -96,7 +103,8 @@ class EnginePatches(EngineWrites):
         wanted = (config.get("metadata") or {}).get("resourceVersion")
         if wanted and (old is None or str(wanted) != old.obj["metadata"]["resourceVersion"]):
             raise errors.conflict(resource.group, resource.plural, name)
-        live = managed_view(old.obj) if old else resource.zero()
+        # apply() only reads the live object: no copy of it
+        live = read_only_view(old.obj) if old else resource.zero()
         scope = managed_scope(resource, subresource)
         try:
             merged, managed = apply(

@@ -228,11 +228,15 @@ def _items(value: list[Any], node: TypeNode) -> tuple[list[PathElement], dict[Pa
 
 
 def merge(lhs: Any, rhs: Any, node: TypeNode) -> Any:
-    """Merge `rhs` (the applied configuration) into `lhs` (the live object)."""
+    """Merge `rhs` (the applied configuration) into `lhs` (the live object).
+
+    The result shares the parts it takes whole with `lhs` and `rhs` (copying them
+    was half of a re-apply's merge, and the write normalizes the result into a
+    new object anyway): copy it before modifying it."""
     if rhs is MISSING:
-        return clone(lhs)
+        return lhs
     if lhs is MISSING or node.kind in ("scalar", "any") or node.atomic:
-        return clone(rhs)
+        return rhs
     if isinstance(lhs, dict) and isinstance(rhs, dict):
         if not lhs and not rhs:
             return {}
@@ -241,13 +245,13 @@ def merge(lhs: Any, rhs: Any, node: TypeNode) -> Any:
             out[name] = merge(child, rhs.get(name, MISSING), node.child(name) or ANY)
         for name, child in rhs.items():
             if name not in lhs:
-                out[name] = clone(child)
+                out[name] = child
         return out
     if isinstance(lhs, list) and isinstance(rhs, list) and node.granular_list:
         if not lhs and not rhs:
             return []
         return _merge_items(lhs, rhs, node)
-    return clone(rhs)
+    return rhs
 
 
 def _merge_items(lhs: list[Any], rhs: list[Any], node: TypeNode) -> list[Any]:
@@ -274,7 +278,7 @@ def _merge_items(lhs: list[Any], rhs: list[Any], node: TypeNode) -> list[Any]:
         if left < len(lhs_order):
             element = lhs_order[left]
             if element not in rhs_items:
-                out.append(clone(lhs_items[element]))
+                out.append(lhs_items[element])
                 left += 1
                 continue
             if element in merged_rhs:
@@ -330,6 +334,10 @@ def compare(lhs: Any, rhs: Any, node: TypeNode) -> Comparison:
 
 
 def _compare(lhs: Any, rhs: Any, node: TypeNode, path: Path, result: Comparison) -> None:
+    if isinstance(lhs, dict | list) and type(lhs) is type(rhs) and json_equal(lhs, rhs):
+        # Equal values add, remove and modify nothing: most of an object is unchanged
+        # by a write, and comparing it at C speed spares walking it.
+        return
     left_leaf = lhs is MISSING or _is_leaf(lhs, node)
     right_leaf = rhs is MISSING or _is_leaf(rhs, node)
     same_shape = (

@@ -205,8 +205,8 @@ class EngineWrites(EngineReads):
         entry_subresource = subresource if manager_subresource is None else manager_subresource
         scope = managed_scope(resource, subresource)
         managed = update(
-            _compared_view(old.obj),
-            _compared_view(obj),
+            read_only_view(old.obj),
+            read_only_view(obj),
             node,
             old.managed,
             options.manager,
@@ -354,8 +354,9 @@ def managed_view(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _compared_view(obj: dict[str, Any]) -> dict[str, Any]:
+def read_only_view(obj: dict[str, Any]) -> dict[str, Any]:
     """`managed_view` for reading only: it shares all but the top level and the
-    metadata with `obj` (a field-set comparison never modifies what it compares)."""
+    metadata with `obj` (a field-set comparison never modifies what it compares,
+    nor does a merge what it merges)."""
     metadata = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
     return {**obj, "metadata": metadata}
