@@ -13,7 +13,7 @@ from typing import Any, Final
 from . import clock, errors
 from .json_values import clone, json_equal
 from .resources import SERVICES, ResourceType
-from .schema import ANY, MICROTIME_REF, TIME_REF, TypeNode
+from .schema import MICROTIME_REF, TIME_REF, TypeNode
 from .service_allocations import ServiceAllocations
 
 _TIME_REFS: Final = (TIME_REF, MICROTIME_REF)
@@ -87,16 +87,19 @@ def _normalize(value: Any, node: TypeNode) -> Any:
     normalizes its whole object.)"""
     if isinstance(value, dict):
         out = {}
+        declared, other = node.children
         for name, child in value.items():
             if child is None:
                 continue
-            child_node = node.child(name) or ANY
             if isinstance(child, dict | list):
+                child_node = declared.get(name, other)
                 child = _normalize(child, child_node)
                 if not child and child_node.kind in ("map", "list"):
                     continue
-            elif isinstance(child, str) and child_node.ref in _TIME_REFS:
-                child = _normalize(child, child_node)
+            elif isinstance(child, str):
+                child_node = declared.get(name, other)
+                if child_node.ref in _TIME_REFS:
+                    child = _normalize(child, child_node)
             out[name] = child
         return out
     if isinstance(value, list):

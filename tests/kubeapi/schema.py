@@ -66,6 +66,7 @@ class TypeNode:
     _schema: Schema | None = field(default=None, repr=False)
     _fields: dict[str, TypeNode] | None = field(default=None, repr=False)
     _elem: TypeNode | None = field(default=None, repr=False)
+    _children: tuple[dict[str, TypeNode], TypeNode] | None = field(default=None, repr=False)
 
     @property
     def fields(self) -> dict[str, TypeNode]:
@@ -100,6 +101,20 @@ class TypeNode:
         if self.kind == "any":
             return ANY
         return None
+
+    @property
+    def children(self) -> tuple[dict[str, TypeNode], TypeNode]:
+        """`(declared, other)`: the type of field or key `name` is `declared.get(name,
+        other)`, as `child(name) or ANY` gives it, in one dict lookup for the walks
+        that visit every field of every write."""
+        if self._children is None:
+            if self.kind == "struct":
+                self._children = (self.fields, ANY)
+            elif self.kind == "map":
+                self._children = ({}, self.elem)
+            else:
+                self._children = ({}, ANY)
+        return self._children
 
     @property
     def granular_list(self) -> bool:

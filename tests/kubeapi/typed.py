@@ -123,8 +123,10 @@ def _validate(value: Any, node: TypeNode, path: Path, errors: list[TypedError]) 
         if not isinstance(value, dict):
             errors.append(TypedError(path, f"expected map, got {_json_type(value)}"))
             return
+        declared, other = node.children
+        undeclared = None if node.kind == "struct" else other
         for name, child in value.items():
-            child_node = node.child(name)
+            child_node = declared.get(name, undeclared)
             if child_node is None:
                 errors.append(TypedError((*path, fp.field(name)), "field not declared in schema"))
             elif child_node.kind == "scalar":
@@ -189,8 +191,7 @@ def to_field_set(value: Any, node: TypeNode) -> FieldSet:
     """The fields `value` sets (its members), as structured-merge-diff computes them."""
     out: FieldSet = set()
     if isinstance(value, dict):
-        for name, child in value.items():
-            _to_set(child, node.child(name) or ANY, (fp.field(name),), out)
+        _fields_to_set(value, node, (), out)
     return out
 
 
@@ -199,8 +200,7 @@ def _to_set(value: Any, node: TypeNode, path: Path, out: FieldSet) -> None:
         out.add(path)
         return
     if isinstance(value, dict):
-        for name, child in value.items():
-            _to_set(child, node.child(name) or ANY, (*path, fp.field(name)), out)
+        _fields_to_set(value, node, path, out)
         return
     for position, item in enumerate(value):
         try:
@@ -210,6 +210,15 @@ def _to_set(value: Any, node: TypeNode, path: Path, out: FieldSet) -> None:
         item_path = (*path, element)
         out.add(item_path)
         _to_set(item, node.elem, item_path, out)
+
+
+def _fields_to_set(value: dict[str, Any], node: TypeNode, path: Path, out: FieldSet) -> None:
+    declared, other = node.children
+    for name, child in value.items():
+        if isinstance(child, dict | list):
+            _to_set(child, declared.get(name, other), (*path, ("f", name)), out)
+        else:
+            out.add((*path, ("f", name)))  # a scalar is a leaf, whatever its type says
 
 
 def _items(value: list[Any], node: TypeNode) -> tuple[list[PathElement], dict[PathElement, Any]]:
@@ -241,8 +250,12 @@ def merge(lhs: Any, rhs: Any, node: TypeNode) -> Any:
         if not lhs and not rhs:
             return {}
         out: dict[str, Any] = {}
+        declared, other = node.children
         for name, child in lhs.items():
-            out[name] = merge(child, rhs.get(name, MISSING), node.child(name) or ANY)
+            given = rhs.get(name, MISSING)
+            if given is not MISSING:
+                child = merge(child, given, declared.get(name, other))
+            out[name] = child
         for name, child in rhs.items():
             if name not in lhs:
                 out[name] = child
@@ -322,12 +335,13 @@ def compare(lhs: Any, rhs: Any, node: TypeNode) -> Comparison:
     """The fields `rhs` adds, removes and modifies relative to `lhs` (whole objects)."""
     result = Comparison()
     names = list(lhs) + [name for name in rhs if name not in lhs]
+    declared, other = node.children
     for name in names:
         _compare(
             lhs.get(name, MISSING),
             rhs.get(name, MISSING),
-            node.child(name) or ANY,
-            (fp.field(name),),
+            declared.get(name, other),
+            (("f", name),),
             result,
         )
     return result
@@ -358,12 +372,13 @@ def _compare(lhs: Any, rhs: Any, node: TypeNode, path: Path, result: Comparison)
         left = lhs if isinstance(lhs, dict) else {}
         right = rhs if isinstance(rhs, dict) else {}
         names = list(left) + [name for name in right if name not in left]
+        declared, other = node.children
         for name in names:
             _compare(
                 left.get(name, MISSING),
                 right.get(name, MISSING),
-                node.child(name) or ANY,
-                (*path, fp.field(name)),
+                declared.get(name, other),
+                (*path, ("f", name)),
                 result,
             )
     else:
