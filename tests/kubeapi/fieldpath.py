@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -90,37 +90,33 @@ def iteration_order(path: Path) -> tuple[tuple[int, int, str | int], ...]:
     )
 
 
-def _prefix_test(prefixes: FieldSet) -> Callable[[Path], bool]:
-    """Whether a path is one of `prefixes` or lies below one: only paths that begin
-    as a prefix does, and only at the lengths the prefixes have, are looked up (a
-    handful of short paths against deep ones; every write filters each of its fields
-    this way)."""
-    sizes = sorted({len(prefix) for prefix in prefixes if prefix})
-    firsts = {prefix[0] for prefix in prefixes if prefix}
-
-    def below(path: Path) -> bool:
-        # Most paths part from every prefix at their first element.
-        return (
-            bool(path)
-            and path[0] in firsts
-            and any(path[:size] in prefixes for size in sizes if size <= len(path))
-        )
-
-    return below
+def _by_length(prefixes: FieldSet) -> tuple[FieldSet, list[int]]:
+    """The non-empty `prefixes` and their lengths (a handful of short paths)."""
+    kept = {prefix for prefix in prefixes if prefix}
+    return kept, sorted({len(prefix) for prefix in kept})
 
 
 def recursive_difference(paths: Iterable[Path], ignored: FieldSet) -> FieldSet:
-    """The paths that are not in `ignored` and not below a path of `ignored`."""
-    if not ignored:
-        return set(paths)
-    below = _prefix_test(ignored)
-    return {path for path in paths if not below(path)}
+    """The paths that are not in `ignored` and not below a path of `ignored`.
+
+    A path lies below a prefix of length n when its first n elements are the prefix:
+    one pass per length the prefixes have (one or two), each a lookup per path, for
+    every field of every write."""
+    prefixes, lengths = _by_length(ignored)
+    kept = set(paths)
+    for length in lengths:
+        kept = {path for path in kept if path[:length] not in prefixes}
+    return kept
 
 
 def restrict_to(paths: Iterable[Path], roots: FieldSet) -> FieldSet:
-    """The paths at or below one of `roots`."""
-    below = _prefix_test(roots)
-    return {path for path in paths if below(path)}
+    """The paths at or below one of `roots` (looked up as `recursive_difference` does)."""
+    prefixes, lengths = _by_length(roots)
+    candidates = paths if isinstance(paths, set | frozenset | list | tuple) else list(paths)
+    out: FieldSet = set()
+    for length in lengths:
+        out |= {path for path in candidates if path[:length] in prefixes}
+    return out
 
 
 def _encode_element(element: PathElement) -> str:
