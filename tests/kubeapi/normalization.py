@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from . import clock, errors
-from .json_values import clone, json_equal
+from .json_values import json_equal
 from .resources import SERVICES, ResourceType
 from .schema import MICROTIME_REF, TIME_REF, TypeNode
 from .service_allocations import ServiceAllocations
@@ -33,7 +33,10 @@ def finalize(
     obj = _normalize(candidate, node)
     if subresource == "status" and old is not None:
         status = obj.get("status")
-        obj = clone(old)
+        # The rest is the stored object's, kept whole: shared, not copied (only the
+        # metadata, rewritten below, is). A stored object is never modified, and the
+        # defaulters below only fill in what is missing, which it lacks no longer.
+        obj = {**old, "metadata": dict(old["metadata"])}
         if status is None:
             obj.pop("status", None)
         else:
@@ -63,7 +66,7 @@ def finalize(
         if old is None:
             obj["status"] = resource.default_status()
         elif "status" in old:
-            obj["status"] = clone(old["status"])
+            obj["status"] = old["status"]  # shared, as the rest of a status write
         else:
             obj.pop("status", None)
     resource.defaulter(obj)
