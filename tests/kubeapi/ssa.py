@@ -42,12 +42,20 @@ UPDATE = "Update"
 
 @dataclass
 class ManagerEntry:
+    """One manager's entry. Its `fields` are never modified in place (a change assigns
+    a new set), so that copies of the entry share them: copying and hashing every
+    manager's paths again was a good part of each write."""
+
     manager: str
     operation: str
     api_version: str
     fields: FieldSet
     subresource: str = ""
     time: str | None = None
+    _encoded: tuple[FieldSet, dict[str, Any]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """`fields` as FieldsV1, and the set it was rendered from."""
 
     @property
     def ident(self) -> tuple[str, str, str]:
@@ -87,7 +95,10 @@ class ManagerEntry:
         if self.time is not None:
             out["time"] = self.time
         out["fieldsType"] = "FieldsV1"
-        out["fieldsV1"] = fp.fields_v1(self.fields)
+        encoded = self._encoded
+        if encoded is None or encoded[0] is not self.fields:
+            encoded = self._encoded = (self.fields, fp.fields_v1(self.fields))
+        out["fieldsV1"] = encoded[1]
         if self.subresource:
             out["subresource"] = self.subresource
         return out
@@ -109,7 +120,8 @@ class ManagedFields:
     entries: list[ManagerEntry] = field(default_factory=list)
 
     def copy(self) -> ManagedFields:
-        return ManagedFields([replace(entry, fields=set(entry.fields)) for entry in self.entries])
+        """New entries over the same field sets (`ManagerEntry`)."""
+        return ManagedFields([replace(entry) for entry in self.entries])
 
     def get(self, ident: tuple[str, str, str]) -> ManagerEntry | None:
         return next((entry for entry in self.entries if entry.ident == ident), None)
@@ -240,10 +252,14 @@ def _take_over(
             losses[entry.ident] = clash
     if conflicts and not force:
         raise ApplyConflict(conflicts)
+    removed = comparison.removed
     for entry in managed.entries:
         if entry.ident == acting:
             continue
-        entry.fields = entry.fields - losses.get(entry.ident, set()) - comparison.removed
+        lost = losses.get(entry.ident)
+        if lost or not entry.fields.isdisjoint(removed):
+            # a new set (`ManagerEntry`), built only for an entry that loses fields
+            entry.fields = entry.fields - (lost or set()) - removed
     return comparison
 
 
@@ -261,7 +277,7 @@ def apply(
     managed = managed.copy()
     ident = (manager, APPLY, "")
     previous = managed.get(ident)
-    last = set(previous.fields) if previous else set()
+    last = previous.fields if previous else set()
     applied = scope.owned(to_field_set(config, node))
     managed.put(
         ManagerEntry(manager, APPLY, api_version, applied, time=previous.time if previous else None)
