@@ -18,8 +18,9 @@ from typing import Any
 
 from . import fieldpath as fp
 from .fieldpath import FieldSet, Path
+from .pruning import prune
 from .schema import TypeNode
-from .typed import Comparison, compare, merge, prune, to_field_set
+from .typed import Comparison, compare, merge, to_field_set
 
 #: Fields no manager ever owns (the field manager strips them before tracking).
 STRIPPED: FieldSet = {
