@@ -11,6 +11,7 @@ server's.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from . import fieldpath as fp
 from .fieldpath import FieldSet, Path
 from .pruning import prune
 from .schema import TypeNode
-from .typed import Comparison, compare, merge, to_field_set
+from .typed import Comparison, Skipped, compare, merge, to_field_set
 
 #: Fields no manager ever owns (the field manager strips them before tracking).
 STRIPPED: FieldSet = {
@@ -230,6 +231,37 @@ class Scope:
         result = fp.recursive_difference(paths, self.ignored)
         return fp.restrict_to(result, self.roots) if self.roots is not None else result
 
+    def fields_of(self, value: dict[str, Any], node: TypeNode) -> FieldSet:
+        """`owned(to_field_set(value, node))`, leaving the ignored fields out as it
+        walks (building the whole set, then filtering it, hashed every path twice)."""
+        skipped = _skipped(frozenset(self.ignored))
+        if skipped is None:
+            return self.owned(to_field_set(value, node))
+        result = to_field_set(value, node, skipped)
+        return fp.restrict_to(result, self.roots) if self.roots is not None else result
+
+
+@functools.lru_cache(maxsize=64)
+def _skipped(ignored: frozenset[Path]) -> Skipped | None:
+    """`ignored` as `to_field_set` skips fields (None when a path holds anything but
+    struct fields or map keys: those are filtered afterwards)."""
+    tree: Skipped = {}
+    for path in sorted(ignored, key=len):
+        if not path:
+            continue  # as fieldpath's filters, an empty path ignores nothing
+        if any(kind != "f" for kind, _ in path):
+            return None
+        level: Skipped | bool = tree
+        for _, name in path[:-1]:
+            assert isinstance(level, dict)
+            level = level.setdefault(name, {})
+            if level is True:
+                break
+        else:
+            assert isinstance(level, dict)
+            level[path[-1][1]] = True
+    return tree
+
 
 def _take_over(
     old: dict[str, Any],
@@ -279,7 +311,7 @@ def apply(
     ident = (manager, APPLY, "")
     previous = managed.get(ident)
     last = previous.fields if previous else set()
-    applied = scope.owned(to_field_set(config, node))
+    applied = scope.fields_of(config, node)
     managed.put(
         ManagerEntry(manager, APPLY, api_version, applied, time=previous.time if previous else None)
     )

@@ -187,11 +187,17 @@ def _is_leaf(value: Any, node: TypeNode) -> bool:
     return not isinstance(value, list) or not value
 
 
-def to_field_set(value: Any, node: TypeNode) -> FieldSet:
-    """The fields `value` sets (its members), as structured-merge-diff computes them."""
+Skipped = dict[str, "bool | Skipped"]
+"""Fields a walk leaves out, by name: True for the field and all below it, or the
+same kind of mapping for the fields below it."""
+
+
+def to_field_set(value: Any, node: TypeNode, skipped: Skipped | None = None) -> FieldSet:
+    """The fields `value` sets (its members), as structured-merge-diff computes them,
+    but for the ones `skipped` (`Scope.fields_of`)."""
     out: FieldSet = set()
     if isinstance(value, dict):
-        _fields_to_set(value, node, (), out)
+        _fields_to_set(value, node, (), out, skipped)
     return out
 
 
@@ -212,10 +218,22 @@ def _to_set(value: Any, node: TypeNode, path: Path, out: FieldSet) -> None:
         _to_set(item, node.elem, item_path, out)
 
 
-def _fields_to_set(value: dict[str, Any], node: TypeNode, path: Path, out: FieldSet) -> None:
+def _fields_to_set(
+    value: dict[str, Any],
+    node: TypeNode,
+    path: Path,
+    out: FieldSet,
+    skipped: Skipped | None = None,
+) -> None:
     declared, other = node.children
     for name, child in value.items():
-        if isinstance(child, dict | list):
+        below = skipped.get(name) if skipped else None
+        if below is True:
+            continue
+        if below and isinstance(child, dict) and not _is_leaf(child, declared.get(name, other)):
+            # Only a map's fields can be skipped: a leaf or a list is kept whole.
+            _fields_to_set(child, declared.get(name, other), (*path, ("f", name)), out, below)
+        elif isinstance(child, dict | list):
             _to_set(child, declared.get(name, other), (*path, ("f", name)), out)
         else:
             out.add((*path, ("f", name)))  # a scalar is a leaf, whatever its type says
