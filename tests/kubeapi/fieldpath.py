@@ -90,33 +90,51 @@ def iteration_order(path: Path) -> tuple[tuple[int, int, str | int], ...]:
     )
 
 
-def _by_length(prefixes: FieldSet) -> tuple[FieldSet, list[int]]:
-    """The non-empty `prefixes` and their lengths (a handful of short paths)."""
-    kept = {prefix for prefix in prefixes if prefix}
-    return kept, sorted({len(prefix) for prefix in kept})
+def _split(paths: FieldSet, prefixes: FieldSet) -> tuple[list[Path], list[Path]]:
+    """The paths at or below one of `prefixes` (a handful of short paths), and the
+    others. A path lies below a prefix of length n when its first n elements are the
+    prefix; most paths part from every prefix at their first element."""
+    prefixes = {prefix for prefix in prefixes if prefix}
+    lengths = sorted({len(prefix) for prefix in prefixes} - {1})
+    firsts = {prefix[0] for prefix in prefixes}
+    wholly = {prefix[0] for prefix in prefixes if len(prefix) == 1}
+    below: list[Path] = []
+    others: list[Path] = []
+    for path in paths:
+        first = path[0] if path else None
+        if first in firsts and (
+            first in wholly or any(path[:length] in prefixes for length in lengths)
+        ):
+            below.append(path)
+        else:
+            others.append(path)
+    return below, others
+
+
+def _subset(paths: FieldSet, kept: list[Path], dropped: list[Path]) -> FieldSet:
+    """`paths` but `dropped` (= `kept`, as a new set): built from the shorter list, as
+    a set copied or added to reuses the hashes a set keeps, and a path's hash, over
+    all its elements, is not cached."""
+    if len(dropped) < len(kept):
+        out = set(paths)
+        out.difference_update(dropped)
+        return out
+    return set(kept)
 
 
 def recursive_difference(paths: Iterable[Path], ignored: FieldSet) -> FieldSet:
-    """The paths that are not in `ignored` and not below a path of `ignored`.
-
-    A path lies below a prefix of length n when its first n elements are the prefix:
-    one pass per length the prefixes have (one or two), each a lookup per path, for
-    every field of every write."""
-    prefixes, lengths = _by_length(ignored)
-    kept = set(paths)
-    for length in lengths:
-        kept = {path for path in kept if path[:length] not in prefixes}
-    return kept
+    """The paths that are not in `ignored` and not below a path of `ignored` (for
+    every field of every write)."""
+    source = paths if isinstance(paths, set | frozenset) else set(paths)
+    below, others = _split(source, ignored)
+    return _subset(source, others, below)
 
 
 def restrict_to(paths: Iterable[Path], roots: FieldSet) -> FieldSet:
-    """The paths at or below one of `roots` (looked up as `recursive_difference` does)."""
-    prefixes, lengths = _by_length(roots)
-    candidates = paths if isinstance(paths, set | frozenset | list | tuple) else list(paths)
-    out: FieldSet = set()
-    for length in lengths:
-        out |= {path for path in candidates if path[:length] in prefixes}
-    return out
+    """The paths at or below one of `roots`."""
+    source = paths if isinstance(paths, set | frozenset) else set(paths)
+    below, others = _split(source, roots)
+    return _subset(source, below, others)
 
 
 def _encode_element(element: PathElement) -> str:
