@@ -90,25 +90,31 @@ def iteration_order(path: Path) -> tuple[tuple[int, int, str | int], ...]:
     )
 
 
-def _split(paths: FieldSet, prefixes: FieldSet) -> tuple[list[Path], list[Path]]:
-    """The paths at or below one of `prefixes` (a handful of short paths), and the
-    others. A path lies below a prefix of length n when its first n elements are the
-    prefix; most paths part from every prefix at their first element."""
-    prefixes = {prefix for prefix in prefixes if prefix}
-    lengths = sorted({len(prefix) for prefix in prefixes} - {1})
-    firsts = {prefix[0] for prefix in prefixes}
-    wholly = {prefix[0] for prefix in prefixes if len(prefix) == 1}
-    below: list[Path] = []
-    others: list[Path] = []
-    for path in paths:
-        first = path[0] if path else None
-        if first in firsts and (
-            first in wholly or any(path[:length] in prefixes for length in lengths)
-        ):
-            below.append(path)
-        else:
-            others.append(path)
-    return below, others
+class Prefixes:
+    """A few short paths that others are tested against, prepared once (a scope's,
+    for every write). A path lies at or below a prefix of length n when its first n
+    elements are the prefix; most paths part from every prefix at their first one."""
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self.paths = {path for path in paths if path}  # an empty one covers nothing
+        self._lengths = sorted({len(path) for path in self.paths} - {1})
+        self._firsts = {path[0] for path in self.paths}
+        self._wholly = {path[0] for path in self.paths if len(path) == 1}
+
+    def split(self, paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+        """The paths at or below one of the prefixes, and the others."""
+        firsts, wholly, lengths, prefixes = self._firsts, self._wholly, self._lengths, self.paths
+        below: list[Path] = []
+        others: list[Path] = []
+        for path in paths:
+            first = path[0] if path else None
+            if first in firsts and (
+                first in wholly or any(path[:length] in prefixes for length in lengths)
+            ):
+                below.append(path)
+            else:
+                others.append(path)
+        return below, others
 
 
 def _subset(paths: FieldSet, kept: list[Path], dropped: list[Path]) -> FieldSet:
@@ -122,18 +128,20 @@ def _subset(paths: FieldSet, kept: list[Path], dropped: list[Path]) -> FieldSet:
     return set(kept)
 
 
-def recursive_difference(paths: Iterable[Path], ignored: FieldSet) -> FieldSet:
+def recursive_difference(paths: Iterable[Path], ignored: FieldSet | Prefixes) -> FieldSet:
     """The paths that are not in `ignored` and not below a path of `ignored` (for
     every field of every write)."""
     source = paths if isinstance(paths, set | frozenset) else set(paths)
-    below, others = _split(source, ignored)
+    prefixes = ignored if isinstance(ignored, Prefixes) else Prefixes(ignored)
+    below, others = prefixes.split(source)
     return _subset(source, others, below)
 
 
-def restrict_to(paths: Iterable[Path], roots: FieldSet) -> FieldSet:
+def restrict_to(paths: Iterable[Path], roots: FieldSet | Prefixes) -> FieldSet:
     """The paths at or below one of `roots`."""
     source = paths if isinstance(paths, set | frozenset) else set(paths)
-    below, others = _split(source, roots)
+    prefixes = roots if isinstance(roots, Prefixes) else Prefixes(roots)
+    below, others = prefixes.split(source)
     return _subset(source, below, others)
 
 

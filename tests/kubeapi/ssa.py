@@ -11,7 +11,6 @@ server's.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -214,9 +213,15 @@ class Scope:
     ignored: FieldSet
     roots: FieldSet | None = None
 
+    def __post_init__(self) -> None:
+        # Prepared once: `managed_scope` hands out the same few scopes to every write.
+        self._ignored = fp.Prefixes(self.ignored)
+        self._roots = fp.Prefixes(self.roots) if self.roots is not None else None
+        self._skipped = _skipped(self.ignored)
+
     def filter(self, comparison: Comparison) -> Comparison:
-        result = comparison.exclude(self.ignored)
-        return result.restrict(self.roots) if self.roots is not None else result
+        result = comparison.exclude(self._ignored)
+        return result.restrict(self._roots) if self._roots is not None else result
 
     def compare(self, old: dict[str, Any], new: dict[str, Any], node: TypeNode) -> Comparison:
         """`filter(compare(old, new))`, comparing only the top-level fields the roots
@@ -228,21 +233,19 @@ class Scope:
         return self.filter(compare(old, new, node))
 
     def owned(self, paths: Iterable[Path]) -> FieldSet:
-        result = fp.recursive_difference(paths, self.ignored)
-        return fp.restrict_to(result, self.roots) if self.roots is not None else result
+        result = fp.recursive_difference(paths, self._ignored)
+        return fp.restrict_to(result, self._roots) if self._roots is not None else result
 
     def fields_of(self, value: dict[str, Any], node: TypeNode) -> FieldSet:
         """`owned(to_field_set(value, node))`, leaving the ignored fields out as it
         walks (building the whole set, then filtering it, hashed every path twice)."""
-        skipped = _skipped(frozenset(self.ignored))
-        if skipped is None:
+        if self._skipped is None:
             return self.owned(to_field_set(value, node))
-        result = to_field_set(value, node, skipped)
-        return fp.restrict_to(result, self.roots) if self.roots is not None else result
+        result = to_field_set(value, node, self._skipped)
+        return fp.restrict_to(result, self._roots) if self._roots is not None else result
 
 
-@functools.lru_cache(maxsize=64)
-def _skipped(ignored: frozenset[Path]) -> Skipped | None:
+def _skipped(ignored: FieldSet) -> Skipped | None:
     """`ignored` as `to_field_set` skips fields (None when a path holds anything but
     struct fields or map keys: those are filtered afterwards)."""
     tree: Skipped = {}
