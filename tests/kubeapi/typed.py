@@ -334,14 +334,14 @@ class Comparison:
     def changed(self) -> FieldSet:
         return self.added | self.modified
 
-    def exclude(self, ignored: FieldSet) -> Comparison:
+    def exclude(self, ignored: FieldSet | fp.Prefixes) -> Comparison:
         return Comparison(
             fp.recursive_difference(self.added, ignored),
             fp.recursive_difference(self.removed, ignored),
             fp.recursive_difference(self.modified, ignored),
         )
 
-    def restrict(self, roots: FieldSet) -> Comparison:
+    def restrict(self, roots: FieldSet | fp.Prefixes) -> Comparison:
         return Comparison(
             fp.restrict_to(self.added, roots),
             fp.restrict_to(self.removed, roots),
@@ -366,51 +366,62 @@ def compare(lhs: Any, rhs: Any, node: TypeNode) -> Comparison:
 
 
 def _compare(lhs: Any, rhs: Any, node: TypeNode, path: Path, result: Comparison) -> None:
+    if lhs is MISSING:
+        _every_path(rhs, node, path, result.added)
+        return
+    if rhs is MISSING:
+        _every_path(lhs, node, path, result.removed)
+        return
     if isinstance(lhs, dict | list) and type(lhs) is type(rhs) and json_equal(lhs, rhs):
         # Equal values add, remove and modify nothing: most of an object is unchanged
         # by a write, and comparing it at C speed spares walking it.
         return
-    left_leaf = lhs is MISSING or _is_leaf(lhs, node)
-    right_leaf = rhs is MISSING or _is_leaf(rhs, node)
-    same_shape = (
-        lhs is MISSING
-        or rhs is MISSING
-        or (isinstance(lhs, dict) and isinstance(rhs, dict))
-        or (isinstance(lhs, list) and isinstance(rhs, list))
+    same_shape = (isinstance(lhs, dict) and isinstance(rhs, dict)) or (
+        isinstance(lhs, list) and isinstance(rhs, list)
     )
-    if (left_leaf and right_leaf) or not same_shape:
-        if lhs is MISSING:
-            result.added.add(path)
-        elif rhs is MISSING:
-            result.removed.add(path)
-        elif not json_equal(lhs, rhs):
+    if (_is_leaf(lhs, node) and _is_leaf(rhs, node)) or not same_shape:
+        if not json_equal(lhs, rhs):
             result.modified.add(path)
         return
-    if isinstance(lhs, dict) or isinstance(rhs, dict):
-        left = lhs if isinstance(lhs, dict) else {}
-        right = rhs if isinstance(rhs, dict) else {}
-        names = list(left) + [name for name in right if name not in left]
+    if isinstance(lhs, dict):
+        names = list(lhs) + [name for name in rhs if name not in lhs]
         declared, other = node.children
         for name in names:
             _compare(
-                left.get(name, MISSING),
-                right.get(name, MISSING),
+                lhs.get(name, MISSING),
+                rhs.get(name, MISSING),
                 declared.get(name, other),
                 (*path, ("f", name)),
                 result,
             )
-    else:
-        left_order, left_items = _items(lhs if isinstance(lhs, list) else [], node)
-        right_order, right_items = _items(rhs if isinstance(rhs, list) else [], node)
-        for element in right_order + [e for e in left_order if e not in right_items]:
-            _compare(
-                left_items.get(element, MISSING),
-                right_items.get(element, MISSING),
-                node.elem,
-                (*path, element),
-                result,
-            )
-    if lhs is MISSING:
-        result.added.add(path)
-    elif rhs is MISSING:
-        result.removed.add(path)
+        return
+    left_order, left_items = _items(lhs, node)
+    right_order, right_items = _items(rhs, node)
+    for element in right_order + [e for e in left_order if e not in right_items]:
+        _compare(
+            left_items.get(element, MISSING),
+            right_items.get(element, MISSING),
+            node.elem,
+            (*path, element),
+            result,
+        )
+
+
+def _every_path(value: Any, node: TypeNode, path: Path, out: FieldSet) -> None:
+    """What `_compare` finds where one side is absent: `path` and every path below it
+    (a field added to or removed from an object, such as a first status), walked
+    without comparing."""
+    out.add(path)
+    if _is_leaf(value, node):
+        return
+    if isinstance(value, dict):
+        declared, other = node.children
+        for name, child in value.items():
+            if isinstance(child, dict | list):
+                _every_path(child, declared.get(name, other), (*path, ("f", name)), out)
+            else:
+                out.add((*path, ("f", name)))  # a scalar is a leaf
+        return
+    order, items = _items(value, node)
+    for element in order:
+        _every_path(items[element], node.elem, (*path, element), out)
