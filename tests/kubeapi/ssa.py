@@ -218,6 +218,18 @@ class Scope:
         self._ignored = fp.Prefixes(self.ignored)
         self._roots = fp.Prefixes(self.roots) if self.roots is not None else None
         self._skipped = _skipped(self.ignored)
+        self._names: set[str] | None = None
+        """The top-level fields `compare` keeps, when the roots lie under fields."""
+        self._filtered_by_names = False
+        """Whether keeping `_names` leaves the comparison as `filter` would."""
+        if self.roots is not None and all(root and root[0][0] == "f" for root in self.roots):
+            self._names = {root[0][1] for root in self.roots}
+            # Every path then begins with a root's field: if the roots are these
+            # fields, and no ignored path begins with one of them, filter drops nothing.
+            firsts = {root[0] for root in self.roots}
+            self._filtered_by_names = all(len(root) == 1 for root in self.roots) and not any(
+                path[0] in firsts for path in self._ignored.paths
+            )
 
     def filter(self, comparison: Comparison) -> Comparison:
         result = comparison.exclude(self._ignored)
@@ -226,10 +238,12 @@ class Scope:
     def compare(self, old: dict[str, Any], new: dict[str, Any], node: TypeNode) -> Comparison:
         """`filter(compare(old, new))`, comparing only the top-level fields the roots
         lie under (a status write need not walk the spec: filter drops it anyway)."""
-        if self.roots is not None and all(root and root[0][0] == "f" for root in self.roots):
-            names = {root[0][1] for root in self.roots}
+        names = self._names
+        if names is not None:
             old = {name: value for name, value in old.items() if name in names}
             new = {name: value for name, value in new.items() if name in names}
+            if self._filtered_by_names:
+                return compare(old, new, node)
         return self.filter(compare(old, new, node))
 
     def owned(self, paths: Iterable[Path]) -> FieldSet:
