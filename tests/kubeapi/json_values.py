@@ -12,6 +12,8 @@ from typing import Any, Final, TypeVar, cast
 import orjson
 
 T = TypeVar("T")
+_CONTAINERS: Final = (dict, list)
+"""For `isinstance`: a tuple, as `dict | list` would build a union type at each test."""
 
 
 def clone(value: T) -> T:
@@ -66,7 +68,7 @@ def json_equal(left: Any, right: Any) -> bool:
     orjson writes them alike, else they are walked."""
     if left != right:
         return False
-    if isinstance(left, dict | list):
+    if isinstance(left, _CONTAINERS):
         with contextlib.suppress(orjson.JSONEncodeError):
             if orjson.dumps(left) == orjson.dumps(right):
                 return True
@@ -80,6 +82,6 @@ def _json_equal(left: Any, right: Any) -> bool:
         return left.keys() == right.keys() and all(_json_equal(left[k], right[k]) for k in left)
     if isinstance(left, list) and isinstance(right, list):
         return len(left) == len(right) and all(map(_json_equal, left, right))
-    if isinstance(left, dict | list) or isinstance(right, dict | list):
+    if isinstance(left, _CONTAINERS) or isinstance(right, _CONTAINERS):
         return False
     return bool(left == right)

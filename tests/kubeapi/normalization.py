@@ -14,7 +14,7 @@ from typing import Any, Final
 from . import clock, errors
 from .json_values import json_equal
 from .resources import SERVICES, ResourceType
-from .schema import MICROTIME_REF, TIME_REF, TypeNode
+from .schema import CONTAINERS, MICROTIME_REF, TIME_REF, TypeNode
 from .service_allocations import ServiceAllocations
 
 _TIME_REFS: Final = (TIME_REF, MICROTIME_REF)
@@ -87,20 +87,21 @@ def finalize(
 
 def _normalize(value: Any, node: TypeNode) -> Any:
     """Drop nulls and empty maps/lists (Go's omitempty), canonicalise timestamps.
-    (Scalars other than timestamps are kept without a call: every write
-    normalizes its whole object.)"""
+    (Scalars other than timestamps are kept without a call, and strings are looked
+    at only where a time may be: every write normalizes its whole object.)"""
     if isinstance(value, dict):
         out = {}
         declared, other = node.children
+        timed = node.timed_children
         for name, child in value.items():
             if child is None:
                 continue
-            if isinstance(child, dict | list):
+            if isinstance(child, CONTAINERS):
                 child_node = declared.get(name, other)
                 child = _normalize(child, child_node)
                 if not child and child_node.kind in ("map", "list"):
                     continue
-            elif isinstance(child, str):
+            elif timed and isinstance(child, str):
                 child_node = declared.get(name, other)
                 if child_node.ref in _TIME_REFS:
                     child = _normalize(child, child_node)
@@ -108,9 +109,10 @@ def _normalize(value: Any, node: TypeNode) -> Any:
         return out
     if isinstance(value, list):
         elem = node.elem
+        timed = elem.ref in _TIME_REFS
         return [
             _normalize(item, elem)
-            if isinstance(item, dict | list) or (isinstance(item, str) and elem.ref in _TIME_REFS)
+            if isinstance(item, CONTAINERS) or (timed and isinstance(item, str))
             else item
             for item in value
             if item is not None

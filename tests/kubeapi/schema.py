@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
 
@@ -43,6 +43,19 @@ CRDS = Path(__file__).parent / "crds"
 OBJECT_META_REF = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 TIME_REF = "io.k8s.apimachinery.pkg.apis.meta.v1.Time"
 MICROTIME_REF = "io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime"
+
+
+CONTAINERS: Final = (dict, list)
+"""For `isinstance` in the walks over every field: a tuple, as `dict | list` would
+build a union type at each test (twice the time)."""
+
+_TIME_REFS: Final = (TIME_REF, MICROTIME_REF)
+_PYTHON_TYPES: Final = {
+    "string": (str,),
+    "boolean": (bool,),
+    "integer": (int,),
+    "number": (int, float),
+}
 
 
 class SchemaUnavailable(RuntimeError):
@@ -67,6 +80,13 @@ class TypeNode:
     _fields: dict[str, TypeNode] | None = field(default=None, repr=False)
     _elem: TypeNode | None = field(default=None, repr=False)
     _children: tuple[dict[str, TypeNode], TypeNode] | None = field(default=None, repr=False)
+    _timed: bool | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        kinds = [kind for name in self.scalar_types for kind in _PYTHON_TYPES.get(name, ())]
+        self.accepts: frozenset[type] = frozenset((type(None), *kinds))
+        """Python types a scalar of this type may always have (others are looked at
+        closer: an integral float is an integer)."""
 
     @property
     def fields(self) -> dict[str, TypeNode]:
@@ -115,6 +135,17 @@ class TypeNode:
             else:
                 self._children = ({}, ANY)
         return self._children
+
+    @property
+    def timed_children(self) -> bool:
+        """Whether a field or key of this type may hold a time (Time or MicroTime): the
+        others' strings are kept as they are without a look at their type."""
+        if self._timed is None:
+            declared, other = self.children
+            self._timed = other.ref in _TIME_REFS or any(
+                child.ref in _TIME_REFS for child in declared.values()
+            )
+        return self._timed
 
     @property
     def granular_list(self) -> bool:

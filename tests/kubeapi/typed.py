@@ -19,7 +19,7 @@ from typing import Any, Final
 from . import fieldpath as fp
 from .fieldpath import FieldSet, Path, PathElement
 from .json_values import json_equal
-from .schema import KEY_FIELD_DEFAULTS, TypeNode
+from .schema import CONTAINERS, KEY_FIELD_DEFAULTS, TypeNode
 
 
 class _Missing:
@@ -131,7 +131,9 @@ def _validate(value: Any, node: TypeNode, path: Path, errors: list[TypedError]) 
                 errors.append(TypedError((*path, fp.field(name)), "field not declared in schema"))
             elif child_node.kind == "scalar":
                 # Most fields are scalars: their path is built only for an error.
-                if not _scalar_ok(child, child_node.scalar_types):
+                if type(child) not in child_node.accepts and not _scalar_ok(
+                    child, child_node.scalar_types
+                ):
                     errors.append(_scalar_error(child, child_node, (*path, fp.field(name))))
             else:
                 _validate(child, child_node, (*path, fp.field(name)), errors)
@@ -233,7 +235,7 @@ def _fields_to_set(
         if below and isinstance(child, dict) and not _is_leaf(child, declared.get(name, other)):
             # Only a map's fields can be skipped: a leaf or a list is kept whole.
             _fields_to_set(child, declared.get(name, other), (*path, ("f", name)), out, below)
-        elif isinstance(child, dict | list):
+        elif isinstance(child, CONTAINERS):
             _to_set(child, declared.get(name, other), (*path, ("f", name)), out)
         else:
             out.add((*path, ("f", name)))  # a scalar is a leaf, whatever its type says
@@ -372,7 +374,7 @@ def _compare(lhs: Any, rhs: Any, node: TypeNode, path: Path, result: Comparison)
     if rhs is MISSING:
         _every_path(lhs, node, path, result.removed)
         return
-    if isinstance(lhs, dict | list) and type(lhs) is type(rhs) and json_equal(lhs, rhs):
+    if isinstance(lhs, CONTAINERS) and type(lhs) is type(rhs) and json_equal(lhs, rhs):
         # Equal values add, remove and modify nothing: most of an object is unchanged
         # by a write, and comparing it at C speed spares walking it.
         return
@@ -417,7 +419,7 @@ def _every_path(value: Any, node: TypeNode, path: Path, out: FieldSet) -> None:
     if isinstance(value, dict):
         declared, other = node.children
         for name, child in value.items():
-            if isinstance(child, dict | list):
+            if isinstance(child, CONTAINERS):
                 _every_path(child, declared.get(name, other), (*path, ("f", name)), out)
             else:
                 out.add((*path, ("f", name)))  # a scalar is a leaf
