@@ -97,6 +97,8 @@ class LabelSelector:
     requirements: tuple[Requirement, ...] = ()
 
     def matches(self, labels: Mapping[str, str] | None) -> bool:
+        if not self.requirements:
+            return True  # most watches select everything: each write is offered to them
         labels = labels or {}
         return all(requirement.matches(labels) for requirement in self.requirements)
 
