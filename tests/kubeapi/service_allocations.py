@@ -8,6 +8,9 @@ import ipaddress
 from random import Random
 from typing import Any
 
+_SERVICE_NETWORK = ipaddress.ip_network("10.96.0.0/16")
+"""Built once: its size is computed once too."""
+
 
 class ServiceAllocations:
     """Addresses and ports in use; `random` is the engine's (generated names draw from
@@ -40,7 +43,7 @@ class ServiceAllocations:
         self._cluster_ips.discard(obj.get("spec", {}).get("clusterIP", ""))
 
     def _allocate_cluster_ip(self) -> str:
-        network = ipaddress.ip_network("10.96.0.0/16")
+        network = _SERVICE_NETWORK
         while True:
             candidate = str(network[self._random.randrange(11, network.num_addresses - 1)])
             if candidate not in self._cluster_ips:
