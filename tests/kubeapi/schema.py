@@ -83,6 +83,10 @@ class TypeNode:
     _timed: bool | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        self.walks_dict = self.kind in ("struct", "map") and not self.atomic
+        """Whether a non-empty map of this type is walked into, not a leaf."""
+        self.walks_list = self.kind == "list" and not self.atomic
+        """Whether a non-empty list of this type is walked into, not a leaf."""
         kinds = [kind for name in self.scalar_types for kind in _PYTHON_TYPES.get(name, ())]
         self.accepts: frozenset[type] = frozenset((type(None), *kinds))
         """Python types a scalar of this type may always have (others are looked at

@@ -204,12 +204,16 @@ def to_field_set(value: Any, node: TypeNode, skipped: Skipped | None = None) -> 
 
 
 def _to_set(value: Any, node: TypeNode, path: Path, out: FieldSet) -> None:
-    if _is_leaf(value, node):
-        out.add(path)
-        return
-    if isinstance(value, dict):
+    if isinstance(value, dict) and value and node.walks_dict:
         _fields_to_set(value, node, path, out)
-        return
+    elif isinstance(value, list) and value and node.walks_list:
+        _items_to_set(value, node, path, out)
+    else:
+        out.add(path)  # a leaf (`_is_leaf`)
+
+
+def _items_to_set(value: list[Any], node: TypeNode, path: Path, out: FieldSet) -> None:
+    elem = node.elem
     for position, item in enumerate(value):
         try:
             element = item_element(item, node, position)
@@ -217,7 +221,7 @@ def _to_set(value: Any, node: TypeNode, path: Path, out: FieldSet) -> None:
             continue
         item_path = (*path, element)
         out.add(item_path)
-        _to_set(item, node.elem, item_path, out)
+        _to_set(item, elem, item_path, out)
 
 
 def _fields_to_set(
@@ -227,18 +231,26 @@ def _fields_to_set(
     out: FieldSet,
     skipped: Skipped | None = None,
 ) -> None:
+    # `_to_set` inlined for the fields of a map, most of a value: a call per field
+    # was most of the walk's time.
     declared, other = node.children
     for name, child in value.items():
         below = skipped.get(name) if skipped else None
         if below is True:
             continue
-        if below and isinstance(child, dict) and not _is_leaf(child, declared.get(name, other)):
-            # Only a map's fields can be skipped: a leaf or a list is kept whole.
-            _fields_to_set(child, declared.get(name, other), (*path, ("f", name)), out, below)
-        elif isinstance(child, CONTAINERS):
-            _to_set(child, declared.get(name, other), (*path, ("f", name)), out)
-        else:
-            out.add((*path, ("f", name)))  # a scalar is a leaf, whatever its type says
+        child_path = (*path, ("f", name))
+        if isinstance(child, dict):
+            child_node = declared.get(name, other)
+            if child and child_node.walks_dict:
+                # only a map's fields can be skipped: a leaf or a list is kept whole
+                _fields_to_set(child, child_node, child_path, out, below or None)
+                continue
+        elif isinstance(child, list):
+            child_node = declared.get(name, other)
+            if child and child_node.walks_list:
+                _items_to_set(child, child_node, child_path, out)
+                continue
+        out.add(child_path)  # a leaf (`_is_leaf`): a scalar whatever its type says
 
 
 def _items(value: list[Any], node: TypeNode) -> tuple[list[PathElement], dict[PathElement, Any]]:
