@@ -12,6 +12,9 @@ from .schema import crd_definition_name
 
 Defaulter = Callable[[dict[str, Any]], None]
 Validator = Callable[[dict[str, Any], dict[str, Any] | None], list[FieldError]]
+"""The checks of a kind's write, given the old object: they read only the spec (a
+write that keeps the old spec, a status write, is not checked again:
+`writes.EngineWrites._validate`)."""
 
 
 @dataclass(frozen=True)
