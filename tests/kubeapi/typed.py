@@ -426,16 +426,15 @@ def _every_path(value: Any, node: TypeNode, path: Path, out: FieldSet) -> None:
     (a field added to or removed from an object, such as a first status), walked
     without comparing."""
     out.add(path)
-    if _is_leaf(value, node):
-        return
-    if isinstance(value, dict):
+    if isinstance(value, dict) and value and node.walks_dict:
         declared, other = node.children
         for name, child in value.items():
             if isinstance(child, CONTAINERS):
                 _every_path(child, declared.get(name, other), (*path, ("f", name)), out)
             else:
                 out.add((*path, ("f", name)))  # a scalar is a leaf
-        return
-    order, items = _items(value, node)
-    for element in order:
-        _every_path(items[element], node.elem, (*path, element), out)
+    elif isinstance(value, list) and value and node.walks_list:
+        order, items = _items(value, node)
+        elem = node.elem
+        for element in order:
+            _every_path(items[element], elem, (*path, element), out)
