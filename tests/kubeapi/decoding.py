@@ -80,10 +80,17 @@ def check_identity(resource: ResourceType, namespace: str, name: str, body: dict
         )
 
 
-def decode_applied(resource: ResourceType, raw: bytes, node: TypeNode) -> dict[str, Any]:
+def decode_applied(
+    resource: ResourceType,
+    raw: bytes,
+    node: TypeNode,
+    fields: fp.FieldSet | None = None,
+    skipped: typed.Skipped | None = None,
+) -> dict[str, Any]:
     """An apply's configuration, refused as the real server refuses it: not YAML or
     JSON, not a map, another apiVersion or kind, managedFields set, or not of the
-    kind's schema (a typed patch object it cannot create)."""
+    kind's schema (a typed patch object it cannot create). The fields it sets but
+    `skipped` are added to `fields`, when given, as its schema is checked."""
     try:
         config = parse_json(raw)
     except ValueError:
@@ -107,7 +114,7 @@ def decode_applied(resource: ResourceType, raw: bytes, node: TypeNode) -> dict[s
     metadata = config.get("metadata") or {}
     if metadata.get("managedFields") is not None:
         raise errors.bad_request("metadata.managedFields must be nil")
-    problems = typed.validate(config, node)
+    problems = typed.validate(config, node, (), fields, skipped)
     if problems:
         where = f"{metadata.get('namespace') or ''}/{metadata.get('name') or ''}"
         group_version = resource.group_version if resource.group else f"/{resource.version}"

@@ -16,6 +16,7 @@ from .decoding import (
     decode_body,
 )
 from .errors import ApiError
+from .fieldpath import FieldSet
 from .json_values import parse_json
 from .normalization import finalize
 from .resources import ResourceType
@@ -97,7 +98,9 @@ class EnginePatches(EngineWrites):
                 APPLY_YAML, [JSON_PATCH, MERGE_PATCH, STRATEGIC_PATCH]
             )
         node = self.node(resource)
-        config = decode_applied(resource, raw, node)
+        scope = managed_scope(resource, subresource)
+        walked: FieldSet = set()  # the fields of the configuration, found as it is checked
+        config = decode_applied(resource, raw, node, walked, scope.skipped)
         check_identity(resource, namespace, name, config)
         old = self.store.get(resource, namespace, name)
         wanted = (config.get("metadata") or {}).get("resourceVersion")
@@ -105,7 +108,6 @@ class EnginePatches(EngineWrites):
             raise errors.conflict(resource.group, resource.plural, name)
         # apply() only reads the live object: no copy of it
         live = read_only_view(old.obj) if old else resource.zero()
-        scope = managed_scope(resource, subresource)
         try:
             merged, managed = apply(
                 live,
@@ -116,6 +118,7 @@ class EnginePatches(EngineWrites):
                 resource.group_version,
                 options.force,
                 scope,
+                scope.walked(walked),
             )
         except ApplyConflict as conflict:
             raise ApiError(

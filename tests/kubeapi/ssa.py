@@ -253,10 +253,19 @@ class Scope:
     def fields_of(self, value: dict[str, Any], node: TypeNode) -> FieldSet:
         """`owned(to_field_set(value, node))`, leaving the ignored fields out as it
         walks (building the whole set, then filtering it, hashed every path twice)."""
+        return self.walked(to_field_set(value, node, self._skipped))
+
+    @property
+    def skipped(self) -> Skipped | None:
+        """The ignored fields as a walk of a value's fields leaves them out, when it can
+        (`typed.to_field_set`, `typed.validate`)."""
+        return self._skipped
+
+    def walked(self, fields: FieldSet) -> FieldSet:
+        """`owned` of the fields found by a walk that left out `skipped`."""
         if self._skipped is None:
-            return self.owned(to_field_set(value, node))
-        result = to_field_set(value, node, self._skipped)
-        return fp.restrict_to(result, self._roots) if self._roots is not None else result
+            return self.owned(fields)
+        return fp.restrict_to(fields, self._roots) if self._roots is not None else fields
 
 
 def _skipped(ignored: FieldSet) -> Skipped | None:
@@ -322,13 +331,16 @@ def apply(
     api_version: str,
     force: bool,
     scope: Scope,
+    applied: FieldSet | None = None,
 ) -> tuple[dict[str, Any], ManagedFields]:
-    """Server-side apply of `config` onto `live` (both without managedFields)."""
+    """Server-side apply of `config` onto `live` (both without managedFields);
+    `applied`, the fields of `config` in scope, when they are known already."""
     managed = managed.copy()
     ident = (manager, APPLY, "")
     previous = managed.get(ident)
     last = previous.fields if previous else set()
-    applied = scope.fields_of(config, node)
+    if applied is None:
+        applied = scope.fields_of(config, node)
     managed.put(
         ManagerEntry(manager, APPLY, api_version, applied, time=previous.time if previous else None)
     )

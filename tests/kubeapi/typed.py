@@ -105,14 +105,43 @@ def item_element(item: Any, node: TypeNode, position: int) -> PathElement:
     return fp.index(position)
 
 
-def validate(value: Any, node: TypeNode, path: Path = ()) -> list[TypedError]:
-    """Type errors of `value`: undeclared fields, wrong scalar types, duplicate keys."""
+Skipped = dict[str, "bool | Skipped"]
+"""Fields a walk leaves out, by name: True for the field and all below it, or the
+same kind of mapping for the fields below it."""
+
+
+def validate(
+    value: Any,
+    node: TypeNode,
+    path: Path = (),
+    fields: FieldSet | None = None,
+    skipped: Skipped | None = None,
+) -> list[TypedError]:
+    """Type errors of `value`: undeclared fields, wrong scalar types, duplicate keys.
+    With `fields`, what `to_field_set(value, node, skipped)` gives is added to it as
+    well, when there are no errors (an apply validates the configuration, then takes
+    its fields: one walk over it instead of two)."""
     errors: list[TypedError] = []
-    _validate(value, node, path, errors)
+    _validate(value, node, path, errors, fields, skipped)
     return errors
 
 
-def _validate(value: Any, node: TypeNode, path: Path, errors: list[TypedError]) -> None:
+def _walked(value: Any, node: TypeNode) -> bool:
+    """Whether `to_field_set` walks into `value` (the opposite of `_is_leaf`)."""
+    if isinstance(value, dict):
+        return bool(value) and node.walks_dict
+    return isinstance(value, list) and bool(value) and node.walks_list
+
+
+def _validate(
+    value: Any,
+    node: TypeNode,
+    path: Path,
+    errors: list[TypedError],
+    out: FieldSet | None = None,
+    skipped: Skipped | None = None,
+) -> None:
+    """`validate`; `out`, when given, gets the fields of `value` (it is walked into)."""
     if value is None or node.kind == "any":
         return
     if node.kind == "scalar":
@@ -129,19 +158,36 @@ def _validate(value: Any, node: TypeNode, path: Path, errors: list[TypedError]) 
             child_node = declared.get(name, undeclared)
             if child_node is None:
                 errors.append(TypedError((*path, fp.field(name)), "field not declared in schema"))
-            elif child_node.kind == "scalar":
+                continue
+            below = skipped.get(name) if skipped else None
+            collect = out if below is not True else None
+            if child_node.kind == "scalar":
                 # Most fields are scalars: their path is built only for an error.
                 if type(child) not in child_node.accepts and not _scalar_ok(
                     child, child_node.scalar_types
                 ):
                     errors.append(_scalar_error(child, child_node, (*path, fp.field(name))))
-            else:
-                _validate(child, child_node, (*path, fp.field(name)), errors)
+                if collect is not None:
+                    collect.add((*path, ("f", name)))
+                continue
+            child_path = (*path, ("f", name))
+            if collect is not None and not _walked(child, child_node):
+                collect.add(child_path)  # a leaf: what is inside is checked, not collected
+                collect = None
+            _validate(
+                child,
+                child_node,
+                child_path,
+                errors,
+                collect,
+                below if isinstance(below, dict) else None,
+            )
         return
     if not isinstance(value, list):
         errors.append(TypedError(path, f"expected list, got {_json_type(value)}"))
         return
     seen: set[PathElement] = set()
+    elem = node.elem
     for position, item in enumerate(value):
         try:
             element = item_element(item, node, position)
@@ -154,7 +200,10 @@ def _validate(value: Any, node: TypeNode, path: Path, errors: list[TypedError]) 
             )
             continue
         seen.add(element)
-        _validate(item, node.elem, (*path, element), errors)
+        item_path = (*path, element)
+        if out is not None:
+            out.add(item_path)
+        _validate(item, elem, item_path, errors, out if _walked(item, elem) else None)
 
 
 def drop_unknown(value: Any, node: TypeNode, path: Path = ()) -> tuple[Any, list[Path]]:
@@ -187,11 +236,6 @@ def _is_leaf(value: Any, node: TypeNode) -> bool:
     if node.kind in ("struct", "map"):
         return not isinstance(value, dict) or not value
     return not isinstance(value, list) or not value
-
-
-Skipped = dict[str, "bool | Skipped"]
-"""Fields a walk leaves out, by name: True for the field and all below it, or the
-same kind of mapping for the fields below it."""
 
 
 def to_field_set(value: Any, node: TypeNode, skipped: Skipped | None = None) -> FieldSet:
