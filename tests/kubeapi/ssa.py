@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import fieldpath as fp
@@ -104,6 +104,18 @@ class ManagerEntry:
             out["subresource"] = self.subresource
         return out
 
+    def copy(self) -> ManagerEntry:
+        """The same entry, over the same field set."""
+        return ManagerEntry(
+            self.manager,
+            self.operation,
+            self.api_version,
+            self.fields,
+            self.subresource,
+            self.time,
+            self._encoded,
+        )
+
     @staticmethod
     def decode(raw: dict[str, Any]) -> ManagerEntry:
         return ManagerEntry(
@@ -121,8 +133,9 @@ class ManagedFields:
     entries: list[ManagerEntry] = field(default_factory=list)
 
     def copy(self) -> ManagedFields:
-        """New entries over the same field sets (`ManagerEntry`)."""
-        return ManagedFields([replace(entry) for entry in self.entries])
+        """New entries over the same field sets (`ManagerEntry`), built directly
+        (`dataclasses.replace` looks its fields up on every call)."""
+        return ManagedFields([entry.copy() for entry in self.entries])
 
     def get(self, ident: tuple[str, str, str]) -> ManagerEntry | None:
         return next((entry for entry in self.entries if entry.ident == ident), None)
