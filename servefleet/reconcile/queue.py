@@ -9,6 +9,8 @@
   `add_limited` delays a key by a given time and the token bucket, leaving its
   backoff alone (for a failure that is not the key's own).
 - `add_after` schedules a look (a watchdog deadline); an earlier schedule wins.
+- A key queued wakes one waiting worker, not all of them (as `asyncio.Queue`
+  does): a region has dozens of workers, mostly idle in a steady fleet.
 - `add_backlog` queues a key at low priority, after controller-runtime's priority
   queue: the names of a listing (start, resync, relist) wait behind every key added
   for a reason (a change, an event, a schedule), which is promoted if it was
@@ -55,7 +57,8 @@ class WorkQueue:
         self._processing: set[str] = set()
         self._failures: dict[str, int] = {}
         self._scheduled: dict[str, tuple[float, asyncio.TimerHandle]] = {}
-        self._ready = asyncio.Event()
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        """Workers waiting for a key, first come first woken."""
         self._shut_down = False
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -80,7 +83,7 @@ class WorkQueue:
         self._dirty.add(key)
         if key not in self._processing:
             self._queue.append(key)
-            self._ready.set()
+            self._wake_one()
 
     def add_backlog(self, key: str) -> None:
         """Queue `key` at low priority (module docstring)."""
@@ -90,7 +93,7 @@ class WorkQueue:
         if key not in self._processing:
             self._backlog.append(key)
             self._backlogged.add(key)
-            self._ready.set()
+            self._wake_one()
 
     def add_after(self, key: str, delay: float) -> None:
         if delay <= 0:
@@ -132,8 +135,14 @@ class WorkQueue:
         while not self._queue and not self._backlogged:
             if self._shut_down:
                 raise QueueShutDown
-            self._ready.clear()
-            await self._ready.wait()
+            woken = asyncio.get_running_loop().create_future()
+            self._waiting.append(woken)
+            try:
+                await woken
+            except asyncio.CancelledError:
+                if woken.done() and not woken.cancelled():
+                    self._wake_one()  # the key it was woken for is another's now
+                raise
         key = self._next()
         self._dirty.discard(key)
         self._processing.add(key)
@@ -156,11 +165,19 @@ class WorkQueue:
         self._processing.discard(key)
         if key in self._dirty:
             self._queue.append(key)
-            self._ready.set()
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiting:
+            woken = self._waiting.popleft()
+            if not woken.done():
+                woken.set_result(None)
+                return
 
     def shut_down(self) -> None:
         self._shut_down = True
         for _, handle in self._scheduled.values():
             handle.cancel()
         self._scheduled.clear()
-        self._ready.set()
+        while self._waiting:
+            self._wake_one()

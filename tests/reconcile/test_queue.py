@@ -124,6 +124,32 @@ def test_token_bucket_spaces_requests_beyond_the_burst() -> None:
     assert bucket.delay() == 0
 
 
+async def test_a_key_wakes_one_waiting_worker_and_each_key_finds_one() -> None:
+    queue = WorkQueue()
+    workers = [asyncio.ensure_future(queue.get()) for _ in range(8)]
+    await asyncio.sleep(0)
+
+    queue.add("a")
+    await asyncio.sleep(0)
+    assert sum(worker.done() for worker in workers) == 1
+    queue.add_backlog("b")
+    queue.add("c")
+    await asyncio.sleep(0)
+    assert sorted(worker.result() for worker in workers if worker.done()) == ["a", "b", "c"]
+
+    waiting = [worker for worker in workers if not worker.done()]
+    waiting[0].cancel()  # a worker stopping does not swallow the next key
+    await asyncio.sleep(0)
+    queue.add("d")
+    await asyncio.sleep(0)
+    assert [worker.result() for worker in waiting[1:] if worker.done()] == ["d"]
+    queue.shut_down()
+    for worker in waiting[1:]:
+        if not worker.done():
+            with pytest.raises(QueueShutDown):
+                await asyncio.wait_for(worker, 1)
+
+
 async def test_shut_down_releases_waiting_workers() -> None:
     queue = WorkQueue()
     waiting = asyncio.ensure_future(queue.get())
