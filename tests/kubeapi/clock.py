@@ -11,6 +11,8 @@ import functools
 import time
 from datetime import UTC, datetime
 
+from . import errors
+
 
 def now_rfc3339() -> str:
     return _rfc3339(int(time.time()))
@@ -20,3 +22,14 @@ def now_rfc3339() -> str:
 def _rfc3339(second: int) -> str:
     """Formatted once per second: most writes stamp a time, several per write."""
     return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str) -> datetime:
+    """A time as a request writes it (RFC 3339), refused as the server refuses one
+    it cannot parse."""
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as error:
+        raise errors.bad_request(
+            f'parsing time "{value}" as "2006-01-02T15:04:05Z07:00": cannot parse'
+        ) from error

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import functools
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any, Final
 
-from . import clock, errors
+from . import clock
 from .json_values import json_equal
 from .resources import SERVICES, ResourceType
 from .schema import CONTAINERS, MICROTIME_REF, TIME_REF, TypeNode
@@ -127,12 +127,7 @@ def _canonical_time(value: str, whole_seconds: bool) -> str:
     """A Time (whole seconds) or MicroTime as the server writes it. Remembered: the
     same few times (a condition's, a lease's renewal) come back with every write of
     an object, and parsing and formatting each took a tenth of a status write."""
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as error:
-        raise errors.bad_request(
-            f'parsing time "{value}" as "2006-01-02T15:04:05Z07:00": cannot parse'
-        ) from error
+    parsed = clock.parse_time(value)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     parsed = parsed.astimezone(UTC)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import errors
+from . import clock, errors
 from .errors import FieldError
 
 
@@ -117,12 +117,7 @@ def parse_options(pod_name: str, query: Mapping[str, str]) -> LogOptions:
     since_time: datetime | None = None
     raw_time = query.get("sinceTime")
     if raw_time:
-        try:
-            since_time = datetime.fromisoformat(raw_time.replace("Z", "+00:00"))
-        except ValueError as error:
-            raise errors.bad_request(
-                f'parsing time "{raw_time}" as "2006-01-02T15:04:05Z07:00": cannot parse'
-            ) from error
+        since_time = clock.parse_time(raw_time)
     options = LogOptions(
         container=query.get("container", ""),
         previous=_boolean(query, "previous"),
