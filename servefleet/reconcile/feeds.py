@@ -10,8 +10,8 @@ A pass (`Controller.reconcile`) depends on no earlier event; events only decide
 A listing (at the start, at each resync, and after falling behind the change
 feed) queues every endpoint the store lists for the region, the runtime holds or
 a report names, in the queue's backlog: behind the names that changes and events
-queue (`queue.WorkQueue.add_backlog`). A change the controller's records take as it is, with no pass
-(`records.KnownRecords.saw`), is not queued.
+queue (`queue.WorkQueue.add_backlog`). A change the controller's records take as
+it is, with no pass (`records.KnownRecords.saw`), is not queued.
 """
 
 from __future__ import annotations

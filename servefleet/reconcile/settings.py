@@ -24,8 +24,9 @@ class ControllerSettings:
     workers: int = 64
     """Endpoints reconciled at once: a pass mostly waits (API requests one after
     another, the store), and the runtime's rate limit, not this, protects the API
-    server. (16 until 2026-12-07: a region whose API server answered a little
-    slower then fell a third behind the others, bench/: Kubernetes convergence.)"""
+    server. (16 until 2026-12-07: 10,000 endpoints x 3 regions converged in 58.7 s
+    with 16, 49.7 s with 64; the region that settled endpoints as running, a store
+    transaction per endpoint, fell behind the others. bench/: Kubernetes convergence.)"""
     resync_interval: float = 300.0
     heartbeat_interval: float = 300.0
     """A report that has not changed is written again after this long."""
